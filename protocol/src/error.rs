@@ -1,0 +1,113 @@
+//! Typed errors. [`ErrorKind`] travels on the wire as the answer to a request; [`ClientError`] is
+//! what a client call returns (a wire error, or a transport failure).
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::types::{BrokerAddr, Epoch};
+
+/// An error answer. Every variant's message says what happened and, where it can, what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum ErrorKind {
+    #[error("{shard} is not owned by this broker (routing epoch {epoch}); owner: {}", owner.as_ref().map_or("unknown".to_string(), |o| o.to_string()))]
+    NotOwner {
+        shard: String,
+        epoch: Epoch,
+        owner: Option<BrokerAddr>,
+    },
+    #[error("{shard} is moving to another broker; retry shortly")]
+    Moving { shard: String },
+    #[error("unknown topic {topic:?} (create it with `shardq topic create {topic} --partitions N`)")]
+    UnknownTopic { topic: String },
+    #[error("unknown shard {shard}: {reason}")]
+    UnknownShard { shard: String, reason: String },
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("topic {topic:?} already exists with {partitions} partitions")]
+    TopicExists { topic: String, partitions: u32 },
+    #[error("record of {size} bytes is larger than the maximum of {max} bytes")]
+    RecordTooLarge { size: u64, max: u64 },
+    #[error("frame of {size} bytes is larger than the maximum of {max} bytes")]
+    FrameTooLarge { size: u64, max: u64 },
+    #[error("{what} is unavailable: {reason}")]
+    Unavailable { what: String, reason: String },
+    #[error("protocol version mismatch: client speaks {client}, server speaks {server}")]
+    VersionMismatch { client: u32, server: u32 },
+    #[error("producer {producer_id} sent sequence {got} to {shard}, expected {expected}")]
+    OutOfOrderSequence {
+        shard: String,
+        producer_id: u64,
+        expected: u64,
+        got: u64,
+    },
+    #[error("timed out after {after_ms} ms")]
+    Timeout { after_ms: u64 },
+    #[error("bad request: {reason}")]
+    BadRequest { reason: String },
+    #[error("this node does not serve {request} requests")]
+    Unsupported { request: String },
+    #[error("storage error: {reason}")]
+    Storage { reason: String },
+    #[error("unknown broker {id}")]
+    UnknownBroker { id: u32 },
+    #[error("server is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
+}
+
+impl ErrorKind {
+    /// Whether a client should refresh its routing table and try again (within its deadline).
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            ErrorKind::NotOwner { .. }
+                | ErrorKind::Moving { .. }
+                | ErrorKind::Unavailable { .. }
+                | ErrorKind::Timeout { .. }
+                | ErrorKind::ShuttingDown
+        )
+    }
+}
+
+/// What a client call can fail with.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Server(ErrorKind),
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("connection to {addr} closed{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    Closed { addr: String, reason: String },
+    #[error("request to {addr} timed out after {after_ms} ms")]
+    Timeout { addr: String, after_ms: u64 },
+    #[error("protocol error from {addr}: {reason}")]
+    Protocol { addr: String, reason: String },
+}
+
+impl ClientError {
+    /// Transport failures and retriable server answers are worth another try.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Server(k) => k.is_retriable(),
+            ClientError::Connect { .. } | ClientError::Closed { .. } | ClientError::Timeout { .. } => {
+                true
+            }
+            ClientError::Protocol { .. } => false,
+        }
+    }
+
+    /// The server's typed answer, if that is what this is.
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            ClientError::Server(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+impl From<ErrorKind> for ClientError {
+    fn from(k: ErrorKind) -> Self {
+        ClientError::Server(k)
+    }
+}

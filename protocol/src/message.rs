@@ -1,0 +1,426 @@
+//! Every request and response of the protocol, and the envelopes that carry them.
+//!
+//! Who serves what: brokers serve the data plane (produce, fetch, offsets), router-to-broker control
+//! (assign, drop) and broker-to-broker transfer (export, fence, state); the router serves metadata,
+//! admin and membership, and proxies the data plane for clients that only know its address. A node
+//! answers a request it does not serve with `ErrorKind::Unsupported`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{RecordBatch, StoredBatch};
+use crate::error::ErrorKind;
+use crate::types::{BrokerAddr, BrokerId, Epoch, Offset, ShardId};
+
+/// A request frame: the client picks `correlation_id`, unique among its requests in flight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub correlation_id: u64,
+    pub request: Request,
+}
+
+/// A response frame, matched to its request by `correlation_id`; may arrive out of order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponseEnvelope {
+    pub correlation_id: u64,
+    pub result: Result<Response, ErrorKind>,
+}
+
+/// When the producer's acknowledgement is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Acks {
+    /// After the broker's durability policy (`--fsync`) is satisfied.
+    #[default]
+    Durable,
+    /// As soon as the batch is appended (in memory); durability follows the policy later.
+    Appended,
+}
+
+/// Idempotence: `sequence` numbers a producer session's batches to one shard 0, 1, 2, ...
+/// A batch with the sequence last appended is acknowledged again, never appended twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerSeq {
+    pub producer_id: u64,
+    pub sequence: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProduceRequest {
+    pub shard: ShardId,
+    /// The routing epoch the client used to pick this broker.
+    pub epoch: Epoch,
+    pub producer: Option<ProducerSeq>,
+    pub acks: Acks,
+    pub batch: RecordBatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub shard: ShardId,
+    pub epoch: Epoch,
+    /// First offset wanted.
+    pub offset: Offset,
+    /// Soft cap on the bytes returned (at least one batch is returned when data exists).
+    pub max_bytes: u32,
+    /// Long poll: wait up to this long for data at `offset` before answering with none.
+    pub max_wait_ms: u32,
+}
+
+/// The state of one shard as a broker holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardState {
+    /// Owned and serving reads and writes.
+    Active,
+    /// Being copied in from another broker (not serving clients yet).
+    Importing,
+    /// Writes stopped for the hand-over; reads still served.
+    Fenced,
+}
+
+/// A broker's view of one shard, for heartbeats and status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardReport {
+    pub shard: ShardId,
+    pub state: ShardState,
+    pub epoch: Epoch,
+    pub start_offset: Offset,
+    pub end_offset: Offset,
+    pub bytes: u64,
+    /// Committed offset per consumer group.
+    pub groups: Vec<(String, Offset)>,
+}
+
+/// Sent by a broker with every heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct BrokerReport {
+    pub shards: Vec<ShardReport>,
+    pub imports: Vec<MoveProgress>,
+}
+
+/// Where one shard lives, as the router tells clients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardRoute {
+    pub shard: ShardId,
+    /// None while the shard has no live owner (e.g. its broker is down).
+    pub owner: Option<BrokerAddr>,
+    /// True while the shard is being moved (writes may pause briefly).
+    pub moving: bool,
+}
+
+/// The routing table: every shard of the requested topics and its owner, as of `epoch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct RoutingTable {
+    pub epoch: Epoch,
+    pub topics: Vec<TopicInfo>,
+    pub shards: Vec<ShardRoute>,
+}
+
+impl RoutingTable {
+    pub fn route(&self, shard: &ShardId) -> Option<&ShardRoute> {
+        self.shards.iter().find(|r| &r.shard == shard)
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&TopicInfo> {
+        self.topics.iter().find(|t| t.name == name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopicDescription {
+    pub topic: TopicInfo,
+    /// Per partition: route plus, where the owner reported it, offsets and group positions.
+    pub shards: Vec<(ShardRoute, Option<ShardReport>)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerStatus {
+    Up,
+    /// Missed heartbeats for longer than the router's timeout.
+    Down,
+    /// Draining its shards before leaving.
+    Leaving,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub addr: BrokerAddr,
+    pub weight: u32,
+    pub status: BrokerStatus,
+    /// Milliseconds since the last heartbeat.
+    pub last_seen_ms: u64,
+    pub shards: u32,
+}
+
+/// Router to broker: own `shard` at `epoch` (creating an empty log if none exists).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardAssignment {
+    pub shard: ShardId,
+    pub epoch: Epoch,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MovePhase {
+    Pending,
+    /// Destination copies the log while the source serves.
+    Copying,
+    /// Source fenced; destination copies the tail.
+    Fenced,
+    /// Destination active; router flipping the owner.
+    Activating,
+    Done,
+    Failed,
+    /// Gave up and returned the shard to its source.
+    RolledBack,
+}
+
+/// Progress of one shard move, reported by the destination and kept by the router.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MoveProgress {
+    pub move_id: u64,
+    pub shard: ShardId,
+    pub from: Option<BrokerId>,
+    pub to: BrokerId,
+    pub phase: MovePhase,
+    pub records_copied: u64,
+    pub bytes_copied: u64,
+    /// Records the destination is behind the source.
+    pub lag: u64,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Write pause (fence to activate), once known.
+    pub write_pause_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// Idempotent-producer state of one producer on one shard; travels with the shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    pub producer_id: u64,
+    pub last_sequence: u64,
+    pub base_offset: Offset,
+    pub count: u32,
+}
+
+/// Everything about a shard besides its log: copied during a move.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct ShardMeta {
+    pub groups: Vec<(String, Offset)>,
+    pub producers: Vec<ProducerState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub epoch: Epoch,
+    pub brokers: Vec<BrokerInfo>,
+    pub topics: Vec<TopicInfo>,
+    pub shards: Vec<(ShardRoute, Option<ShardReport>)>,
+    pub moves: Vec<MoveProgress>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Must be the first frame on a connection.
+    Handshake { version: u32, client: String },
+
+    // ---- data plane (broker; proxied by the router) ----
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    CommitOffset {
+        shard: ShardId,
+        epoch: Epoch,
+        group: String,
+        offset: Offset,
+    },
+    FetchOffset {
+        shard: ShardId,
+        epoch: Epoch,
+        group: String,
+    },
+    /// First and next offsets of a shard.
+    ListOffsets { shard: ShardId, epoch: Epoch },
+
+    // ---- metadata and admin (router) ----
+    /// Routing table for these topics (empty: all).
+    Metadata { topics: Vec<String> },
+    CreateTopic { name: String, partitions: u32 },
+    ListTopics,
+    DescribeTopic { name: String },
+    ListBrokers,
+    Status,
+    /// Admin: drain broker `id` (or with `force`, drop a dead broker and its data).
+    RemoveBroker { id: BrokerId, force: bool },
+
+    // ---- membership (broker -> router) ----
+    RegisterBroker {
+        id: BrokerId,
+        addr: String,
+        weight: u32,
+    },
+    Heartbeat { id: BrokerId, report: BrokerReport },
+    /// The broker asks to leave gracefully (same as RemoveBroker without force).
+    LeaveBroker { id: BrokerId },
+
+    // ---- control (router -> broker) ----
+    /// Own these shards from now on (create empty logs where none exist).
+    AssignShards { epoch: Epoch, shards: Vec<ShardAssignment> },
+    /// Start importing `shard` from `source` (move `move_id`); the broker reports progress.
+    ImportShard {
+        move_id: u64,
+        shard: ShardId,
+        source: BrokerAddr,
+        epoch: Epoch,
+    },
+    /// Drop the local copy of a shard that now lives elsewhere.
+    DropShard { shard: ShardId, epoch: Epoch },
+    /// Progress of an import this broker runs.
+    MoveStatus { move_id: u64 },
+
+    // ---- transfer (destination broker -> source broker) ----
+    /// Batches of `shard` starting at `from_offset`, up to about `max_bytes`.
+    ExportShard {
+        shard: ShardId,
+        from_offset: Offset,
+        max_bytes: u32,
+    },
+    /// Group offsets and producer state of `shard`.
+    ExportMeta { shard: ShardId },
+    /// Stop appending to `shard` (answer `Moving` to producers) and report its final end offset.
+    FenceShard { shard: ShardId, move_id: u64 },
+    /// Undo a fence (the move was rolled back).
+    UnfenceShard { shard: ShardId, move_id: u64 },
+}
+
+impl Request {
+    /// A short name for logs and `Unsupported` errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Handshake { .. } => "handshake",
+            Request::Produce(_) => "produce",
+            Request::Fetch(_) => "fetch",
+            Request::CommitOffset { .. } => "commit-offset",
+            Request::FetchOffset { .. } => "fetch-offset",
+            Request::ListOffsets { .. } => "list-offsets",
+            Request::Metadata { .. } => "metadata",
+            Request::CreateTopic { .. } => "create-topic",
+            Request::ListTopics => "list-topics",
+            Request::DescribeTopic { .. } => "describe-topic",
+            Request::ListBrokers => "list-brokers",
+            Request::Status => "status",
+            Request::RemoveBroker { .. } => "remove-broker",
+            Request::RegisterBroker { .. } => "register-broker",
+            Request::Heartbeat { .. } => "heartbeat",
+            Request::LeaveBroker { .. } => "leave-broker",
+            Request::AssignShards { .. } => "assign-shards",
+            Request::ImportShard { .. } => "import-shard",
+            Request::DropShard { .. } => "drop-shard",
+            Request::MoveStatus { .. } => "move-status",
+            Request::ExportShard { .. } => "export-shard",
+            Request::ExportMeta { .. } => "export-meta",
+            Request::FenceShard { .. } => "fence-shard",
+            Request::UnfenceShard { .. } => "unfence-shard",
+        }
+    }
+
+    /// The shard this request addresses, if any (for routing and proxying).
+    pub fn shard(&self) -> Option<&ShardId> {
+        match self {
+            Request::Produce(p) => Some(&p.shard),
+            Request::Fetch(f) => Some(&f.shard),
+            Request::CommitOffset { shard, .. }
+            | Request::FetchOffset { shard, .. }
+            | Request::ListOffsets { shard, .. } => Some(shard),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Handshake { version: u32, server: String },
+    /// The batch holds offsets `base_offset .. base_offset + count`. `duplicate` is true when
+    /// this was a retry of a batch already appended (nothing was appended this time).
+    Produced {
+        base_offset: Offset,
+        count: u32,
+        duplicate: bool,
+    },
+    Fetched {
+        /// The shard's next offset at the time of the answer.
+        high_watermark: Offset,
+        /// First offset still stored.
+        start_offset: Offset,
+        batches: Vec<StoredBatch>,
+    },
+    Committed,
+    GroupOffset { offset: Option<Offset> },
+    Offsets { start: Offset, end: Offset },
+    Routing(RoutingTable),
+    TopicCreated(TopicInfo),
+    Topics(Vec<TopicInfo>),
+    Topic(TopicDescription),
+    Brokers(Vec<BrokerInfo>),
+    Status(ClusterStatus),
+    BrokerRemoved {
+        id: BrokerId,
+        /// Shards that will move (drain) or were discarded (force).
+        shards: Vec<ShardId>,
+        forced: bool,
+    },
+    Registered { epoch: Epoch },
+    HeartbeatAck {
+        epoch: Epoch,
+        /// The complete set of shards this broker should own now.
+        assignments: Vec<ShardAssignment>,
+    },
+    /// Generic success for control requests.
+    Ok,
+    Move(MoveProgress),
+    Exported {
+        batches: Vec<StoredBatch>,
+        /// The source's next offset when the chunk was read.
+        end_offset: Offset,
+        /// True once the source is fenced: `end_offset` is final.
+        fenced: bool,
+    },
+    Meta(ShardMeta),
+    Fenced { end_offset: Offset },
+}
+
+impl Response {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Handshake { .. } => "handshake",
+            Response::Produced { .. } => "produced",
+            Response::Fetched { .. } => "fetched",
+            Response::Committed => "committed",
+            Response::GroupOffset { .. } => "group-offset",
+            Response::Offsets { .. } => "offsets",
+            Response::Routing(_) => "routing",
+            Response::TopicCreated(_) => "topic-created",
+            Response::Topics(_) => "topics",
+            Response::Topic(_) => "topic",
+            Response::Brokers(_) => "brokers",
+            Response::Status(_) => "status",
+            Response::BrokerRemoved { .. } => "broker-removed",
+            Response::Registered { .. } => "registered",
+            Response::HeartbeatAck { .. } => "heartbeat-ack",
+            Response::Ok => "ok",
+            Response::Move(_) => "move",
+            Response::Exported { .. } => "exported",
+            Response::Meta(_) => "meta",
+            Response::Fenced { .. } => "fenced",
+        }
+    }
+}
+
+/// Turns an unexpected response variant into a protocol error naming both sides.
+pub fn unexpected(expected: &str, got: &Response) -> ErrorKind {
+    ErrorKind::Internal {
+        reason: format!("expected a {expected} response, got {}", got.name()),
+    }
+}
