@@ -1,1 +1,242 @@
-//! placeholder
+//! `shardq-broker`: a broker node. It stores shard logs in one sled database, serves produce
+//! (idempotent, group-committed), long-poll fetch and group offsets for the shards the router
+//! assigned it, exports and fences shards for migration, forwards router-only requests to the
+//! router, and registers and heartbeats with the router.
+//!
+//! [`start`] runs a broker inside the current tokio runtime and returns a [`BrokerHandle`];
+//! [`cli`] is the `shardq broker` command.
+
+pub mod cli;
+pub mod config;
+mod durability;
+mod membership;
+mod router_link;
+pub mod service;
+mod shard;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use shardq_protocol::batch::RECORD_OVERHEAD;
+use shardq_protocol::{serve, BrokerId, CancellationToken, ServerConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use config::{BrokerConfig, FsyncPolicy, ParseFsyncError, DEFAULT_MAX_RECORD_BYTES};
+pub use service::Broker;
+pub use shard::MAX_ENTRY_BYTES;
+
+use durability::Durability;
+use membership::Membership;
+use router_link::RouterLink;
+
+/// A running broker. Dropping it without [`BrokerHandle::shutdown`] stops its tasks too, but does
+/// not wait for them.
+pub struct BrokerHandle {
+    addr: SocketAddr,
+    id: BrokerId,
+    broker: Arc<Broker>,
+    router: Option<Arc<RouterLink>>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl BrokerHandle {
+    /// The address the broker is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn id(&self) -> BrokerId {
+        self.id
+    }
+
+    /// The request handler itself, for in-process use (benchmarks, embedding) without a socket.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Stops accepting, ends connections and background tasks, and flushes the database.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            if let Err(e) = t.await {
+                warn!("broker task ended abnormally: {e}");
+            }
+        }
+        if let Some(r) = &self.router {
+            r.close().await;
+        }
+        match self.broker.flush().await {
+            Ok(()) => info!(id = self.id, "broker stopped; data flushed"),
+            Err(e) => warn!(
+                id = self.id,
+                "broker stopped, but the final flush failed: {e}"
+            ),
+        }
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn check_config(config: &BrokerConfig) -> anyhow::Result<()> {
+    if config.max_record_bytes == 0 {
+        bail!("--max-record-bytes must be at least 1");
+    }
+    // A fetch answer must be able to carry the largest record, plus the entry around it.
+    let needed = config.max_record_bytes + RECORD_OVERHEAD + MAX_ENTRY_BYTES + 128 * 1024;
+    if config.max_frame < needed {
+        bail!(
+            "--max-frame-bytes {} is too small for --max-record-bytes {}: frames must hold at least {needed} bytes",
+            config.max_frame,
+            config.max_record_bytes
+        );
+    }
+    if config.weight == 0 {
+        bail!("--weight must be at least 1");
+    }
+    if config.heartbeat.is_zero() {
+        bail!("--heartbeat-ms must be at least 1");
+    }
+    Ok(())
+}
+
+/// How long [`start`] waits for the database lock: sled releases it only once its background
+/// writes of a just-closed instance finish (an in-process restart), so a short wait avoids a
+/// spurious failure; a lock held by another live broker still fails after this.
+const DB_LOCK_WAIT: Duration = Duration::from_secs(3);
+
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+async fn open_db(dir: &Path) -> anyhow::Result<sled::Db> {
+    let deadline = Instant::now() + DB_LOCK_WAIT;
+    loop {
+        let path = dir.to_path_buf();
+        // We flush ourselves, as the fsync policy says; sled's own timer would blur `never`.
+        let opened = tokio::task::spawn_blocking(move || {
+            sled::Config::new().path(path).flush_every_ms(None).open()
+        })
+        .await
+        .context("opening the database panicked")?;
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(e) if lock_held(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                let hint = if lock_held(&e) {
+                    " (is another broker using it?)"
+                } else {
+                    ""
+                };
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot open the broker database in {}{hint}",
+                    dir.display()
+                )));
+            }
+        }
+    }
+}
+
+/// Opens the data directory, binds, and starts serving, flushing and (with a router) registering
+/// and heartbeating. Shards held before a restart are served at once.
+pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
+    check_config(&config)?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let db = open_db(&config.data_dir).await?;
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    if addr.ip().is_unspecified() && config.advertise.is_none() {
+        warn!(%addr, "listening on a wildcard address without --advertise; clients will be told {advertise}");
+    }
+
+    let router = config.router.as_ref().map(|r| {
+        Arc::new(RouterLink::new(
+            r.clone(),
+            format!("broker-{}", config.id),
+            config.max_frame,
+        ))
+    });
+    let durability = Durability::new(config.fsync, db.clone());
+    let broker = Arc::new(
+        Broker::open(
+            config.id,
+            db,
+            durability.clone(),
+            router.clone(),
+            config.max_record_bytes,
+            config.max_frame,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot load the shards in {}: {e}",
+                config.data_dir.display()
+            )
+        })?,
+    );
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let server_config = ServerConfig {
+        max_frame: config.max_frame,
+        ..ServerConfig::default()
+    };
+    tasks.push(tokio::spawn({
+        let (broker, token) = (broker.clone(), shutdown.clone());
+        async move {
+            if let Err(e) = serve(listener, broker, server_config, token).await {
+                warn!("server stopped: {e}");
+            }
+        }
+    }));
+    tasks.push(tokio::spawn(durability.run(shutdown.clone())));
+    if let Some(router) = &router {
+        let membership = Membership {
+            broker: broker.clone(),
+            router: router.clone(),
+            advertise: advertise.clone(),
+            weight: config.weight,
+            heartbeat: config.heartbeat,
+        };
+        tasks.push(tokio::spawn(membership.run(shutdown.clone())));
+    }
+    info!(
+        id = config.id,
+        %addr,
+        advertise = %advertise,
+        data = %config.data_dir.display(),
+        fsync = %config.fsync,
+        router = config.router.as_deref().unwrap_or("none (standalone)"),
+        shards = broker.report().shards.len(),
+        "broker started"
+    );
+    Ok(BrokerHandle {
+        addr,
+        id: config.id,
+        broker,
+        router,
+        shutdown,
+        tasks,
+    })
+}

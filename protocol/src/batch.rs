@@ -41,7 +41,7 @@ pub struct StoredBatch {
 impl StoredBatch {
     /// Offset one past the last record.
     pub fn end_offset(&self) -> Offset {
-        self.base_offset + self.batch.count as u64
+        self.base_offset.saturating_add(self.batch.count as u64)
     }
 
     /// The records with their offsets, skipping those before `from`.
@@ -51,7 +51,7 @@ impl StoredBatch {
             .iter()
             .map_while(Result::ok)
             .enumerate()
-            .map(move |(i, r)| (base + i as u64, r))
+            .map(move |(i, r)| (base.saturating_add(i as u64), r))
             .filter(move |(o, _)| *o >= from)
     }
 }

@@ -1,2 +1,570 @@
-//! ClusterClient: routing-table cache and connection pool shared by producers, consumers and the
-//! admin CLI. (Being written.)
+//! [`ClusterClient`]: what every client (producer, consumer, admin CLI) uses to talk to a cluster.
+//!
+//! It caches the router's routing table and one multiplexed [`Connection`] per node address, sends
+//! admin requests to the bootstrap node, and sends shard requests to the shard's owner, refreshing
+//! the table and retrying with backoff on retriable answers (`NotOwner`, `Moving`, `Unavailable`,
+//! connection failures) until the caller's deadline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::connection::{Connection, ConnectionConfig};
+use crate::error::{ClientError, ErrorKind};
+use crate::message::{unexpected, Request, Response, RoutingTable};
+use crate::types::{with_default_port, Epoch, ShardId};
+use crate::DEFAULT_ROUTER_PORT;
+
+/// First pause between two tries of a shard request; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// How long `admin` keeps retrying when the bootstrap node cannot be reached (e.g. it is
+/// restarting); long enough to ride over a restart, short enough that a typo fails fast.
+const ADMIN_CONNECT_RETRY: Duration = Duration::from_secs(2);
+
+/// A cluster handle. Cheap to clone (all clones share the table and the connections); every method
+/// takes `&self` and is safe to call from many tasks at once.
+#[derive(Clone)]
+pub struct ClusterClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bootstrap: String,
+    config: ConnectionConfig,
+    table: Mutex<Arc<RoutingTable>>,
+    /// Open connections by address. A std mutex: only held to look up or insert, never across
+    /// an await.
+    pool: Mutex<HashMap<String, Arc<Connection>>>,
+    /// One connect at a time per address, so a burst of requests to a new owner opens one
+    /// connection rather than many.
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serialises routing refreshes; holds when the last one finished, so callers that saw an
+    /// error before that moment reuse its result instead of asking the router again.
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for ClusterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterClient")
+            .field("bootstrap", &self.inner.bootstrap)
+            .field("epoch", &self.table().epoch)
+            .finish()
+    }
+}
+
+impl ClusterClient {
+    /// Connects to `bootstrap` (the router or any broker; a bare host gets the default router
+    /// port) and loads the routing table of every topic.
+    pub async fn connect(
+        bootstrap: &str,
+        config: ConnectionConfig,
+    ) -> Result<ClusterClient, ClientError> {
+        let client = ClusterClient {
+            inner: Arc::new(Inner {
+                bootstrap: with_default_port(bootstrap.trim(), DEFAULT_ROUTER_PORT),
+                config,
+                table: Mutex::new(Arc::new(RoutingTable::default())),
+                pool: Mutex::new(HashMap::new()),
+                connecting: Mutex::new(HashMap::new()),
+                refresh: tokio::sync::Mutex::new(None),
+            }),
+        };
+        client.refresh(&[]).await?;
+        Ok(client)
+    }
+
+    /// The bootstrap address (with its port).
+    pub fn bootstrap(&self) -> &str {
+        &self.inner.bootstrap
+    }
+
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.inner.config
+    }
+
+    /// The cached routing table (a copy).
+    pub fn routing(&self) -> RoutingTable {
+        self.table().as_ref().clone()
+    }
+
+    /// The cached routing table, shared: cheaper than [`ClusterClient::routing`] on hot paths.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        lock(&self.inner.table).clone()
+    }
+
+    /// Asks the bootstrap node for the routing table of `topics` (empty: every topic) and merges
+    /// it into the cache; returns the merged table.
+    pub async fn refresh(&self, topics: &[String]) -> Result<RoutingTable, ClientError> {
+        let _guard = self.inner.refresh.lock().await;
+        let table = self.fetch_and_merge(topics).await?;
+        Ok(table.as_ref().clone())
+    }
+
+    /// Refreshes the routing of `topic` unless a refresh finished after `since` (then its
+    /// result is already cached): many callers failing at once cost the router one request.
+    async fn refresh_after(&self, topic: &str, since: Instant) -> Result<(), ClientError> {
+        let mut last = self.inner.refresh.lock().await;
+        if last.is_some_and(|t| t > since) {
+            return Ok(());
+        }
+        let res = self.fetch_and_merge(&[topic.to_string()]).await.map(|_| ());
+        *last = Some(Instant::now());
+        res
+    }
+
+    async fn fetch_and_merge(&self, topics: &[String]) -> Result<Arc<RoutingTable>, ClientError> {
+        let answer = self
+            .admin(Request::Metadata {
+                topics: topics.to_vec(),
+            })
+            .await?;
+        let Response::Routing(fresh) = answer else {
+            return Err(ClientError::Server(unexpected("routing", &answer)));
+        };
+        let mut slot = lock(&self.inner.table);
+        let merged = Arc::new(merge(&slot, fresh, topics.is_empty()));
+        *slot = merged.clone();
+        debug!(
+            epoch = merged.epoch,
+            shards = merged.shards.len(),
+            "routing table refreshed"
+        );
+        Ok(merged)
+    }
+
+    /// Sends a router-level request (metadata, admin) to the bootstrap node. Connection failures
+    /// are retried briefly; answers (including error answers) are returned as they are.
+    pub async fn admin(&self, request: Request) -> Result<Response, ClientError> {
+        let give_up = Instant::now() + ADMIN_CONNECT_RETRY;
+        let mut backoff = FIRST_BACKOFF * 4;
+        loop {
+            let res = match self.connection(&self.inner.bootstrap).await {
+                Ok(conn) => conn.request(request.clone()).await,
+                Err(e) => Err(e),
+            };
+            match res {
+                // Only failures where the request cannot have been executed are retried: the
+                // request may not be idempotent (e.g. CreateTopic).
+                Err(e @ ClientError::Connect { .. }) if Instant::now() + backoff < give_up => {
+                    debug!(error = %e, "bootstrap unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(ClientError::Closed { addr, reason }) => {
+                    self.forget(&addr);
+                    if Instant::now() + backoff >= give_up {
+                        return Err(ClientError::Closed { addr, reason });
+                    }
+                    // A pooled connection found closed before sending is safe to retry; one
+                    // closed mid-request may have been executed, but Metadata/List/Describe/
+                    // Status are reads and the rest are refused on a second try, never doubled.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A pooled connection to `addr`, opening (or reopening) it when needed.
+    pub async fn connection(&self, addr: &str) -> Result<Arc<Connection>, ClientError> {
+        if let Some(c) = self.pooled(addr) {
+            return Ok(c);
+        }
+        let gate = lock(&self.inner.connecting)
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        let _one_at_a_time = gate.lock().await;
+        if let Some(c) = self.pooled(addr) {
+            return Ok(c);
+        }
+        let conn = Arc::new(Connection::connect(addr, self.inner.config.clone()).await?);
+        lock(&self.inner.pool).insert(addr.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    fn pooled(&self, addr: &str) -> Option<Arc<Connection>> {
+        let mut pool = lock(&self.inner.pool);
+        match pool.get(addr) {
+            Some(c) if !c.is_closed() => Some(c.clone()),
+            Some(_) => {
+                pool.remove(addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Drops the pooled connection to `addr` if it is closed, so the next request reconnects.
+    fn forget(&self, addr: &str) {
+        let mut pool = lock(&self.inner.pool);
+        if pool.get(addr).is_some_and(|c| c.is_closed()) {
+            pool.remove(addr);
+        }
+    }
+
+    /// Sends `make(epoch)` to the owner of `shard`. Retriable failures (not the owner, moving,
+    /// no live owner, connection problems, timeouts) refresh the routing table and try again with
+    /// backoff (5 ms doubling to 200 ms) until `deadline`; then the last error is returned. Each
+    /// try waits at most `timeout_per_try` for its answer.
+    pub async fn shard_request(
+        &self,
+        shard: &ShardId,
+        make: impl Fn(Epoch) -> Request,
+        timeout_per_try: Duration,
+        deadline: Instant,
+    ) -> Result<Response, ClientError> {
+        let mut backoff = FIRST_BACKOFF;
+        let mut refreshed_unknown = false;
+        loop {
+            let table = self.table();
+            let err = match table.route(shard) {
+                None => {
+                    // The cache may simply not know this topic yet: ask once before refusing.
+                    if !refreshed_unknown {
+                        refreshed_unknown = true;
+                        let since = Instant::now();
+                        self.refresh_after(&shard.topic, since).await?;
+                        continue;
+                    }
+                    return Err(ClientError::Server(unknown_shard(&table, shard)));
+                }
+                Some(route) => match &route.owner {
+                    None => ClientError::Server(ErrorKind::Unavailable {
+                        what: shard.to_string(),
+                        reason: "the shard has no live owner (its broker is down); \
+                                 retried until the deadline"
+                            .into(),
+                    }),
+                    Some(owner) => {
+                        let now = Instant::now();
+                        let per_try = timeout_per_try.min(deadline.saturating_duration_since(now));
+                        let res = match self.connection(&owner.addr).await {
+                            Ok(conn) => conn.request_with_timeout(make(table.epoch), per_try).await,
+                            Err(e) => Err(e),
+                        };
+                        match res {
+                            Ok(resp) => return Ok(resp),
+                            Err(e) => {
+                                if matches!(
+                                    e,
+                                    ClientError::Closed { .. } | ClientError::Connect { .. }
+                                ) {
+                                    self.forget(&owner.addr);
+                                }
+                                e
+                            }
+                        }
+                    }
+                },
+            };
+            if !err.is_retriable() {
+                return Err(err);
+            }
+            let failed_at = Instant::now();
+            if failed_at + backoff >= deadline {
+                debug!(%shard, error = %err, "giving up at the deadline");
+                return Err(err);
+            }
+            debug!(%shard, error = %err, backoff_ms = backoff.as_millis() as u64, "retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if let Err(e) = self.refresh_after(&shard.topic, failed_at).await {
+                // The router may be away; brokers keep serving, so keep trying with the cache.
+                warn!(%shard, error = %e, "cannot refresh the routing table");
+            }
+        }
+    }
+
+    /// Closes every pooled connection.
+    pub fn close(&self) {
+        for (_, c) in lock(&self.inner.pool).drain() {
+            c.close();
+        }
+    }
+}
+
+/// The error for a shard the (fresh) routing table does not know.
+fn unknown_shard(table: &RoutingTable, shard: &ShardId) -> ErrorKind {
+    match table.topic(&shard.topic) {
+        None => ErrorKind::UnknownTopic {
+            topic: shard.topic.clone(),
+        },
+        Some(t) => ErrorKind::UnknownShard {
+            shard: shard.to_string(),
+            reason: format!("topic {} has partitions P1..P{}", t.name, t.partitions),
+        },
+    }
+}
+
+/// Merges a fresh (possibly partial) table into the cached one. A complete answer replaces the
+/// cache; a partial one replaces only its topics. An answer older than the cache never wins, so a
+/// slow refresh cannot undo a newer one.
+fn merge(old: &RoutingTable, fresh: RoutingTable, complete: bool) -> RoutingTable {
+    if fresh.epoch < old.epoch {
+        return old.clone();
+    }
+    if complete {
+        return fresh;
+    }
+    let mut merged = RoutingTable {
+        epoch: fresh.epoch,
+        topics: old
+            .topics
+            .iter()
+            .filter(|t| fresh.topic(&t.name).is_none())
+            .cloned()
+            .collect(),
+        shards: old
+            .shards
+            .iter()
+            .filter(|r| fresh.topic(&r.shard.topic).is_none())
+            .cloned()
+            .collect(),
+    };
+    merged.topics.extend(fresh.topics);
+    merged.shards.extend(fresh.shards);
+    merged.topics.sort_by(|a, b| a.name.cmp(&b.name));
+    merged.shards.sort_by(|a, b| a.shard.cmp(&b.shard));
+    merged
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half-updated (every
+    // critical section is a single insert/replace), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{ShardRoute, TopicInfo};
+    use crate::server::{serve, ServerConfig, Service, ServiceFuture};
+    use crate::types::BrokerAddr;
+    use crate::CancellationToken;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::net::TcpListener;
+
+    fn table(epoch: Epoch, topic: &str, parts: u32, owner: Option<&str>) -> RoutingTable {
+        RoutingTable {
+            epoch,
+            topics: vec![TopicInfo {
+                name: topic.into(),
+                partitions: parts,
+            }],
+            shards: (1..=parts)
+                .map(|p| ShardRoute {
+                    shard: ShardId::new(topic, p),
+                    owner: owner.map(|a| BrokerAddr {
+                        id: 1,
+                        addr: a.into(),
+                    }),
+                    moving: false,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn partial_refresh_replaces_only_its_topics_and_never_goes_back() {
+        let mut old = table(3, "A", 2, Some("x"));
+        let b = table(3, "B", 1, Some("x"));
+        old = merge(&old, b, false);
+        assert_eq!(old.topics.len(), 2);
+        assert_eq!(old.shards.len(), 3);
+        let a2 = table(4, "A", 2, Some("y"));
+        let m = merge(&old, a2, false);
+        assert_eq!(m.epoch, 4);
+        assert_eq!(
+            m.route(&ShardId::new("A", 1))
+                .unwrap()
+                .owner
+                .as_ref()
+                .unwrap()
+                .addr,
+            "y"
+        );
+        assert_eq!(
+            m.route(&ShardId::new("B", 1))
+                .unwrap()
+                .owner
+                .as_ref()
+                .unwrap()
+                .addr,
+            "x"
+        );
+        let stale = table(2, "A", 2, None);
+        assert_eq!(merge(&m, stale, true), m);
+    }
+
+    /// A fake node: answers Metadata with a table whose owner is itself, and answers the first
+    /// `not_owner` ListOffsets with NotOwner before answering properly.
+    struct Fake {
+        addr: String,
+        owner: Option<String>,
+        not_owner: AtomicU32,
+        metadata_calls: AtomicU32,
+    }
+
+    impl Service for Fake {
+        fn name(&self) -> String {
+            "fake".into()
+        }
+
+        fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
+            let res = match request {
+                Request::Handshake { version, .. } => Ok(Response::Handshake {
+                    version,
+                    server: "fake".into(),
+                }),
+                Request::Metadata { .. } => {
+                    self.metadata_calls.fetch_add(1, Ordering::SeqCst);
+                    let owner = self.owner.clone().unwrap_or_else(|| self.addr.clone());
+                    Ok(Response::Routing(table(1, "T", 2, Some(&owner))))
+                }
+                Request::ListOffsets { shard, epoch } => {
+                    if self
+                        .not_owner
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        Err(ErrorKind::NotOwner {
+                            shard: shard.to_string(),
+                            epoch,
+                            owner: None,
+                        })
+                    } else {
+                        Ok(Response::Offsets { start: 0, end: 7 })
+                    }
+                }
+                other => Err(ErrorKind::Unsupported {
+                    request: other.name().into(),
+                }),
+            };
+            Box::pin(async move { res })
+        }
+    }
+
+    async fn fake(not_owner: u32, owner: Option<String>) -> (Arc<Fake>, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let svc = Arc::new(Fake {
+            addr,
+            owner,
+            not_owner: AtomicU32::new(not_owner),
+            metadata_calls: AtomicU32::new(0),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            svc.clone(),
+            ServerConfig::default(),
+            stop.clone(),
+        ));
+        (svc, stop)
+    }
+
+    fn list(shard: &ShardId) -> impl Fn(Epoch) -> Request + '_ {
+        move |epoch| Request::ListOffsets {
+            shard: shard.clone(),
+            epoch,
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_not_owner_after_refreshing() {
+        let (svc, stop) = fake(3, None).await;
+        let c = ClusterClient::connect(&svc.addr, ConnectionConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(c.routing().shards.len(), 2);
+        let shard = ShardId::new("T", 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let got = c
+            .shard_request(&shard, list(&shard), Duration::from_secs(1), deadline)
+            .await
+            .unwrap();
+        assert_eq!(got, Response::Offsets { start: 0, end: 7 });
+        // One refresh per failure at most (plus the initial load).
+        assert!(svc.metadata_calls.load(Ordering::SeqCst) <= 4);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn unknown_shards_and_topics_are_refused_at_once() {
+        let (svc, stop) = fake(0, None).await;
+        let c = ClusterClient::connect(&svc.addr, ConnectionConfig::default())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let s = ShardId::new("T", 9);
+        let e = c
+            .shard_request(&s, list(&s), Duration::from_secs(1), deadline)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), Some(ErrorKind::UnknownShard { .. })),
+            "{e}"
+        );
+        let s = ShardId::new("Nope", 1);
+        let e = c
+            .shard_request(&s, list(&s), Duration::from_secs(1), deadline)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), Some(ErrorKind::UnknownTopic { .. })),
+            "{e}"
+        );
+        assert!(Instant::now() < deadline - Duration::from_secs(4));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn unreachable_owner_fails_at_the_deadline_with_a_connection_error() {
+        // The owner is a port nobody listens on.
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_addr = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        let (svc, stop) = fake(0, Some(dead_addr.clone())).await;
+        let c = ClusterClient::connect(&svc.addr, ConnectionConfig::default())
+            .await
+            .unwrap();
+        let s = ShardId::new("T", 1);
+        let start = Instant::now();
+        let e = c
+            .shard_request(
+                &s,
+                list(&s),
+                Duration::from_secs(1),
+                start + Duration::from_millis(300),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, ClientError::Connect { ref addr, .. } if *addr == dead_addr),
+            "{e}"
+        );
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn connect_to_nothing_fails_with_the_address() {
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        let e = ClusterClient::connect(&addr, ConnectionConfig::default())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(&addr), "{e}");
+    }
+}

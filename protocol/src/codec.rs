@@ -12,9 +12,11 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 /// Default maximum frame size: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
-/// Upper bound bincode may allocate while decoding one frame: a garbage length prefix inside a
-/// frame cannot make us reserve more than this.
-const DECODE_LIMIT: usize = 1 << 30;
+/// Largest frame size a node may be configured with. bincode reserves a declared string or byte
+/// length before it finds the input short, so its limit is what a garbage length inside a small
+/// frame can make us allocate; no legitimate field is longer than a frame.
+pub const MAX_FRAME_LIMIT: usize = 64 << 20;
+const DECODE_LIMIT: usize = MAX_FRAME_LIMIT;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
@@ -47,7 +49,9 @@ pub struct FrameCodec<D> {
 }
 
 impl<D> FrameCodec<D> {
+    /// `max_frame` is clamped to [`MAX_FRAME_LIMIT`].
     pub fn new(max_frame: usize) -> Self {
+        let max_frame = max_frame.min(MAX_FRAME_LIMIT);
         FrameCodec {
             inner: LengthDelimitedCodec::builder()
                 .length_field_type::<u32>()

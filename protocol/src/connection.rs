@@ -79,6 +79,7 @@ pub struct Connection {
     next_id: AtomicU64,
     shared: Arc<Shared>,
     reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -108,7 +109,7 @@ impl Connection {
             closed: Mutex::new(None),
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(
+        let writer = tokio::spawn(write_loop(
             wr,
             rx,
             FrameCodec::<()>::new(config.max_frame),
@@ -127,6 +128,7 @@ impl Connection {
             next_id: AtomicU64::new(1),
             shared,
             reader,
+            writer,
         };
         let hello = Request::Handshake {
             version: PROTOCOL_VERSION,
@@ -230,12 +232,15 @@ impl Connection {
         self.shared.close("closed by client".into());
         self.slots.close();
         self.reader.abort();
+        // Dropping the write half closes the socket now, not when the Connection is dropped.
+        self.writer.abort();
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 

@@ -15,6 +15,7 @@ pub mod server;
 pub mod types;
 
 pub use batch::{BatchBuilder, Record, RecordBatch, StoredBatch};
+pub use cluster::ClusterClient;
 pub use codec::{FrameCodec, DEFAULT_MAX_FRAME};
 pub use tokio_util::sync::CancellationToken;
 pub use connection::{Connection, ConnectionConfig};

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -40,6 +42,9 @@ pub trait Service: Send + Sync + 'static {
 pub struct ServerConfig {
     pub max_frame: usize,
     pub max_connections: usize,
+    /// Requests one connection may have in flight; past it the server stops reading that
+    /// connection until answers go out (backpressure instead of unbounded memory).
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +52,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_connections: 4096,
+            max_in_flight: 4096,
         }
     }
 }
@@ -78,9 +84,9 @@ pub async fn serve<S: Service>(
                 debug!(%peer, "accepted connection");
                 let svc = service.clone();
                 let token = shutdown.child_token();
-                let max_frame = config.max_frame;
+                let (max_frame, max_in_flight) = (config.max_frame, config.max_in_flight);
                 conns.spawn(async move {
-                    if let Err(reason) = handle_connection(stream, svc, max_frame, token).await {
+                    if let Err(reason) = handle_connection(stream, svc, max_frame, max_in_flight, token).await {
                         warn!(%peer, "closed connection: {reason}");
                     }
                     drop(permit);
@@ -103,6 +109,7 @@ async fn handle_connection<S: Service>(
     stream: TcpStream,
     service: Arc<S>,
     max_frame: usize,
+    max_in_flight: usize,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     stream.set_nodelay(true).ok();
@@ -150,18 +157,24 @@ async fn handle_connection<S: Service>(
     }
 
     let mut in_flight = JoinSet::new();
+    let max_in_flight = max_in_flight.max(1);
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            frame = frames.next() => match frame {
+            frame = frames.next(), if in_flight.len() < max_in_flight => match frame {
                 None => break Ok(()),
                 Some(Err(e)) => break Err(e.to_string()),
                 Some(Ok(env)) => {
+                    let name = env.request.name();
                     let fut = service.call(env.request);
                     let tx = tx.clone();
                     in_flight.spawn(async move {
-                        let result = fut.await;
+                        // A bug in one handler answers that request with an error instead of
+                        // leaving the client waiting for its timeout.
+                        let result = AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|_| {
+                            Err(ErrorKind::Internal { reason: format!("the {name} handler failed") })
+                        });
                         let _ = tx.send(ResponseEnvelope { correlation_id: env.correlation_id, result });
                     });
                 }

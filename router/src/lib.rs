@@ -1,1 +1,204 @@
-//! placeholder
+//! `shardq-router`: the routing front of a shardq cluster. It keeps the membership (brokers
+//! register and heartbeat; a silent broker turns Down), the topics, the actual assignment
+//! shard -> broker and the routing epoch, all persisted in sled; places new shards with
+//! `shardq_ring`; serves metadata and admin requests; and proxies data-plane requests to shard
+//! owners for clients that only know the router's address.
+//!
+//! Start one in-process with [`start`]; the `shardq router` command wraps it in [`cli`].
+//!
+//! After a restart, members come back `Up` with a fresh grace period of one broker timeout:
+//! brokers keep serving while the router is away, so the restored routes are valid at once, and
+//! a broker that really is gone turns `Down` one timeout later. Liveness is never persisted.
+
+pub mod cli;
+mod liveness;
+mod pool;
+mod service;
+mod state;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use shardq_protocol::{
+    serve, CancellationToken, ConnectionConfig, ServerConfig, DEFAULT_MAX_FRAME,
+};
+use shardq_ring::RingConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::pool::BrokerPool;
+use crate::state::State;
+use crate::store::{Op, Store};
+
+pub use crate::state::MAX_WEIGHT;
+pub use crate::store::StoreError;
+
+/// Default address the router listens on.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+/// Default time without a heartbeat after which a broker is Down.
+pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default deadline of a request the router sends to a broker (proxied or its own).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a router runs.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Address to listen on (`127.0.0.1:0` picks a free port; see [`RouterHandle::addr`]).
+    pub listen: String,
+    /// Directory of the sled metadata store (created if missing).
+    pub data_dir: PathBuf,
+    /// Ring parameters used to place new shards.
+    pub ring: RingConfig,
+    /// A broker with no heartbeat for this long is Down.
+    pub broker_timeout: Duration,
+    /// Deadline of a request the router sends to a broker; a proxied fetch gets its long-poll
+    /// wait on top of this.
+    pub request_timeout: Duration,
+    /// Largest frame accepted or sent, in bytes.
+    pub max_frame: usize,
+}
+
+impl RouterConfig {
+    /// Defaults: listen on [`DEFAULT_LISTEN`], default ring, 3 s broker timeout, 16 MiB frames.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        RouterConfig {
+            listen: DEFAULT_LISTEN.to_string(),
+            data_dir: data_dir.into(),
+            ring: RingConfig::default(),
+            broker_timeout: DEFAULT_BROKER_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// State shared by the request handlers and the background tasks.
+pub(crate) struct Shared {
+    config: RouterConfig,
+    /// Never held across an `.await`.
+    state: Mutex<State>,
+    store: Store,
+    /// Behind its own `Arc` so best-effort background sends do not keep the store open.
+    pool: Arc<BrokerPool>,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; keep serving with the state as it is
+        // rather than failing every later request.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running router.
+pub struct RouterHandle {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    liveness: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+impl RouterHandle {
+    /// The address the router is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, ends every connection and background task, flushes the metadata store
+    /// and closes it, so the same data directory can be opened again (even in this process).
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("router server ended with an error: {e}"),
+            Err(e) => warn!("router server task failed: {e}"),
+        }
+        if let Err(e) = self.liveness.await {
+            warn!("liveness task failed: {e}");
+        }
+        self.shared.pool.close_all();
+        // Request futures of connections that were just aborted may still hold the state for a
+        // moment; wait (bounded) until ours is the last reference so sled's lock is released.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.shared) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Err(e) = self.shared.store.flush().await {
+            warn!("flushing router metadata at shutdown failed: {e}");
+        }
+        info!("router stopped");
+    }
+}
+
+/// Opens (or creates) the metadata store, restores the state and starts serving.
+pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    // sled's open reads and replays its log: blocking work, kept off the runtime's threads.
+    let dir = config.data_dir.clone();
+    let (store, snap) = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&dir)?;
+        let snap = store.load()?;
+        Ok::<_, StoreError>((store, snap))
+    })
+    .await
+    .context("opening the metadata store panicked")??;
+    if let Some(old) = &snap.ring {
+        if old != &config.ring {
+            warn!(
+                "ring parameters changed from {old:?} to {:?}: existing shards keep their owners, \
+                 new shards are placed with the new parameters",
+                config.ring
+            );
+        }
+    }
+    store.apply(&[Op::Ring(config.ring.clone())])?;
+    let state = State::restore(snap, config.ring.clone(), tokio::time::Instant::now());
+    let (epoch, members, topics) = (state.epoch, state.members.len(), state.topics.len());
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let pool = BrokerPool::new(ConnectionConfig {
+        max_frame: config.max_frame,
+        max_in_flight: 1024,
+        request_timeout: config.request_timeout,
+        connect_timeout: config.broker_timeout,
+        client_name: "router".into(),
+    });
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        store,
+        pool: Arc::new(pool),
+        shutdown: shutdown.clone(),
+        config,
+    });
+    let server_config = ServerConfig {
+        max_frame: shared.config.max_frame,
+        ..ServerConfig::default()
+    };
+    let server = tokio::spawn(serve(
+        listener,
+        shared.clone(),
+        server_config,
+        shutdown.clone(),
+    ));
+    let liveness = tokio::spawn(liveness::liveness_task(shared.clone()));
+    info!(%addr, epoch, members, topics, "router started");
+    Ok(RouterHandle {
+        addr,
+        shutdown,
+        server,
+        liveness,
+        shared,
+    })
+}

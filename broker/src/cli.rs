@@ -1,0 +1,175 @@
+//! The `shardq broker` command: parse options, start a broker, say where it listens, run until
+//! Ctrl-C or SIGTERM, and shut down cleanly (flushing the database).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use shardq_protocol::{
+    with_default_port, BrokerId, DEFAULT_BROKER_PORT, DEFAULT_MAX_FRAME, DEFAULT_ROUTER_PORT,
+};
+use tracing::info;
+
+use crate::config::{BrokerConfig, FsyncPolicy, DEFAULT_MAX_RECORD_BYTES};
+
+/// Options of `shardq broker`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BrokerArgs {
+    /// This broker's id, unique in the cluster; a restarted broker keeps its id (and its shards).
+    #[arg(long)]
+    pub id: BrokerId,
+
+    /// Address to listen on, HOST:PORT (port 0 picks a free one).
+    #[arg(long, default_value_t = format!("127.0.0.1:{DEFAULT_BROKER_PORT}"))]
+    pub listen: String,
+
+    /// Address the router gives clients for this broker [default: the address bound by --listen].
+    #[arg(long)]
+    pub advertise: Option<String>,
+
+    /// Data directory of this broker's database (created if missing).
+    #[arg(long)]
+    pub data: PathBuf,
+
+    /// Router address, HOST or HOST:PORT (default port 7400); `none` runs a standalone broker
+    /// that takes shard assignments from anyone.
+    #[arg(long, default_value_t = format!("127.0.0.1:{DEFAULT_ROUTER_PORT}"))]
+    pub router: String,
+
+    /// Relative capacity: the ring gives this broker `vnodes x weight` tokens.
+    #[arg(long, default_value_t = 1)]
+    pub weight: u32,
+
+    /// Durability of acknowledged writes: `always` (flush before ack, group-committed),
+    /// `interval=MS` (flush every MS in the background) or `never` (leave it to the OS).
+    #[arg(long, default_value_t = FsyncPolicy::default())]
+    pub fsync: FsyncPolicy,
+
+    /// Milliseconds between heartbeats to the router.
+    #[arg(long, default_value_t = 500)]
+    pub heartbeat_ms: u64,
+
+    /// Largest frame accepted or sent, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame_bytes: usize,
+
+    /// Largest record (key + value) accepted, in bytes; larger ones are refused with RecordTooLarge.
+    #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
+}
+
+impl BrokerArgs {
+    /// The configuration these options describe.
+    pub fn config(&self) -> BrokerConfig {
+        let router = match self.router.trim() {
+            "" | "none" => None,
+            r => Some(with_default_port(r, DEFAULT_ROUTER_PORT)),
+        };
+        BrokerConfig {
+            id: self.id,
+            listen: self.listen.clone(),
+            advertise: self.advertise.clone(),
+            data_dir: self.data.clone(),
+            router,
+            weight: self.weight,
+            fsync: self.fsync,
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            max_frame: self.max_frame_bytes,
+            max_record_bytes: self.max_record_bytes,
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C, or SIGTERM on Unix).
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
+    Ok(())
+}
+
+/// Runs a broker until Ctrl-C or SIGTERM.
+pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    let id = config.id;
+    let handle = crate::start(config)
+        .await
+        .with_context(|| format!("broker {id} failed to start"))?;
+    info!(id, addr = %handle.addr(), "broker listening");
+    // `shardq up` and scripts read this line to learn the bound address.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "broker {id} listening on {}", handle.addr())
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")?;
+    drop(out);
+    let stopped = stop_signal().await;
+    info!(id, "stopping broker");
+    handle.shutdown().await;
+    stopped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Parser, Subcommand};
+
+    /// The shape `shardq broker` uses: admin subcommands, or these options flattened.
+    #[derive(Parser, Debug)]
+    #[command(args_conflicts_with_subcommands = true)]
+    struct Cmd {
+        #[command(subcommand)]
+        admin: Option<Admin>,
+        #[command(flatten)]
+        run: Option<BrokerArgs>,
+    }
+
+    #[derive(Subcommand, Debug)]
+    enum Admin {
+        List,
+    }
+
+    #[test]
+    fn options_parse_into_a_config() {
+        let cmd = Cmd::try_parse_from([
+            "broker",
+            "--id",
+            "3",
+            "--data",
+            "/tmp/b3",
+            "--router",
+            "localhost",
+            "--fsync",
+            "always",
+        ])
+        .unwrap();
+        let cfg = cmd.run.unwrap().config();
+        assert_eq!(cfg.id, 3);
+        assert_eq!(cfg.router.as_deref(), Some("localhost:7400"));
+        assert_eq!(cfg.fsync, FsyncPolicy::Always);
+        assert_eq!(cfg.listen, "127.0.0.1:7401");
+        assert_eq!(cfg.heartbeat, Duration::from_millis(500));
+
+        let cmd = Cmd::try_parse_from(["broker", "--id", "1", "--data", "d", "--router", "none"])
+            .unwrap();
+        assert_eq!(cmd.run.unwrap().config().router, None);
+
+        let cmd = Cmd::try_parse_from(["broker", "list"]).unwrap();
+        assert!(matches!(cmd.admin, Some(Admin::List)));
+
+        let err = Cmd::try_parse_from(["broker", "--id", "1", "--data", "d", "--fsync", "often"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("interval=MS"), "{err}");
+    }
+}

@@ -1,0 +1,474 @@
+//! The broker's request handler: the shards it holds, and one method per request kind.
+//!
+//! Order-sensitive work (appending, committing, changing a shard's state) runs synchronously in
+//! [`Service::call`], so it happens in the order requests arrive; waiting (group commit, long poll,
+//! forwarding to the router) happens in the returned future.
+
+use std::collections::HashMap;
+use std::future::ready;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use shardq_protocol::batch::RECORD_OVERHEAD;
+use shardq_protocol::{
+    Acks, BrokerId, BrokerReport, Epoch, ErrorKind, FetchRequest, Offset, ProduceRequest, Request,
+    Response, Service, ServiceFuture, ShardAssignment, ShardId, ShardReport, ShardState,
+};
+use tracing::{info, warn};
+
+use crate::durability::Durability;
+use crate::router_link::RouterLink;
+use crate::shard::{tree_name, Access, Ownership, Shard};
+
+/// Room left in a frame for the envelope around fetched batches.
+const FRAME_MARGIN: usize = 64 * 1024;
+/// How long a forwarded request may take at the router.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A broker: its sled database, the shards it holds and its link to the router.
+pub struct Broker {
+    id: BrokerId,
+    db: sled::Db,
+    /// The `shards` tree: shard key -> [`Ownership`].
+    owners: sled::Tree,
+    shards: RwLock<HashMap<ShardId, Arc<Shard>>>,
+    durability: Arc<Durability>,
+    /// The newest routing epoch this broker has seen (for `NotOwner` answers).
+    epoch: AtomicU64,
+    router: Option<Arc<RouterLink>>,
+    max_record_bytes: usize,
+    /// Most bytes of batches one answer may carry.
+    read_limit: usize,
+}
+
+fn ready_result(r: Result<Response, ErrorKind>) -> ServiceFuture {
+    Box::pin(ready(r))
+}
+
+impl Broker {
+    /// Loads every shard recorded in the `shards` tree.
+    pub(crate) fn open(
+        id: BrokerId,
+        db: sled::Db,
+        durability: Arc<Durability>,
+        router: Option<Arc<RouterLink>>,
+        max_record_bytes: usize,
+        max_frame: usize,
+    ) -> Result<Broker, ErrorKind> {
+        let storage = |what: &str, e: &dyn std::fmt::Display| ErrorKind::Storage {
+            reason: format!("{what}: {e}"),
+        };
+        let owners = db
+            .open_tree("shards")
+            .map_err(|e| storage("cannot open the shards tree", &e))?;
+        let mut shards = HashMap::new();
+        let mut epoch = 0;
+        for kv in owners.iter() {
+            let (k, v) = kv.map_err(|e| storage("cannot read the shards tree", &e))?;
+            let own = Ownership::decode(&v).map_err(|e| {
+                storage(
+                    &format!("corrupt ownership record {}", String::from_utf8_lossy(&k)),
+                    &e,
+                )
+            })?;
+            epoch = epoch.max(own.epoch);
+            let shard = Shard::open(&db, own)?;
+            shards.insert(shard.id().clone(), Arc::new(shard));
+        }
+        Ok(Broker {
+            id,
+            db,
+            owners,
+            shards: RwLock::new(shards),
+            durability,
+            epoch: AtomicU64::new(epoch),
+            router,
+            max_record_bytes,
+            read_limit: max_frame.saturating_sub(FRAME_MARGIN).max(RECORD_OVERHEAD),
+        })
+    }
+
+    pub fn id(&self) -> BrokerId {
+        self.id
+    }
+
+    /// The newest routing epoch seen.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn observe_epoch(&self, epoch: Epoch) {
+        self.epoch.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    fn shards_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ShardId, Arc<Shard>>> {
+        self.shards.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shards_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ShardId, Arc<Shard>>> {
+        self.shards.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn not_owner(&self, shard: &ShardId) -> ErrorKind {
+        ErrorKind::NotOwner {
+            shard: shard.to_string(),
+            epoch: self.epoch(),
+            owner: None,
+        }
+    }
+
+    /// The shard, if held and accessible as `access` asks.
+    fn shard(&self, id: &ShardId, access: Access) -> Result<Arc<Shard>, ErrorKind> {
+        let shard = self
+            .shards_read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| self.not_owner(id))?;
+        shard.ensure(access, self.epoch())?;
+        Ok(shard)
+    }
+
+    /// Reports of the shards the router should know about: owned ones, and any mid-move.
+    pub fn report(&self) -> BrokerReport {
+        let mut shards: Vec<ShardReport> = self
+            .shards_read()
+            .values()
+            .filter(|s| {
+                let own = s.ownership();
+                own.owned || own.state != ShardState::Active
+            })
+            .map(|s| s.report())
+            .collect();
+        shards.sort_by(|a, b| a.shard.cmp(&b.shard));
+        BrokerReport {
+            shards,
+            imports: Vec::new(),
+        }
+    }
+
+    /// Own `shard` from `epoch` on, creating an empty log if none is held. An assignment older
+    /// than what this broker already applied for the shard is ignored.
+    pub fn assign(&self, shard: &ShardId, epoch: Epoch) -> Result<(), ErrorKind> {
+        self.observe_epoch(epoch);
+        let mut shards = self.shards_write();
+        if let Some(s) = shards.get(shard) {
+            let before = s.ownership();
+            let after = s.update_ownership(&self.owners, |o| {
+                if epoch >= o.epoch {
+                    o.owned = true;
+                    o.epoch = epoch;
+                }
+            })?;
+            if !before.owned && after.owned {
+                info!(%shard, epoch, "shard assigned again; serving its existing log");
+            }
+            return Ok(());
+        }
+        let own = Ownership {
+            shard: shard.clone(),
+            state: ShardState::Active,
+            epoch,
+            owned: true,
+        };
+        let opened = Arc::new(Shard::open(&self.db, own.clone())?);
+        self.owners
+            .insert(shard.key().as_bytes(), own.encode()?)
+            .map_err(|e| ErrorKind::Storage {
+                reason: format!("{shard}: cannot record ownership: {e}"),
+            })?;
+        info!(%shard, epoch, end_offset = opened.end_offset(), "shard assigned");
+        shards.insert(shard.clone(), opened);
+        Ok(())
+    }
+
+    /// Applies the router's complete assignment as of `epoch`: owns every listed shard, and stops
+    /// serving held shards that are not listed (unless assigned at a newer epoch than this answer).
+    pub fn reconcile(&self, epoch: Epoch, assignments: &[ShardAssignment]) {
+        self.observe_epoch(epoch);
+        for a in assignments {
+            if let Err(e) = self.assign(&a.shard, a.epoch) {
+                warn!(shard = %a.shard, "cannot take the assigned shard: {e}");
+            }
+        }
+        let held: Vec<Arc<Shard>> = self.shards_read().values().cloned().collect();
+        for s in held {
+            if assignments.iter().any(|a| &a.shard == s.id()) {
+                continue;
+            }
+            let mut unassigned = false;
+            let res = s.update_ownership(&self.owners, |o| {
+                if o.owned && o.epoch <= epoch {
+                    o.owned = false;
+                    o.epoch = epoch;
+                    unassigned = true;
+                }
+            });
+            match res {
+                Ok(_) if unassigned => {
+                    info!(shard = %s.id(), epoch, "shard no longer assigned here; keeping its data until dropped");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(shard = %s.id(), "cannot record unassignment: {e}"),
+            }
+        }
+    }
+
+    /// Deletes the local copy of `shard`, unless it is assigned here at a newer epoch.
+    pub fn drop_shard(&self, shard: &ShardId, epoch: Epoch) -> Result<(), ErrorKind> {
+        let mut shards = self.shards_write();
+        if let Some(s) = shards.get(shard) {
+            let own = s.ownership();
+            if own.owned && own.epoch > epoch {
+                return Err(ErrorKind::BadRequest {
+                    reason: format!(
+                        "not dropping {shard}: it is assigned to broker {} at epoch {}, newer than the drop's epoch {epoch}",
+                        self.id, own.epoch
+                    ),
+                });
+            }
+            s.mark_dropped();
+            shards.remove(shard);
+        }
+        // The log goes first: a crash in between leaves an ownership record over an empty tree,
+        // which the router's retried drop removes, never an orphaned log a new assignment would
+        // silently reuse.
+        self.db
+            .drop_tree(tree_name(shard))
+            .and_then(|_| self.owners.remove(shard.key().as_bytes()))
+            .map_err(|e| ErrorKind::Storage {
+                reason: format!("{shard}: cannot delete the local copy: {e}"),
+            })?;
+        info!(%shard, epoch, "shard dropped");
+        Ok(())
+    }
+
+    fn produce(&self, p: ProduceRequest) -> ServiceFuture {
+        let result = self.shard(&p.shard, Access::Write).and_then(|shard| {
+            p.batch.validate(self.max_record_bytes)?;
+            shard.append(&p.batch, p.producer, self.epoch())
+        });
+        let appended = match result {
+            Ok(a) => a,
+            Err(e) => return ready_result(Err(e)),
+        };
+        let response = Response::Produced {
+            base_offset: appended.base_offset,
+            count: appended.count,
+            duplicate: appended.duplicate,
+        };
+        if p.acks == Acks::Appended {
+            return ready_result(Ok(response));
+        }
+        // A retry may arrive while the original still waits for its flush: it waits for the
+        // same (or a later) flush, never acknowledging less than the original would.
+        let ticket = if appended.duplicate {
+            self.durability.current()
+        } else {
+            self.durability.note_write()
+        };
+        self.wait_durable(ticket, response)
+    }
+
+    fn wait_durable(&self, ticket: u64, response: Response) -> ServiceFuture {
+        let durability = self.durability.clone();
+        Box::pin(async move {
+            durability.wait(ticket).await?;
+            Ok(response)
+        })
+    }
+
+    fn fetch(&self, f: FetchRequest) -> ServiceFuture {
+        let shard = match self.shard(&f.shard, Access::Read) {
+            Ok(s) => s,
+            Err(e) => return ready_result(Err(e)),
+        };
+        let read_limit = self.read_limit;
+        let max_bytes = (f.max_bytes as usize).min(read_limit);
+        let end = shard.end_offset();
+        let answer = move |shard: &Shard| {
+            let (batches, high_watermark) = shard.read(f.offset, max_bytes, read_limit)?;
+            Ok(Response::Fetched {
+                high_watermark,
+                start_offset: shard.offsets().0,
+                batches,
+            })
+        };
+        if f.offset != end || f.max_wait_ms == 0 {
+            return ready_result(answer(&shard));
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        Box::pin(async move {
+            let mut rx = shard.subscribe();
+            let changed = shard.state_changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            shard.ensure(Access::Read, epoch)?;
+            let wait = Duration::from_millis(f.max_wait_ms as u64);
+            // Wakes on the first append past `offset`, or when the shard stops being served here.
+            tokio::select! {
+                _ = tokio::time::timeout(wait, rx.wait_for(|end| *end > f.offset)) => {}
+                _ = changed => {}
+            }
+            shard.ensure(Access::Read, epoch)?;
+            answer(&shard)
+        })
+    }
+
+    fn commit(&self, shard: &ShardId, group: &str, offset: Offset) -> ServiceFuture {
+        let result = self
+            .shard(shard, Access::Write)
+            .and_then(|s| s.commit(group, offset, self.epoch()));
+        match result {
+            Ok(()) => {
+                let ticket = self.durability.note_write();
+                self.wait_durable(ticket, Response::Committed)
+            }
+            Err(e) => ready_result(Err(e)),
+        }
+    }
+
+    fn export(&self, shard: &ShardId, from: Offset, max_bytes: u32) -> Result<Response, ErrorKind> {
+        let s = self.shard(shard, Access::Held)?;
+        // Read the state first: if it says fenced, no append can follow, so `end_offset` is final.
+        let fenced = s.ownership().state == ShardState::Fenced;
+        let (batches, end_offset) = s.read(
+            from,
+            (max_bytes as usize).min(self.read_limit),
+            self.read_limit,
+        )?;
+        Ok(Response::Exported {
+            batches,
+            end_offset,
+            fenced,
+        })
+    }
+
+    fn fence(&self, shard: &ShardId, move_id: u64) -> ServiceFuture {
+        let result = self.shard(shard, Access::Held).and_then(|s| {
+            if s.ownership().state == ShardState::Importing {
+                return Err(ErrorKind::BadRequest {
+                    reason: format!("{shard} is still being imported here; nothing to fence"),
+                });
+            }
+            // Taking the shard lock orders the fence after every append already accepted.
+            s.update_ownership(&self.owners, |o| o.state = ShardState::Fenced)?;
+            Ok(s.end_offset())
+        });
+        let end_offset = match result {
+            Ok(e) => e,
+            Err(e) => return ready_result(Err(e)),
+        };
+        info!(%shard, move_id, end_offset, "shard fenced: writes stopped for the hand-over");
+        let durability = self.durability.clone();
+        // The final offset must survive a crash whatever the fsync policy: flush before answering.
+        Box::pin(async move {
+            durability.flush_now().await?;
+            Ok(Response::Fenced { end_offset })
+        })
+    }
+
+    fn unfence(&self, shard: &ShardId, move_id: u64) -> Result<Response, ErrorKind> {
+        let s = self.shard(shard, Access::Held)?;
+        let own = s.update_ownership(&self.owners, |o| {
+            if o.state == ShardState::Fenced {
+                o.state = ShardState::Active;
+            }
+        })?;
+        if own.state != ShardState::Active {
+            return Err(ErrorKind::BadRequest {
+                reason: format!("{shard} is {:?} here, not fenced", own.state),
+            });
+        }
+        info!(%shard, move_id, "shard unfenced: accepting writes again");
+        Ok(Response::Ok)
+    }
+
+    fn forward(&self, request: Request) -> ServiceFuture {
+        let Some(router) = self.router.clone() else {
+            return ready_result(Err(ErrorKind::Unavailable {
+                what: "router".into(),
+                reason: format!(
+                    "broker {} runs standalone (no --router); send {} requests to a router",
+                    self.id,
+                    request.name()
+                ),
+            }));
+        };
+        Box::pin(async move { router.request(request, FORWARD_TIMEOUT).await })
+    }
+
+    /// Flushes the database (used at shutdown).
+    pub(crate) async fn flush(&self) -> Result<(), ErrorKind> {
+        self.durability.flush_now().await
+    }
+}
+
+impl Service for Broker {
+    fn name(&self) -> String {
+        format!("broker-{}", self.id)
+    }
+
+    fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
+        match request {
+            Request::Produce(p) => self.produce(p),
+            Request::Fetch(f) => self.fetch(f),
+            Request::CommitOffset {
+                shard,
+                group,
+                offset,
+                ..
+            } => self.commit(&shard, &group, offset),
+            Request::FetchOffset { shard, group, .. } => ready_result(
+                self.shard(&shard, Access::Read)
+                    .map(|s| Response::GroupOffset {
+                        offset: s.group_offset(&group),
+                    }),
+            ),
+            Request::ListOffsets { shard, .. } => {
+                ready_result(self.shard(&shard, Access::Read).map(|s| {
+                    let (start, end) = s.offsets();
+                    Response::Offsets { start, end }
+                }))
+            }
+            r @ (Request::Metadata { .. }
+            | Request::CreateTopic { .. }
+            | Request::ListTopics
+            | Request::DescribeTopic { .. }
+            | Request::ListBrokers
+            | Request::Status
+            | Request::RemoveBroker { .. }) => self.forward(r),
+            Request::AssignShards { epoch, shards } => {
+                self.observe_epoch(epoch);
+                let result = shards
+                    .iter()
+                    .try_for_each(|a| self.assign(&a.shard, a.epoch));
+                ready_result(result.map(|()| Response::Ok))
+            }
+            Request::DropShard { shard, epoch } => {
+                ready_result(self.drop_shard(&shard, epoch).map(|()| Response::Ok))
+            }
+            Request::ExportShard {
+                shard,
+                from_offset,
+                max_bytes,
+            } => ready_result(self.export(&shard, from_offset, max_bytes)),
+            Request::ExportMeta { shard } => ready_result(
+                self.shard(&shard, Access::Held)
+                    .map(|s| Response::Meta(s.meta())),
+            ),
+            Request::FenceShard { shard, move_id } => self.fence(&shard, move_id),
+            Request::UnfenceShard { shard, move_id } => ready_result(self.unfence(&shard, move_id)),
+            Request::Handshake { .. } => ready_result(Err(ErrorKind::BadRequest {
+                reason: "handshake is only valid as the first frame".into(),
+            })),
+            r @ (Request::RegisterBroker { .. }
+            | Request::Heartbeat { .. }
+            | Request::LeaveBroker { .. }
+            | Request::ImportShard { .. }
+            | Request::MoveStatus { .. }) => ready_result(Err(ErrorKind::Unsupported {
+                request: r.name().into(),
+            })),
+        }
+    }
+}

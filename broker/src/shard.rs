@@ -1,0 +1,469 @@
+//! One shard's log in its own sled tree, with its producer (idempotence) state and group offsets.
+//!
+//! Layout of the tree `shard/{topic}:P{n}`; the prefixes keep each kind of key together so one
+//! atomic `sled::Batch` can write a log entry together with the producer state it implies:
+//!
+//! | key                               | value                                          |
+//! |-----------------------------------|------------------------------------------------|
+//! | `0x00` + base offset (u64 BE)     | `count: u32 LE` + the packed `RecordBatch.data` |
+//! | `0x01` + producer id (u64 BE)     | `ProducerState` (bincode)                      |
+//! | `0x02` + group name bytes         | committed offset (u64 BE)                      |
+//! | `0x03` `b"bytes"`                 | log bytes stored so far (u64 BE)               |
+//!
+//! Offsets are dense from 0: the next offset lives in memory and is recovered on open from the last
+//! log key plus its count. All mutation happens under the shard's `std::sync::Mutex`, which is
+//! never held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use shardq_protocol::codec::{decode, encode};
+use shardq_protocol::{
+    Epoch, ErrorKind, Offset, ProducerSeq, ProducerState, RecordBatch, ShardId, ShardMeta,
+    ShardReport, ShardState, StoredBatch,
+};
+use tokio::sync::{watch, Notify};
+
+const LOG: u8 = 0x00;
+const PRODUCER: u8 = 0x01;
+const GROUP: u8 = 0x02;
+const STATS_BYTES: &[u8] = b"\x03bytes";
+
+/// Stored log entries are kept at or below this size: sled writes a separate file per value above
+/// about 128 KiB, and smaller values keep fetch granularity fine.
+pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
+
+/// Name of the sled tree holding `shard`.
+pub fn tree_name(shard: &ShardId) -> String {
+    format!("shard/{shard}")
+}
+
+fn log_key(offset: Offset) -> [u8; 9] {
+    let mut k = [LOG; 9];
+    k[1..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn producer_key(id: u64) -> [u8; 9] {
+    let mut k = [PRODUCER; 9];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn group_key(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + group.len());
+    k.push(GROUP);
+    k.extend_from_slice(group.as_bytes());
+    k
+}
+
+fn storage(shard: &ShardId, what: &str, e: impl std::fmt::Display) -> ErrorKind {
+    ErrorKind::Storage {
+        reason: format!("{shard}: {what}: {e}"),
+    }
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    b.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// Decodes a stored log entry into a batch without copying the payload.
+fn entry_to_batch(
+    shard: &ShardId,
+    key: &[u8],
+    value: sled::IVec,
+) -> Result<StoredBatch, ErrorKind> {
+    let base_offset = key
+        .get(1..)
+        .and_then(be_u64)
+        .ok_or_else(|| storage(shard, "corrupt log key", format!("{key:?}")))?;
+    let count = value
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| {
+            storage(
+                shard,
+                "corrupt log entry",
+                format!("at offset {base_offset}"),
+            )
+        })?;
+    let data = Bytes::from_owner(value).slice(4..);
+    Ok(StoredBatch {
+        base_offset,
+        batch: RecordBatch { count, data },
+    })
+}
+
+/// Whether and how this broker holds the shard; persisted in the `shards` tree so a restarted
+/// broker serves at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ownership {
+    pub shard: ShardId,
+    pub state: ShardState,
+    /// Routing epoch of the latest assignment (or unassignment) this broker applied.
+    pub epoch: Epoch,
+    /// Assigned to this broker by the router (or a standalone `AssignShards`). A held but
+    /// unassigned shard keeps its data and answers `NotOwner` until dropped.
+    pub owned: bool,
+}
+
+impl Ownership {
+    pub fn encode(&self) -> Result<Vec<u8>, ErrorKind> {
+        encode(self).map_err(|e| storage(&self.shard, "cannot encode ownership", e))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Ownership, String> {
+        decode(bytes)
+    }
+}
+
+/// What a produce call achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: Offset,
+    pub count: u32,
+    pub duplicate: bool,
+}
+
+struct Inner {
+    own: Ownership,
+    next_offset: Offset,
+    bytes: u64,
+    producers: HashMap<u64, ProducerState>,
+    groups: BTreeMap<String, Offset>,
+    /// Set once the tree is deleted; the `Arc<Shard>` may outlive it in in-flight requests.
+    dropped: bool,
+}
+
+/// One shard held by this broker.
+pub struct Shard {
+    id: ShardId,
+    tree: sled::Tree,
+    inner: Mutex<Inner>,
+    /// The shard's next offset, for long polls.
+    end: watch::Sender<Offset>,
+    /// Signalled when ownership or state changes, so long polls answer (e.g. `NotOwner`) at once.
+    changed: Notify,
+}
+
+/// Why a request may not touch the shard now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Produce and commit: owned and Active.
+    Write,
+    /// Fetch and offsets: owned and Active or Fenced (reads continue during a hand-over).
+    Read,
+    /// Transfer calls: held in any state.
+    Held,
+}
+
+impl Shard {
+    /// Opens (or creates) the shard's tree and recovers its next offset, producer state and groups.
+    pub fn open(db: &sled::Db, own: Ownership) -> Result<Shard, ErrorKind> {
+        let id = own.shard.clone();
+        let tree = db
+            .open_tree(tree_name(&id))
+            .map_err(|e| storage(&id, "cannot open tree", e))?;
+        let next_offset = match tree
+            .range(log_key(0)..=log_key(u64::MAX))
+            .next_back()
+            .transpose()
+            .map_err(|e| storage(&id, "cannot read the log end", e))?
+        {
+            Some((k, v)) => entry_to_batch(&id, &k, v)?.end_offset(),
+            None => 0,
+        };
+        let mut producers = HashMap::new();
+        for kv in tree.scan_prefix([PRODUCER]) {
+            let (_, v) = kv.map_err(|e| storage(&id, "cannot read producer state", e))?;
+            let st: ProducerState =
+                decode(&v).map_err(|e| storage(&id, "corrupt producer state", e))?;
+            producers.insert(st.producer_id, st);
+        }
+        let mut groups = BTreeMap::new();
+        for kv in tree.scan_prefix([GROUP]) {
+            let (k, v) = kv.map_err(|e| storage(&id, "cannot read group offsets", e))?;
+            let group = String::from_utf8_lossy(&k[1..]).into_owned();
+            let off = be_u64(&v).ok_or_else(|| storage(&id, "corrupt group offset", &group))?;
+            groups.insert(group, off);
+        }
+        let bytes = tree
+            .get(STATS_BYTES)
+            .map_err(|e| storage(&id, "cannot read stats", e))?
+            .and_then(|v| be_u64(&v))
+            .unwrap_or(0);
+        Ok(Shard {
+            id,
+            tree,
+            end: watch::Sender::new(next_offset),
+            changed: Notify::new(),
+            inner: Mutex::new(Inner {
+                own,
+                next_offset,
+                bytes,
+                producers,
+                groups,
+                dropped: false,
+            }),
+        })
+    }
+
+    pub fn id(&self) -> &ShardId {
+        &self.id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave sled half-written (batches are atomic), and
+        // the in-memory fields are only updated after sled succeeded: the data is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check(&self, inner: &Inner, access: Access, known_epoch: Epoch) -> Result<(), ErrorKind> {
+        let not_owner = || ErrorKind::NotOwner {
+            shard: self.id.to_string(),
+            epoch: known_epoch,
+            owner: None,
+        };
+        if inner.dropped {
+            return Err(not_owner());
+        }
+        match (access, inner.own.state) {
+            (Access::Held, _) => Ok(()),
+            (_, ShardState::Importing) => Err(not_owner()),
+            _ if !inner.own.owned => Err(not_owner()),
+            (Access::Write, ShardState::Fenced) => Err(ErrorKind::Moving {
+                shard: self.id.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks access without doing anything (for requests that then wait).
+    pub fn ensure(&self, access: Access, known_epoch: Epoch) -> Result<(), ErrorKind> {
+        let inner = self.lock();
+        self.check(&inner, access, known_epoch)
+    }
+
+    pub fn ownership(&self) -> Ownership {
+        self.lock().own.clone()
+    }
+
+    /// Appends a validated batch (or recognises a retry). Synchronous: the caller runs it in
+    /// arrival order.
+    pub fn append(
+        &self,
+        batch: &RecordBatch,
+        producer: Option<ProducerSeq>,
+        known_epoch: Epoch,
+    ) -> Result<Appended, ErrorKind> {
+        let mut inner = self.lock();
+        self.check(&inner, Access::Write, known_epoch)?;
+        if let Some(p) = producer {
+            if let Some(st) = inner.producers.get(&p.producer_id) {
+                if p.sequence <= st.last_sequence {
+                    // A retry of the last batch (or an even older one, whose exact offsets are no
+                    // longer known): acknowledge again, append nothing.
+                    return Ok(Appended {
+                        base_offset: st.base_offset,
+                        count: st.count,
+                        duplicate: true,
+                    });
+                }
+                if p.sequence != st.last_sequence + 1 {
+                    return Err(ErrorKind::OutOfOrderSequence {
+                        shard: self.id.to_string(),
+                        producer_id: p.producer_id,
+                        expected: st.last_sequence + 1,
+                        got: p.sequence,
+                    });
+                }
+            }
+        }
+        let base_offset = inner.next_offset;
+        let mut sled_batch = sled::Batch::default();
+        let mut offset = base_offset;
+        let mut added = 0u64;
+        for part in batch.split(MAX_ENTRY_BYTES) {
+            let mut value = Vec::with_capacity(4 + part.data.len());
+            value.extend_from_slice(&part.count.to_le_bytes());
+            value.extend_from_slice(&part.data);
+            added += value.len() as u64;
+            sled_batch.insert(&log_key(offset), value);
+            offset += part.count as u64;
+        }
+        let state = producer.map(|p| ProducerState {
+            producer_id: p.producer_id,
+            last_sequence: p.sequence,
+            base_offset,
+            count: batch.count,
+        });
+        if let Some(st) = &state {
+            let v = encode(st).map_err(|e| storage(&self.id, "cannot encode producer state", e))?;
+            sled_batch.insert(&producer_key(st.producer_id), v);
+        }
+        let bytes = inner.bytes + added;
+        sled_batch.insert(STATS_BYTES, &bytes.to_be_bytes());
+        self.tree
+            .apply_batch(sled_batch)
+            .map_err(|e| storage(&self.id, "append failed", e))?;
+        inner.next_offset = offset;
+        inner.bytes = bytes;
+        if let Some(st) = state {
+            inner.producers.insert(st.producer_id, st);
+        }
+        self.end.send_replace(offset);
+        Ok(Appended {
+            base_offset,
+            count: batch.count,
+            duplicate: false,
+        })
+    }
+
+    /// The first offset still stored (no retention yet: always 0) and the next offset.
+    pub fn offsets(&self) -> (Offset, Offset) {
+        (0, self.lock().next_offset)
+    }
+
+    pub fn end_offset(&self) -> Offset {
+        self.lock().next_offset
+    }
+
+    /// Receives the next offset whenever it grows (long polls wait on it).
+    pub fn subscribe(&self) -> watch::Receiver<Offset> {
+        self.end.subscribe()
+    }
+
+    /// Completes on the next ownership or state change (enable it before checking the state).
+    pub fn state_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Reads whole stored entries covering `from ..end`: the entry holding `from` first, then
+    /// forward until about `max_bytes` (at least one entry when there is data, never beyond
+    /// `hard_max` bytes). Returns the batches and the end offset they were read against.
+    pub fn read(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        hard_max: usize,
+    ) -> Result<(Vec<StoredBatch>, Offset), ErrorKind> {
+        let end = self.end_offset();
+        if from > end {
+            return Err(ErrorKind::BadRequest {
+                reason: format!(
+                    "offset {from} is past the end of {} (next offset {end})",
+                    self.id
+                ),
+            });
+        }
+        let mut out = Vec::new();
+        if from == end {
+            return Ok((out, end));
+        }
+        let start_key = match self
+            .tree
+            .range(log_key(0)..=log_key(from))
+            .next_back()
+            .transpose()
+            .map_err(|e| storage(&self.id, "read failed", e))?
+        {
+            Some((k, _)) => k,
+            None => sled::IVec::from(&log_key(0)),
+        };
+        let mut total = 0usize;
+        // Only entries below `end` are complete from this reader's point of view.
+        for kv in self.tree.range(start_key..sled::IVec::from(&log_key(end))) {
+            let (k, v) = kv.map_err(|e| storage(&self.id, "read failed", e))?;
+            let size = v.len();
+            if !out.is_empty() && (total >= max_bytes || total + size > hard_max) {
+                break;
+            }
+            total += size;
+            out.push(entry_to_batch(&self.id, &k, v)?);
+        }
+        Ok((out, end))
+    }
+
+    /// Commits a group's offset (synchronously; the caller waits for durability).
+    pub fn commit(&self, group: &str, offset: Offset, known_epoch: Epoch) -> Result<(), ErrorKind> {
+        let mut inner = self.lock();
+        self.check(&inner, Access::Write, known_epoch)?;
+        if offset > inner.next_offset {
+            return Err(ErrorKind::BadRequest {
+                reason: format!(
+                    "cannot commit offset {offset} for group {group:?}: {} ends at {}",
+                    self.id, inner.next_offset
+                ),
+            });
+        }
+        self.tree
+            .insert(group_key(group), &offset.to_be_bytes())
+            .map_err(|e| storage(&self.id, "commit failed", e))?;
+        inner.groups.insert(group.to_string(), offset);
+        Ok(())
+    }
+
+    pub fn group_offset(&self, group: &str) -> Option<Offset> {
+        self.lock().groups.get(group).copied()
+    }
+
+    pub fn meta(&self) -> ShardMeta {
+        let inner = self.lock();
+        let mut producers: Vec<ProducerState> = inner.producers.values().cloned().collect();
+        producers.sort_by_key(|p| p.producer_id);
+        ShardMeta {
+            groups: inner.groups.iter().map(|(g, o)| (g.clone(), *o)).collect(),
+            producers,
+        }
+    }
+
+    pub fn report(&self) -> ShardReport {
+        let inner = self.lock();
+        ShardReport {
+            shard: self.id.clone(),
+            state: inner.own.state,
+            epoch: inner.own.epoch,
+            start_offset: 0,
+            end_offset: inner.next_offset,
+            bytes: inner.bytes,
+            groups: inner.groups.iter().map(|(g, o)| (g.clone(), *o)).collect(),
+        }
+    }
+
+    /// Applies `change` to the ownership record and persists it in `owners` (the `shards` tree),
+    /// under the shard lock so it is ordered with appends. Returns the new record.
+    pub fn update_ownership(
+        &self,
+        owners: &sled::Tree,
+        change: impl FnOnce(&mut Ownership),
+    ) -> Result<Ownership, ErrorKind> {
+        let mut inner = self.lock();
+        if inner.dropped {
+            return Err(ErrorKind::UnknownShard {
+                shard: self.id.to_string(),
+                reason: "it was dropped from this broker".into(),
+            });
+        }
+        let mut own = inner.own.clone();
+        change(&mut own);
+        if own != inner.own {
+            owners
+                .insert(self.id.key().as_bytes(), own.encode()?)
+                .map_err(|e| storage(&self.id, "cannot record ownership", e))?;
+            inner.own = own.clone();
+            drop(inner);
+            self.changed.notify_waiters();
+        }
+        Ok(own)
+    }
+
+    /// Marks the shard dropped (every later request is refused) and returns whether it was held.
+    pub fn mark_dropped(&self) -> bool {
+        let was_held = !std::mem::replace(&mut self.lock().dropped, true);
+        self.changed.notify_waiters();
+        was_held
+    }
+}

@@ -1,0 +1,204 @@
+//! The broker against a stand-in router: it registers (again after `UnknownBroker`), heartbeats
+//! with reports, takes and gives up shards as the heartbeat answers say (keeping the data), and
+//! forwards router-only requests.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use shardq_broker::{start, FsyncPolicy};
+use shardq_protocol::{
+    serve, CancellationToken, ErrorKind, Request, Response, RoutingTable, ServerConfig, Service,
+    ServiceFuture, ShardAssignment, ShardId, ShardReport, TopicInfo,
+};
+
+#[derive(Default)]
+struct FakeRouter {
+    assignments: Mutex<Vec<ShardAssignment>>,
+    registrations: Mutex<Vec<String>>,
+    reports: Mutex<Vec<ShardReport>>,
+    /// Answer the next heartbeat with UnknownBroker.
+    forget: Mutex<bool>,
+}
+
+impl Service for FakeRouter {
+    fn name(&self) -> String {
+        "router".into()
+    }
+
+    fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
+        let result = match request {
+            Request::RegisterBroker { addr, .. } => {
+                self.registrations.lock().unwrap().push(addr);
+                Ok(Response::Registered { epoch: 5 })
+            }
+            Request::Heartbeat { id, report } => {
+                *self.reports.lock().unwrap() = report.shards;
+                if std::mem::take(&mut *self.forget.lock().unwrap()) {
+                    Err(ErrorKind::UnknownBroker { id })
+                } else {
+                    Ok(Response::HeartbeatAck {
+                        epoch: 5,
+                        assignments: self.assignments.lock().unwrap().clone(),
+                    })
+                }
+            }
+            Request::ListTopics => Ok(Response::Topics(vec![TopicInfo {
+                name: "t".into(),
+                partitions: 1,
+            }])),
+            Request::Metadata { .. } => Ok(Response::Routing(RoutingTable {
+                epoch: 5,
+                ..Default::default()
+            })),
+            other => Err(ErrorKind::Unsupported {
+                request: other.name().into(),
+            }),
+        };
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// Polls `check` until it holds or 10 s pass.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_reconcile_assignments_and_requests_are_forwarded() {
+    let router = Arc::new(FakeRouter::default());
+    let shard = ShardId::new("t", 1);
+    router.assignments.lock().unwrap().push(ShardAssignment {
+        shard: shard.clone(),
+        epoch: 5,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router_addr = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(
+        listener,
+        router.clone(),
+        ServerConfig::default(),
+        stop.clone(),
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), FsyncPolicy::Never);
+    cfg.router = Some(router_addr);
+    cfg.heartbeat = Duration::from_millis(30);
+    cfg.advertise = Some("broker-one.example:7401".into());
+    let handle = start(cfg).await.unwrap();
+    let conn = connect(&handle).await;
+
+    eventually("the heartbeat assignment is served", || async {
+        produce(&conn, &shard, batch_of(&[b"a"]), None)
+            .await
+            .is_ok()
+    })
+    .await;
+    assert_eq!(
+        router.registrations.lock().unwrap()[0],
+        "broker-one.example:7401"
+    );
+    eventually("the report shows the record", || async {
+        router
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.shard == shard && r.end_offset == 1)
+    })
+    .await;
+
+    // Router-only requests are forwarded.
+    assert_eq!(
+        conn.request(Request::ListTopics).await.unwrap(),
+        Response::Topics(vec![TopicInfo {
+            name: "t".into(),
+            partitions: 1
+        }])
+    );
+    assert!(matches!(
+        conn.request(Request::Metadata { topics: vec![] })
+            .await
+            .unwrap(),
+        Response::Routing(_)
+    ));
+
+    // Unassigned: refused with NotOwner at the router's epoch, data kept.
+    router.assignments.lock().unwrap().clear();
+    eventually("the unassigned shard is refused", || async {
+        // A read probe: a produce probe would append while the shard is still served.
+        matches!(
+            conn.request(Request::ListOffsets { shard: shard.clone(), epoch: 5 }).await,
+            Err(e) if matches!(e.kind(), Some(ErrorKind::NotOwner { epoch: 5, .. }))
+        )
+    })
+    .await;
+    let err = server_error(
+        produce(&conn, &shard, batch_of(&[b"b"]), None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(err, ErrorKind::NotOwner { .. }), "{err:?}");
+
+    // The router forgets the broker: it registers again, then gets its shard back, data intact.
+    *router.forget.lock().unwrap() = true;
+    router.assignments.lock().unwrap().push(ShardAssignment {
+        shard: shard.clone(),
+        epoch: 6,
+    });
+    eventually("the broker registers again", || async {
+        router.registrations.lock().unwrap().len() >= 2
+    })
+    .await;
+    eventually("the shard is served again", || async {
+        produce(&conn, &shard, batch_of(&[b"c"]), None)
+            .await
+            .is_ok()
+    })
+    .await;
+    assert_eq!(
+        read_all(&conn, &shard, 0).await,
+        vec![b"a".to_vec(), b"c".to_vec()]
+    );
+
+    handle.shutdown().await;
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_router_is_unavailable_and_shards_keep_serving() {
+    // A port with nothing listening.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), FsyncPolicy::Never);
+    cfg.router = Some(dead_addr);
+    let handle = start(cfg).await.unwrap();
+    let conn = connect(&handle).await;
+    let err = server_error(conn.request(Request::ListBrokers).await.unwrap_err());
+    assert!(matches!(err, ErrorKind::Unavailable { .. }), "{err:?}");
+    let shard = ShardId::new("t", 9);
+    assign(&conn, &shard, 1).await;
+    assert_eq!(
+        produce(&conn, &shard, batch_of(&[b"x"]), None)
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    handle.shutdown().await;
+}

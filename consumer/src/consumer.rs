@@ -1,0 +1,673 @@
+//! The [`Consumer`]: reads a set of shards for a consumer group. One long-poll fetch per shard is
+//! in flight at a time, all shards concurrently; `poll` returns as soon as any shard has data.
+//! Positions advance only past records handed out, so every record is handed out exactly once
+//! per `Consumer`, in shard order, whatever retries, moves or reconnects happen underneath.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use shardq_protocol::{
+    unexpected, ClientError, ClusterClient, ConnectionConfig, ErrorKind, FetchRequest, Offset,
+    Record, Request, Response, RoutingTable, ShardId, ShardSpec, StoredBatch,
+};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+/// Where a group with no committed offset on a shard starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The first record still stored.
+    #[default]
+    Earliest,
+    /// Only records produced after the consumer started.
+    Latest,
+}
+
+impl std::str::FromStr for StartFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            _ => Err(format!("unknown start {s:?}; expected earliest or latest")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// Router or any broker (`HOST[:PORT]`).
+    pub bootstrap: String,
+    pub group: String,
+    /// `T:Pn` or `T:*` (every partition of T).
+    pub subscriptions: Vec<ShardSpec>,
+    pub from: StartFrom,
+    /// Long poll: how long a fetch waits at the broker for new data, and how long `poll`
+    /// waits before returning empty.
+    pub max_wait: Duration,
+    /// Soft cap on the bytes one fetch returns per shard.
+    pub max_bytes: u32,
+    /// Extra time (beyond `max_wait`) one request try may take before it is retried.
+    pub request_timeout: Duration,
+    /// How long one fetch or commit keeps retrying retriable failures (owner moving or down)
+    /// before `poll`/`commit` report it.
+    pub retry_timeout: Duration,
+    pub connection: ConnectionConfig,
+}
+
+impl ConsumerConfig {
+    pub fn new(
+        bootstrap: impl Into<String>,
+        group: impl Into<String>,
+        subscriptions: Vec<ShardSpec>,
+    ) -> Self {
+        ConsumerConfig {
+            bootstrap: bootstrap.into(),
+            group: group.into(),
+            subscriptions,
+            from: StartFrom::Earliest,
+            max_wait: Duration::from_millis(500),
+            max_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(10),
+            retry_timeout: Duration::from_secs(30),
+            connection: ConnectionConfig {
+                client_name: "shardq-consumer".into(),
+                ..ConnectionConfig::default()
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ConsumerError {
+    #[error("cannot reach the cluster: {0}")]
+    Connect(ClientError),
+    #[error("nothing to consume: no subscriptions given")]
+    NoSubscriptions,
+    #[error(
+        "unknown topic {topic:?} (create it with `shardq topic create {topic} --partitions N`)"
+    )]
+    UnknownTopic { topic: String },
+    #[error("unknown shard {shard}: topic {} has partitions P1..P{partitions}", shard.topic)]
+    UnknownShard { shard: ShardId, partitions: u32 },
+    #[error("invalid group name {0:?}: must not be empty")]
+    InvalidGroup(String),
+    #[error("{what} {shard} failed: {error}")]
+    Shard {
+        shard: ShardId,
+        what: &'static str,
+        error: ClientError,
+    },
+}
+
+/// One record handed out by [`Consumer::poll`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    pub shard: ShardId,
+    pub offset: Offset,
+    pub record: Record,
+}
+
+/// The answer of one fetch: shard index, the offset it was asked for, the outcome.
+type FetchDone = (usize, Offset, Result<Response, ClientError>);
+
+struct ShardCursor {
+    shard: ShardId,
+    /// Next offset to hand out.
+    position: Offset,
+    /// Last offset committed for the group (None: never).
+    committed: Option<Offset>,
+    fetch: Option<JoinHandle<()>>,
+    /// After a failed fetch, the next one waits until then (no hot loop on a dead shard).
+    retry_at: Option<Instant>,
+}
+
+/// Reads its shards for one group. Not `Sync`: one task polls it.
+pub struct Consumer {
+    cluster: ClusterClient,
+    config: ConsumerConfig,
+    shards: Vec<ShardCursor>,
+    done_tx: mpsc::UnboundedSender<FetchDone>,
+    done_rx: mpsc::UnboundedReceiver<FetchDone>,
+    /// An error seen while records were also ready: reported by the next `poll`.
+    deferred: Option<ConsumerError>,
+}
+
+/// Pause before re-fetching a shard whose fetch failed.
+const FETCH_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+impl Consumer {
+    /// Connects, resolves the subscriptions (`T:*` to every partition) and finds each shard's
+    /// start position: the group's committed offset, else the start or end per `from`.
+    pub async fn connect(config: ConsumerConfig) -> Result<Consumer, ConsumerError> {
+        let cluster = ClusterClient::connect(&config.bootstrap, config.connection.clone())
+            .await
+            .map_err(ConsumerError::Connect)?;
+        Self::with_cluster(cluster, config).await
+    }
+
+    /// A consumer over an existing cluster client (sharing its connections).
+    pub async fn with_cluster(
+        cluster: ClusterClient,
+        config: ConsumerConfig,
+    ) -> Result<Consumer, ConsumerError> {
+        if config.group.is_empty() {
+            return Err(ConsumerError::InvalidGroup(config.group));
+        }
+        let mut table = cluster.table();
+        let topics: Vec<String> = config
+            .subscriptions
+            .iter()
+            .map(|s| s.topic().to_string())
+            .collect();
+        if topics.iter().any(|t| table.topic(t).is_none()) {
+            match cluster.refresh(&topics).await {
+                Ok(_) => {}
+                // The router refuses metadata for a topic it does not know.
+                Err(ClientError::Server(ErrorKind::UnknownTopic { topic })) => {
+                    return Err(ConsumerError::UnknownTopic { topic })
+                }
+                Err(e) => return Err(ConsumerError::Connect(e)),
+            }
+            table = cluster.table();
+        }
+        let shards = resolve(&table, &config.subscriptions)?;
+        let deadline = Instant::now() + config.retry_timeout;
+        let starts = join_all(
+            shards
+                .iter()
+                .map(|s| start_position(&cluster, &config, s, deadline)),
+        )
+        .await;
+        let mut cursors = Vec::with_capacity(shards.len());
+        for (shard, start) in shards.into_iter().zip(starts) {
+            let (position, committed) = start?;
+            debug!(%shard, position, ?committed, group = %config.group, "starting position");
+            cursors.push(ShardCursor {
+                shard,
+                position,
+                committed,
+                fetch: None,
+                retry_at: None,
+            });
+        }
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Ok(Consumer {
+            cluster,
+            config,
+            shards: cursors,
+            done_tx,
+            done_rx,
+            deferred: None,
+        })
+    }
+
+    /// The shards this consumer reads, in subscription order.
+    pub fn assignment(&self) -> Vec<ShardId> {
+        self.shards.iter().map(|c| c.shard.clone()).collect()
+    }
+
+    /// Next offset to hand out per shard.
+    pub fn positions(&self) -> Vec<(ShardId, Offset)> {
+        self.shards
+            .iter()
+            .map(|c| (c.shard.clone(), c.position))
+            .collect()
+    }
+
+    pub fn cluster(&self) -> &ClusterClient {
+        &self.cluster
+    }
+
+    /// Waits up to `max_wait` for records; returns as soon as any shard has some (possibly
+    /// empty after `max_wait`). Shard failures that outlast `retry_timeout` are returned as
+    /// errors; the consumer stays usable and retries them on the next call. Cancel-safe: a
+    /// cancelled poll loses nothing.
+    pub async fn poll(&mut self) -> Result<Vec<ConsumedRecord>, ConsumerError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let mut out = Vec::new();
+        let mut error = None;
+        let deadline = Instant::now() + self.config.max_wait;
+        loop {
+            self.start_fetches();
+            let wake = self.next_retry().map_or(deadline, |r| r.min(deadline));
+            match tokio::time::timeout_at(wake, self.done_rx.recv()).await {
+                // The sender half lives in `self`, so the channel never closes.
+                Ok(None) => break,
+                Ok(Some(done)) => {
+                    // Everything below is synchronous: no await between taking answers and
+                    // advancing positions, which is what makes `poll` cancel-safe.
+                    self.absorb(done, &mut out, &mut error);
+                    while let Ok(done) = self.done_rx.try_recv() {
+                        self.absorb(done, &mut out, &mut error);
+                    }
+                }
+                Err(_) => {}
+            }
+            if !out.is_empty() || error.is_some() || Instant::now() >= deadline {
+                break;
+            }
+        }
+        // Prefetch: positions are final for this batch of records, so the next fetches can run
+        // while the caller processes these.
+        self.start_fetches();
+        match error {
+            Some(e) if out.is_empty() => Err(e),
+            Some(e) => {
+                self.deferred = Some(e);
+                Ok(out)
+            }
+            None => Ok(out),
+        }
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.shards
+            .iter()
+            .filter(|c| c.fetch.is_none())
+            .filter_map(|c| c.retry_at)
+            .min()
+    }
+
+    /// Starts a fetch for every shard that has none in flight (and is not pausing after an
+    /// error).
+    fn start_fetches(&mut self) {
+        let now = Instant::now();
+        for (idx, c) in self.shards.iter_mut().enumerate() {
+            if c.fetch.is_some() || c.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            c.retry_at = None;
+            let cluster = self.cluster.clone();
+            let tx = self.done_tx.clone();
+            let shard = c.shard.clone();
+            let offset = c.position;
+            let max_bytes = self.config.max_bytes;
+            let max_wait_ms = self.config.max_wait.as_millis().min(u32::MAX as u128) as u32;
+            let per_try = self.config.max_wait + self.config.request_timeout;
+            let deadline = now + self.config.retry_timeout.max(per_try);
+            c.fetch = Some(tokio::spawn(async move {
+                let res = cluster
+                    .shard_request(
+                        &shard,
+                        |epoch| {
+                            Request::Fetch(FetchRequest {
+                                shard: shard.clone(),
+                                epoch,
+                                offset,
+                                max_bytes,
+                                max_wait_ms,
+                            })
+                        },
+                        per_try,
+                        deadline,
+                    )
+                    .await;
+                let _ = tx.send((idx, offset, res));
+            }));
+        }
+    }
+
+    /// Takes one fetch answer: hands out the records at and after the shard's position.
+    fn absorb(
+        &mut self,
+        (idx, asked, res): FetchDone,
+        out: &mut Vec<ConsumedRecord>,
+        error: &mut Option<ConsumerError>,
+    ) {
+        let Some(c) = self.shards.get_mut(idx) else {
+            return;
+        };
+        c.fetch = None;
+        if asked != c.position {
+            // Cannot happen with one fetch per shard; never hand out records from a stale view.
+            warn!(shard = %c.shard, asked, position = c.position, "dropping a stale fetch answer");
+            return;
+        }
+        let batches = match res {
+            Ok(Response::Fetched { batches, .. }) => batches,
+            Ok(other) => {
+                c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
+                error.get_or_insert(ConsumerError::Shard {
+                    shard: c.shard.clone(),
+                    what: "fetch from",
+                    error: ClientError::Server(unexpected("fetched", &other)),
+                });
+                return;
+            }
+            Err(e) => {
+                c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
+                warn!(shard = %c.shard, error = %e, "fetch failed");
+                error.get_or_insert(ConsumerError::Shard {
+                    shard: c.shard.clone(),
+                    what: "fetch from",
+                    error: e,
+                });
+                return;
+            }
+        };
+        let before = c.position;
+        hand_out(&c.shard, &mut c.position, &batches, out);
+        if c.position == before && batches.iter().any(|b| b.end_offset() > before) {
+            // Data exists past the position but none could be read: a damaged batch. Pausing
+            // avoids spinning on it; the error names the shard.
+            c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
+            error.get_or_insert(ConsumerError::Shard {
+                shard: c.shard.clone(),
+                what: "reading",
+                error: ClientError::Protocol {
+                    addr: String::new(),
+                    reason: format!("unreadable record batch at offset {before}"),
+                },
+            });
+        }
+    }
+
+    /// Commits, for every shard that advanced, the position after the last record handed out.
+    /// Shards whose commit fails keep their old committed offset (the next commit retries);
+    /// the first failure is returned after every shard was tried.
+    pub async fn commit(&mut self) -> Result<(), ConsumerError> {
+        let deadline = Instant::now() + self.config.retry_timeout;
+        let todo: Vec<(usize, ShardId, Offset)> = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.committed != Some(c.position))
+            .map(|(i, c)| (i, c.shard.clone(), c.position))
+            .collect();
+        let group = &self.config.group;
+        let per_try = self.config.request_timeout;
+        let cluster = &self.cluster;
+        let results = join_all(todo.iter().map(|(_, shard, offset)| {
+            cluster.shard_request(
+                shard,
+                move |epoch| Request::CommitOffset {
+                    shard: shard.clone(),
+                    epoch,
+                    group: group.clone(),
+                    offset: *offset,
+                },
+                per_try,
+                deadline,
+            )
+        }))
+        .await;
+        let mut first = None;
+        for ((idx, shard, offset), res) in todo.into_iter().zip(results) {
+            let res = match res {
+                Ok(Response::Committed) => Ok(()),
+                Ok(other) => Err(ClientError::Server(unexpected("committed", &other))),
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => {
+                    if let Some(c) = self.shards.get_mut(idx) {
+                        c.committed = Some(offset);
+                    }
+                }
+                Err(error) => {
+                    warn!(%shard, %error, "commit failed");
+                    first.get_or_insert(ConsumerError::Shard {
+                        shard,
+                        what: "commit to",
+                        error,
+                    });
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Stops the fetches in flight. Uncommitted positions are not committed.
+    pub fn close(mut self) {
+        self.stop_fetches();
+    }
+
+    fn stop_fetches(&mut self) {
+        for c in &mut self.shards {
+            if let Some(h) = c.fetch.take() {
+                h.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.stop_fetches();
+    }
+}
+
+/// Appends the records of `batches` at and after `position` to `out`, advancing `position` past
+/// each. Stored batches may start before the position (it can point into a batch): the records
+/// already handed out are skipped, so nothing is repeated.
+fn hand_out(
+    shard: &ShardId,
+    position: &mut Offset,
+    batches: &[StoredBatch],
+    out: &mut Vec<ConsumedRecord>,
+) {
+    for b in batches {
+        for (offset, record) in b.records_from(*position) {
+            if offset != *position {
+                warn!(%shard, expected = *position, got = offset, "gap in the shard's offsets");
+            }
+            *position = offset + 1;
+            out.push(ConsumedRecord {
+                shard: shard.clone(),
+                offset,
+                record,
+            });
+        }
+    }
+}
+
+/// Expands the subscriptions into shards (in order, without duplicates), refusing unknown
+/// topics and partitions.
+pub fn resolve(
+    table: &RoutingTable,
+    subscriptions: &[ShardSpec],
+) -> Result<Vec<ShardId>, ConsumerError> {
+    if subscriptions.is_empty() {
+        return Err(ConsumerError::NoSubscriptions);
+    }
+    let mut shards: Vec<ShardId> = Vec::new();
+    for spec in subscriptions {
+        let info = table
+            .topic(spec.topic())
+            .ok_or_else(|| ConsumerError::UnknownTopic {
+                topic: spec.topic().to_string(),
+            })?;
+        let ids: Vec<ShardId> = match spec {
+            ShardSpec::All(t) => (1..=info.partitions)
+                .map(|p| ShardId::new(t.as_str(), p))
+                .collect(),
+            ShardSpec::One(id) if id.partition >= 1 && id.partition <= info.partitions => {
+                vec![id.clone()]
+            }
+            ShardSpec::One(id) => {
+                return Err(ConsumerError::UnknownShard {
+                    shard: id.clone(),
+                    partitions: info.partitions,
+                })
+            }
+        };
+        for id in ids {
+            if !shards.contains(&id) {
+                shards.push(id);
+            }
+        }
+    }
+    Ok(shards)
+}
+
+/// (position, committed) for one shard.
+async fn start_position(
+    cluster: &ClusterClient,
+    config: &ConsumerConfig,
+    shard: &ShardId,
+    deadline: Instant,
+) -> Result<(Offset, Option<Offset>), ConsumerError> {
+    let fail = |what: &'static str, error: ClientError| ConsumerError::Shard {
+        shard: shard.clone(),
+        what,
+        error,
+    };
+    let per_try = config.request_timeout;
+    let committed = match cluster
+        .shard_request(
+            shard,
+            |epoch| Request::FetchOffset {
+                shard: shard.clone(),
+                epoch,
+                group: config.group.clone(),
+            },
+            per_try,
+            deadline,
+        )
+        .await
+    {
+        Ok(Response::GroupOffset { offset }) => offset,
+        Ok(other) => {
+            return Err(fail(
+                "fetch the group offset of",
+                ClientError::Server(unexpected("group-offset", &other)),
+            ))
+        }
+        Err(e) => return Err(fail("fetch the group offset of", e)),
+    };
+    if let Some(o) = committed {
+        return Ok((o, Some(o)));
+    }
+    match cluster
+        .shard_request(
+            shard,
+            |epoch| Request::ListOffsets {
+                shard: shard.clone(),
+                epoch,
+            },
+            per_try,
+            deadline,
+        )
+        .await
+    {
+        Ok(Response::Offsets { start, end }) => Ok((
+            match config.from {
+                StartFrom::Earliest => start,
+                StartFrom::Latest => end,
+            },
+            None,
+        )),
+        Ok(other) => Err(fail(
+            "list the offsets of",
+            ClientError::Server(unexpected("offsets", &other)),
+        )),
+        Err(e) => Err(fail("list the offsets of", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardq_protocol::{ShardRoute, TopicInfo};
+
+    fn table() -> RoutingTable {
+        RoutingTable {
+            epoch: 1,
+            topics: vec![TopicInfo {
+                name: "T1".into(),
+                partitions: 3,
+            }],
+            shards: (1..=3)
+                .map(|p| ShardRoute {
+                    shard: ShardId::new("T1", p),
+                    owner: None,
+                    moving: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn specs(s: &[&str]) -> Vec<ShardSpec> {
+        s.iter().map(|x| x.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn subscriptions_expand_in_order_without_duplicates() {
+        let got = resolve(&table(), &specs(&["T1:P2", "T1:*"])).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ShardId::new("T1", 2),
+                ShardId::new("T1", 1),
+                ShardId::new("T1", 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_subscriptions_are_refused_clearly() {
+        let e = resolve(&table(), &specs(&["T1:P4"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown shard T1:P4: topic T1 has partitions P1..P3"
+        );
+        let e = resolve(&table(), &specs(&["T9:*"])).unwrap_err();
+        assert!(e.to_string().contains("unknown topic \"T9\""), "{e}");
+        assert_eq!(
+            resolve(&table(), &[]).unwrap_err(),
+            ConsumerError::NoSubscriptions
+        );
+    }
+
+    fn stored(base: Offset, values: &[&str]) -> StoredBatch {
+        let mut b = shardq_protocol::BatchBuilder::default();
+        for v in values {
+            b.push(None, v.as_bytes(), 0);
+        }
+        StoredBatch {
+            base_offset: base,
+            batch: b.finish(),
+        }
+    }
+
+    #[test]
+    fn records_below_the_position_are_skipped_and_nothing_repeats() {
+        let shard = ShardId::new("T1", 1);
+        let mut pos = 2;
+        let mut out = Vec::new();
+        hand_out(
+            &shard,
+            &mut pos,
+            &[stored(0, &["a", "b", "c", "d"]), stored(4, &["e"])],
+            &mut out,
+        );
+        let got: Vec<(Offset, &[u8])> = out
+            .iter()
+            .map(|r| (r.offset, &r.record.value[..]))
+            .collect();
+        assert_eq!(got, vec![(2, &b"c"[..]), (3, b"d"), (4, b"e")]);
+        assert_eq!(pos, 5);
+        // The same answer again (e.g. a retried fetch) hands out nothing new.
+        let mut again = Vec::new();
+        hand_out(
+            &shard,
+            &mut pos,
+            &[stored(0, &["a", "b", "c", "d"]), stored(4, &["e"])],
+            &mut again,
+        );
+        assert!(again.is_empty());
+        assert_eq!(pos, 5);
+    }
+
+    #[test]
+    fn start_from_parses() {
+        assert_eq!("Latest".parse::<StartFrom>().unwrap(), StartFrom::Latest);
+        assert!("middle".parse::<StartFrom>().is_err());
+    }
+}

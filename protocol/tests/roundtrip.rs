@@ -1,0 +1,803 @@
+//! Round-trip tests for every message of the protocol: each `Request`, `Response` and `ErrorKind`
+//! variant must come back bit-for-bit equal from `codec::encode`/`codec::decode` and from the
+//! `FrameCodec`, inside its envelope. Exhaustive `match`es over the variants make adding a variant
+//! without a sample here a compile error (missing match arm) or a test failure (missing sample).
+//! Proptest strategies cover the data-plane messages with random contents.
+
+use std::collections::BTreeSet;
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use shardq_protocol::codec::{decode, encode};
+use shardq_protocol::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+// ---------------------------------------------------------------------------------------------
+// Fixed samples, one per variant, every field non-default.
+// ---------------------------------------------------------------------------------------------
+
+fn shard(t: &str, p: u32) -> ShardId {
+    ShardId::new(t, p)
+}
+
+fn broker(id: BrokerId) -> BrokerAddr {
+    BrokerAddr {
+        id,
+        addr: format!("10.0.0.{id}:74{id:02}"),
+    }
+}
+
+fn sample_batch() -> RecordBatch {
+    let mut b = BatchBuilder::default();
+    b.push(Some(b"key-1"), b"value one", 1_700_000_000_001);
+    b.push(None, b"", 1_700_000_000_002);
+    b.push(Some(b""), &[0xff; 300], u64::MAX);
+    b.finish()
+}
+
+fn sample_stored(base: Offset) -> StoredBatch {
+    StoredBatch {
+        base_offset: base,
+        batch: sample_batch(),
+    }
+}
+
+fn sample_report() -> ShardReport {
+    ShardReport {
+        shard: shard("orders", 3),
+        state: ShardState::Fenced,
+        epoch: 42,
+        start_offset: 100,
+        end_offset: 12_345,
+        bytes: 9_999_999,
+        groups: vec![("billing".into(), 77), ("audit".into(), 12_000)],
+    }
+}
+
+fn sample_move() -> MoveProgress {
+    MoveProgress {
+        move_id: 9,
+        shard: shard("orders", 2),
+        from: Some(1),
+        to: 4,
+        phase: MovePhase::Activating,
+        records_copied: 1_000_000,
+        bytes_copied: 123_456_789,
+        lag: 17,
+        started_ms: 1_700_000_000_000,
+        finished_ms: Some(1_700_000_005_000),
+        write_pause_ms: Some(35),
+        error: Some("destination disk slow".into()),
+    }
+}
+
+fn sample_route(p: u32) -> ShardRoute {
+    ShardRoute {
+        shard: shard("orders", p),
+        owner: Some(broker(p)),
+        moving: p == 2,
+    }
+}
+
+fn sample_topic() -> TopicInfo {
+    TopicInfo {
+        name: "orders".into(),
+        partitions: 3,
+    }
+}
+
+fn sample_broker_info() -> BrokerInfo {
+    BrokerInfo {
+        addr: broker(2),
+        weight: 150,
+        status: BrokerStatus::Leaving,
+        last_seen_ms: 250,
+        shards: 11,
+    }
+}
+
+/// Index of a request variant. Exhaustive on purpose: a new variant does not compile until it is
+/// listed here, and then `every_request_variant_round_trips` fails until it has a sample.
+fn request_variant(r: &Request) -> usize {
+    match r {
+        Request::Handshake { .. } => 0,
+        Request::Produce(_) => 1,
+        Request::Fetch(_) => 2,
+        Request::CommitOffset { .. } => 3,
+        Request::FetchOffset { .. } => 4,
+        Request::ListOffsets { .. } => 5,
+        Request::Metadata { .. } => 6,
+        Request::CreateTopic { .. } => 7,
+        Request::ListTopics => 8,
+        Request::DescribeTopic { .. } => 9,
+        Request::ListBrokers => 10,
+        Request::Status => 11,
+        Request::RemoveBroker { .. } => 12,
+        Request::RegisterBroker { .. } => 13,
+        Request::Heartbeat { .. } => 14,
+        Request::LeaveBroker { .. } => 15,
+        Request::AssignShards { .. } => 16,
+        Request::ImportShard { .. } => 17,
+        Request::DropShard { .. } => 18,
+        Request::MoveStatus { .. } => 19,
+        Request::ExportShard { .. } => 20,
+        Request::ExportMeta { .. } => 21,
+        Request::FenceShard { .. } => 22,
+        Request::UnfenceShard { .. } => 23,
+    }
+}
+const REQUEST_VARIANTS: usize = 24;
+
+fn sample_requests() -> Vec<Request> {
+    vec![
+        Request::Handshake {
+            version: 7,
+            client: "producer-3".into(),
+        },
+        Request::Produce(ProduceRequest {
+            shard: shard("orders", 2),
+            epoch: 19,
+            producer: Some(ProducerSeq {
+                producer_id: 0xdead_beef,
+                sequence: 41,
+            }),
+            acks: Acks::Appended,
+            batch: sample_batch(),
+        }),
+        Request::Fetch(FetchRequest {
+            shard: shard("orders", 1),
+            epoch: 20,
+            offset: 555,
+            max_bytes: 1 << 20,
+            max_wait_ms: 250,
+        }),
+        Request::CommitOffset {
+            shard: shard("orders", 1),
+            epoch: 21,
+            group: "billing".into(),
+            offset: 556,
+        },
+        Request::FetchOffset {
+            shard: shard("orders", 3),
+            epoch: 22,
+            group: "audit".into(),
+        },
+        Request::ListOffsets {
+            shard: shard("events", 10_000),
+            epoch: u64::MAX,
+        },
+        Request::Metadata {
+            topics: vec!["orders".into(), "events".into()],
+        },
+        Request::CreateTopic {
+            name: "payments".into(),
+            partitions: 12,
+        },
+        Request::ListTopics,
+        Request::DescribeTopic {
+            name: "orders".into(),
+        },
+        Request::ListBrokers,
+        Request::Status,
+        Request::RemoveBroker { id: 3, force: true },
+        Request::RegisterBroker {
+            id: 5,
+            addr: "127.0.0.1:7405".into(),
+            weight: 200,
+        },
+        Request::Heartbeat {
+            id: 5,
+            report: BrokerReport {
+                shards: vec![sample_report()],
+                imports: vec![sample_move()],
+            },
+        },
+        Request::LeaveBroker { id: 6 },
+        Request::AssignShards {
+            epoch: 33,
+            shards: vec![
+                ShardAssignment {
+                    shard: shard("orders", 1),
+                    epoch: 33,
+                },
+                ShardAssignment {
+                    shard: shard("orders", 2),
+                    epoch: 32,
+                },
+            ],
+        },
+        Request::ImportShard {
+            move_id: 12,
+            shard: shard("orders", 2),
+            source: broker(1),
+            epoch: 34,
+        },
+        Request::DropShard {
+            shard: shard("orders", 2),
+            epoch: 35,
+        },
+        Request::MoveStatus { move_id: 12 },
+        Request::ExportShard {
+            shard: shard("orders", 2),
+            from_offset: 4_096,
+            max_bytes: 65_536,
+        },
+        Request::ExportMeta {
+            shard: shard("orders", 2),
+        },
+        Request::FenceShard {
+            shard: shard("orders", 2),
+            move_id: 12,
+        },
+        Request::UnfenceShard {
+            shard: shard("orders", 2),
+            move_id: 13,
+        },
+    ]
+}
+
+/// See [`request_variant`].
+fn response_variant(r: &Response) -> usize {
+    match r {
+        Response::Handshake { .. } => 0,
+        Response::Produced { .. } => 1,
+        Response::Fetched { .. } => 2,
+        Response::Committed => 3,
+        Response::GroupOffset { .. } => 4,
+        Response::Offsets { .. } => 5,
+        Response::Routing(_) => 6,
+        Response::TopicCreated(_) => 7,
+        Response::Topics(_) => 8,
+        Response::Topic(_) => 9,
+        Response::Brokers(_) => 10,
+        Response::Status(_) => 11,
+        Response::BrokerRemoved { .. } => 12,
+        Response::Registered { .. } => 13,
+        Response::HeartbeatAck { .. } => 14,
+        Response::Ok => 15,
+        Response::Move(_) => 16,
+        Response::Exported { .. } => 17,
+        Response::Meta(_) => 18,
+        Response::Fenced { .. } => 19,
+    }
+}
+const RESPONSE_VARIANTS: usize = 20;
+
+fn sample_responses() -> Vec<Response> {
+    vec![
+        Response::Handshake {
+            version: 7,
+            server: "broker-2".into(),
+        },
+        Response::Produced {
+            base_offset: 1_000,
+            count: 3,
+            duplicate: true,
+        },
+        Response::Fetched {
+            high_watermark: 2_000,
+            start_offset: 10,
+            batches: vec![sample_stored(1_000), sample_stored(1_003)],
+        },
+        Response::Committed,
+        Response::GroupOffset { offset: Some(88) },
+        Response::Offsets {
+            start: 10,
+            end: 2_000,
+        },
+        Response::Routing(RoutingTable {
+            epoch: 44,
+            topics: vec![sample_topic()],
+            shards: vec![
+                sample_route(1),
+                sample_route(2),
+                ShardRoute {
+                    shard: shard("orders", 3),
+                    owner: None,
+                    moving: false,
+                },
+            ],
+        }),
+        Response::TopicCreated(sample_topic()),
+        Response::Topics(vec![
+            sample_topic(),
+            TopicInfo {
+                name: "events".into(),
+                partitions: 64,
+            },
+        ]),
+        Response::Topic(TopicDescription {
+            topic: sample_topic(),
+            shards: vec![
+                (sample_route(1), Some(sample_report())),
+                (sample_route(2), None),
+            ],
+        }),
+        Response::Brokers(vec![sample_broker_info()]),
+        Response::Status(ClusterStatus {
+            epoch: 45,
+            brokers: vec![sample_broker_info()],
+            topics: vec![sample_topic()],
+            shards: vec![(sample_route(3), Some(sample_report()))],
+            moves: vec![sample_move()],
+        }),
+        Response::BrokerRemoved {
+            id: 3,
+            shards: vec![shard("orders", 1), shard("events", 7)],
+            forced: true,
+        },
+        Response::Registered { epoch: 46 },
+        Response::HeartbeatAck {
+            epoch: 47,
+            assignments: vec![ShardAssignment {
+                shard: shard("orders", 1),
+                epoch: 47,
+            }],
+        },
+        Response::Ok,
+        Response::Move(sample_move()),
+        Response::Exported {
+            batches: vec![sample_stored(0)],
+            end_offset: 3,
+            fenced: true,
+        },
+        Response::Meta(ShardMeta {
+            groups: vec![("billing".into(), 3)],
+            producers: vec![ProducerState {
+                producer_id: 77,
+                last_sequence: 5,
+                base_offset: 100,
+                count: 4,
+            }],
+        }),
+        Response::Fenced { end_offset: 3_333 },
+    ]
+}
+
+/// See [`request_variant`].
+fn error_variant(e: &ErrorKind) -> usize {
+    match e {
+        ErrorKind::NotOwner { .. } => 0,
+        ErrorKind::Moving { .. } => 1,
+        ErrorKind::UnknownTopic { .. } => 2,
+        ErrorKind::UnknownShard { .. } => 3,
+        ErrorKind::InvalidName { .. } => 4,
+        ErrorKind::TopicExists { .. } => 5,
+        ErrorKind::RecordTooLarge { .. } => 6,
+        ErrorKind::FrameTooLarge { .. } => 7,
+        ErrorKind::Unavailable { .. } => 8,
+        ErrorKind::VersionMismatch { .. } => 9,
+        ErrorKind::OutOfOrderSequence { .. } => 10,
+        ErrorKind::Timeout { .. } => 11,
+        ErrorKind::BadRequest { .. } => 12,
+        ErrorKind::Unsupported { .. } => 13,
+        ErrorKind::Storage { .. } => 14,
+        ErrorKind::UnknownBroker { .. } => 15,
+        ErrorKind::ShuttingDown => 16,
+        ErrorKind::Internal { .. } => 17,
+    }
+}
+const ERROR_VARIANTS: usize = 18;
+
+fn sample_errors() -> Vec<ErrorKind> {
+    vec![
+        ErrorKind::NotOwner {
+            shard: "orders:P1".into(),
+            epoch: 9,
+            owner: Some(broker(3)),
+        },
+        ErrorKind::Moving {
+            shard: "orders:P2".into(),
+        },
+        ErrorKind::UnknownTopic {
+            topic: "nope".into(),
+        },
+        ErrorKind::UnknownShard {
+            shard: "orders:P9".into(),
+            reason: "topic has 3 partitions".into(),
+        },
+        ErrorKind::InvalidName {
+            name: "a/b".into(),
+            reason: "contains '/'".into(),
+        },
+        ErrorKind::TopicExists {
+            topic: "orders".into(),
+            partitions: 3,
+        },
+        ErrorKind::RecordTooLarge {
+            size: 2_000_000,
+            max: 1_000_000,
+        },
+        ErrorKind::FrameTooLarge {
+            size: 20_000_000,
+            max: 16_777_216,
+        },
+        ErrorKind::Unavailable {
+            what: "orders:P1".into(),
+            reason: "broker 2 is down".into(),
+        },
+        ErrorKind::VersionMismatch {
+            client: 999,
+            server: 1,
+        },
+        ErrorKind::OutOfOrderSequence {
+            shard: "orders:P1".into(),
+            producer_id: 4,
+            expected: 10,
+            got: 12,
+        },
+        ErrorKind::Timeout { after_ms: 1_500 },
+        ErrorKind::BadRequest {
+            reason: "empty record batch".into(),
+        },
+        ErrorKind::Unsupported {
+            request: "export-shard".into(),
+        },
+        ErrorKind::Storage {
+            reason: "sled: io error".into(),
+        },
+        ErrorKind::UnknownBroker { id: 8 },
+        ErrorKind::ShuttingDown,
+        ErrorKind::Internal {
+            reason: "expected a produced response, got ok".into(),
+        },
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Round-trips through `codec::encode`/`decode`, then through a `FrameCodec` frame, and returns
+/// the decoded value of each path.
+fn round_trip<T>(value: &T) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let bytes = encode(value).expect("encode");
+    let back: T = decode(&bytes).expect("decode");
+    assert_eq!(&back, value, "codec::decode(codec::encode(x)) != x");
+
+    let mut codec = FrameCodec::<T>::new(DEFAULT_MAX_FRAME);
+    let mut buf = BytesMut::new();
+    codec.encode(value, &mut buf).expect("frame encode");
+    assert_eq!(buf.len(), 4 + bytes.len(), "frame = 4-byte length + body");
+    assert_eq!(&buf[..4], &(bytes.len() as u32).to_be_bytes()[..]);
+    assert_eq!(
+        &buf[4..],
+        &bytes[..],
+        "frame body differs from codec::encode"
+    );
+    let framed = codec
+        .decode(&mut buf)
+        .expect("frame decode")
+        .expect("whole frame");
+    assert!(buf.is_empty(), "the frame was not fully consumed");
+    assert_eq!(&framed, value, "frame round trip != x");
+    back
+}
+
+fn records(batch: &RecordBatch) -> Vec<Record> {
+    batch
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .expect("batch decodes")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed-sample tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_request_variant_round_trips() {
+    let samples = sample_requests();
+    let covered: BTreeSet<usize> = samples.iter().map(request_variant).collect();
+    let missing: Vec<usize> = (0..REQUEST_VARIANTS)
+        .filter(|i| !covered.contains(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "request variants without a sample: {missing:?}"
+    );
+    assert_eq!(samples.len(), REQUEST_VARIANTS, "one sample per variant");
+
+    for (i, request) in samples.into_iter().enumerate() {
+        let env = RequestEnvelope {
+            correlation_id: 0x0123_4567_89ab_cdef ^ i as u64,
+            request,
+        };
+        let back = round_trip(&env);
+        assert_eq!(back.request.name(), env.request.name());
+        if let (Request::Produce(a), Request::Produce(b)) = (&env.request, &back.request) {
+            assert_eq!(records(&a.batch), records(&b.batch));
+        }
+    }
+}
+
+#[test]
+fn every_response_variant_round_trips() {
+    let samples = sample_responses();
+    let covered: BTreeSet<usize> = samples.iter().map(response_variant).collect();
+    let missing: Vec<usize> = (0..RESPONSE_VARIANTS)
+        .filter(|i| !covered.contains(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "response variants without a sample: {missing:?}"
+    );
+    assert_eq!(samples.len(), RESPONSE_VARIANTS, "one sample per variant");
+
+    for (i, response) in samples.into_iter().enumerate() {
+        let env = ResponseEnvelope {
+            correlation_id: u64::MAX - i as u64,
+            result: Ok(response),
+        };
+        let back = round_trip(&env);
+        if let (
+            Ok(Response::Fetched { batches: a, .. }),
+            Ok(Response::Fetched { batches: b, .. }),
+        ) = (&env.result, &back.result)
+        {
+            let ra: Vec<_> = a.iter().flat_map(|s| s.records_from(0)).collect();
+            let rb: Vec<_> = b.iter().flat_map(|s| s.records_from(0)).collect();
+            assert_eq!(ra.len(), 6);
+            assert_eq!(ra, rb);
+        }
+    }
+}
+
+#[test]
+fn every_error_variant_round_trips() {
+    let samples = sample_errors();
+    let covered: BTreeSet<usize> = samples.iter().map(error_variant).collect();
+    let missing: Vec<usize> = (0..ERROR_VARIANTS)
+        .filter(|i| !covered.contains(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "error variants without a sample: {missing:?}"
+    );
+    assert_eq!(samples.len(), ERROR_VARIANTS, "one sample per variant");
+
+    for (i, kind) in samples.into_iter().enumerate() {
+        let env = ResponseEnvelope {
+            correlation_id: i as u64 + 1,
+            result: Err(kind),
+        };
+        let back = round_trip(&env);
+        // The message users see survives the trip too.
+        let (Err(a), Err(b)) = (&env.result, &back.result) else {
+            panic!("error became a success: {back:?}");
+        };
+        assert_eq!(a.to_string(), b.to_string());
+        assert_eq!(a.is_retriable(), b.is_retriable());
+    }
+}
+
+#[test]
+fn different_variants_encode_differently() {
+    // Guards against a serializer that drops the variant tag (everything would "round-trip"
+    // into the first variant with the same shape).
+    let mut seen = BTreeSet::new();
+    for r in sample_requests() {
+        assert!(
+            seen.insert(encode(&r).expect("encode")),
+            "two requests encode alike"
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for r in sample_responses() {
+        assert!(
+            seen.insert(encode(&r).expect("encode")),
+            "two responses encode alike"
+        );
+    }
+    assert_ne!(
+        encode(&Request::ListTopics).expect("encode"),
+        encode(&Request::ListBrokers).expect("encode")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property tests for the data plane
+// ---------------------------------------------------------------------------------------------
+
+fn arb_topic() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_.-]{1,40}"
+}
+
+fn arb_shard() -> impl Strategy<Value = ShardId> {
+    (arb_topic(), 1u32..=MAX_PARTITIONS).prop_map(|(t, p)| ShardId::new(t, p))
+}
+
+fn arb_record() -> impl Strategy<Value = Record> {
+    (
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..24)),
+        proptest::collection::vec(any::<u8>(), 0..256),
+        any::<u64>(),
+    )
+        .prop_map(|(k, v, t)| Record {
+            key: k.map(Bytes::from),
+            value: Bytes::from(v),
+            timestamp_ms: t,
+        })
+}
+
+fn arb_records() -> impl Strategy<Value = Vec<Record>> {
+    proptest::collection::vec(arb_record(), 1..40)
+}
+
+fn arb_stored() -> impl Strategy<Value = (Offset, Vec<Record>)> {
+    (0u64..u64::MAX / 2, arb_records())
+}
+
+fn arb_broker_addr() -> impl Strategy<Value = BrokerAddr> {
+    (any::<u32>(), "[a-z0-9.:]{1,30}").prop_map(|(id, addr)| BrokerAddr { id, addr })
+}
+
+fn arb_error() -> impl Strategy<Value = ErrorKind> {
+    let s = || ".{0,40}";
+    prop_oneof![
+        (s(), any::<u64>(), proptest::option::of(arb_broker_addr())).prop_map(
+            |(shard, epoch, owner)| ErrorKind::NotOwner {
+                shard,
+                epoch,
+                owner
+            }
+        ),
+        s().prop_map(|shard| ErrorKind::Moving { shard }),
+        s().prop_map(|topic| ErrorKind::UnknownTopic { topic }),
+        (s(), s()).prop_map(|(shard, reason)| ErrorKind::UnknownShard { shard, reason }),
+        (s(), s()).prop_map(|(name, reason)| ErrorKind::InvalidName { name, reason }),
+        (s(), any::<u32>())
+            .prop_map(|(topic, partitions)| ErrorKind::TopicExists { topic, partitions }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(size, max)| ErrorKind::RecordTooLarge { size, max }),
+        (any::<u64>(), any::<u64>()).prop_map(|(size, max)| ErrorKind::FrameTooLarge { size, max }),
+        (s(), s()).prop_map(|(what, reason)| ErrorKind::Unavailable { what, reason }),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(client, server)| ErrorKind::VersionMismatch { client, server }),
+        (s(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(shard, producer_id, expected, got)| ErrorKind::OutOfOrderSequence {
+                shard,
+                producer_id,
+                expected,
+                got
+            }
+        ),
+        any::<u64>().prop_map(|after_ms| ErrorKind::Timeout { after_ms }),
+        s().prop_map(|reason| ErrorKind::BadRequest { reason }),
+        s().prop_map(|request| ErrorKind::Unsupported { request }),
+        s().prop_map(|reason| ErrorKind::Storage { reason }),
+        any::<u32>().prop_map(|id| ErrorKind::UnknownBroker { id }),
+        Just(ErrorKind::ShuttingDown),
+        s().prop_map(|reason| ErrorKind::Internal { reason }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn produce_round_trips(
+        id in any::<u64>(),
+        shard in arb_shard(),
+        epoch in any::<u64>(),
+        producer in proptest::option::of((any::<u64>(), any::<u64>())),
+        appended in any::<bool>(),
+        recs in arb_records(),
+    ) {
+        let batch = RecordBatch::from_records(&recs);
+        let env = RequestEnvelope {
+            correlation_id: id,
+            request: Request::Produce(ProduceRequest {
+                shard,
+                epoch,
+                producer: producer.map(|(producer_id, sequence)| ProducerSeq { producer_id, sequence }),
+                acks: if appended { Acks::Appended } else { Acks::Durable },
+                batch,
+            }),
+        };
+        let back = round_trip(&env);
+        prop_assert_eq!(&back, &env);
+        let Request::Produce(p) = &back.request else {
+            return Err(TestCaseError::fail("not a produce after the round trip"));
+        };
+        prop_assert!(p.batch.validate(1 << 20).is_ok());
+        prop_assert_eq!(p.batch.count as usize, recs.len());
+        prop_assert_eq!(records(&p.batch), recs);
+    }
+
+    #[test]
+    fn fetch_round_trips(
+        id in any::<u64>(),
+        shard in arb_shard(),
+        epoch in any::<u64>(),
+        offset in any::<u64>(),
+        max_bytes in any::<u32>(),
+        max_wait_ms in any::<u32>(),
+    ) {
+        let env = RequestEnvelope {
+            correlation_id: id,
+            request: Request::Fetch(FetchRequest { shard, epoch, offset, max_bytes, max_wait_ms }),
+        };
+        prop_assert_eq!(round_trip(&env), env);
+    }
+
+    #[test]
+    fn commit_offset_round_trips(
+        id in any::<u64>(),
+        shard in arb_shard(),
+        epoch in any::<u64>(),
+        group in ".{0,64}",
+        offset in any::<u64>(),
+    ) {
+        let env = RequestEnvelope {
+            correlation_id: id,
+            request: Request::CommitOffset { shard, epoch, group, offset },
+        };
+        prop_assert_eq!(round_trip(&env), env);
+    }
+
+    #[test]
+    fn fetched_round_trips(
+        id in any::<u64>(),
+        high_watermark in any::<u64>(),
+        start_offset in any::<u64>(),
+        stored in proptest::collection::vec(arb_stored(), 0..6),
+    ) {
+        let batches: Vec<StoredBatch> = stored
+            .iter()
+            .map(|(base, recs)| StoredBatch { base_offset: *base, batch: RecordBatch::from_records(recs) })
+            .collect();
+        let env = ResponseEnvelope {
+            correlation_id: id,
+            result: Ok(Response::Fetched { high_watermark, start_offset, batches }),
+        };
+        let back = round_trip(&env);
+        prop_assert_eq!(&back, &env);
+        let Ok(Response::Fetched { batches, .. }) = &back.result else {
+            return Err(TestCaseError::fail("not a fetched after the round trip"));
+        };
+        prop_assert_eq!(batches.len(), stored.len());
+        for (b, (base, recs)) in batches.iter().zip(&stored) {
+            let got: Vec<(Offset, Record)> = b.records_from(0).collect();
+            let want: Vec<(Offset, Record)> =
+                recs.iter().cloned().enumerate().map(|(i, r)| (base + i as u64, r)).collect();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(b.end_offset(), base + recs.len() as u64);
+        }
+    }
+
+    #[test]
+    fn error_kinds_round_trip(id in any::<u64>(), kind in arb_error()) {
+        let env = ResponseEnvelope { correlation_id: id, result: Err(kind) };
+        let back = round_trip(&env);
+        prop_assert_eq!(&back, &env);
+        if let (Err(a), Err(b)) = (&back.result, &env.result) {
+            prop_assert_eq!(a.to_string(), b.to_string());
+        }
+    }
+}
+
+#[test]
+fn error_strategy_covers_every_variant() {
+    // The strategy above is a prop_oneof! over a fixed list; make sure that list stays complete.
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+    let mut runner = TestRunner::new(Config::default());
+    let strategy = arb_error();
+    let mut seen = BTreeSet::new();
+    for _ in 0..5_000 {
+        let tree = strategy.new_tree(&mut runner).expect("generate");
+        seen.insert(error_variant(&tree.current()));
+        if seen.len() == ERROR_VARIANTS {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        ERROR_VARIANTS,
+        "arb_error misses variants: saw {seen:?}"
+    );
+}

@@ -1,0 +1,36 @@
+//! The liveness task: marks brokers Down once they have not heartbeated for the broker timeout,
+//! so their shards' routes show no owner (clients retry until the broker returns).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{info_span, warn, Instrument};
+
+use crate::Shared;
+
+/// Runs until the router's shutdown token is cancelled.
+pub(crate) async fn liveness_task(shared: Arc<Shared>) {
+    let timeout = shared.config.broker_timeout;
+    // Check a few times per timeout so a broker is Down at most ~25% after its deadline.
+    let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let expired = shared.state().expire(Instant::now(), timeout);
+            for id in expired {
+                warn!(
+                    broker = id,
+                    "no heartbeat for {timeout:?}: broker is down; its shards have no owner until it returns"
+                );
+            }
+        }
+    }
+    .instrument(info_span!("liveness"))
+    .await
+}

@@ -1,0 +1,277 @@
+//! The router's request handlers: membership, topic and broker admin, metadata, and the proxy
+//! that forwards data-plane requests to shard owners.
+//!
+//! State changes happen synchronously in `call` (so they keep the order requests arrive in on a
+//! connection, and the std lock is never held across an await); flushing the store, pushing
+//! assignments and proxying happen in the returned future.
+
+use std::future::ready;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use shardq_protocol::{
+    BrokerAddr, BrokerId, BrokerReport, ClientError, Epoch, ErrorKind, Request, Response, Service,
+    ServiceFuture, ShardId,
+};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::pool::BrokerPool;
+use crate::state::{Created, Pushes};
+use crate::store::{Op, StoreError};
+use crate::Shared;
+
+fn storage(e: StoreError) -> ErrorKind {
+    ErrorKind::Storage {
+        reason: e.to_string(),
+    }
+}
+
+fn done(result: Result<Response, ErrorKind>) -> ServiceFuture {
+    Box::pin(ready(result))
+}
+
+impl Service for Shared {
+    fn name(&self) -> String {
+        "router".into()
+    }
+
+    fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
+        match request {
+            Request::Fetch(ref f) => {
+                let timeout =
+                    Duration::from_millis(u64::from(f.max_wait_ms)) + self.config.request_timeout;
+                self.proxy(request, timeout)
+            }
+            Request::Produce(_)
+            | Request::CommitOffset { .. }
+            | Request::FetchOffset { .. }
+            | Request::ListOffsets { .. } => self.proxy(request, self.config.request_timeout),
+            Request::Metadata { topics } => {
+                done(self.state().routing_table(&topics).map(Response::Routing))
+            }
+            Request::CreateTopic { name, partitions } => self.create_topic(name, partitions),
+            Request::ListTopics => done(Ok(Response::Topics(self.state().topic_list()))),
+            Request::DescribeTopic { name } => {
+                done(self.state().describe(&name).map(Response::Topic))
+            }
+            Request::ListBrokers => {
+                done(Ok(Response::Brokers(self.state().brokers(Instant::now()))))
+            }
+            Request::Status => done(Ok(Response::Status(self.state().status(Instant::now())))),
+            Request::RemoveBroker { id, force } => self.remove_broker(id, force),
+            Request::LeaveBroker { id } => self.remove_broker(id, false),
+            Request::RegisterBroker { id, addr, weight } => self.register(id, addr, weight),
+            Request::Heartbeat { id, report } => done(self.heartbeat(id, report)),
+            other => done(Err(ErrorKind::Unsupported {
+                request: other.name().to_string(),
+            })),
+        }
+    }
+}
+
+impl Shared {
+    /// Applies `ops` to the store now (under the state lock, so the store sees changes in the
+    /// same order as memory); the caller's future flushes before answering.
+    fn persist(&self, ops: &[Op]) -> Result<(), ErrorKind> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.store.apply(ops).map_err(storage)
+    }
+
+    fn register(self: &Arc<Self>, id: BrokerId, addr: String, weight: u32) -> ServiceFuture {
+        let result = {
+            let mut st = self.state();
+            let was = st.members.get(&id).map(|m| (m.addr.clone(), m.status));
+            st.register(id, addr.clone(), weight, Instant::now())
+                .and_then(|ops| self.persist(&ops).map(|()| (st.epoch, was, ops.is_empty())))
+        };
+        let (epoch, was, unchanged) = match result {
+            Ok(r) => r,
+            Err(e) => return done(Err(e)),
+        };
+        match was {
+            None => info!(broker = id, %addr, weight, "broker registered"),
+            Some((old, status)) => {
+                info!(broker = id, %addr, previously = %old, ?status, "broker registered again")
+            }
+        }
+        let shared = self.clone();
+        Box::pin(async move {
+            if !unchanged {
+                shared.store.flush().await.map_err(storage)?;
+            }
+            Ok(Response::Registered { epoch })
+        })
+    }
+
+    fn heartbeat(&self, id: BrokerId, report: BrokerReport) -> Result<Response, ErrorKind> {
+        let (epoch, assignments, revived) = self.state().heartbeat(id, report, Instant::now())?;
+        if revived {
+            info!(
+                broker = id,
+                "heartbeat from a broker that was down: it is up again"
+            );
+        }
+        Ok(Response::HeartbeatAck { epoch, assignments })
+    }
+
+    fn create_topic(self: &Arc<Self>, name: String, partitions: u32) -> ServiceFuture {
+        let result = {
+            let mut st = self.state();
+            st.create_topic(&name, partitions, |ops| self.persist(ops))
+                .map(|c| (c, st.epoch))
+        };
+        let (info, pushes, epoch) = match result {
+            Ok((Created::Existing(info), _)) => return done(Ok(Response::TopicCreated(info))),
+            Ok((Created::New { info, pushes, .. }, epoch)) => (info, pushes, epoch),
+            Err(e) => return done(Err(e)),
+        };
+        info!(topic = %info.name, partitions, epoch, "topic created");
+        let shared = self.clone();
+        Box::pin(async move {
+            shared.store.flush().await.map_err(storage)?;
+            // Synchronously, so a produce right after `topic create` finds its shard; a failed
+            // push is repaired by the broker's next heartbeat.
+            push(&shared.pool, epoch, pushes, shared.config.broker_timeout).await;
+            Ok(Response::TopicCreated(info))
+        })
+    }
+
+    fn remove_broker(self: &Arc<Self>, id: BrokerId, force: bool) -> ServiceFuture {
+        let result = {
+            let mut st = self.state();
+            let was_down = st
+                .members
+                .get(&id)
+                .is_some_and(|m| m.status == shardq_protocol::BrokerStatus::Down);
+            st.remove_broker(id, force, |ops| self.persist(ops))
+                .map(|r| (r, st.epoch, was_down))
+        };
+        let (removed, epoch, was_down) = match result {
+            Ok(r) => r,
+            Err(e) => return done(Err(e)),
+        };
+        let forced = !removed.shards.is_empty();
+        if forced {
+            warn!(
+                broker = id,
+                shards = removed.shards.len(),
+                epoch,
+                "broker force-removed: its shards are re-created empty on other brokers"
+            );
+        } else {
+            info!(broker = id, "broker removed (it owned no shards)");
+        }
+        let shared = self.clone();
+        Box::pin(async move {
+            shared.store.flush().await.map_err(storage)?;
+            push(
+                &shared.pool,
+                epoch,
+                removed.pushes,
+                shared.config.broker_timeout,
+            )
+            .await;
+            match removed.dropped_from {
+                // A live broker is told to drop the data it no longer owns; in the background,
+                // because it may be unreachable and nothing depends on it.
+                Some(broker) if !was_down => {
+                    let pool = shared.pool.clone();
+                    let shards = removed.shards.clone();
+                    let timeout = shared.config.broker_timeout;
+                    tokio::spawn(async move {
+                        drop_shards(&pool, &broker, shards, epoch, timeout).await;
+                        pool.evict(broker.id);
+                    });
+                }
+                _ => shared.pool.evict(id),
+            }
+            Ok(Response::BrokerRemoved {
+                id,
+                shards: removed.shards,
+                forced,
+            })
+        })
+    }
+
+    /// Forwards a data-plane request to its shard's owner. The broker's own errors (NotOwner,
+    /// UnknownShard, ...) pass through; not reaching it is `Unavailable`, which clients retry.
+    fn proxy(self: &Arc<Self>, request: Request, timeout: Duration) -> ServiceFuture {
+        let Some(shard) = request.shard().cloned() else {
+            return done(Err(ErrorKind::Internal {
+                reason: format!("{} request has no shard to route by", request.name()),
+            }));
+        };
+        let owner = self.state().owner_for(&shard);
+        let shared = self.clone();
+        Box::pin(async move {
+            let owner = owner?;
+            forward(&shared.pool, &owner, &shard, request, timeout).await
+        })
+    }
+}
+
+async fn forward(
+    pool: &BrokerPool,
+    owner: &BrokerAddr,
+    shard: &ShardId,
+    request: Request,
+    timeout: Duration,
+) -> Result<Response, ErrorKind> {
+    match pool.request(owner, request, timeout).await {
+        Ok(r) => Ok(r),
+        Err(ClientError::Server(kind)) => Err(kind),
+        Err(e) => {
+            debug!(%shard, broker = owner.id, "proxy failed: {e}");
+            Err(ErrorKind::Unavailable {
+                what: shard.key(),
+                reason: format!("its owner, {owner}, cannot be reached: {e}"),
+            })
+        }
+    }
+}
+
+/// Sends every owner its complete assignment, concurrently; failures are logged only.
+async fn push(pool: &BrokerPool, epoch: Epoch, pushes: Pushes, timeout: Duration) {
+    let sends = pushes.into_iter().map(|(broker, shards)| async move {
+        let n = shards.len();
+        let request = Request::AssignShards { epoch, shards };
+        match pool.request(&broker, request, timeout).await {
+            Ok(Response::Ok) => debug!(broker = broker.id, shards = n, epoch, "assignment pushed"),
+            Ok(other) => warn!(
+                broker = broker.id,
+                "broker answered assign-shards with {}; its next heartbeat reconciles",
+                other.name()
+            ),
+            Err(e) => warn!(
+                broker = broker.id,
+                "cannot push assignments: {e}; its next heartbeat reconciles"
+            ),
+        }
+    });
+    join_all(sends).await;
+}
+
+async fn drop_shards(
+    pool: &BrokerPool,
+    broker: &BrokerAddr,
+    shards: Vec<ShardId>,
+    epoch: Epoch,
+    timeout: Duration,
+) {
+    for shard in shards {
+        let request = Request::DropShard {
+            shard: shard.clone(),
+            epoch,
+        };
+        if let Err(e) = pool.request(broker, request, timeout).await {
+            // Not fatal: the broker's next heartbeat no longer lists the shard, so it stops
+            // serving it; only the disk space stays until it is dropped.
+            debug!(broker = broker.id, %shard, "drop-shard after forced removal failed: {e}");
+            return;
+        }
+    }
+}

@@ -1,0 +1,707 @@
+//! The router's in-memory state and the decisions made on it: membership and liveness, topics,
+//! the actual assignment shard -> broker, the epoch, and how a new topic's shards (or a removed
+//! broker's shards) get their owners from the ring. No I/O here: every mutating operation returns
+//! the [`Op`]s to persist, and the caller persists them before (or while) the change is visible.
+
+use std::collections::BTreeMap;
+
+use shardq_protocol::{
+    validate_topic, BrokerAddr, BrokerId, BrokerInfo, BrokerReport, BrokerStatus, ClusterStatus,
+    Epoch, ErrorKind, RoutingTable, ShardAssignment, ShardId, ShardReport, ShardRoute,
+    TopicDescription, TopicInfo, MAX_PARTITIONS,
+};
+use shardq_ring::{Member as RingMember, Ring, RingConfig};
+use tokio::time::Instant;
+
+use crate::store::{MemberRecord, Op, Snapshot};
+
+/// Largest weight a broker may register with: keeps `vnodes x total weight` (the ring's memory)
+/// bounded whatever a registering peer sends.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// A broker as the router knows it.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub addr: String,
+    pub weight: u32,
+    pub status: BrokerStatus,
+    /// Last register or heartbeat (or the router's start, for members restored from disk).
+    pub last_seen: Instant,
+    /// The latest report, for describe/status.
+    pub report: BrokerReport,
+}
+
+impl Member {
+    fn record(&self, id: BrokerId) -> MemberRecord {
+        MemberRecord {
+            id,
+            addr: self.addr.clone(),
+            weight: self.weight,
+            leaving: self.status == BrokerStatus::Leaving,
+        }
+    }
+
+    /// Whether clients may be routed to it: Leaving brokers still serve until drained.
+    fn serving(&self) -> bool {
+        self.status != BrokerStatus::Down
+    }
+}
+
+/// Shards pushed to owners after a change: broker -> (its address, its complete assignment).
+pub type Pushes = Vec<(BrokerAddr, Vec<ShardAssignment>)>;
+
+/// Outcome of [`State::create_topic`].
+#[derive(Debug)]
+pub enum Created {
+    /// The topic already existed with the same partition count: nothing changed.
+    Existing(TopicInfo),
+    /// New topic (already persisted): push `pushes` to the owners.
+    New { info: TopicInfo, pushes: Pushes },
+}
+
+/// Outcome of [`State::remove_broker`].
+#[derive(Debug)]
+pub struct Removed {
+    pub shards: Vec<ShardId>,
+    /// New owners of the removed broker's shards.
+    pub pushes: Pushes,
+    /// The removed broker, if it owned shards (best-effort told to drop them).
+    pub dropped_from: Option<BrokerAddr>,
+}
+
+pub struct State {
+    pub epoch: Epoch,
+    pub ring: RingConfig,
+    pub members: BTreeMap<BrokerId, Member>,
+    pub topics: BTreeMap<String, u32>,
+    pub owners: BTreeMap<ShardId, BrokerId>,
+}
+
+impl State {
+    /// Rebuilds the state from disk. Restored members are `Up` with a fresh grace period (their
+    /// `last_seen` is `now`): brokers keep serving while the router is away, so routes stay valid
+    /// at once; a broker that really is gone turns `Down` one broker timeout later.
+    pub fn restore(snap: Snapshot, ring: RingConfig, now: Instant) -> State {
+        let members = snap
+            .members
+            .into_values()
+            .map(|m| {
+                let status = if m.leaving {
+                    BrokerStatus::Leaving
+                } else {
+                    BrokerStatus::Up
+                };
+                let member = Member {
+                    addr: m.addr,
+                    weight: m.weight,
+                    status,
+                    last_seen: now,
+                    report: BrokerReport::default(),
+                };
+                (m.id, member)
+            })
+            .collect();
+        State {
+            epoch: snap.epoch,
+            ring,
+            members,
+            topics: snap.topics,
+            owners: snap.owners,
+        }
+    }
+
+    /// Adds or updates a member and marks it Up. Returns what to persist (nothing when only its
+    /// liveness changed).
+    pub fn register(
+        &mut self,
+        id: BrokerId,
+        addr: String,
+        weight: u32,
+        now: Instant,
+    ) -> Result<Vec<Op>, ErrorKind> {
+        if addr.trim().is_empty() {
+            return Err(ErrorKind::BadRequest {
+                reason: format!("broker {id} registered with an empty address"),
+            });
+        }
+        if weight > MAX_WEIGHT {
+            return Err(ErrorKind::BadRequest {
+                reason: format!(
+                    "broker {id} registered with weight {weight}; at most {MAX_WEIGHT} allowed"
+                ),
+            });
+        }
+        let member = self.members.entry(id).or_insert_with(|| Member {
+            addr: String::new(),
+            weight,
+            status: BrokerStatus::Up,
+            last_seen: now,
+            report: BrokerReport::default(),
+        });
+        let changed = member.addr != addr || member.weight != weight;
+        member.addr = addr;
+        member.weight = weight;
+        member.last_seen = now;
+        // A Leaving broker that restarts keeps draining; anything else is Up again.
+        if member.status == BrokerStatus::Down {
+            member.status = BrokerStatus::Up;
+        }
+        Ok(if changed {
+            vec![Op::PutMember(member.record(id))]
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// Records a heartbeat and answers with the broker's complete assignment.
+    pub fn heartbeat(
+        &mut self,
+        id: BrokerId,
+        report: BrokerReport,
+        now: Instant,
+    ) -> Result<(Epoch, Vec<ShardAssignment>, bool), ErrorKind> {
+        let member = self
+            .members
+            .get_mut(&id)
+            .ok_or(ErrorKind::UnknownBroker { id })?;
+        member.last_seen = now;
+        member.report = report;
+        let revived = member.status == BrokerStatus::Down;
+        if revived {
+            member.status = BrokerStatus::Up;
+        }
+        Ok((self.epoch, self.assignments_of(id), revived))
+    }
+
+    /// Marks members without a heartbeat for longer than `timeout` Down; returns their ids.
+    pub fn expire(&mut self, now: Instant, timeout: std::time::Duration) -> Vec<BrokerId> {
+        let mut expired = Vec::new();
+        for (id, m) in self.members.iter_mut() {
+            if m.status != BrokerStatus::Down
+                && now.saturating_duration_since(m.last_seen) > timeout
+            {
+                m.status = BrokerStatus::Down;
+                expired.push(*id);
+            }
+        }
+        expired
+    }
+
+    /// The complete set of shards `id` must own, at the current epoch.
+    pub fn assignments_of(&self, id: BrokerId) -> Vec<ShardAssignment> {
+        self.owners
+            .iter()
+            .filter(|(_, o)| **o == id)
+            .map(|(shard, _)| ShardAssignment {
+                shard: shard.clone(),
+                epoch: self.epoch,
+            })
+            .collect()
+    }
+
+    fn up_ring(&self, except: Option<BrokerId>) -> Result<Ring, ErrorKind> {
+        let members: Vec<RingMember> = self
+            .members
+            .iter()
+            .filter(|(id, m)| m.status == BrokerStatus::Up && Some(**id) != except)
+            .map(|(id, m)| RingMember {
+                id: *id,
+                weight: m.weight,
+            })
+            .collect();
+        Ring::try_new(self.ring.clone(), &members).map_err(|e| ErrorKind::Internal {
+            reason: format!("cannot build the ring: {e}"),
+        })
+    }
+
+    /// Every shard key of every topic plus `extra`, for `Ring::place`.
+    fn all_keys(&self, extra: &[ShardId]) -> Vec<String> {
+        self.topics
+            .iter()
+            .flat_map(|(t, &n)| (1..=n).map(move |p| ShardId::new(t.clone(), p).key()))
+            .chain(extra.iter().map(ShardId::key))
+            .collect()
+    }
+
+    fn pushes_for(&self, brokers: impl IntoIterator<Item = BrokerId>) -> Pushes {
+        let mut ids: Vec<BrokerId> = brokers.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|id| {
+                let m = self.members.get(&id)?;
+                Some((
+                    BrokerAddr {
+                        id,
+                        addr: m.addr.clone(),
+                    },
+                    self.assignments_of(id),
+                ))
+            })
+            .collect()
+    }
+
+    /// Validates and creates a topic. New shards take their owner from `Ring::place` over every
+    /// shard of every topic with the Up members; existing shards keep theirs. Bumps the epoch.
+    /// The state is changed only if `persist(ops)` succeeds.
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Created, ErrorKind> {
+        validate_topic(name).map_err(|reason| ErrorKind::InvalidName {
+            name: name.to_string(),
+            reason,
+        })?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(ErrorKind::BadRequest {
+                reason: format!(
+                    "topic {name:?}: {partitions} partitions asked; a topic has 1 to {MAX_PARTITIONS}"
+                ),
+            });
+        }
+        let info = TopicInfo {
+            name: name.to_string(),
+            partitions,
+        };
+        if let Some(&existing) = self.topics.get(name) {
+            return if existing == partitions {
+                Ok(Created::Existing(info))
+            } else {
+                Err(ErrorKind::TopicExists {
+                    topic: name.to_string(),
+                    partitions: existing,
+                })
+            };
+        }
+        let new: Vec<ShardId> = (1..=partitions).map(|p| ShardId::new(name, p)).collect();
+        let placement = self.up_ring(None)?.place(&self.all_keys(&new));
+        let mut owners = Vec::with_capacity(new.len());
+        for shard in &new {
+            let owner = placement
+                .get(&shard.key())
+                .copied()
+                .ok_or_else(|| no_broker_up(name))?;
+            owners.push((shard.clone(), owner));
+        }
+        let epoch = self.epoch + 1;
+        let mut ops = vec![
+            Op::Epoch(epoch),
+            Op::PutTopic {
+                name: name.to_string(),
+                partitions,
+            },
+        ];
+        ops.extend(owners.iter().map(|(shard, owner)| Op::PutOwner {
+            shard: shard.clone(),
+            owner: *owner,
+        }));
+        persist(&ops)?;
+        self.epoch = epoch;
+        self.topics.insert(name.to_string(), partitions);
+        self.owners.extend(owners.iter().cloned());
+        let pushes = self.pushes_for(owners.iter().map(|(_, o)| *o));
+        Ok(Created::New { info, pushes })
+    }
+
+    /// Removes a broker. With `force` its shards are given to the ring's owners among the other
+    /// Up brokers as empty shards (its data is dropped); without `force` only a broker that owns
+    /// nothing can go, because a graceful drain needs live migration.
+    pub fn remove_broker(
+        &mut self,
+        id: BrokerId,
+        force: bool,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Removed, ErrorKind> {
+        let member = self
+            .members
+            .get(&id)
+            .ok_or(ErrorKind::UnknownBroker { id })?;
+        let shards: Vec<ShardId> = self
+            .owners
+            .iter()
+            .filter(|(_, o)| **o == id)
+            .map(|(s, _)| s.clone())
+            .collect();
+        if shards.is_empty() {
+            let ops = vec![Op::DeleteMember(id)];
+            persist(&ops)?;
+            self.members.remove(&id);
+            return Ok(Removed {
+                shards,
+                pushes: Vec::new(),
+                dropped_from: None,
+            });
+        }
+        if !force {
+            return Err(ErrorKind::BadRequest {
+                reason: format!(
+                    "broker {id} owns {} shard(s); a graceful drain comes with live migration. \
+                     Use --force to drop the broker and its shards' data (they are re-created \
+                     empty on other brokers)",
+                    shards.len()
+                ),
+            });
+        }
+        let dropped_from = Some(BrokerAddr {
+            id,
+            addr: member.addr.clone(),
+        });
+        let placement = self.up_ring(Some(id))?.place(&self.all_keys(&[]));
+        let mut moved = Vec::with_capacity(shards.len());
+        for shard in &shards {
+            let owner = placement
+                .get(&shard.key())
+                .copied()
+                .ok_or_else(|| ErrorKind::Unavailable {
+                    what: format!("forced removal of broker {id}"),
+                    reason: format!(
+                        "no other broker is up to take its {} shard(s); start or restart a broker first",
+                        shards.len()
+                    ),
+                })?;
+            moved.push((shard.clone(), owner));
+        }
+        let epoch = self.epoch + 1;
+        let mut ops = vec![Op::Epoch(epoch), Op::DeleteMember(id)];
+        ops.extend(moved.iter().map(|(shard, owner)| Op::PutOwner {
+            shard: shard.clone(),
+            owner: *owner,
+        }));
+        persist(&ops)?;
+        self.epoch = epoch;
+        self.members.remove(&id);
+        self.owners.extend(moved.iter().cloned());
+        let pushes = self.pushes_for(moved.iter().map(|(_, o)| *o));
+        Ok(Removed {
+            shards,
+            pushes,
+            dropped_from,
+        })
+    }
+
+    fn route(&self, shard: &ShardId) -> ShardRoute {
+        let owner = self.owners.get(shard).and_then(|id| {
+            let m = self.members.get(id).filter(|m| m.serving())?;
+            Some(BrokerAddr {
+                id: *id,
+                addr: m.addr.clone(),
+            })
+        });
+        ShardRoute {
+            shard: shard.clone(),
+            owner,
+            moving: false,
+        }
+    }
+
+    /// The last report of `shard` from its owner (even if the owner is Down now: it is the last
+    /// thing known).
+    fn report(&self, shard: &ShardId) -> Option<ShardReport> {
+        let owner = self.owners.get(shard)?;
+        self.members
+            .get(owner)?
+            .report
+            .shards
+            .iter()
+            .find(|r| &r.shard == shard)
+            .cloned()
+    }
+
+    fn shards_of(&self, topic: &str, partitions: u32) -> impl Iterator<Item = ShardId> + '_ {
+        let topic = topic.to_string();
+        (1..=partitions).map(move |p| ShardId::new(topic.clone(), p))
+    }
+
+    /// Where a shard lives, for the proxy: its owner, or why it cannot be reached.
+    pub fn owner_for(&self, shard: &ShardId) -> Result<BrokerAddr, ErrorKind> {
+        let partitions = *self
+            .topics
+            .get(&shard.topic)
+            .ok_or_else(|| ErrorKind::UnknownTopic {
+                topic: shard.topic.clone(),
+            })?;
+        if shard.partition == 0 || shard.partition > partitions {
+            return Err(ErrorKind::UnknownShard {
+                shard: shard.key(),
+                reason: format!("topic {} has partitions P1..P{partitions}", shard.topic),
+            });
+        }
+        let id = *self.owners.get(shard).ok_or_else(|| ErrorKind::Internal {
+            reason: format!("{shard} has no recorded owner"),
+        })?;
+        match self.members.get(&id) {
+            Some(m) if m.serving() => Ok(BrokerAddr {
+                id,
+                addr: m.addr.clone(),
+            }),
+            Some(_) => Err(ErrorKind::Unavailable {
+                what: shard.key(),
+                reason: format!("its broker {id} is down"),
+            }),
+            None => Err(ErrorKind::Unavailable {
+                what: shard.key(),
+                reason: format!("its broker {id} is no longer a member"),
+            }),
+        }
+    }
+
+    pub fn routing_table(&self, topics: &[String]) -> Result<RoutingTable, ErrorKind> {
+        let infos: Vec<TopicInfo> = if topics.is_empty() {
+            self.topic_list()
+        } else {
+            let mut names: Vec<&String> = topics.iter().collect();
+            names.sort();
+            names.dedup();
+            names
+                .into_iter()
+                .map(|t| {
+                    let partitions = *self
+                        .topics
+                        .get(t)
+                        .ok_or_else(|| ErrorKind::UnknownTopic { topic: t.clone() })?;
+                    Ok(TopicInfo {
+                        name: t.clone(),
+                        partitions,
+                    })
+                })
+                .collect::<Result<_, ErrorKind>>()?
+        };
+        let shards = infos
+            .iter()
+            .flat_map(|t| self.shards_of(&t.name, t.partitions))
+            .map(|s| self.route(&s))
+            .collect();
+        Ok(RoutingTable {
+            epoch: self.epoch,
+            topics: infos,
+            shards,
+        })
+    }
+
+    pub fn topic_list(&self) -> Vec<TopicInfo> {
+        self.topics
+            .iter()
+            .map(|(name, &partitions)| TopicInfo {
+                name: name.clone(),
+                partitions,
+            })
+            .collect()
+    }
+
+    pub fn describe(&self, name: &str) -> Result<TopicDescription, ErrorKind> {
+        let partitions = *self
+            .topics
+            .get(name)
+            .ok_or_else(|| ErrorKind::UnknownTopic {
+                topic: name.to_string(),
+            })?;
+        Ok(TopicDescription {
+            topic: TopicInfo {
+                name: name.to_string(),
+                partitions,
+            },
+            shards: self
+                .shards_of(name, partitions)
+                .map(|s| (self.route(&s), self.report(&s)))
+                .collect(),
+        })
+    }
+
+    pub fn brokers(&self, now: Instant) -> Vec<BrokerInfo> {
+        let mut counts: BTreeMap<BrokerId, u32> = BTreeMap::new();
+        for owner in self.owners.values() {
+            *counts.entry(*owner).or_insert(0) += 1;
+        }
+        self.members
+            .iter()
+            .map(|(id, m)| BrokerInfo {
+                addr: BrokerAddr {
+                    id: *id,
+                    addr: m.addr.clone(),
+                },
+                weight: m.weight,
+                status: m.status,
+                last_seen_ms: u64::try_from(now.saturating_duration_since(m.last_seen).as_millis())
+                    .unwrap_or(u64::MAX),
+                shards: counts.get(id).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    pub fn status(&self, now: Instant) -> ClusterStatus {
+        ClusterStatus {
+            epoch: self.epoch,
+            brokers: self.brokers(now),
+            topics: self.topic_list(),
+            shards: self
+                .owners
+                .keys()
+                .map(|s| (self.route(s), self.report(s)))
+                .collect(),
+            moves: Vec::new(),
+        }
+    }
+}
+
+fn no_broker_up(topic: &str) -> ErrorKind {
+    ErrorKind::Unavailable {
+        what: format!("creating topic {topic:?}"),
+        reason: "no broker is up to own its shards; start a broker with --router pointing here"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn state(brokers: &[BrokerId]) -> State {
+        let now = Instant::now();
+        let mut s = State::restore(Snapshot::default(), RingConfig::default(), now);
+        for &id in brokers {
+            s.register(id, format!("127.0.0.1:{}", 9000 + id), 1, now)
+                .unwrap();
+        }
+        s
+    }
+
+    fn ok(_: &[Op]) -> Result<(), ErrorKind> {
+        Ok(())
+    }
+
+    #[test]
+    fn create_places_new_shards_and_keeps_old_ones() {
+        let mut s = state(&[1, 2, 3]);
+        let Created::New { pushes, .. } = s.create_topic("A", 4, ok).unwrap() else {
+            panic!("expected a new topic")
+        };
+        assert_eq!(s.epoch, 1);
+        assert_eq!(pushes.iter().map(|(_, a)| a.len()).sum::<usize>(), 4);
+        let before = s.owners.clone();
+        // A fourth broker joins; existing shards must not move when another topic is created.
+        s.register(4, "127.0.0.1:9004".into(), 1, Instant::now())
+            .unwrap();
+        s.create_topic("B", 8, ok).unwrap();
+        assert_eq!(s.epoch, 2);
+        for (shard, owner) in &before {
+            assert_eq!(s.owners.get(shard), Some(owner));
+        }
+        let ring = s.up_ring(None).unwrap();
+        let placement = ring.place(&s.all_keys(&[]));
+        for p in 1..=8 {
+            let shard = ShardId::new("B", p);
+            assert_eq!(placement.get(&shard.key()), s.owners.get(&shard));
+        }
+    }
+
+    #[test]
+    fn create_is_validated_and_idempotent() {
+        let mut s = state(&[1]);
+        assert!(matches!(
+            s.create_topic("a/b", 1, ok),
+            Err(ErrorKind::InvalidName { .. })
+        ));
+        assert!(matches!(
+            s.create_topic("a", 0, ok),
+            Err(ErrorKind::BadRequest { .. })
+        ));
+        assert!(matches!(
+            s.create_topic("a", MAX_PARTITIONS + 1, ok),
+            Err(ErrorKind::BadRequest { .. })
+        ));
+        s.create_topic("a", 2, ok).unwrap();
+        assert!(matches!(
+            s.create_topic("a", 2, ok),
+            Ok(Created::Existing(_))
+        ));
+        assert_eq!(
+            s.create_topic("a", 3, ok).unwrap_err(),
+            ErrorKind::TopicExists {
+                topic: "a".into(),
+                partitions: 2
+            }
+        );
+        assert_eq!(s.epoch, 1);
+    }
+
+    #[test]
+    fn failed_persist_changes_nothing() {
+        let mut s = state(&[1]);
+        let err = s
+            .create_topic("a", 2, |_| {
+                Err(ErrorKind::Storage {
+                    reason: "disk full".into(),
+                })
+            })
+            .unwrap_err();
+        assert!(matches!(err, ErrorKind::Storage { .. }));
+        assert_eq!((s.epoch, s.topics.len(), s.owners.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn down_brokers_lose_routes_and_get_them_back() {
+        let mut s = state(&[1, 2]);
+        s.create_topic("t", 1, ok).unwrap();
+        let t0 = Instant::now();
+        let expired = s.expire(t0 + Duration::from_secs(10), Duration::from_secs(3));
+        assert_eq!(expired, vec![1, 2]);
+        let table = s.routing_table(&[]).unwrap();
+        assert!(table.shards.iter().all(|r| r.owner.is_none()));
+        assert!(matches!(
+            s.create_topic("u", 1, ok),
+            Err(ErrorKind::Unavailable { .. })
+        ));
+        let owner = s.owners[&ShardId::new("t", 1)];
+        let (_, assignments, revived) = s.heartbeat(owner, BrokerReport::default(), t0).unwrap();
+        assert!(revived);
+        assert_eq!(assignments.len(), 1);
+        assert!(s.routing_table(&["t".into()]).unwrap().shards[0]
+            .owner
+            .is_some());
+        assert_eq!(
+            s.heartbeat(99, BrokerReport::default(), t0).unwrap_err(),
+            ErrorKind::UnknownBroker { id: 99 }
+        );
+    }
+
+    #[test]
+    fn remove_broker_rules() {
+        let mut s = state(&[1, 2]);
+        s.create_topic("t", 6, ok).unwrap();
+        let owner = s.owners[&ShardId::new("t", 1)];
+        let other = if owner == 1 { 2 } else { 1 };
+        assert!(matches!(
+            s.remove_broker(owner, false, ok),
+            Err(ErrorKind::BadRequest { .. })
+        ));
+        let r = s.remove_broker(owner, true, ok).unwrap();
+        assert!(!r.shards.is_empty());
+        assert!(s.owners.values().all(|o| *o == other));
+        assert_eq!(s.epoch, 2);
+        // The last broker cannot be force-removed while it owns shards: nobody could take them.
+        assert!(matches!(
+            s.remove_broker(other, true, ok),
+            Err(ErrorKind::Unavailable { .. })
+        ));
+        s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
+            .unwrap();
+        let r = s.remove_broker(3, false, ok).unwrap();
+        assert!(r.shards.is_empty());
+        assert!(!s.members.contains_key(&3));
+    }
+
+    #[test]
+    fn registration_is_checked() {
+        let mut s = state(&[]);
+        let now = Instant::now();
+        assert!(s.register(1, "".into(), 1, now).is_err());
+        assert!(s.register(1, "h:1".into(), MAX_WEIGHT + 1, now).is_err());
+        assert_eq!(s.register(1, "h:1".into(), 1, now).unwrap().len(), 1);
+        // Same address and weight again: nothing to persist.
+        assert!(s.register(1, "h:1".into(), 1, now).unwrap().is_empty());
+        assert_eq!(s.register(1, "h:2".into(), 1, now).unwrap().len(), 1);
+    }
+}

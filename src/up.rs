@@ -1,0 +1,254 @@
+//! `shardq up`: a local cluster of child processes (one router, N brokers) for trying shardq on
+//! one machine. Prints where each listens, writes `DATA/cluster.json` for scripts, restarts a broker
+//! process that dies, and stops everything on Ctrl-C / SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tracing::{info, warn};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Number of brokers to start.
+    #[arg(long, default_value_t = 3)]
+    pub brokers: u32,
+    /// Data directory: router/, broker-N/ and logs/ are created inside.
+    #[arg(long, default_value = "./shardq-data")]
+    pub data: PathBuf,
+    /// Router port on 127.0.0.1 (0 = any free port). Brokers take the ports after it (or any free
+    /// port when this is 0).
+    #[arg(long, default_value_t = shardq_protocol::DEFAULT_ROUTER_PORT)]
+    pub port: u16,
+    /// Broker durability policy: always | interval=MS | never.
+    #[arg(long, default_value = "interval=100")]
+    pub fsync: String,
+    /// Extra arguments passed to every broker (e.g. `--broker-arg=--max-record-bytes=2048`).
+    #[arg(long = "broker-arg", allow_hyphen_values = true)]
+    pub broker_args: Vec<String>,
+    /// Extra arguments passed to the router.
+    #[arg(long = "router-arg", allow_hyphen_values = true)]
+    pub router_args: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ClusterFile {
+    router: String,
+    brokers: Vec<(u32, String)>,
+    pids: Vec<u32>,
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+    addr: String,
+    args: Vec<String>,
+    restarts: u32,
+    started: Instant,
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .with_context(|| format!("cannot open log file for {name} in {}", dir.display()))
+}
+
+/// Starts `shardq <args>` and waits for its "... listening on ADDR" line.
+async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, String)> {
+    let exe = std::env::current_exe().context("cannot find the shardq executable")?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(log_file(logs, name)?)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+            .await
+            .with_context(|| format!("{name} did not report its address within 20 s (see {}/{name}.log)", logs.display()))?
+            .with_context(|| format!("reading {name}'s output"))?;
+        match line {
+            Some(l) => {
+                if let Some((_, addr)) = l.rsplit_once(" listening on ") {
+                    break addr.trim().to_string();
+                }
+            }
+            None => bail!("{name} exited during start-up (see {}/{name}.log)", logs.display()),
+        }
+    };
+    // Keep draining stdout into the log so the child never blocks on a full pipe.
+    let mut out = log_file(logs, name)?;
+    tokio::spawn(async move {
+        use std::io::Write;
+        while let Ok(Some(l)) = lines.next_line().await {
+            let _ = writeln!(out, "{l}");
+        }
+    });
+    Ok((child, addr))
+}
+
+/// Restarts must come back on the same address, so pin the port a process got.
+fn pin_listen(args: &mut [String], addr: &str) {
+    if let Some(i) = args.iter().position(|a| a == "--listen") {
+        if let Some(v) = args.get_mut(i + 1) {
+            *v = addr.to_string();
+        }
+    }
+}
+
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id() {
+        // SIGTERM lets the node flush and close cleanly; kill_on_drop is the fallback.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+}
+
+pub async fn run(args: UpArgs) -> Result<()> {
+    if args.brokers == 0 {
+        bail!("--brokers must be at least 1");
+    }
+    let logs = args.data.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let port = |offset: u32| -> String {
+        if args.port == 0 {
+            "127.0.0.1:0".to_string()
+        } else {
+            format!("127.0.0.1:{}", args.port as u32 + offset)
+        }
+    };
+    let mut router_args: Vec<String> = vec![
+        "router".into(),
+        "--listen".into(),
+        port(0),
+        "--data".into(),
+        args.data.join("router").display().to_string(),
+    ];
+    router_args.extend(args.router_args.iter().cloned());
+    let (child, router_addr) = spawn("router", &router_args, &logs).await?;
+    pin_listen(&mut router_args, &router_addr);
+    println!("router   listening on {router_addr}");
+    let mut procs = vec![Proc {
+        name: "router".into(),
+        child,
+        addr: router_addr.clone(),
+        args: router_args,
+        restarts: 0,
+        started: Instant::now(),
+    }];
+    for id in 1..=args.brokers {
+        let mut bargs: Vec<String> = vec![
+            "broker".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            port(id),
+            "--data".into(),
+            args.data.join(format!("broker-{id}")).display().to_string(),
+            "--router".into(),
+            router_addr.clone(),
+            "--fsync".into(),
+            args.fsync.clone(),
+        ];
+        bargs.extend(args.broker_args.iter().cloned());
+        let name = format!("broker-{id}");
+        let (child, addr) = spawn(&name, &bargs, &logs).await?;
+        pin_listen(&mut bargs, &addr);
+        println!("broker {id} listening on {addr}");
+        procs.push(Proc {
+            name,
+            child,
+            addr,
+            args: bargs,
+            restarts: 0,
+            started: Instant::now(),
+        });
+    }
+    write_cluster_file(&args.data, &procs)?;
+    println!(
+        "cluster up: {} broker(s); logs in {}; Ctrl-C stops it",
+        args.brokers,
+        logs.display()
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => {}
+        }
+        for p in procs.iter_mut() {
+            let Ok(Some(status)) = p.child.try_wait() else { continue };
+            warn!("{} exited ({status}); restarting", p.name);
+            println!("{} exited ({status}); restarting", p.name);
+            if p.started.elapsed() < Duration::from_secs(2) {
+                p.restarts += 1;
+            } else {
+                p.restarts = 0;
+            }
+            if p.restarts > 5 {
+                eprintln!("{} keeps dying; see {}/{}.log", p.name, logs.display(), p.name);
+                continue;
+            }
+            match spawn(&p.name, &p.args, &logs).await {
+                Ok((child, addr)) => {
+                    p.child = child;
+                    p.addr = addr;
+                    p.started = Instant::now();
+                    println!("{} restarted on {}", p.name, p.addr);
+                }
+                Err(e) => eprintln!("cannot restart {}: {e:#}", p.name),
+            }
+        }
+        write_cluster_file(&args.data, &procs)?;
+    }
+    println!("stopping cluster");
+    // Brokers first, then the router.
+    for p in procs.iter().rev() {
+        terminate(&p.child);
+    }
+    for p in procs.iter_mut().rev() {
+        match tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await {
+            Ok(_) => info!("{} stopped", p.name),
+            Err(_) => {
+                warn!("{} did not stop within 10 s; killing it", p.name);
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(args.data.join("cluster.json"));
+    println!("cluster stopped");
+    Ok(())
+}
+
+fn write_cluster_file(data: &Path, procs: &[Proc]) -> Result<()> {
+    let file = ClusterFile {
+        router: procs[0].addr.clone(),
+        brokers: procs[1..]
+            .iter()
+            .filter_map(|p| {
+                let id = p.name.strip_prefix("broker-")?.parse().ok()?;
+                Some((id, p.addr.clone()))
+            })
+            .collect(),
+        pids: procs.iter().filter_map(|p| p.child.id()).collect(),
+    };
+    let tmp = data.join("cluster.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&file)?)?;
+    std::fs::rename(&tmp, data.join("cluster.json"))?;
+    Ok(())
+}
