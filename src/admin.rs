@@ -74,12 +74,20 @@ pub async fn topic_describe(bootstrap: &str, name: &str) -> Result<()> {
 }
 
 fn render_topic(d: &TopicDescription) -> String {
-    let mut s = format!("topic {} ({} partitions)\n", d.topic.name, d.topic.partitions);
+    let mut s = format!(
+        "topic {} ({} partitions)\n",
+        d.topic.name, d.topic.partitions
+    );
     s.push_str(&render_shards(&d.shards));
     s
 }
 
-fn render_shards(shards: &[(shardq_protocol::ShardRoute, Option<shardq_protocol::ShardReport>)]) -> String {
+fn render_shards(
+    shards: &[(
+        shardq_protocol::ShardRoute,
+        Option<shardq_protocol::ShardReport>,
+    )],
+) -> String {
     let mut s = format!(
         "{:<24} {:<8} {:>12} {:>12}  groups (committed/lag)\n",
         "shard", "owner", "end offset", "bytes"
@@ -89,7 +97,11 @@ fn render_shards(shards: &[(shardq_protocol::ShardRoute, Option<shardq_protocol:
             .owner
             .as_ref()
             .map_or("-".to_string(), |o| o.id.to_string());
-        let owner = if route.moving { format!("{owner}*") } else { owner };
+        let owner = if route.moving {
+            format!("{owner}*")
+        } else {
+            owner
+        };
         let (end, bytes, groups) = match report {
             Some(r) => (
                 r.end_offset.to_string(),
@@ -226,13 +238,21 @@ pub async fn broker_remove(bootstrap: &str, id: u32, force: bool) -> Result<()> 
                 println!(
                     "broker {id} removed; the data of {} shard(s) it held was DISCARDED: {}",
                     shards.len(),
-                    shards.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" ")
+                    shards
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 );
             } else {
                 println!(
                     "broker {id} is draining {} shard(s) to their new owners: {}",
                     shards.len(),
-                    shards.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" ")
+                    shards
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 );
             }
             Ok(())

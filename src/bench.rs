@@ -142,8 +142,12 @@ async fn run_consumers(
     total: u64,
     epoch: Instant,
     ready: Arc<tokio::sync::Barrier>,
-) -> Result<(Vec<tokio::task::JoinHandle<Result<()>>>, Arc<AtomicU64>, Arc<Mutex<Histogram<u64>>>, Arc<Mutex<Option<Instant>>>)>
-{
+) -> Result<(
+    Vec<tokio::task::JoinHandle<Result<()>>>,
+    Arc<AtomicU64>,
+    Arc<Mutex<Histogram<u64>>>,
+    Arc<Mutex<Option<Instant>>>,
+)> {
     let consumed = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(hist()));
     let last = Arc::new(Mutex::new(None));
@@ -156,7 +160,8 @@ async fn run_consumers(
         let mut cfg = ConsumerConfig::new(bootstrap, group, subs);
         cfg.from = from;
         cfg.max_wait = Duration::from_millis(200);
-        let (consumed, lat, last, ready) = (consumed.clone(), lat.clone(), last.clone(), ready.clone());
+        let (consumed, lat, last, ready) =
+            (consumed.clone(), lat.clone(), last.clone(), ready.clone());
         let mut consumer = Consumer::connect(cfg).await?;
         tasks.push(tokio::spawn(async move {
             ready.wait().await;
@@ -194,12 +199,25 @@ async fn throughput(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) ->
     let topic = format!("bench-t-{}", std::process::id());
     crate::admin::client(bootstrap)
         .await?
-        .admin(shardq_protocol::Request::CreateTopic { name: topic.clone(), partitions: args.partitions })
+        .admin(shardq_protocol::Request::CreateTopic {
+            name: topic.clone(),
+            partitions: args.partitions,
+        })
         .await?;
     let epoch = Instant::now();
-    let ready = Arc::new(tokio::sync::Barrier::new(args.consumers.min(args.partitions) as usize + 1));
+    let ready = Arc::new(tokio::sync::Barrier::new(
+        args.consumers.min(args.partitions) as usize + 1,
+    ));
     let (ctasks, _, _, last) = run_consumers(
-        bootstrap, &topic, args.partitions, args.consumers, "bench", StartFrom::Earliest, args.count, epoch, ready.clone(),
+        bootstrap,
+        &topic,
+        args.partitions,
+        args.consumers,
+        "bench",
+        StartFrom::Earliest,
+        args.count,
+        epoch,
+        ready.clone(),
     )
     .await?;
     ready.wait().await;
@@ -208,7 +226,11 @@ async fn throughput(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) ->
     let mut ptasks = Vec::new();
     let per = args.count / args.producers as u64;
     for p in 0..args.producers {
-        let n = if p == 0 { args.count - per * (args.producers as u64 - 1) } else { per };
+        let n = if p == 0 {
+            args.count - per * (args.producers as u64 - 1)
+        } else {
+            per
+        };
         let mut cfg = ProducerConfig::new(bootstrap);
         cfg.linger = Duration::from_millis(args.linger_ms);
         cfg.acks = Acks::Durable;
@@ -217,7 +239,9 @@ async fn throughput(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) ->
         ptasks.push(tokio::spawn(async move {
             let mut window = std::collections::VecDeque::new();
             for _ in 0..n {
-                let d = producer.send(&target, None, value(size, now_ns(epoch), &filler)).await?;
+                let d = producer
+                    .send(&target, None, value(size, now_ns(epoch), &filler))
+                    .await?;
                 window.push_back(d);
                 if window.len() > 100_000 {
                     window.pop_front().expect("non-empty").await?;
@@ -257,13 +281,26 @@ async fn latency(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) -> Re
     let topic = format!("bench-l-{}", std::process::id());
     crate::admin::client(bootstrap)
         .await?
-        .admin(shardq_protocol::Request::CreateTopic { name: topic.clone(), partitions: args.partitions })
+        .admin(shardq_protocol::Request::CreateTopic {
+            name: topic.clone(),
+            partitions: args.partitions,
+        })
         .await?;
     let total = args.rate * args.latency_secs;
     let epoch = Instant::now();
-    let ready = Arc::new(tokio::sync::Barrier::new(args.consumers.min(args.partitions) as usize + 1));
+    let ready = Arc::new(tokio::sync::Barrier::new(
+        args.consumers.min(args.partitions) as usize + 1,
+    ));
     let (ctasks, _, e2e_lat, _) = run_consumers(
-        bootstrap, &topic, args.partitions, args.consumers, "bench", StartFrom::Earliest, total, epoch, ready.clone(),
+        bootstrap,
+        &topic,
+        args.partitions,
+        args.consumers,
+        "bench",
+        StartFrom::Earliest,
+        total,
+        epoch,
+        ready.clone(),
     )
     .await?;
     ready.wait().await;
@@ -286,11 +323,16 @@ async fn latency(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) -> Re
             owed -= 1.0;
             sent += 1;
             let t0 = now_ns(epoch);
-            let d = producer.send(&target, None, value(args.size, t0, &filler)).await?;
+            let d = producer
+                .send(&target, None, value(args.size, t0, &filler))
+                .await?;
             let lat = ack_lat.clone();
             acks.push(tokio::spawn(async move {
                 d.await?;
-                let _ = lat.lock().expect("poisoned").record(now_ns(epoch).saturating_sub(t0).max(1));
+                let _ = lat
+                    .lock()
+                    .expect("poisoned")
+                    .record(now_ns(epoch).saturating_sub(t0).max(1));
                 anyhow::Ok(())
             }));
         }
@@ -335,12 +377,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         None => Some(start_local(args.brokers, &args.fsync).await?),
     };
     let bootstrap = match (&args.cluster, &local) {
-        (Some(addr), _) => shardq_protocol::with_default_port(addr, shardq_protocol::DEFAULT_ROUTER_PORT),
+        (Some(addr), _) => {
+            shardq_protocol::with_default_port(addr, shardq_protocol::DEFAULT_ROUTER_PORT)
+        }
         (None, Some(l)) => l.router.addr().to_string(),
         (None, None) => unreachable!("a local cluster is started when no --cluster is given"),
     };
     let mut res = BenchResult {
-        brokers: if args.cluster.is_some() { 0 } else { args.brokers },
+        brokers: if args.cluster.is_some() {
+            0
+        } else {
+            args.brokers
+        },
         fsync: args.fsync.clone(),
         size: args.size,
         partitions: args.partitions,

@@ -157,7 +157,10 @@ fn parse_consumer(s: &str) -> Result<(u32, Vec<ShardSpec>)> {
     let subs = subs
         .split([',', ' '])
         .filter(|x| !x.is_empty())
-        .map(|x| x.parse::<ShardSpec>().map_err(|e| anyhow::anyhow!("--consumer {s:?}: {e}")))
+        .map(|x| {
+            x.parse::<ShardSpec>()
+                .map_err(|e| anyhow::anyhow!("--consumer {s:?}: {e}"))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok((id, subs))
 }
@@ -180,8 +183,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 admin::broker_remove(&target.broker, id, force).await?
             }
         },
-        Cmd::Broker(BrokerCmd { run: Some(args), .. }) => shardq_broker::cli::run(args).await?,
-        Cmd::Broker(_) => anyhow::bail!("`shardq broker` needs broker options (see --help) or a subcommand"),
+        Cmd::Broker(BrokerCmd {
+            run: Some(args), ..
+        }) => shardq_broker::cli::run(args).await?,
+        Cmd::Broker(_) => {
+            anyhow::bail!("`shardq broker` needs broker options (see --help) or a subcommand")
+        }
         Cmd::Up(args) => up::run(args).await?,
         Cmd::Topic { cmd, target } => match cmd {
             TopicCmd::Create { name, partitions } => {
@@ -195,11 +202,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cmd: RingCmd::Analyze(a),
         } => {
             let params = analyze::AnalyzeParams {
-                brokers: analyze::parse_u32_list(&a.brokers).map_err(|e| anyhow::anyhow!("--brokers: {e}"))?,
+                brokers: analyze::parse_u32_list(&a.brokers)
+                    .map_err(|e| anyhow::anyhow!("--brokers: {e}"))?,
                 shards: a.shards,
-                vnodes: analyze::parse_u32_list(&a.vnodes).map_err(|e| anyhow::anyhow!("--vnodes: {e}"))?,
-                hashes: analyze::parse_hash_list(&a.hash).map_err(|e| anyhow::anyhow!("--hash: {e}"))?,
-                modes: analyze::parse_mode_list(&a.mode).map_err(|e| anyhow::anyhow!("--mode: {e}"))?,
+                vnodes: analyze::parse_u32_list(&a.vnodes)
+                    .map_err(|e| anyhow::anyhow!("--vnodes: {e}"))?,
+                hashes: analyze::parse_hash_list(&a.hash)
+                    .map_err(|e| anyhow::anyhow!("--hash: {e}"))?,
+                modes: analyze::parse_mode_list(&a.mode)
+                    .map_err(|e| anyhow::anyhow!("--mode: {e}"))?,
                 weights: a
                     .weights
                     .as_deref()
@@ -238,7 +249,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

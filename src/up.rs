@@ -76,7 +76,12 @@ async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, Strin
     let addr = loop {
         let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
             .await
-            .with_context(|| format!("{name} did not report its address within 20 s (see {}/{name}.log)", logs.display()))?
+            .with_context(|| {
+                format!(
+                    "{name} did not report its address within 20 s (see {}/{name}.log)",
+                    logs.display()
+                )
+            })?
             .with_context(|| format!("reading {name}'s output"))?;
         match line {
             Some(l) => {
@@ -84,7 +89,10 @@ async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, Strin
                     break addr.trim().to_string();
                 }
             }
-            None => bail!("{name} exited during start-up (see {}/{name}.log)", logs.display()),
+            None => bail!(
+                "{name} exited during start-up (see {}/{name}.log)",
+                logs.display()
+            ),
         }
     };
     // Keep draining stdout into the log so the child never blocks on a full pipe.
@@ -192,7 +200,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
             _ = tick.tick() => {}
         }
         for p in procs.iter_mut() {
-            let Ok(Some(status)) = p.child.try_wait() else { continue };
+            let Ok(Some(status)) = p.child.try_wait() else {
+                continue;
+            };
             warn!("{} exited ({status}); restarting", p.name);
             println!("{} exited ({status}); restarting", p.name);
             if p.started.elapsed() < Duration::from_secs(2) {
@@ -201,7 +211,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 p.restarts = 0;
             }
             if p.restarts > 5 {
-                eprintln!("{} keeps dying; see {}/{}.log", p.name, logs.display(), p.name);
+                eprintln!(
+                    "{} keeps dying; see {}/{}.log",
+                    p.name,
+                    logs.display(),
+                    p.name
+                );
                 continue;
             }
             match spawn(&p.name, &p.args, &logs).await {

@@ -108,7 +108,9 @@ fn read(path: &Path) -> Result<String> {
 
 /// Parses `producer_N.txt`: `<time> <message> <partition|*> <topic>` per line.
 fn parse_producer_file(path: &Path, producer: u32) -> Result<Vec<Sent>> {
-    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let mut out = Vec::new();
     for (i, line) in read(path)?.lines().enumerate() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -116,7 +118,11 @@ fn parse_producer_file(path: &Path, producer: u32) -> Result<Vec<Sent>> {
             continue;
         }
         let [_, msg, part, topic] = fields[..] else {
-            bail!("{name}:{}: expected 4 fields `<time> <message> <partition|*> <topic>`, found {}", i + 1, fields.len());
+            bail!(
+                "{name}:{}: expected 4 fields `<time> <message> <partition|*> <topic>`, found {}",
+                i + 1,
+                fields.len()
+            );
         };
         validate_topic(topic).map_err(|e| anyhow::anyhow!("{name}:{}: {e}", i + 1))?;
         let partition = if part == "*" {
@@ -154,7 +160,9 @@ fn parse_ack_log(path: &Path) -> Result<HashMap<(String, String), Vec<ShardId>>>
             .split_once(char::is_whitespace)
             .map_or("", |(_, m)| m.trim())
             .to_string();
-        out.entry((shard.topic.clone(), msg)).or_default().push(shard);
+        out.entry((shard.topic.clone(), msg))
+            .or_default()
+            .push(shard);
     }
     Ok(out)
 }
@@ -219,7 +227,10 @@ pub fn verify(spec: &VerifySpec) -> Result<VerifyReport> {
             };
             match shard {
                 Some(id) => {
-                    partitions.entry(id.topic.clone()).or_default().insert(id.partition);
+                    partitions
+                        .entry(id.topic.clone())
+                        .or_default()
+                        .insert(id.partition);
                     by_shard.entry(id).or_default().push(s);
                 }
                 None => {
@@ -248,16 +259,24 @@ pub fn verify(spec: &VerifySpec) -> Result<VerifyReport> {
                 continue;
             }
             let Some((shard, msg)) = split_shard(line) else {
-                c.unexpected.push(format!("consumer_{id}.txt:{}: unreadable line {line:?}", i + 1));
+                c.unexpected.push(format!(
+                    "consumer_{id}.txt:{}: unreadable line {line:?}",
+                    i + 1
+                ));
                 continue;
             };
             c.received += 1;
-            partitions.entry(shard.topic.clone()).or_default().insert(shard.partition);
+            partitions
+                .entry(shard.topic.clone())
+                .or_default()
+                .insert(shard.partition);
             got.entry(shard).or_default().push(msg.trim().to_string());
         }
         for shard in got.keys() {
             if !subs.iter().any(|s| s.covers(shard)) {
-                c.unexpected.push(format!("records from {shard}, which consumer {id} did not subscribe to"));
+                c.unexpected.push(format!(
+                    "records from {shard}, which consumer {id} did not subscribe to"
+                ));
             }
         }
         // Shards this consumer covers, per topic.
@@ -267,7 +286,9 @@ pub fn verify(spec: &VerifySpec) -> Result<VerifyReport> {
                 .map(|&p| ShardId::new(topic, p))
                 .filter(|s| subs.iter().any(|sub| sub.covers(s)))
                 .collect();
-            let whole_topic = subs.iter().any(|s| matches!(s, ShardSpec::All(t) if t == topic))
+            let whole_topic = subs
+                .iter()
+                .any(|s| matches!(s, ShardSpec::All(t) if t == topic))
                 || (!parts.is_empty() && covered.len() == parts.len());
             let pool = unresolved.get(topic).map(Vec::as_slice).unwrap_or(&[]);
             let mut topic_expected: Vec<&str> = Vec::new();
@@ -319,7 +340,10 @@ pub fn verify(spec: &VerifySpec) -> Result<VerifyReport> {
 }
 
 fn diff_counts(topic: &str, expected: &[&str], got: &[&str], c: &mut ConsumerReport) {
-    let (exp, rec) = (counts(expected.iter().copied()), counts(got.iter().copied()));
+    let (exp, rec) = (
+        counts(expected.iter().copied()),
+        counts(got.iter().copied()),
+    );
     for (m, n) in &exp {
         let r = rec.get(m).copied().unwrap_or(0);
         if r < *n {
@@ -344,13 +368,21 @@ fn check_order(shard: &ShardId, expected: &[Sent], received: &[String], out: &mu
     }
     let producers: BTreeSet<u32> = expected.iter().map(|s| s.producer).collect();
     for p in producers {
-        let mine = |m: &str| owners.get(m).is_some_and(|o| o.len() == 1 && o.contains(&p));
+        let mine = |m: &str| {
+            owners
+                .get(m)
+                .is_some_and(|o| o.len() == 1 && o.contains(&p))
+        };
         let sent: Vec<&str> = expected
             .iter()
             .filter(|s| s.producer == p && mine(&s.msg))
             .map(|s| s.msg.as_str())
             .collect();
-        let mut got: Vec<&str> = received.iter().map(String::as_str).filter(|m| mine(m)).collect();
+        let mut got: Vec<&str> = received
+            .iter()
+            .map(String::as_str)
+            .filter(|m| mine(m))
+            .collect();
         // Duplicates/missing are reported by the counts; compare first occurrences only.
         let mut seen = BTreeSet::new();
         got.retain(|m| seen.insert(*m) || sent.iter().filter(|s| *s == m).count() > 1);
@@ -387,19 +419,39 @@ mod tests {
     #[test]
     fn passes_and_catches_each_fault() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "producer_1.txt", "1 A1 P1 T1\n2 A2 P1 T1\n3 A3 P2 T1\n");
+        write(
+            d.path(),
+            "producer_1.txt",
+            "1 A1 P1 T1\n2 A2 P1 T1\n3 A3 P2 T1\n",
+        );
         write(d.path(), "producer_2.txt", "1 B1 * T1\n2 B2 P1 T1\n");
         write(d.path(), "producer_2.acked", "T1:P2 1 B1\nT1:P1 2 B2\n");
-        write(d.path(), "consumer_1.txt", "T1:P1     A1\nT1:P1     B2\nT1:P1     A2\n");
-        write(d.path(), "consumer_2.txt", "T1:P2     A3\nT1:P1     A1\nT1:P2     B1\nT1:P1     A2\nT1:P1     B2\n");
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T1:P1     A1\nT1:P1     B2\nT1:P1     A2\n",
+        );
+        write(
+            d.path(),
+            "consumer_2.txt",
+            "T1:P2     A3\nT1:P1     A1\nT1:P2     B1\nT1:P1     A2\nT1:P1     B2\n",
+        );
         let r = verify(&spec(d.path(), &[(1, "T1:P1"), (2, "T1:*")])).unwrap();
         assert!(r.passed(), "{}", r.render());
         assert_eq!(r.consumers[0].expected, 3);
         assert_eq!(r.consumers[1].expected, 5);
 
         // Out of order, duplicate, missing, unexpected shard.
-        write(d.path(), "consumer_1.txt", "T1:P1     A2\nT1:P1     A1\nT1:P1     B2\nT1:P1     B2\nT1:P2     A3\n");
-        write(d.path(), "consumer_2.txt", "T1:P2     A3\nT1:P1     A1\nT1:P1     A2\n");
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T1:P1     A2\nT1:P1     A1\nT1:P1     B2\nT1:P1     B2\nT1:P2     A3\n",
+        );
+        write(
+            d.path(),
+            "consumer_2.txt",
+            "T1:P2     A3\nT1:P1     A1\nT1:P1     A2\n",
+        );
         let r = verify(&spec(d.path(), &[(1, "T1:P1"), (2, "T1:*")])).unwrap();
         assert!(!r.passed());
         let c1 = &r.consumers[0];
@@ -413,8 +465,16 @@ mod tests {
     #[test]
     fn star_records_without_ack_log_are_checked_per_topic() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "producer_1.txt", "1 X1 * T1\n1 X2 * T1\n1 X3 P2 T1\n");
-        write(d.path(), "consumer_1.txt", "T1:P1     X1\nT1:P2     X2\nT1:P2     X3\n");
+        write(
+            d.path(),
+            "producer_1.txt",
+            "1 X1 * T1\n1 X2 * T1\n1 X3 P2 T1\n",
+        );
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T1:P1     X1\nT1:P2     X2\nT1:P2     X3\n",
+        );
         write(d.path(), "consumer_2.txt", "T1:P1     X1\n");
         let r = verify(&spec(d.path(), &[(1, "T1:*"), (2, "T1:P1")])).unwrap();
         assert!(r.passed(), "{}", r.render());
@@ -428,7 +488,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "producer_3.txt", "1 A P1 T1\n\n1 A T1\n");
         write(d.path(), "consumer_1.txt", "");
-        let err = verify(&spec(d.path(), &[(1, "T1:*")])).unwrap_err().to_string();
+        let err = verify(&spec(d.path(), &[(1, "T1:*")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("producer_3.txt:3"), "{err}");
     }
 }

@@ -20,7 +20,18 @@ async fn two_producers_two_consumers_pass_the_verifier() {
     let addr = cluster.addr();
     let dir = logs.path().display().to_string();
     let consumer = |id: &str, topics: &[&str]| {
-        let mut argv = vec!["runconsume", "--id", id, "--broker", &addr, "--log_loc", &dir, "--idle-timeout", "3", "--topics"];
+        let mut argv = vec![
+            "runconsume",
+            "--id",
+            id,
+            "--broker",
+            &addr,
+            "--log_loc",
+            &dir,
+            "--idle-timeout",
+            "3",
+            "--topics",
+        ];
         argv.extend_from_slice(topics);
         let args = shardq_consumer::cli::Args::try_parse_from(argv).unwrap();
         tokio::spawn(shardq_consumer::cli::run(args, CancellationToken::new()))
@@ -28,7 +39,17 @@ async fn two_producers_two_consumers_pass_the_verifier() {
     let c1 = consumer("1", &["T1:P1", "T2:P1", "T1:P2", "T2:P2"]);
     let c2 = consumer("2", &["T1:*", "T2:*"]);
     let producer = |id: &str, topics: &[&str]| {
-        let mut argv = vec!["runproduce", "--id", id, "--broker", &addr, "--log_loc", &dir, "--ack-log", "--topics"];
+        let mut argv = vec![
+            "runproduce",
+            "--id",
+            id,
+            "--broker",
+            &addr,
+            "--log_loc",
+            &dir,
+            "--ack-log",
+            "--topics",
+        ];
         argv.extend_from_slice(topics);
         let args = shardq_producer::cli::Args::try_parse_from(argv).unwrap();
         tokio::spawn(shardq_producer::cli::run(args))
@@ -47,8 +68,20 @@ async fn two_producers_two_consumers_pass_the_verifier() {
         dir: logs.path().to_path_buf(),
         producers: vec![],
         consumers: vec![
-            (1, ["T1:P1", "T2:P1", "T1:P2", "T2:P2"].iter().map(|s| s.parse().unwrap()).collect()),
-            (2, ["T1:*", "T2:*"].iter().map(|s| s.parse().unwrap()).collect()),
+            (
+                1,
+                ["T1:P1", "T2:P1", "T1:P2", "T2:P2"]
+                    .iter()
+                    .map(|s| s.parse().unwrap())
+                    .collect(),
+            ),
+            (
+                2,
+                ["T1:*", "T2:*"]
+                    .iter()
+                    .map(|s| s.parse().unwrap())
+                    .collect(),
+            ),
         ],
     };
     let report = verify(&spec).unwrap();

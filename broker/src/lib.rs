@@ -115,7 +115,9 @@ fn check_config(config: &BrokerConfig) -> anyhow::Result<()> {
 const DB_LOCK_WAIT: Duration = Duration::from_secs(3);
 
 fn lock_held(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+    // sled reports the file lock as an `Other` I/O error wrapping the OS `WouldBlock`.
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
 }
 
 async fn open_db(dir: &Path) -> anyhow::Result<sled::Db> {

@@ -72,7 +72,8 @@ impl BatchBuilder {
     }
 
     pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp_ms: u64) {
-        self.buf.reserve(RECORD_OVERHEAD + key.map_or(0, <[u8]>::len) + value.len());
+        self.buf
+            .reserve(RECORD_OVERHEAD + key.map_or(0, <[u8]>::len) + value.len());
         self.buf.put_u64_le(timestamp_ms);
         match key {
             Some(k) => {
@@ -332,7 +333,10 @@ mod tests {
         let mut b = BatchBuilder::default();
         b.push(None, &[0u8; 101], 0);
         match b.finish().validate(100) {
-            Err(ErrorKind::RecordTooLarge { size: 101, max: 100 }) => {}
+            Err(ErrorKind::RecordTooLarge {
+                size: 101,
+                max: 100,
+            }) => {}
             other => panic!("expected RecordTooLarge, got {other:?}"),
         }
     }
@@ -343,7 +347,10 @@ mod tests {
         for i in 0..5u8 {
             b.push(None, &[i], 0);
         }
-        let sb = StoredBatch { base_offset: 10, batch: b.finish() };
+        let sb = StoredBatch {
+            base_offset: 10,
+            batch: b.finish(),
+        };
         let got: Vec<_> = sb.records_from(12).map(|(o, r)| (o, r.value[0])).collect();
         assert_eq!(got, vec![(12, 2), (13, 3), (14, 4)]);
         assert_eq!(sb.end_offset(), 15);

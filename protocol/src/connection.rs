@@ -134,7 +134,10 @@ impl Connection {
             version: PROTOCOL_VERSION,
             client: conn.config.client_name.clone(),
         };
-        match conn.request_with_timeout(hello, conn.config.connect_timeout).await? {
+        match conn
+            .request_with_timeout(hello, conn.config.connect_timeout)
+            .await?
+        {
             Response::Handshake { server, .. } => conn.server = server,
             other => {
                 return Err(ClientError::Protocol {

@@ -17,7 +17,9 @@ pub enum ErrorKind {
     },
     #[error("{shard} is moving to another broker; retry shortly")]
     Moving { shard: String },
-    #[error("unknown topic {topic:?} (create it with `shardq topic create {topic} --partitions N`)")]
+    #[error(
+        "unknown topic {topic:?} (create it with `shardq topic create {topic} --partitions N`)"
+    )]
     UnknownTopic { topic: String },
     #[error("unknown shard {shard}: {reason}")]
     UnknownShard { shard: String, reason: String },
@@ -90,9 +92,9 @@ impl ClientError {
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Server(k) => k.is_retriable(),
-            ClientError::Connect { .. } | ClientError::Closed { .. } | ClientError::Timeout { .. } => {
-                true
-            }
+            ClientError::Connect { .. }
+            | ClientError::Closed { .. }
+            | ClientError::Timeout { .. } => true,
             ClientError::Protocol { .. } => false,
         }
     }

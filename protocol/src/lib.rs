@@ -17,11 +17,11 @@ pub mod types;
 pub use batch::{BatchBuilder, Record, RecordBatch, StoredBatch};
 pub use cluster::ClusterClient;
 pub use codec::{FrameCodec, DEFAULT_MAX_FRAME};
-pub use tokio_util::sync::CancellationToken;
 pub use connection::{Connection, ConnectionConfig};
 pub use error::{ClientError, ErrorKind};
 pub use message::*;
 pub use server::{serve, ServerConfig, Service, ServiceFuture};
+pub use tokio_util::sync::CancellationToken;
 pub use types::*;
 
 /// Bumped on any incompatible change to the messages below; the handshake refuses a mismatch.

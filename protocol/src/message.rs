@@ -225,7 +225,10 @@ pub struct ClusterStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Must be the first frame on a connection.
-    Handshake { version: u32, client: String },
+    Handshake {
+        version: u32,
+        client: String,
+    },
 
     // ---- data plane (broker; proxied by the router) ----
     Produce(ProduceRequest),
@@ -242,18 +245,31 @@ pub enum Request {
         group: String,
     },
     /// First and next offsets of a shard.
-    ListOffsets { shard: ShardId, epoch: Epoch },
+    ListOffsets {
+        shard: ShardId,
+        epoch: Epoch,
+    },
 
     // ---- metadata and admin (router) ----
     /// Routing table for these topics (empty: all).
-    Metadata { topics: Vec<String> },
-    CreateTopic { name: String, partitions: u32 },
+    Metadata {
+        topics: Vec<String>,
+    },
+    CreateTopic {
+        name: String,
+        partitions: u32,
+    },
     ListTopics,
-    DescribeTopic { name: String },
+    DescribeTopic {
+        name: String,
+    },
     ListBrokers,
     Status,
     /// Admin: drain broker `id` (or with `force`, drop a dead broker and its data).
-    RemoveBroker { id: BrokerId, force: bool },
+    RemoveBroker {
+        id: BrokerId,
+        force: bool,
+    },
 
     // ---- membership (broker -> router) ----
     RegisterBroker {
@@ -261,13 +277,21 @@ pub enum Request {
         addr: String,
         weight: u32,
     },
-    Heartbeat { id: BrokerId, report: BrokerReport },
+    Heartbeat {
+        id: BrokerId,
+        report: BrokerReport,
+    },
     /// The broker asks to leave gracefully (same as RemoveBroker without force).
-    LeaveBroker { id: BrokerId },
+    LeaveBroker {
+        id: BrokerId,
+    },
 
     // ---- control (router -> broker) ----
     /// Own these shards from now on (create empty logs where none exist).
-    AssignShards { epoch: Epoch, shards: Vec<ShardAssignment> },
+    AssignShards {
+        epoch: Epoch,
+        shards: Vec<ShardAssignment>,
+    },
     /// Start importing `shard` from `source` (move `move_id`); the broker reports progress.
     ImportShard {
         move_id: u64,
@@ -276,9 +300,14 @@ pub enum Request {
         epoch: Epoch,
     },
     /// Drop the local copy of a shard that now lives elsewhere.
-    DropShard { shard: ShardId, epoch: Epoch },
+    DropShard {
+        shard: ShardId,
+        epoch: Epoch,
+    },
     /// Progress of an import this broker runs.
-    MoveStatus { move_id: u64 },
+    MoveStatus {
+        move_id: u64,
+    },
 
     // ---- transfer (destination broker -> source broker) ----
     /// Batches of `shard` starting at `from_offset`, up to about `max_bytes`.
@@ -288,11 +317,19 @@ pub enum Request {
         max_bytes: u32,
     },
     /// Group offsets and producer state of `shard`.
-    ExportMeta { shard: ShardId },
+    ExportMeta {
+        shard: ShardId,
+    },
     /// Stop appending to `shard` (answer `Moving` to producers) and report its final end offset.
-    FenceShard { shard: ShardId, move_id: u64 },
+    FenceShard {
+        shard: ShardId,
+        move_id: u64,
+    },
     /// Undo a fence (the move was rolled back).
-    UnfenceShard { shard: ShardId, move_id: u64 },
+    UnfenceShard {
+        shard: ShardId,
+        move_id: u64,
+    },
 }
 
 impl Request {
@@ -341,7 +378,10 @@ impl Request {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Handshake { version: u32, server: String },
+    Handshake {
+        version: u32,
+        server: String,
+    },
     /// The batch holds offsets `base_offset .. base_offset + count`. `duplicate` is true when
     /// this was a retry of a batch already appended (nothing was appended this time).
     Produced {
@@ -357,8 +397,13 @@ pub enum Response {
         batches: Vec<StoredBatch>,
     },
     Committed,
-    GroupOffset { offset: Option<Offset> },
-    Offsets { start: Offset, end: Offset },
+    GroupOffset {
+        offset: Option<Offset>,
+    },
+    Offsets {
+        start: Offset,
+        end: Offset,
+    },
     Routing(RoutingTable),
     TopicCreated(TopicInfo),
     Topics(Vec<TopicInfo>),
@@ -371,7 +416,9 @@ pub enum Response {
         shards: Vec<ShardId>,
         forced: bool,
     },
-    Registered { epoch: Epoch },
+    Registered {
+        epoch: Epoch,
+    },
     HeartbeatAck {
         epoch: Epoch,
         /// The complete set of shards this broker should own now.
@@ -388,7 +435,9 @@ pub enum Response {
         fenced: bool,
     },
     Meta(ShardMeta),
-    Fenced { end_offset: Offset },
+    Fenced {
+        end_offset: Offset,
+    },
 }
 
 impl Response {

@@ -86,7 +86,9 @@ pub async fn serve<S: Service>(
                 let token = shutdown.child_token();
                 let (max_frame, max_in_flight) = (config.max_frame, config.max_in_flight);
                 conns.spawn(async move {
-                    if let Err(reason) = handle_connection(stream, svc, max_frame, max_in_flight, token).await {
+                    if let Err(reason) =
+                        handle_connection(stream, svc, max_frame, max_in_flight, token).await
+                    {
                         warn!(%peer, "closed connection: {reason}");
                     }
                     drop(permit);

@@ -76,7 +76,9 @@ pub fn parse_partition(s: &str) -> Result<u32, String> {
         return Err(format!("partition {s:?}: partitions are numbered from 1"));
     }
     if n > MAX_PARTITIONS {
-        return Err(format!("partition {s:?}: at most {MAX_PARTITIONS} partitions"));
+        return Err(format!(
+            "partition {s:?}: at most {MAX_PARTITIONS} partitions"
+        ));
     }
     Ok(n)
 }
@@ -86,7 +88,9 @@ impl FromStr for ShardId {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.parse::<ShardSpec>()? {
             ShardSpec::One(id) => Ok(id),
-            ShardSpec::All(t) => Err(format!("{t}:* names every partition; a single shard was expected")),
+            ShardSpec::All(t) => Err(format!(
+                "{t}:* names every partition; a single shard was expected"
+            )),
         }
     }
 }
@@ -173,10 +177,27 @@ mod tests {
 
     #[test]
     fn shard_specs_parse() {
-        assert_eq!("T1:P2".parse::<ShardSpec>().unwrap(), ShardSpec::One(ShardId::new("T1", 2)));
-        assert_eq!("T1:2".parse::<ShardSpec>().unwrap(), ShardSpec::One(ShardId::new("T1", 2)));
-        assert_eq!("a.b-c_d:*".parse::<ShardSpec>().unwrap(), ShardSpec::All("a.b-c_d".into()));
-        for bad in ["T1", "T1:P0", "T1:Px", ":P1", "T 1:P1", "T1:", "T1:P99999999999"] {
+        assert_eq!(
+            "T1:P2".parse::<ShardSpec>().unwrap(),
+            ShardSpec::One(ShardId::new("T1", 2))
+        );
+        assert_eq!(
+            "T1:2".parse::<ShardSpec>().unwrap(),
+            ShardSpec::One(ShardId::new("T1", 2))
+        );
+        assert_eq!(
+            "a.b-c_d:*".parse::<ShardSpec>().unwrap(),
+            ShardSpec::All("a.b-c_d".into())
+        );
+        for bad in [
+            "T1",
+            "T1:P0",
+            "T1:Px",
+            ":P1",
+            "T 1:P1",
+            "T1:",
+            "T1:P99999999999",
+        ] {
             assert!(bad.parse::<ShardSpec>().is_err(), "{bad} should be refused");
         }
         assert_eq!(ShardId::new("T1", 2).to_string(), "T1:P2");

@@ -1,0 +1,173 @@
+//! Durability under a crash: a broker process is killed with SIGKILL while producers stream to it
+//! (`--fsync always`); `shardq up` restarts it; every acknowledged record is then consumed exactly
+//! once, at the offset it was acknowledged with.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shardq_consumer::{Consumer, ConsumerConfig};
+use shardq_producer::{Producer, ProducerConfig};
+use shardq_protocol::{ShardId, ShardSpec};
+
+fn cluster_file(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("cluster.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_sigkill_of_a_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
+        .args([
+            "up",
+            "--brokers",
+            "2",
+            "--port",
+            "0",
+            "--fsync",
+            "always",
+            "--data",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut info = None;
+    common::wait_until(Duration::from_secs(60), "cluster.json", || {
+        info = cluster_file(dir.path());
+        let ok = info.is_some();
+        async move { ok }
+    })
+    .await;
+    let info = info.unwrap();
+    let router = info["router"].as_str().unwrap().to_string();
+    let broker1_pid = info["pids"][1].as_u64().unwrap() as i32;
+
+    let admin = shardq::admin::client(&router).await.unwrap();
+    admin
+        .admin(shardq_protocol::Request::CreateTopic {
+            name: "K".into(),
+            partitions: 4,
+        })
+        .await
+        .unwrap();
+
+    let mut cfg = ProducerConfig::new(router.clone());
+    cfg.delivery_timeout = Duration::from_secs(60);
+    let producer = Arc::new(Producer::connect(cfg).await.unwrap());
+    let acked = Arc::new(AtomicU64::new(0));
+    let total = 20_000u64;
+    let send = {
+        let (producer, acked) = (producer.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut deliveries = Vec::new();
+            for i in 0..total {
+                let d = producer
+                    .send(
+                        &ShardSpec::All("K".into()),
+                        None,
+                        Bytes::from(format!("r{i}")),
+                    )
+                    .await
+                    .unwrap();
+                let acked = acked.clone();
+                deliveries.push(tokio::spawn(async move {
+                    let r = d.await;
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    (i, r)
+                }));
+                if i % 200 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            let mut out = Vec::new();
+            for d in deliveries {
+                out.push(d.await.unwrap());
+            }
+            out
+        })
+    };
+    // Kill broker 1 once a good part is acknowledged: mid-stream, not before or after.
+    common::wait_until(Duration::from_secs(60), "first acknowledgements", || {
+        let n = acked.load(Ordering::Relaxed);
+        async move { n >= 3_000 }
+    })
+    .await;
+    unsafe {
+        libc::kill(broker1_pid, libc::SIGKILL);
+    }
+    let results = send.await.unwrap();
+    let mut expected: HashMap<String, (ShardId, u64)> = HashMap::new();
+    let mut failed = 0;
+    for (i, r) in results {
+        match r {
+            Ok(d) => {
+                expected.insert(format!("r{i}"), (d.shard, d.offset));
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "records failed although the broker came back within the delivery timeout"
+    );
+    assert!(acked.load(Ordering::Relaxed) >= total);
+    // The supervisor restarted broker 1 (new pid).
+    let info = cluster_file(dir.path()).unwrap();
+    assert_ne!(
+        info["pids"][1].as_u64().unwrap() as i32,
+        broker1_pid,
+        "broker 1 was not restarted"
+    );
+
+    let mut consumer = Consumer::connect(ConsumerConfig::new(
+        router.clone(),
+        "check",
+        vec![ShardSpec::All("K".into())],
+    ))
+    .await
+    .unwrap();
+    let mut seen: HashMap<String, (ShardId, u64)> = HashMap::new();
+    let mut per_shard: BTreeMap<ShardId, Vec<u64>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < expected.len() && Instant::now() < deadline {
+        for r in consumer.poll().await.unwrap() {
+            let v = String::from_utf8_lossy(&r.record.value).into_owned();
+            per_shard.entry(r.shard.clone()).or_default().push(r.offset);
+            assert!(
+                seen.insert(v.clone(), (r.shard, r.offset)).is_none(),
+                "{v} consumed twice"
+            );
+        }
+    }
+    for (v, at) in &expected {
+        assert_eq!(
+            seen.get(v),
+            Some(at),
+            "acknowledged record {v} at {at:?} not consumed there"
+        );
+    }
+    for (shard, offsets) in per_shard {
+        assert!(
+            offsets.windows(2).all(|w| w[1] == w[0] + 1),
+            "{shard}: offsets not dense"
+        );
+    }
+    unsafe {
+        libc::kill(up.id().unwrap() as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), up.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "shardq up exited with {status}");
+}
