@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use shardq_protocol::cluster::ClusterClient;
 use shardq_protocol::{
-    BrokerStatus, ClusterStatus, ConnectionConfig, Request, Response, TopicDescription,
+    BrokerStatus, ClusterStatus, ConnectionConfig, MovePhase, Request, Response, TopicDescription,
 };
 
 pub async fn client(bootstrap: &str) -> Result<ClusterClient> {
@@ -153,25 +153,64 @@ pub fn render_status(st: &ClusterStatus) -> String {
     for t in &st.topics {
         s.push_str(&format!("  {} ({} partitions)\n", t.name, t.partitions));
     }
+    if !per_broker.is_empty() {
+        s.push_str("\nshards per broker:\n");
+        let max = per_broker.values().copied().max().unwrap_or(1).max(1);
+        for (id, n) in &per_broker {
+            s.push_str(&format!(
+                "  {id:<4} {n:>5} {}\n",
+                "#".repeat((n * 40).div_ceil(max))
+            ));
+        }
+    }
     if !st.shards.is_empty() {
         s.push('\n');
         s.push_str(&render_shards(&st.shards));
     }
-    if !st.moves.is_empty() {
-        s.push_str("\nmoves:\n");
-        for m in &st.moves {
+    let (active, done): (Vec<_>, Vec<_>) = st.moves.iter().partition(|m| {
+        !matches!(
+            m.phase,
+            MovePhase::Done | MovePhase::Failed | MovePhase::RolledBack
+        )
+    });
+    if !active.is_empty() {
+        s.push_str("\nmoves in flight:\n");
+        for m in &active {
             s.push_str(&format!(
-                "  #{} {} {} -> {} {:?} copied {} records / {} bytes, lag {}{}\n",
+                "  #{:<4} {:<20} {} -> {}  {:<10} copied {} records / {}, lag {}\n",
                 m.move_id,
-                m.shard,
+                m.shard.to_string(),
                 m.from.map_or("-".into(), |f| f.to_string()),
                 m.to,
-                m.phase,
+                format!("{:?}", m.phase),
                 m.records_copied,
-                m.bytes_copied,
+                human_bytes(m.bytes_copied),
                 m.lag,
+            ));
+        }
+    }
+    if !done.is_empty() {
+        s.push_str("\nfinished moves (latest 20):\n");
+        for m in done.iter().rev().take(20).rev() {
+            let took = m
+                .finished_ms
+                .map(|f| format!("{} ms", f.saturating_sub(m.started_ms)))
+                .unwrap_or_else(|| "?".into());
+            s.push_str(&format!(
+                "  #{:<4} {:<20} {} -> {}  {:<10} {} records / {} in {}, write pause {}{}\n",
+                m.move_id,
+                m.shard.to_string(),
+                m.from.map_or("-".into(), |f| f.to_string()),
+                m.to,
+                format!("{:?}", m.phase),
+                m.records_copied,
+                human_bytes(m.bytes_copied),
+                took,
                 m.write_pause_ms
-                    .map_or(String::new(), |p| format!(", write pause {p} ms"))
+                    .map_or("?".to_string(), |p| format!("{p} ms")),
+                m.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" ({e})")),
             ));
         }
     }
@@ -258,5 +297,225 @@ pub async fn broker_remove(bootstrap: &str, id: u32, force: bool) -> Result<()> 
             Ok(())
         }
         other => bail!("unexpected answer {}", other.name()),
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+async fn fetch_status(client: &ClusterClient) -> Result<ClusterStatus> {
+    match client.admin(Request::Status).await? {
+        Response::Status(st) => Ok(st),
+        other => bail!("unexpected answer {}", other.name()),
+    }
+}
+
+/// `shardq watch`: the status, redrawn in place every `interval` until Ctrl-C.
+pub async fn watch(bootstrap: &str, interval: std::time::Duration) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let client = client(bootstrap).await?;
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let frame = match fetch_status(&client).await {
+            Ok(st) => render_status(&st),
+            Err(e) => format!("cannot get the status from {bootstrap}: {e:#}\n"),
+        };
+        let mut out = std::io::stdout().lock();
+        if tty {
+            // Home + clear: redraw in place.
+            write!(out, "\x1b[H\x1b[2J")?;
+        } else {
+            writeln!(out, "---")?;
+        }
+        write!(
+            out,
+            "shardq watch {bootstrap} (every {} ms; Ctrl-C to stop)\n\n{frame}",
+            interval.as_millis()
+        )?;
+        out.flush()?;
+        drop(out);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// After a graceful remove: waits until the router has drained and removed broker `id`, printing
+/// progress.
+pub async fn wait_drained(bootstrap: &str, id: u32, timeout: std::time::Duration) -> Result<()> {
+    let client = client(bootstrap).await?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let st = fetch_status(&client).await?;
+        if !st.brokers.iter().any(|b| b.addr.id == id) {
+            println!("broker {id} drained and removed");
+            return Ok(());
+        }
+        let owned = st
+            .shards
+            .iter()
+            .filter(|(r, _)| r.owner.as_ref().is_some_and(|o| o.id == id))
+            .count();
+        let moving = st
+            .moves
+            .iter()
+            .filter(|m| {
+                m.from == Some(id)
+                    && !matches!(
+                        m.phase,
+                        MovePhase::Done | MovePhase::Failed | MovePhase::RolledBack
+                    )
+            })
+            .count();
+        let line = format!("broker {id}: {owned} shard(s) left, {moving} moving");
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "broker {id} still holds {owned} shard(s) after {timeout:?}; see `shardq status`"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// `shardq moves`: every move the router remembers, and a summary of the finished ones (count,
+/// records and bytes copied, copy rate, write pause median and max).
+pub async fn moves(bootstrap: &str) -> Result<()> {
+    let st = fetch_status(&client(bootstrap).await?).await?;
+    print!("{}", render_moves(&st));
+    Ok(())
+}
+
+pub fn render_moves(st: &ClusterStatus) -> String {
+    let mut s = format!(
+        "{:<6} {:<20} {:>4} {:>4} {:<10} {:>10} {:>10} {:>9} {:>9}\n",
+        "move", "shard", "from", "to", "phase", "records", "bytes", "took ms", "pause ms"
+    );
+    let mut pauses = Vec::new();
+    let (mut bytes, mut took_ms, mut done) = (0u64, 0u64, 0usize);
+    for m in &st.moves {
+        let took = m.finished_ms.map(|f| f.saturating_sub(m.started_ms));
+        s.push_str(&format!(
+            "#{:<5} {:<20} {:>4} {:>4} {:<10} {:>10} {:>10} {:>9} {:>9}\n",
+            m.move_id,
+            m.shard.to_string(),
+            m.from.map_or("-".into(), |f| f.to_string()),
+            m.to,
+            format!("{:?}", m.phase),
+            m.records_copied,
+            human_bytes(m.bytes_copied),
+            took.map_or("-".into(), |t| t.to_string()),
+            m.write_pause_ms.map_or("-".into(), |p| p.to_string()),
+        ));
+        if m.phase == MovePhase::Done {
+            done += 1;
+            bytes += m.bytes_copied;
+            took_ms += took.unwrap_or(0);
+            if let Some(p) = m.write_pause_ms {
+                pauses.push(p);
+            }
+        }
+    }
+    pauses.sort_unstable();
+    let median = pauses.get(pauses.len() / 2).copied();
+    let max = pauses.last().copied();
+    s.push_str(&format!(
+        "{done} move(s) done, {} copied{}; write pause median {} ms, max {} ms\n",
+        human_bytes(bytes),
+        if took_ms > 0 {
+            format!(
+                " ({:.1} MB/s over their durations)",
+                bytes as f64 / 1e6 / (took_ms as f64 / 1e3)
+            )
+        } else {
+            String::new()
+        },
+        median.map_or("-".into(), |m| m.to_string()),
+        max.map_or("-".into(), |m| m.to_string()),
+    ));
+    s
+}
+
+/// Waits until no move is in flight for `quiet` in a row (and, with `broker`, until that broker
+/// owns at least one shard), printing moves as they start and finish.
+pub async fn wait_balanced(
+    bootstrap: &str,
+    broker: Option<u32>,
+    quiet: std::time::Duration,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let client = client(bootstrap).await?;
+    let start = std::time::Instant::now();
+    let mut quiet_since: Option<std::time::Instant> = None;
+    // Moves already known at the start are history: only changes from here on are printed.
+    let mut reported: Option<std::collections::BTreeMap<u64, MovePhase>> = None;
+    loop {
+        let st = fetch_status(&client).await?;
+        let first = reported.is_none();
+        let seen = reported.get_or_insert_with(Default::default);
+        for m in &st.moves {
+            if seen.insert(m.move_id, m.phase) == Some(m.phase) || first {
+                continue;
+            }
+            let extra = if m.phase == MovePhase::Done {
+                format!(
+                    " ({} records, {}, write pause {} ms)",
+                    m.records_copied,
+                    human_bytes(m.bytes_copied),
+                    m.write_pause_ms.map_or("?".into(), |p| p.to_string())
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "  move #{} {} {} -> {}: {:?}{extra}",
+                m.move_id,
+                m.shard,
+                m.from.map_or("-".into(), |f| f.to_string()),
+                m.to,
+                m.phase
+            );
+        }
+        let in_flight = st.moves.iter().any(|m| {
+            !matches!(
+                m.phase,
+                MovePhase::Done | MovePhase::Failed | MovePhase::RolledBack
+            )
+        });
+        let owns = broker.is_none_or(|id| {
+            st.shards
+                .iter()
+                .any(|(r, _)| r.owner.as_ref().is_some_and(|o| o.id == id))
+        });
+        if in_flight || !owns {
+            quiet_since = None;
+        } else if quiet_since
+            .get_or_insert_with(std::time::Instant::now)
+            .elapsed()
+            >= quiet
+        {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("moves still in flight after {timeout:?}; see `shardq status`");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -62,7 +62,7 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, serde::Deserialize, Debug, Default, Clone)]
 pub struct BenchResult {
     pub brokers: u32,
     pub fsync: String,
@@ -437,4 +437,55 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+/// Reads `shardq bench --json` lines (one file per configuration, one line per run) and renders a
+/// markdown table of medians.
+pub fn report(files: &[std::path::PathBuf]) -> Result<String> {
+    let mut out = String::from(
+        "| brokers | fsync | size | runs | produce msgs/s | produce MB/s | e2e msgs/s | e2e MB/s | ack p50/p99 ms | send->consume p50/p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let runs: Vec<BenchResult> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{}:{}: not a bench result", f.display(), i + 1))
+            })
+            .collect::<Result<_>>()?;
+        let Some(first) = runs.first() else { continue };
+        let m =
+            |get: fn(&BenchResult) -> Option<f64>| median(runs.iter().filter_map(get).collect());
+        let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}", v));
+        let dec = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", v));
+        out.push_str(&format!(
+            "| {} | {} | {} B | {} | {} | {} | {} | {} | {} / {} | {} / {} |\n",
+            first.brokers,
+            first.fsync,
+            first.size,
+            runs.len(),
+            num(m(|r| r.produce_msgs_per_s)),
+            dec(m(|r| r.produce_mb_per_s)),
+            num(m(|r| r.e2e_msgs_per_s)),
+            dec(m(|r| r.e2e_mb_per_s)),
+            dec(m(|r| r.ack_p50_ms)),
+            dec(m(|r| r.ack_p99_ms)),
+            dec(m(|r| r.e2e_p50_ms)),
+            dec(m(|r| r.e2e_p99_ms)),
+        ));
+    }
+    Ok(out)
 }

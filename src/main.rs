@@ -49,6 +49,34 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of the cluster, redrawn in place: members, shards per broker, moves with their
+    /// phase and progress, finished moves with duration and write pause.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
+    /// Every shard move the router remembers, with a summary: copy rate, write pause median/max.
+    Moves {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Wait until no shard move is in flight (e.g. after adding or removing a broker), printing
+    /// moves as they progress.
+    WaitBalanced {
+        #[command(flatten)]
+        target: Target,
+        /// Also wait until this broker owns at least one shard (after adding it).
+        #[arg(long)]
+        owner: Option<u32>,
+        /// How long no move must be in flight to call it balanced, in milliseconds.
+        #[arg(long, default_value_t = 1500)]
+        quiet_ms: u64,
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
     /// Consistent-hash ring tools.
     Ring {
         #[command(subcommand)]
@@ -59,6 +87,12 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Benchmark a local cluster: throughput and latency of produce and end-to-end.
     Bench(bench::BenchArgs),
+    /// Summarize `shardq bench --json` result files (one per configuration) as a table of medians.
+    BenchReport {
+        /// JSON-lines files written by `shardq bench --json`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -77,14 +111,26 @@ enum BrokerAdmin {
         #[command(flatten)]
         target: Target,
     },
-    /// Remove a broker: drain its shards to their new owners; with --force, give up a dead
-    /// broker's data (says what it discards).
+    /// Remove a broker: drain its shards to their new owners (waits and shows progress); with
+    /// --force, give up a dead broker's data (says what it discards).
     Remove {
         id: u32,
         #[arg(long)]
         force: bool,
+        /// Return once the drain has started instead of waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
         #[command(flatten)]
         target: Target,
+    },
+    /// Add a broker to a local cluster started with `shardq up --data DIR`; shards migrate to it.
+    Add {
+        /// The data directory of the `shardq up` cluster.
+        #[arg(long, default_value = "./shardq-data")]
+        data: PathBuf,
     },
 }
 
@@ -165,9 +211,12 @@ fn parse_consumer(s: &str) -> Result<(u32, Vec<ShardSpec>)> {
     Ok((id, subs))
 }
 
-fn init_tracing() {
+/// Servers log their life at `info` by default; client-side commands only warn, so their own
+/// output stays readable. RUST_LOG overrides both.
+fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -179,8 +228,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Router(args) => shardq_router::cli::run(args).await?,
         Cmd::Broker(BrokerCmd { admin: Some(a), .. }) => match a {
             BrokerAdmin::List { target } => admin::broker_list(&target.broker).await?,
-            BrokerAdmin::Remove { id, force, target } => {
-                admin::broker_remove(&target.broker, id, force).await?
+            BrokerAdmin::Remove {
+                id,
+                force,
+                no_wait,
+                timeout_secs,
+                target,
+            } => {
+                admin::broker_remove(&target.broker, id, force).await?;
+                if !force && !no_wait {
+                    admin::wait_drained(
+                        &target.broker,
+                        id,
+                        std::time::Duration::from_secs(timeout_secs),
+                    )
+                    .await?;
+                }
+            }
+            BrokerAdmin::Add { data } => {
+                let (id, addr) = up::request_broker(&data).await?;
+                println!("broker {id} listening on {addr}; the router moves shards to it now (see `shardq watch`)");
             }
         },
         Cmd::Broker(BrokerCmd {
@@ -198,6 +265,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             TopicCmd::Describe { name } => admin::topic_describe(&target.broker, &name).await?,
         },
         Cmd::Status { target, json } => admin::status(&target.broker, json).await?,
+        Cmd::Moves { target } => admin::moves(&target.broker).await?,
+        Cmd::WaitBalanced {
+            target,
+            owner,
+            quiet_ms,
+            timeout_secs,
+        } => {
+            admin::wait_balanced(
+                &target.broker,
+                owner,
+                std::time::Duration::from_millis(quiet_ms),
+                std::time::Duration::from_secs(timeout_secs),
+            )
+            .await?
+        }
+        Cmd::Watch {
+            target,
+            interval_ms,
+        } => {
+            admin::watch(
+                &target.broker,
+                std::time::Duration::from_millis(interval_ms.max(50)),
+            )
+            .await?
+        }
         Cmd::Ring {
             cmd: RingCmd::Analyze(a),
         } => {
@@ -242,13 +334,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Bench(args) => bench::run(args).await?,
+        Cmd::BenchReport { files } => print!("{}", bench::report(&files)?),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let server = matches!(
+        cli.cmd,
+        Cmd::Router(_) | Cmd::Up(_) | Cmd::Broker(BrokerCmd { run: Some(_), .. })
+    );
+    init_tracing(server);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

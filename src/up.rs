@@ -106,6 +106,122 @@ async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, Strin
     Ok((child, addr))
 }
 
+fn broker_listen(args: &UpArgs, id: u32) -> String {
+    if args.port == 0 {
+        "127.0.0.1:0".to_string()
+    } else {
+        format!("127.0.0.1:{}", args.port as u32 + id)
+    }
+}
+
+async fn add_broker(args: &UpArgs, router: &str, id: u32, logs: &Path) -> Result<Proc> {
+    let mut bargs: Vec<String> = vec![
+        "broker".into(),
+        "--id".into(),
+        id.to_string(),
+        "--listen".into(),
+        broker_listen(args, id),
+        "--data".into(),
+        args.data.join(format!("broker-{id}")).display().to_string(),
+        "--router".into(),
+        router.to_string(),
+        "--fsync".into(),
+        args.fsync.clone(),
+    ];
+    bargs.extend(args.broker_args.iter().cloned());
+    let name = format!("broker-{id}");
+    let (child, addr) = spawn(&name, &bargs, logs).await?;
+    pin_listen(&mut bargs, &addr);
+    Ok(Proc {
+        name,
+        child,
+        addr,
+        args: bargs,
+        restarts: 0,
+        started: Instant::now(),
+    })
+}
+
+/// Broker ids whose data directories exist: a new broker never reuses one (its old data would
+/// come back with it).
+fn used_ids(data: &Path) -> Vec<u32> {
+    std::fs::read_dir(data)
+        .map(|rd| {
+            rd.filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("broker-")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `shardq broker add --data DIR` drops a request file in DIR/control; `up` answers in a
+/// matching `.done` file.
+fn pending_requests(control: &Path) -> Vec<PathBuf> {
+    let mut reqs: Vec<PathBuf> = std::fs::read_dir(control)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "req"))
+                .collect()
+        })
+        .unwrap_or_default();
+    reqs.sort();
+    reqs
+}
+
+/// Asks the `shardq up` running on `data` to start one more broker; returns its id and address.
+pub async fn request_broker(data: &Path) -> Result<(u32, String)> {
+    let control = data.join("control");
+    if !data.join("cluster.json").exists() || !control.is_dir() {
+        bail!(
+            "no `shardq up` cluster is running on {} (start one with `shardq up --data {}`)",
+            data.display(),
+            data.display()
+        );
+    }
+    let nonce = format!(
+        "add-broker-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let req = control.join(format!("{nonce}.req"));
+    std::fs::write(&req, b"add").with_context(|| format!("cannot write {}", req.display()))?;
+    let done = req.with_extension("done");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&done) {
+            let _ = std::fs::remove_file(&done);
+            let text = text.trim();
+            if let Some(err) = text.strip_prefix("error ") {
+                bail!("could not add a broker: {err}");
+            }
+            let (id, addr) = text
+                .split_once(' ')
+                .with_context(|| format!("unexpected answer {text:?}"))?;
+            return Ok((
+                id.parse().context("bad broker id in answer")?,
+                addr.to_string(),
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = std::fs::remove_file(&req);
+            bail!(
+                "the cluster on {} did not start a broker within 60 s",
+                data.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Restarts must come back on the same address, so pin the port a process got.
 fn pin_listen(args: &mut [String], addr: &str) {
     if let Some(i) = args.iter().position(|a| a == "--listen") {
@@ -130,17 +246,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     let logs = args.data.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let port = |offset: u32| -> String {
-        if args.port == 0 {
-            "127.0.0.1:0".to_string()
-        } else {
-            format!("127.0.0.1:{}", args.port as u32 + offset)
-        }
-    };
     let mut router_args: Vec<String> = vec![
         "router".into(),
         "--listen".into(),
-        port(0),
+        broker_listen(&args, 0),
         "--data".into(),
         args.data.join("router").display().to_string(),
     ];
@@ -157,32 +266,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         started: Instant::now(),
     }];
     for id in 1..=args.brokers {
-        let mut bargs: Vec<String> = vec![
-            "broker".into(),
-            "--id".into(),
-            id.to_string(),
-            "--listen".into(),
-            port(id),
-            "--data".into(),
-            args.data.join(format!("broker-{id}")).display().to_string(),
-            "--router".into(),
-            router_addr.clone(),
-            "--fsync".into(),
-            args.fsync.clone(),
-        ];
-        bargs.extend(args.broker_args.iter().cloned());
-        let name = format!("broker-{id}");
-        let (child, addr) = spawn(&name, &bargs, &logs).await?;
-        pin_listen(&mut bargs, &addr);
-        println!("broker {id} listening on {addr}");
-        procs.push(Proc {
-            name,
-            child,
-            addr,
-            args: bargs,
-            restarts: 0,
-            started: Instant::now(),
-        });
+        let p = add_broker(&args, &router_addr, id, &logs).await?;
+        println!("broker {id} listening on {}", p.addr);
+        procs.push(p);
     }
     write_cluster_file(&args.data, &procs)?;
     println!(
@@ -193,16 +279,47 @@ pub async fn run(args: UpArgs) -> Result<()> {
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let control = args.data.join("control");
+    std::fs::create_dir_all(&control)
+        .with_context(|| format!("cannot create {}", control.display()))?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = tick.tick() => {}
         }
-        for p in procs.iter_mut() {
+        for req in pending_requests(&control) {
+            let id = procs
+                .iter()
+                .filter_map(|p| p.name.strip_prefix("broker-")?.parse::<u32>().ok())
+                .chain(used_ids(&args.data))
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let answer = match add_broker(&args, &router_addr, id, &logs).await {
+                Ok(p) => {
+                    println!("broker {id} listening on {} (added)", p.addr);
+                    let line = format!("{id} {}", p.addr);
+                    procs.push(p);
+                    write_cluster_file(&args.data, &procs)?;
+                    line
+                }
+                Err(e) => format!("error {e:#}"),
+            };
+            let _ = std::fs::write(req.with_extension("done"), answer);
+            let _ = std::fs::remove_file(&req);
+        }
+        let mut left = Vec::new();
+        for (i, p) in procs.iter_mut().enumerate() {
             let Ok(Some(status)) = p.child.try_wait() else {
                 continue;
             };
+            if status.success() && p.name != "router" {
+                // A broker exits 0 only after the router removed it (graceful leave): done.
+                println!("{} left the cluster", p.name);
+                left.push(i);
+                continue;
+            }
             warn!("{} exited ({status}); restarting", p.name);
             println!("{} exited ({status}); restarting", p.name);
             if p.started.elapsed() < Duration::from_secs(2) {
@@ -228,6 +345,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 }
                 Err(e) => eprintln!("cannot restart {}: {e:#}", p.name),
             }
+        }
+        for i in left.into_iter().rev() {
+            procs.remove(i);
         }
         write_cluster_file(&args.data, &procs)?;
     }

@@ -48,7 +48,8 @@ pub struct Args {
     /// Synthetic load: bytes per record value.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
-    /// Synthetic load: at most this many records per second (default: as fast as possible).
+    /// At most this many records per second, from the file or synthetic (default: as fast as
+    /// possible).
     #[arg(long)]
     pub rate: Option<u64>,
     /// When the broker acknowledges: durable (after its fsync policy) or appended.
@@ -226,7 +227,7 @@ pub async fn run(args: Args) -> Result<Summary> {
     let start = Instant::now();
     let sent = match args.count {
         Some(n) => send_synthetic(&producer, &args, n, start, &ack_tx).await,
-        None => send_all(&producer, outgoing, &ack_tx).await,
+        None => send_all(&producer, outgoing, args.rate, start, &ack_tx).await,
     };
     drop(ack_tx);
     producer.flush().await;
@@ -251,12 +252,26 @@ pub async fn run(args: Args) -> Result<Summary> {
 
 type Pending = (DeliveryFuture, Bytes);
 
+/// Holds the send loop to `rate` records per second (none: as fast as possible), waking once
+/// per millisecond's worth of records so a high rate costs few timer waits.
+async fn pace(rate: Option<u64>, start: Instant, i: u64) {
+    if let Some(rate) = rate.filter(|r| *r > 0) {
+        let step = (rate / 1000).max(1);
+        if i.is_multiple_of(step) {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate as f64)).await;
+        }
+    }
+}
+
 async fn send_all(
     producer: &Producer,
     records: Vec<Outgoing>,
+    rate: Option<u64>,
+    start: Instant,
     acks: &mpsc::UnboundedSender<Pending>,
 ) -> Result<()> {
-    for r in records {
+    for (i, r) in records.into_iter().enumerate() {
+        pace(rate, start, i as u64).await;
         let fut = producer
             .send(&r.target, None, r.value.clone())
             .await
@@ -276,14 +291,7 @@ async fn send_synthetic(
 ) -> Result<()> {
     let payload = Bytes::from(vec![b'x'; args.size]);
     for i in 0..count {
-        if let Some(rate) = args.rate.filter(|r| *r > 0) {
-            // Pace in steps of 1 ms worth of records so a high rate costs few timer waits.
-            let step = (rate / 1000).max(1);
-            if i % step == 0 {
-                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate as f64))
-                    .await;
-            }
-        }
+        pace(args.rate, start, i).await;
         let target = &args.topics[(i % args.topics.len() as u64) as usize];
         let value = synthetic_value(&payload, args.id, i);
         let fut = producer
