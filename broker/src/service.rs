@@ -7,17 +7,19 @@
 use std::collections::HashMap;
 use std::future::ready;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use shardq_protocol::batch::RECORD_OVERHEAD;
 use shardq_protocol::{
-    Acks, BrokerId, BrokerReport, Epoch, ErrorKind, FetchRequest, Offset, ProduceRequest, Request,
-    Response, Service, ServiceFuture, ShardAssignment, ShardId, ShardReport, ShardState,
+    Acks, BrokerAddr, BrokerId, BrokerReport, CancellationToken, Epoch, ErrorKind, FetchRequest,
+    MovePhase, MoveProgress, Offset, ProduceRequest, Request, Response, Service, ServiceFuture,
+    ShardAssignment, ShardId, ShardReport, ShardState,
 };
 use tracing::{info, warn};
 
 use crate::durability::Durability;
+use crate::import::{self, now_ms, ImportCtx, ImportRecord, ImportStore, Job};
 use crate::router_link::RouterLink;
 use crate::shard::{tree_name, Access, Ownership, Shard};
 
@@ -38,8 +40,15 @@ pub struct Broker {
     epoch: AtomicU64,
     router: Option<Arc<RouterLink>>,
     max_record_bytes: usize,
+    max_frame: usize,
     /// Most bytes of batches one answer may carry.
     read_limit: usize,
+    /// Persisted state of imports (moves into this broker), one record per shard.
+    imports: Arc<ImportStore>,
+    /// Imports run or finished since this process started, by move id.
+    jobs: Mutex<HashMap<u64, Arc<Job>>>,
+    /// The broker's shutdown; import tasks stop with it.
+    shutdown: CancellationToken,
 }
 
 fn ready_result(r: Result<Response, ErrorKind>) -> ServiceFuture {
@@ -55,6 +64,7 @@ impl Broker {
         router: Option<Arc<RouterLink>>,
         max_record_bytes: usize,
         max_frame: usize,
+        shutdown: CancellationToken,
     ) -> Result<Broker, ErrorKind> {
         let storage = |what: &str, e: &dyn std::fmt::Display| ErrorKind::Storage {
             reason: format!("{what}: {e}"),
@@ -76,6 +86,7 @@ impl Broker {
             let shard = Shard::open(&db, own)?;
             shards.insert(shard.id().clone(), Arc::new(shard));
         }
+        let imports = ImportStore::open(&db, &|key| shards.keys().any(|s| s.key() == key))?;
         Ok(Broker {
             id,
             db,
@@ -85,7 +96,11 @@ impl Broker {
             epoch: AtomicU64::new(epoch),
             router,
             max_record_bytes,
+            max_frame,
             read_limit: max_frame.saturating_sub(FRAME_MARGIN).max(RECORD_OVERHEAD),
+            imports: Arc::new(imports),
+            jobs: Mutex::new(HashMap::new()),
+            shutdown,
         })
     }
 
@@ -108,6 +123,11 @@ impl Broker {
 
     fn shards_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ShardId, Arc<Shard>>> {
         self.shards.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn jobs(&self) -> MutexGuard<'_, HashMap<u64, Arc<Job>>> {
+        // Lock order: `shards` before `jobs`, never the other way round.
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn not_owner(&self, shard: &ShardId) -> ErrorKind {
@@ -141,10 +161,15 @@ impl Broker {
             .map(|s| s.report())
             .collect();
         shards.sort_by(|a, b| a.shard.cmp(&b.shard));
-        BrokerReport {
-            shards,
-            imports: Vec::new(),
-        }
+        let now = now_ms();
+        let mut imports: Vec<MoveProgress> = self
+            .jobs()
+            .values()
+            .filter(|j| j.reportable(now))
+            .map(|j| j.progress())
+            .collect();
+        imports.sort_by_key(|p| p.move_id);
+        BrokerReport { shards, imports }
     }
 
     /// Own `shard` from `epoch` on, creating an empty log if none is held. An assignment older
@@ -153,6 +178,9 @@ impl Broker {
         self.observe_epoch(epoch);
         let mut shards = self.shards_write();
         if let Some(s) = shards.get(shard) {
+            if s.ownership().state == ShardState::Importing {
+                return self.activate_import(s, epoch);
+            }
             let before = s.ownership();
             let after = s.update_ownership(&self.owners, |o| {
                 if epoch >= o.epoch {
@@ -193,7 +221,11 @@ impl Broker {
         }
         let held: Vec<Arc<Shard>> = self.shards_read().values().cloned().collect();
         for s in held {
-            if assignments.iter().any(|a| &a.shard == s.id()) {
+            // An import in progress is not ours to serve yet, nor to give up: only the router's
+            // flip (an assignment) or a DropShard ends it.
+            if assignments.iter().any(|a| &a.shard == s.id())
+                || s.ownership().state == ShardState::Importing
+            {
                 continue;
             }
             let mut unassigned = false;
@@ -214,7 +246,8 @@ impl Broker {
         }
     }
 
-    /// Deletes the local copy of `shard`, unless it is assigned here at a newer epoch.
+    /// Deletes the local copy of `shard` (cancelling its import, if one runs), unless it is
+    /// assigned here at a newer epoch.
     pub fn drop_shard(&self, shard: &ShardId, epoch: Epoch) -> Result<(), ErrorKind> {
         let mut shards = self.shards_write();
         if let Some(s) = shards.get(shard) {
@@ -227,9 +260,29 @@ impl Broker {
                     ),
                 });
             }
-            s.mark_dropped();
-            shards.remove(shard);
         }
+        self.delete_local(&mut shards, shard)?;
+        info!(%shard, epoch, "shard dropped");
+        Ok(())
+    }
+
+    /// Cancels any import of `shard` and deletes its local copy and records.
+    fn delete_local(
+        &self,
+        shards: &mut HashMap<ShardId, Arc<Shard>>,
+        shard: &ShardId,
+    ) -> Result<(), ErrorKind> {
+        for job in self.jobs().values().filter(|j| &j.shard == shard) {
+            if job.phase() != MovePhase::Done {
+                info!(%shard, move_id = job.move_id, "import cancelled: the shard is dropped here");
+                job.cancel("cancelled: the shard was dropped from this broker");
+            }
+        }
+        if let Some(s) = shards.remove(shard) {
+            // Under the shard lock: an import write in progress finishes first, later ones fail.
+            s.mark_dropped();
+        }
+        self.imports.remove(shard)?;
         // The log goes first: a crash in between leaves an ownership record over an empty tree,
         // which the router's retried drop removes, never an orphaned log a new assignment would
         // silently reuse.
@@ -239,7 +292,6 @@ impl Broker {
             .map_err(|e| ErrorKind::Storage {
                 reason: format!("{shard}: cannot delete the local copy: {e}"),
             })?;
-        info!(%shard, epoch, "shard dropped");
         Ok(())
     }
 

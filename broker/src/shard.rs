@@ -460,6 +460,95 @@ impl Shard {
         Ok(own)
     }
 
+    /// Writes log entries copied from a migration source with their original base offsets (the
+    /// stored bytes unchanged). Only for a shard being imported; entries must continue the local
+    /// log exactly (entries entirely below the local end are skipped: a resumed copy may be sent
+    /// one again). Returns the records and bytes written.
+    pub fn import_batches(&self, batches: &[StoredBatch]) -> Result<(u64, u64), ErrorKind> {
+        let mut inner = self.lock();
+        if inner.dropped {
+            return Err(ErrorKind::UnknownShard {
+                shard: self.id.to_string(),
+                reason: "it was dropped from this broker while importing".into(),
+            });
+        }
+        if inner.own.state != ShardState::Importing {
+            return Err(ErrorKind::BadRequest {
+                reason: format!("{} is {:?} here, not importing", self.id, inner.own.state),
+            });
+        }
+        let mut next = inner.next_offset;
+        let mut added = 0u64;
+        let mut sled_batch = sled::Batch::default();
+        for b in batches {
+            if b.end_offset() <= next && b.batch.count > 0 {
+                continue;
+            }
+            if b.base_offset != next || b.batch.count == 0 {
+                return Err(ErrorKind::Internal {
+                    reason: format!(
+                        "import of {}: the source sent an entry at offset {} holding {} records, but the local log ends at {next}",
+                        self.id, b.base_offset, b.batch.count
+                    ),
+                });
+            }
+            let mut value = Vec::with_capacity(4 + b.batch.data.len());
+            value.extend_from_slice(&b.batch.count.to_le_bytes());
+            value.extend_from_slice(&b.batch.data);
+            added += value.len() as u64;
+            sled_batch.insert(&log_key(next), value);
+            next = b.end_offset();
+        }
+        let records = next - inner.next_offset;
+        if records == 0 {
+            return Ok((0, 0));
+        }
+        let bytes = inner.bytes + added;
+        sled_batch.insert(STATS_BYTES, &bytes.to_be_bytes());
+        self.tree
+            .apply_batch(sled_batch)
+            .map_err(|e| storage(&self.id, "import write failed", e))?;
+        inner.next_offset = next;
+        inner.bytes = bytes;
+        self.end.send_replace(next);
+        Ok((records, added))
+    }
+
+    /// Replaces the group offsets and producer states with the source's (imported last, once
+    /// the source is fenced and they are final).
+    pub fn import_meta(&self, meta: &ShardMeta) -> Result<(), ErrorKind> {
+        let mut inner = self.lock();
+        if inner.dropped || inner.own.state != ShardState::Importing {
+            return Err(ErrorKind::BadRequest {
+                reason: format!("{} is not being imported here any more", self.id),
+            });
+        }
+        let mut sled_batch = sled::Batch::default();
+        for id in inner.producers.keys() {
+            sled_batch.remove(&producer_key(*id));
+        }
+        for g in inner.groups.keys() {
+            sled_batch.remove(group_key(g));
+        }
+        for st in &meta.producers {
+            let v = encode(st).map_err(|e| storage(&self.id, "cannot encode producer state", e))?;
+            sled_batch.insert(&producer_key(st.producer_id), v);
+        }
+        for (g, o) in &meta.groups {
+            sled_batch.insert(group_key(g), &o.to_be_bytes());
+        }
+        self.tree
+            .apply_batch(sled_batch)
+            .map_err(|e| storage(&self.id, "cannot write the imported offsets", e))?;
+        inner.producers = meta
+            .producers
+            .iter()
+            .map(|p| (p.producer_id, p.clone()))
+            .collect();
+        inner.groups = meta.groups.iter().cloned().collect();
+        Ok(())
+    }
+
     /// Marks the shard dropped (every later request is refused) and returns whether it was held.
     pub fn mark_dropped(&self) -> bool {
         let was_held = !std::mem::replace(&mut self.lock().dropped, true);

@@ -10,7 +10,7 @@ use shardq_protocol::DEFAULT_MAX_FRAME;
 use shardq_ring::{HashFn, PlacementMode, RingConfig, DEFAULT_VNODES};
 use tracing::info;
 
-use crate::{start, RouterConfig, DEFAULT_LISTEN};
+use crate::{start, RouterConfig, DEFAULT_LISTEN, DEFAULT_MAX_MOVES};
 
 /// Run the routing front: broker membership, topics, shard placement, metadata and a proxy for
 /// clients that only know this address.
@@ -44,6 +44,13 @@ pub struct RouterArgs {
     /// Largest frame accepted or sent, in bytes (a produce batch must fit in one frame).
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME, value_parser = parse_frame)]
     pub max_frame_bytes: usize,
+    /// Most shard moves (live migrations) in flight at once when brokers join or leave.
+    #[arg(long, default_value_t = DEFAULT_MAX_MOVES as u64, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_moves: u64,
+    /// A move whose destination broker stays down this many milliseconds is rolled back (its
+    /// source is unfenced and keeps the shard).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub move_timeout_ms: u64,
 }
 
 fn parse_frame(s: &str) -> Result<usize, String> {
@@ -74,6 +81,9 @@ impl RouterArgs {
             broker_timeout: Duration::from_millis(self.broker_timeout_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_frame: self.max_frame_bytes,
+            // Bounded to 1..=1000 by the parser.
+            max_moves: usize::try_from(self.max_moves).unwrap_or(DEFAULT_MAX_MOVES),
+            move_timeout: Duration::from_millis(self.move_timeout_ms),
             ..RouterConfig::new(self.data.clone())
         }
     }
@@ -136,6 +146,8 @@ mod tests {
             "--placement",
             "--broker-timeout-ms",
             "--max-frame-bytes",
+            "--max-moves",
+            "--move-timeout-ms",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
@@ -147,6 +159,8 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:7400");
         assert_eq!(c.ring, RingConfig::default());
         assert_eq!(c.broker_timeout, Duration::from_secs(3));
+        assert_eq!(c.max_moves, 2);
+        assert_eq!(c.move_timeout, Duration::from_secs(30));
         let c = Cli::parse_from([
             "x",
             "--placement",
@@ -157,6 +171,10 @@ mod tests {
             "16",
             "--broker-timeout-ms",
             "250",
+            "--max-moves",
+            "5",
+            "--move-timeout-ms",
+            "1500",
         ])
         .args
         .config();
@@ -164,6 +182,9 @@ mod tests {
         assert_eq!(c.ring.hash, HashFn::Fnv1a);
         assert_eq!(c.ring.vnodes, 16);
         assert_eq!(c.broker_timeout, Duration::from_millis(250));
+        assert_eq!(c.max_moves, 5);
+        assert_eq!(c.move_timeout, Duration::from_millis(1500));
+        assert!(Cli::try_parse_from(["x", "--max-moves", "0"]).is_err());
         assert!(Cli::try_parse_from(["x", "--placement", "bounded:-1"]).is_err());
         assert!(Cli::try_parse_from(["x", "--max-frame-bytes", "10"]).is_err());
         assert!(Cli::try_parse_from(["x", "--broker-timeout-ms", "0"]).is_err());

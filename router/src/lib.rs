@@ -2,7 +2,8 @@
 //! register and heartbeat; a silent broker turns Down), the topics, the actual assignment
 //! shard -> broker and the routing epoch, all persisted in sled; places new shards with
 //! `shardq_ring`; serves metadata and admin requests; and proxies data-plane requests to shard
-//! owners for clients that only know the router's address.
+//! owners for clients that only know the router's address. Its rebalancer moves shards live to
+//! where the ring wants them when brokers join or leave (see `rebalance`).
 //!
 //! Start one in-process with [`start`]; the `shardq router` command wraps it in [`cli`].
 //!
@@ -13,6 +14,7 @@
 pub mod cli;
 mod liveness;
 mod pool;
+mod rebalance;
 mod service;
 mod state;
 mod store;
@@ -44,6 +46,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default deadline of a request the router sends to a broker (proxied or its own).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of shard moves in flight at once.
+pub const DEFAULT_MAX_MOVES: usize = 2;
+/// Default time a move's destination may stay down before the move is rolled back.
+pub const DEFAULT_MOVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a router runs.
 #[derive(Clone, Debug)]
@@ -61,6 +67,11 @@ pub struct RouterConfig {
     pub request_timeout: Duration,
     /// Largest frame accepted or sent, in bytes.
     pub max_frame: usize,
+    /// Most shard moves in flight at once (at least 1 is used).
+    pub max_moves: usize,
+    /// A move whose destination stays down longer than this is rolled back (the source is
+    /// unfenced and keeps the shard).
+    pub move_timeout: Duration,
 }
 
 impl RouterConfig {
@@ -73,6 +84,8 @@ impl RouterConfig {
             broker_timeout: DEFAULT_BROKER_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_frame: DEFAULT_MAX_FRAME,
+            max_moves: DEFAULT_MAX_MOVES,
+            move_timeout: DEFAULT_MOVE_TIMEOUT,
         }
     }
 }
@@ -86,6 +99,9 @@ pub(crate) struct Shared {
     /// Behind its own `Arc` so best-effort background sends do not keep the store open.
     pool: Arc<BrokerPool>,
     shutdown: CancellationToken,
+    /// Wakes the rebalancer early (membership changed, a move ended).
+    rebalance: tokio::sync::Notify,
+    dropping: rebalance::Dropping,
 }
 
 impl Shared {
@@ -102,6 +118,7 @@ pub struct RouterHandle {
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     liveness: JoinHandle<()>,
+    rebalancer: JoinHandle<()>,
     shared: Arc<Shared>,
 }
 
@@ -122,6 +139,10 @@ impl RouterHandle {
         }
         if let Err(e) = self.liveness.await {
             warn!("liveness task failed: {e}");
+        }
+        // Moves in flight stop at their next step; they resume from the store at the next start.
+        if let Err(e) = self.rebalancer.await {
+            warn!("rebalancer task failed: {e}");
         }
         self.shared.pool.close_all();
         // Request futures of connections that were just aborted may still hold the state for a
@@ -161,7 +182,12 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
     }
     store.apply(&[Op::Ring(config.ring.clone())])?;
     let state = State::restore(snap, config.ring.clone(), tokio::time::Instant::now());
-    let (epoch, members, topics) = (state.epoch, state.members.len(), state.topics.len());
+    let (epoch, members, topics, moves) = (
+        state.epoch,
+        state.members.len(),
+        state.topics.len(),
+        state.moves.len(),
+    );
 
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -180,6 +206,8 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         store,
         pool: Arc::new(pool),
         shutdown: shutdown.clone(),
+        rebalance: tokio::sync::Notify::new(),
+        dropping: rebalance::Dropping::default(),
         config,
     });
     let server_config = ServerConfig {
@@ -193,12 +221,14 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         shutdown.clone(),
     ));
     let liveness = tokio::spawn(liveness::liveness_task(shared.clone()));
-    info!(%addr, epoch, members, topics, "router started");
+    let rebalancer = tokio::spawn(rebalance::rebalancer_task(shared.clone()));
+    info!(%addr, epoch, members, topics, moves, "router started");
     Ok(RouterHandle {
         addr,
         shutdown,
         server,
         liveness,
+        rebalancer,
         shared,
     })
 }

@@ -1,5 +1,6 @@
-//! The router's request handlers: membership, topic and broker admin, metadata, and the proxy
-//! that forwards data-plane requests to shard owners.
+//! The router's request handlers: membership (including graceful leave, which the rebalancer
+//! then drains), topic and broker admin, metadata, and the proxy that forwards data-plane
+//! requests to shard owners.
 //!
 //! State changes happen synchronously in `call` (so they keep the order requests arrive in on a
 //! connection, and the std lock is never held across an await); flushing the store, pushing
@@ -60,8 +61,10 @@ impl Service for Shared {
                 done(Ok(Response::Brokers(self.state().brokers(Instant::now()))))
             }
             Request::Status => done(Ok(Response::Status(self.state().status(Instant::now())))),
-            Request::RemoveBroker { id, force } => self.remove_broker(id, force),
-            Request::LeaveBroker { id } => self.remove_broker(id, false),
+            Request::RemoveBroker { id, force: true } => self.remove_broker(id, true),
+            Request::RemoveBroker { id, force: false } | Request::LeaveBroker { id } => {
+                self.leave(id)
+            }
             Request::RegisterBroker { id, addr, weight } => self.register(id, addr, weight),
             Request::Heartbeat { id, report } => done(self.heartbeat(id, report)),
             other => done(Err(ErrorKind::Unsupported {
@@ -74,7 +77,7 @@ impl Service for Shared {
 impl Shared {
     /// Applies `ops` to the store now (under the state lock, so the store sees changes in the
     /// same order as memory); the caller's future flushes before answering.
-    fn persist(&self, ops: &[Op]) -> Result<(), ErrorKind> {
+    pub(crate) fn persist(&self, ops: &[Op]) -> Result<(), ErrorKind> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -92,6 +95,13 @@ impl Shared {
             Ok(r) => r,
             Err(e) => return done(Err(e)),
         };
+        // A new broker, or one back from Down: the desired placement may now be reachable.
+        if was
+            .as_ref()
+            .is_none_or(|(_, s)| *s == shardq_protocol::BrokerStatus::Down)
+        {
+            self.kick_rebalancer();
+        }
         match was {
             None => info!(broker = id, %addr, weight, "broker registered"),
             Some((old, status)) => {
@@ -110,6 +120,7 @@ impl Shared {
     fn heartbeat(&self, id: BrokerId, report: BrokerReport) -> Result<Response, ErrorKind> {
         let (epoch, assignments, revived) = self.state().heartbeat(id, report, Instant::now())?;
         if revived {
+            self.kick_rebalancer();
             info!(
                 broker = id,
                 "heartbeat from a broker that was down: it is up again"
@@ -136,7 +147,44 @@ impl Shared {
             // Synchronously, so a produce right after `topic create` finds its shard; a failed
             // push is repaired by the broker's next heartbeat.
             push(&shared.pool, epoch, pushes, shared.config.broker_timeout).await;
+            // New shards whose desired owner is down went elsewhere for now.
+            shared.kick_rebalancer();
             Ok(Response::TopicCreated(info))
+        })
+    }
+
+    /// Graceful leave: answered at once with the shards that will move; the rebalancer drains
+    /// the broker and removes it once it owns nothing.
+    fn leave(self: &Arc<Self>, id: BrokerId) -> ServiceFuture {
+        let result = {
+            let mut st = self.state();
+            st.leave(id, |ops| self.persist(ops))
+        };
+        let leaving = match result {
+            Ok(l) => l,
+            Err(e) => return done(Err(e)),
+        };
+        if leaving.removed {
+            info!(broker = id, "broker removed (it owned no shards)");
+        } else {
+            info!(
+                broker = id,
+                shards = leaving.shards.len(),
+                "broker leaving: draining its shards to the other brokers"
+            );
+        }
+        self.kick_rebalancer();
+        let shared = self.clone();
+        Box::pin(async move {
+            shared.store.flush().await.map_err(storage)?;
+            if leaving.removed {
+                shared.pool.evict(id);
+            }
+            Ok(Response::BrokerRemoved {
+                id,
+                shards: leaving.shards,
+                forced: false,
+            })
         })
     }
 

@@ -1,19 +1,23 @@
 //! The router's in-memory state and the decisions made on it: membership and liveness, topics,
-//! the actual assignment shard -> broker, the epoch, and how a new topic's shards (or a removed
-//! broker's shards) get their owners from the ring. No I/O here: every mutating operation returns
+//! the actual assignment shard -> broker, the epoch, how a new topic's shards (or a removed
+//! broker's shards) get their owners from the ring, and the bookkeeping of live shard moves
+//! (which moves the rebalancer starts, the owner flip, the history, pending drops). No I/O here: every mutating operation returns
 //! the [`Op`]s to persist, and the caller persists them before (or while) the change is visible.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use shardq_protocol::{
     validate_topic, BrokerAddr, BrokerId, BrokerInfo, BrokerReport, BrokerStatus, ClusterStatus,
-    Epoch, ErrorKind, RoutingTable, ShardAssignment, ShardId, ShardReport, ShardRoute,
-    TopicDescription, TopicInfo, MAX_PARTITIONS,
+    Epoch, ErrorKind, MovePhase, MoveProgress, RoutingTable, ShardAssignment, ShardId,
+    ShardReport, ShardRoute, TopicDescription, TopicInfo, MAX_PARTITIONS,
 };
-use shardq_ring::{Member as RingMember, Ring, RingConfig};
+use shardq_ring::{diff, Assignment, Member as RingMember, Ring, RingConfig};
 use tokio::time::Instant;
 
-use crate::store::{MemberRecord, Op, Snapshot};
+use crate::store::{MemberRecord, MoveRecord, Op, PendingDrop, Snapshot};
+
+/// Finished moves kept for status (and in the store).
+pub const MOVE_HISTORY: usize = 1000;
 
 /// Largest weight a broker may register with: keeps `vnodes x total weight` (the ring's memory)
 /// bounded whatever a registering peer sends.
@@ -24,7 +28,11 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub struct Member {
     pub addr: String,
     pub weight: u32,
+    /// Liveness only: `Up` or `Down` (draining is `leaving`, so a draining broker that goes
+    /// down and comes back is still draining).
     pub status: BrokerStatus,
+    /// Asked to leave gracefully: excluded from the desired placement until drained, then removed.
+    pub leaving: bool,
     /// Last register or heartbeat (or the router's start, for members restored from disk).
     pub last_seen: Instant,
     /// The latest report, for describe/status.
@@ -37,13 +45,22 @@ impl Member {
             id,
             addr: self.addr.clone(),
             weight: self.weight,
-            leaving: self.status == BrokerStatus::Leaving,
+            leaving: self.leaving,
         }
     }
 
     /// Whether clients may be routed to it: Leaving brokers still serve until drained.
     fn serving(&self) -> bool {
         self.status != BrokerStatus::Down
+    }
+
+    /// The status shown to operators: a live draining broker is `Leaving`.
+    fn shown_status(&self) -> BrokerStatus {
+        if self.leaving && self.status != BrokerStatus::Down {
+            BrokerStatus::Leaving
+        } else {
+            self.status
+        }
     }
 }
 
@@ -69,12 +86,31 @@ pub struct Removed {
     pub dropped_from: Option<BrokerAddr>,
 }
 
+/// Outcome of [`State::leave`].
+#[derive(Debug)]
+pub struct Leaving {
+    /// The shards the broker owns now (they will move).
+    pub shards: Vec<ShardId>,
+    /// It owned nothing and was removed at once.
+    pub removed: bool,
+}
+
 pub struct State {
     pub epoch: Epoch,
     pub ring: RingConfig,
     pub members: BTreeMap<BrokerId, Member>,
     pub topics: BTreeMap<String, u32>,
     pub owners: BTreeMap<ShardId, BrokerId>,
+    /// Moves in flight, by id.
+    pub moves: BTreeMap<u64, MoveRecord>,
+    /// Finished moves, oldest first, at most [`MOVE_HISTORY`].
+    pub history: VecDeque<MoveRecord>,
+    pub next_move_id: u64,
+    /// (broker, shard) -> epoch of local copies still to delete.
+    pub drops: BTreeMap<(BrokerId, ShardId), Epoch>,
+    /// Shards whose last move failed are not moved again before this (not persisted: a restart
+    /// may retry at once).
+    pub retry_after: HashMap<ShardId, Instant>,
 }
 
 impl State {
@@ -86,27 +122,37 @@ impl State {
             .members
             .into_values()
             .map(|m| {
-                let status = if m.leaving {
-                    BrokerStatus::Leaving
-                } else {
-                    BrokerStatus::Up
-                };
                 let member = Member {
                     addr: m.addr,
                     weight: m.weight,
-                    status,
+                    status: BrokerStatus::Up,
+                    leaving: m.leaving,
                     last_seen: now,
                     report: BrokerReport::default(),
                 };
                 (m.id, member)
             })
             .collect();
+        let max_id = snap.moves.keys().next_back().copied().unwrap_or(0);
+        let (finished, moves): (Vec<MoveRecord>, Vec<MoveRecord>) =
+            snap.moves.into_values().partition(MoveRecord::finished);
+        let skip = finished.len().saturating_sub(MOVE_HISTORY);
         State {
             epoch: snap.epoch,
             ring,
             members,
             topics: snap.topics,
             owners: snap.owners,
+            moves: moves.into_iter().map(|m| (m.move_id, m)).collect(),
+            history: finished.into_iter().skip(skip).collect(),
+            // Never reuse an id, even if the counter was not written (ids start at 1).
+            next_move_id: snap.next_move_id.max(max_id + 1).max(1),
+            drops: snap
+                .drops
+                .into_iter()
+                .map(|d| ((d.broker, d.shard), d.epoch))
+                .collect(),
+            retry_after: HashMap::new(),
         }
     }
 
@@ -135,6 +181,7 @@ impl State {
             addr: String::new(),
             weight,
             status: BrokerStatus::Up,
+            leaving: false,
             last_seen: now,
             report: BrokerReport::default(),
         });
@@ -142,10 +189,8 @@ impl State {
         member.addr = addr;
         member.weight = weight;
         member.last_seen = now;
-        // A Leaving broker that restarts keeps draining; anything else is Up again.
-        if member.status == BrokerStatus::Down {
-            member.status = BrokerStatus::Up;
-        }
+        // A Leaving broker that restarts keeps draining (`leaving` is separate from liveness).
+        member.status = BrokerStatus::Up;
         Ok(if changed {
             vec![Op::PutMember(member.record(id))]
         } else {
@@ -203,15 +248,37 @@ impl State {
         let members: Vec<RingMember> = self
             .members
             .iter()
-            .filter(|(id, m)| m.status == BrokerStatus::Up && Some(**id) != except)
+            .filter(|(id, m)| {
+                m.status == BrokerStatus::Up && !m.leaving && Some(**id) != except
+            })
             .map(|(id, m)| RingMember {
                 id: *id,
                 weight: m.weight,
             })
             .collect();
-        Ring::try_new(self.ring.clone(), &members).map_err(|e| ErrorKind::Internal {
+        self.ring_of(&members)
+    }
+
+    fn ring_of(&self, members: &[RingMember]) -> Result<Ring, ErrorKind> {
+        Ring::try_new(self.ring.clone(), members).map_err(|e| ErrorKind::Internal {
             reason: format!("cannot build the ring: {e}"),
         })
+    }
+
+    /// Where every shard (plus `extra`) should live: the ring over every member that is not
+    /// leaving, Up or Down (a Down broker keeps its place: its shards wait for it rather than
+    /// moving away).
+    pub fn desired(&self, extra: &[ShardId]) -> Result<Assignment, ErrorKind> {
+        let members: Vec<RingMember> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.leaving)
+            .map(|(id, m)| RingMember {
+                id: *id,
+                weight: m.weight,
+            })
+            .collect();
+        Ok(self.ring_of(&members)?.place(&self.all_keys(extra)))
     }
 
     /// Every shard key of every topic plus `extra`, for `Ring::place`.
@@ -276,12 +343,22 @@ impl State {
             };
         }
         let new: Vec<ShardId> = (1..=partitions).map(|p| ShardId::new(name, p)).collect();
-        let placement = self.up_ring(None)?.place(&self.all_keys(&new));
+        // The desired placement where that owner is up (so the rebalancer has nothing to move);
+        // a shard whose desired owner is down goes to the ring of the Up brokers instead (a new
+        // shard must be writable at once) and moves when its desired owner is back.
+        let desired = self.desired(&new)?;
+        let fallback = self.up_ring(None)?.place(&self.all_keys(&new));
         let mut owners = Vec::with_capacity(new.len());
         for shard in &new {
-            let owner = placement
+            let owner = desired
                 .get(&shard.key())
                 .copied()
+                .filter(|id| {
+                    self.members
+                        .get(id)
+                        .is_some_and(|m| m.status == BrokerStatus::Up)
+                })
+                .or_else(|| fallback.get(&shard.key()).copied())
                 .ok_or_else(|| no_broker_up(name))?;
             owners.push((shard.clone(), owner));
         }
@@ -307,7 +384,7 @@ impl State {
 
     /// Removes a broker. With `force` its shards are given to the ring's owners among the other
     /// Up brokers as empty shards (its data is dropped); without `force` only a broker that owns
-    /// nothing can go, because a graceful drain needs live migration.
+    /// nothing can go (a graceful drain is [`State::leave`]).
     pub fn remove_broker(
         &mut self,
         id: BrokerId,
@@ -337,9 +414,9 @@ impl State {
         if !force {
             return Err(ErrorKind::BadRequest {
                 reason: format!(
-                    "broker {id} owns {} shard(s); a graceful drain comes with live migration. \
-                     Use --force to drop the broker and its shards' data (they are re-created \
-                     empty on other brokers)",
+                    "broker {id} owns {} shard(s); remove it without --force to drain them, \
+                     or use --force to drop the broker and its shards' data (they are \
+                     re-created empty on other brokers)",
                     shards.len()
                 ),
             });
@@ -381,6 +458,325 @@ impl State {
         })
     }
 
+    fn owned_by(&self, id: BrokerId) -> Vec<ShardId> {
+        self.owners
+            .iter()
+            .filter(|(_, o)| **o == id)
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    fn in_moves(&self, id: BrokerId) -> bool {
+        self.moves.values().any(|m| m.from == id || m.to == id)
+    }
+
+    /// Graceful leave: marks the broker Leaving (persisted) so the rebalancer drains it, or
+    /// removes it at once when it owns nothing and takes part in no move. Refused when nobody
+    /// else is up to take its shards.
+    pub fn leave(
+        &mut self,
+        id: BrokerId,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Leaving, ErrorKind> {
+        let member = self
+            .members
+            .get(&id)
+            .ok_or(ErrorKind::UnknownBroker { id })?;
+        let shards = self.owned_by(id);
+        if shards.is_empty() && !self.in_moves(id) {
+            persist(&[Op::DeleteMember(id)])?;
+            self.members.remove(&id);
+            return Ok(Leaving {
+                shards,
+                removed: true,
+            });
+        }
+        let others_up = self
+            .members
+            .iter()
+            .any(|(o, m)| *o != id && m.status == BrokerStatus::Up && !m.leaving);
+        if !shards.is_empty() && !others_up {
+            return Err(ErrorKind::BadRequest {
+                reason: format!(
+                    "broker {id} owns {} shard(s) and no other broker is up to take them: \
+                     nowhere to drain to. Start another broker first, or use --force to drop \
+                     the broker and its shards' data",
+                    shards.len()
+                ),
+            });
+        }
+        if !member.leaving {
+            let mut record = member.record(id);
+            record.leaving = true;
+            persist(&[Op::PutMember(record)])?;
+            if let Some(m) = self.members.get_mut(&id) {
+                m.leaving = true;
+            }
+        }
+        Ok(Leaving {
+            shards,
+            removed: false,
+        })
+    }
+
+    /// Leaving brokers that are drained (no shard, no move): removed from the membership.
+    pub fn reap_leavers(
+        &mut self,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Vec<BrokerId>, ErrorKind> {
+        let done: Vec<BrokerId> = self
+            .members
+            .iter()
+            .filter(|(id, m)| {
+                m.leaving && !self.owners.values().any(|o| o == *id) && !self.in_moves(**id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if done.is_empty() {
+            return Ok(done);
+        }
+        let ops: Vec<Op> = done.iter().map(|id| Op::DeleteMember(*id)).collect();
+        persist(&ops)?;
+        for id in &done {
+            self.members.remove(id);
+        }
+        Ok(done)
+    }
+
+    /// The moves to start now: diff(actual, desired) restricted to shards without a move in
+    /// flight whose source is live and destination Up, up to `max` in flight. They are recorded
+    /// (phase Pending, ids from the persisted counter) before anyone is told.
+    pub fn plan_moves(
+        &mut self,
+        max: usize,
+        now: Instant,
+        now_ms: u64,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Vec<MoveRecord>, ErrorKind> {
+        let room = max.max(1).saturating_sub(self.moves.len());
+        if room == 0 || self.owners.is_empty() {
+            return Ok(Vec::new());
+        }
+        let desired = self.desired(&[])?;
+        let actual: Assignment = self.owners.iter().map(|(s, o)| (s.key(), *o)).collect();
+        let by_key: HashMap<String, &ShardId> = self.owners.keys().map(|s| (s.key(), s)).collect();
+        let is = |id: BrokerId, f: fn(&Member) -> bool| self.members.get(&id).is_some_and(f);
+        let mut planned = Vec::new();
+        let mut id = self.next_move_id;
+        for mv in diff(&actual, &desired) {
+            if planned.len() >= room {
+                break;
+            }
+            let (Some(from), Some(to), Some(shard)) = (mv.from, mv.to, by_key.get(&mv.shard))
+            else {
+                continue;
+            };
+            let shard = (*shard).clone();
+            let blocked = self.moves.values().any(|m| m.shard == shard)
+                || self.retry_after.get(&shard).is_some_and(|t| *t > now)
+                // An old copy there still waits for its drop: importing over it would resume
+                // from data that is about to be deleted.
+                || self.drops.contains_key(&(to, shard.clone()))
+                || !is(from, |m| m.status == BrokerStatus::Up)
+                || !is(to, |m| m.status == BrokerStatus::Up && !m.leaving);
+            if blocked {
+                continue;
+            }
+            planned.push(MoveRecord {
+                move_id: id,
+                shard,
+                from,
+                to,
+                phase: MovePhase::Pending,
+                started_ms: now_ms,
+                finished_ms: None,
+                records_copied: 0,
+                bytes_copied: 0,
+                lag: 0,
+                write_pause_ms: None,
+                error: None,
+            });
+            id += 1;
+        }
+        if planned.is_empty() {
+            return Ok(planned);
+        }
+        let mut ops = vec![Op::MoveSeq(id)];
+        ops.extend(planned.iter().cloned().map(Op::PutMove));
+        persist(&ops)?;
+        self.next_move_id = id;
+        for m in &planned {
+            self.moves.insert(m.move_id, m.clone());
+        }
+        Ok(planned)
+    }
+
+    /// Records a phase reached by an in-flight move (persisted: resumption depends on it).
+    pub fn set_phase(
+        &mut self,
+        move_id: u64,
+        phase: MovePhase,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<(), ErrorKind> {
+        let Some(m) = self.moves.get(&move_id) else {
+            return Ok(());
+        };
+        if m.phase == phase {
+            return Ok(());
+        }
+        let mut record = m.clone();
+        record.phase = phase;
+        persist(&[Op::PutMove(record.clone())])?;
+        self.moves.insert(move_id, record);
+        Ok(())
+    }
+
+    /// Copies the destination's progress counters into the record (memory only).
+    pub fn progress(&mut self, p: &MoveProgress) {
+        if let Some(m) = self.moves.get_mut(&p.move_id) {
+            m.records_copied = p.records_copied;
+            m.bytes_copied = p.bytes_copied;
+            m.lag = p.lag;
+            if p.write_pause_ms.is_some() {
+                m.write_pause_ms = p.write_pause_ms;
+            }
+        }
+    }
+
+    /// The owner flip: the shard belongs to the destination from the next epoch on. Refused if
+    /// the source no longer owns the shard (e.g. it was force-removed meanwhile).
+    pub fn flip(
+        &mut self,
+        move_id: u64,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Epoch, ErrorKind> {
+        let m = self.moves.get(&move_id).ok_or_else(|| ErrorKind::Internal {
+            reason: format!("move {move_id} is not in flight"),
+        })?;
+        if m.phase == MovePhase::Activating {
+            return Ok(self.epoch);
+        }
+        if self.owners.get(&m.shard) != Some(&m.from) {
+            return Err(ErrorKind::Internal {
+                reason: format!(
+                    "move {move_id}: {} is no longer owned by broker {}",
+                    m.shard, m.from
+                ),
+            });
+        }
+        let epoch = self.epoch + 1;
+        let mut record = m.clone();
+        record.phase = MovePhase::Activating;
+        let ops = [
+            Op::Epoch(epoch),
+            Op::PutOwner {
+                shard: record.shard.clone(),
+                owner: record.to,
+            },
+            Op::PutMove(record.clone()),
+        ];
+        persist(&ops)?;
+        self.epoch = epoch;
+        self.owners.insert(record.shard.clone(), record.to);
+        self.moves.insert(move_id, record);
+        Ok(epoch)
+    }
+
+    /// Ends a move (Done, RolledBack or Failed): into the history, with the copy to delete, if
+    /// any, recorded as a pending drop in the same batch.
+    pub fn finish(
+        &mut self,
+        move_id: u64,
+        phase: MovePhase,
+        error: Option<String>,
+        now_ms: u64,
+        drop: Option<PendingDrop>,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Option<MoveRecord>, ErrorKind> {
+        let Some(m) = self.moves.get(&move_id) else {
+            return Ok(None);
+        };
+        let mut record = m.clone();
+        record.phase = phase;
+        record.error = error;
+        record.finished_ms = Some(now_ms);
+        if phase == MovePhase::Done {
+            record.lag = 0;
+        }
+        let mut ops = vec![Op::PutMove(record.clone())];
+        let trimmed = (self.history.len() + 1).saturating_sub(MOVE_HISTORY);
+        ops.extend(
+            self.history
+                .iter()
+                .take(trimmed)
+                .map(|old| Op::DeleteMove(old.move_id)),
+        );
+        if let Some(d) = &drop {
+            ops.push(Op::PutDrop(d.clone()));
+        }
+        persist(&ops)?;
+        self.moves.remove(&move_id);
+        self.history.drain(..trimmed);
+        self.history.push_back(record.clone());
+        if let Some(d) = drop {
+            self.drops.insert((d.broker, d.shard), d.epoch);
+        }
+        Ok(Some(record))
+    }
+
+    /// Pending drops that can be sent now (their broker is Up), and the ones that became moot
+    /// (the broker owns the shard again, or imports it right now: deleting would lose data),
+    /// which the caller forgets with `Op::DeleteDrop`.
+    pub fn drops_due(&self) -> (Vec<(BrokerAddr, ShardId, Epoch)>, Vec<(BrokerId, ShardId)>) {
+        let mut due = Vec::new();
+        let mut moot = Vec::new();
+        for ((broker, shard), epoch) in &self.drops {
+            let owns = self.owners.get(shard) == Some(broker);
+            let importing = self
+                .moves
+                .values()
+                .any(|m| &m.shard == shard && m.to == *broker);
+            match self.members.get(broker) {
+                _ if owns || importing => moot.push((*broker, shard.clone())),
+                // A removed broker has nobody to tell; forget it.
+                None => moot.push((*broker, shard.clone())),
+                Some(m) if m.status == BrokerStatus::Up => due.push((
+                    BrokerAddr {
+                        id: *broker,
+                        addr: m.addr.clone(),
+                    },
+                    shard.clone(),
+                    *epoch,
+                )),
+                Some(_) => {}
+            }
+        }
+        (due, moot)
+    }
+
+    /// Forgets pending drops (done or moot).
+    pub fn forget_drops(
+        &mut self,
+        drops: &[(BrokerId, ShardId)],
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<(), ErrorKind> {
+        if drops.is_empty() {
+            return Ok(());
+        }
+        let ops: Vec<Op> = drops
+            .iter()
+            .map(|(broker, shard)| Op::DeleteDrop {
+                broker: *broker,
+                shard: shard.clone(),
+            })
+            .collect();
+        persist(&ops)?;
+        for d in drops {
+            self.drops.remove(d);
+        }
+        Ok(())
+    }
+
     fn route(&self, shard: &ShardId) -> ShardRoute {
         let owner = self.owners.get(shard).and_then(|id| {
             let m = self.members.get(id).filter(|m| m.serving())?;
@@ -392,7 +788,7 @@ impl State {
         ShardRoute {
             shard: shard.clone(),
             owner,
-            moving: false,
+            moving: self.moves.values().any(|m| &m.shard == shard),
         }
     }
 
@@ -522,7 +918,7 @@ impl State {
                     addr: m.addr.clone(),
                 },
                 weight: m.weight,
-                status: m.status,
+                status: m.shown_status(),
                 last_seen_ms: u64::try_from(now.saturating_duration_since(m.last_seen).as_millis())
                     .unwrap_or(u64::MAX),
                 shards: counts.get(id).copied().unwrap_or(0),
@@ -540,7 +936,12 @@ impl State {
                 .keys()
                 .map(|s| (self.route(s), self.report(s)))
                 .collect(),
-            moves: Vec::new(),
+            moves: self
+                .moves
+                .values()
+                .chain(self.history.iter())
+                .map(MoveRecord::progress)
+                .collect(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! routing epoch and the ring parameters last used, so that a router restart loses nothing.
 //!
 //! Layout: one tree, keys prefixed by kind (`member/<id BE>`, `topic/<name>`, `shard/<T:Pn>`,
-//! `epoch`, `ring`), values encoded with the protocol's bincode codec. Everything one admin
+//! `move/<id BE>`, `drop/<broker BE><T:Pn>`, `epoch`, `ring`, `move-seq`), values encoded with the protocol's bincode codec. Everything one admin
 //! operation changes goes in one `sled::Batch`, which sled applies atomically, so a crash never
 //! leaves a topic without its shards or an epoch behind its assignment.
 
@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use shardq_protocol::codec::{decode, encode};
-use shardq_protocol::{BrokerId, Epoch, ShardId};
+use shardq_protocol::{BrokerId, Epoch, MovePhase, MoveProgress, ShardId};
 use shardq_ring::RingConfig;
 use thiserror::Error;
 
@@ -21,6 +21,9 @@ const TOPIC: &[u8] = b"topic/";
 const SHARD: &[u8] = b"shard/";
 const EPOCH: &[u8] = b"epoch";
 const RING: &[u8] = b"ring";
+const MOVE: &[u8] = b"move/";
+const DROP: &[u8] = b"drop/";
+const MOVE_SEQ: &[u8] = b"move-seq";
 
 /// What can go wrong with the router's metadata store.
 #[derive(Debug, Error)]
@@ -46,6 +49,63 @@ pub struct MemberRecord {
     pub leaving: bool,
 }
 
+/// One shard move as the router records it: persisted when created (before any broker hears of
+/// it) and at every phase change a resumption depends on; progress counters are refreshed in
+/// memory from the destination's reports and saved along with those phase changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MoveRecord {
+    pub move_id: u64,
+    pub shard: ShardId,
+    pub from: BrokerId,
+    pub to: BrokerId,
+    /// `Activating` here means the router has flipped the owner to `to` (persisted with it).
+    pub phase: MovePhase,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub records_copied: u64,
+    pub bytes_copied: u64,
+    pub lag: u64,
+    pub write_pause_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl MoveRecord {
+    /// Whether the move has ended (it stays only as history).
+    pub fn finished(&self) -> bool {
+        matches!(
+            self.phase,
+            MovePhase::Done | MovePhase::Failed | MovePhase::RolledBack
+        )
+    }
+
+    /// The wire form for status and watch.
+    pub fn progress(&self) -> MoveProgress {
+        MoveProgress {
+            move_id: self.move_id,
+            shard: self.shard.clone(),
+            from: Some(self.from),
+            to: self.to,
+            phase: self.phase,
+            records_copied: self.records_copied,
+            bytes_copied: self.bytes_copied,
+            lag: self.lag,
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            write_pause_ms: self.write_pause_ms,
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// A local copy a broker still has to delete (the source after a move, or a rolled-back
+/// destination's partial copy); retried until the broker answers.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PendingDrop {
+    pub broker: BrokerId,
+    pub shard: ShardId,
+    pub epoch: Epoch,
+}
+
 /// One change to the persisted state; an operation's changes are applied together.
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -55,6 +115,12 @@ pub enum Op {
     DeleteMember(BrokerId),
     PutTopic { name: String, partitions: u32 },
     PutOwner { shard: ShardId, owner: BrokerId },
+    PutMove(MoveRecord),
+    DeleteMove(u64),
+    /// The next move id to hand out.
+    MoveSeq(u64),
+    PutDrop(PendingDrop),
+    DeleteDrop { broker: BrokerId, shard: ShardId },
 }
 
 /// Everything loaded back at start-up.
@@ -65,6 +131,9 @@ pub struct Snapshot {
     pub members: BTreeMap<BrokerId, MemberRecord>,
     pub topics: BTreeMap<String, u32>,
     pub owners: BTreeMap<ShardId, BrokerId>,
+    pub moves: BTreeMap<u64, MoveRecord>,
+    pub next_move_id: u64,
+    pub drops: Vec<PendingDrop>,
 }
 
 pub struct Store {
@@ -95,12 +164,16 @@ impl Store {
                 key: String::from_utf8_lossy(&key).into_owned(),
                 reason,
             };
-            if key.as_ref() == EPOCH {
+            if key.as_ref() == EPOCH || key.as_ref() == MOVE_SEQ {
                 let bytes: [u8; 8] = value
                     .as_ref()
                     .try_into()
-                    .map_err(|_| corrupt(format!("epoch has {} bytes, expected 8", value.len())))?;
-                snap.epoch = u64::from_be_bytes(bytes);
+                    .map_err(|_| corrupt(format!("counter has {} bytes, expected 8", value.len())))?;
+                if key.as_ref() == EPOCH {
+                    snap.epoch = u64::from_be_bytes(bytes);
+                } else {
+                    snap.next_move_id = u64::from_be_bytes(bytes);
+                }
             } else if key.as_ref() == RING {
                 snap.ring = Some(decode(&value).map_err(corrupt)?);
             } else if key.starts_with(MEMBER) {
@@ -112,6 +185,11 @@ impl Store {
             } else if key.starts_with(SHARD) {
                 let (shard, owner): (ShardId, BrokerId) = decode(&value).map_err(corrupt)?;
                 snap.owners.insert(shard, owner);
+            } else if key.starts_with(MOVE) {
+                let m: MoveRecord = decode(&value).map_err(corrupt)?;
+                snap.moves.insert(m.move_id, m);
+            } else if key.starts_with(DROP) {
+                snap.drops.push(decode(&value).map_err(corrupt)?);
             } else {
                 return Err(corrupt("unknown key kind".into()));
             }
@@ -134,6 +212,11 @@ impl Store {
                 Op::PutOwner { shard, owner } => {
                     batch.insert(key(SHARD, shard.key().as_bytes()), enc(&(shard, owner))?)
                 }
+                Op::PutMove(m) => batch.insert(key(MOVE, &m.move_id.to_be_bytes()), enc(m)?),
+                Op::DeleteMove(id) => batch.remove(key(MOVE, &id.to_be_bytes())),
+                Op::MoveSeq(n) => batch.insert(MOVE_SEQ, &n.to_be_bytes()),
+                Op::PutDrop(d) => batch.insert(drop_key(d.broker, &d.shard), enc(d)?),
+                Op::DeleteDrop { broker, shard } => batch.remove(drop_key(*broker, shard)),
             }
         }
         self.tree.apply_batch(batch)?;
@@ -160,6 +243,12 @@ fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
 
 fn member_key(id: BrokerId) -> Vec<u8> {
     key(MEMBER, &id.to_be_bytes())
+}
+
+fn drop_key(broker: BrokerId, shard: &ShardId) -> Vec<u8> {
+    let mut rest = broker.to_be_bytes().to_vec();
+    rest.extend_from_slice(shard.key().as_bytes());
+    key(DROP, &rest)
 }
 
 #[cfg(test)]
@@ -219,6 +308,55 @@ mod tests {
         assert_eq!(snap.topics.get("T1"), Some(&2));
         assert_eq!(snap.owners.get(&ShardId::new("T1", 1)), Some(&2));
         assert_eq!(snap.owners.get(&ShardId::new("T1", 2)), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn moves_drops_and_the_move_counter_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = MoveRecord {
+            move_id: 3,
+            shard: ShardId::new("T1", 1),
+            from: 1,
+            to: 2,
+            phase: MovePhase::Copying,
+            started_ms: 10,
+            finished_ms: None,
+            records_copied: 5,
+            bytes_copied: 50,
+            lag: 1,
+            write_pause_ms: None,
+            error: None,
+        };
+        let drop = PendingDrop {
+            broker: 1,
+            shard: ShardId::new("T1", 2),
+            epoch: 4,
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.apply(&[
+                Op::MoveSeq(4),
+                Op::PutMove(record.clone()),
+                Op::PutDrop(drop.clone()),
+                Op::PutDrop(PendingDrop {
+                    broker: 2,
+                    shard: ShardId::new("T1", 1),
+                    epoch: 4,
+                }),
+            ])
+            .unwrap();
+            s.apply(&[Op::DeleteDrop {
+                broker: 2,
+                shard: ShardId::new("T1", 1),
+            }])
+            .unwrap();
+            s.flush().await.unwrap();
+        }
+        let snap = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(snap.next_move_id, 4);
+        assert_eq!(snap.epoch, 0);
+        assert_eq!(snap.moves.get(&3), Some(&record));
+        assert_eq!(snap.drops, vec![drop]);
     }
 
     #[test]
