@@ -82,8 +82,8 @@ if ! "$BIN/shardq" verify --log-dir "$LOGS" --consumer '1=D1:*,D2:*,D3:*' --cons
     status=1
 fi
 if [[ $status -ne 0 ]]; then
-    echo "FAIL (logs kept in $WORK)"
+    echo "migrate demo: FAIL (logs kept in $WORK)"
     KEEP=1
     exit 1
 fi
-echo "PASS"
+echo "migrate demo: PASS"

@@ -47,8 +47,8 @@ if ! "$BIN/shardq" verify --log-dir "$LOGS" --consumer '1=T1:P1,T2:P1,T1:P2,T2:P
     status=1
 fi
 if [[ $status -ne 0 ]]; then
-    echo "FAIL (logs kept in $WORK)"
+    echo "2P2C: FAIL (logs kept in $WORK)"
     KEEP=1
     exit 1
 fi
-echo "PASS"
+echo "2P2C: PASS"

@@ -20,19 +20,39 @@ async fn status(client: &shardq_protocol::cluster::ClusterClient) -> ClusterStat
 }
 
 /// Waits until no move is in flight and `owner` (if any) owns a shard, for a quiet period.
-async fn settle(client: &shardq_protocol::cluster::ClusterClient, owner: Option<u32>, gone: Option<u32>) -> ClusterStatus {
+async fn settle(
+    client: &shardq_protocol::cluster::ClusterClient,
+    owner: Option<u32>,
+    gone: Option<u32>,
+) -> ClusterStatus {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut quiet = 0;
     loop {
         let st = status(client).await;
-        let busy = st.moves.iter().any(|m| !matches!(m.phase, MovePhase::Done | MovePhase::Failed | MovePhase::RolledBack));
-        let owns = owner.is_none_or(|id| st.shards.iter().any(|(r, _)| r.owner.as_ref().is_some_and(|o| o.id == id)));
+        let busy = st.moves.iter().any(|m| {
+            !matches!(
+                m.phase,
+                MovePhase::Done | MovePhase::Failed | MovePhase::RolledBack
+            )
+        });
+        let owns = owner.is_none_or(|id| {
+            st.shards
+                .iter()
+                .any(|(r, _)| r.owner.as_ref().is_some_and(|o| o.id == id))
+        });
         let removed = gone.is_none_or(|id| !st.brokers.iter().any(|b| b.addr.id == id));
-        quiet = if busy || !owns || !removed { 0 } else { quiet + 1 };
+        quiet = if busy || !owns || !removed {
+            0
+        } else {
+            quiet + 1
+        };
         if quiet >= 10 {
             return st;
         }
-        assert!(std::time::Instant::now() < deadline, "cluster did not settle: {st:#?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster did not settle: {st:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -54,7 +74,11 @@ fn moves_since(st: &ClusterStatus, after: u64) -> BTreeSet<(String, Option<u32>,
         .collect()
 }
 
-fn expected_moves(before: &[u32], after: &[u32], shards: &[String]) -> BTreeSet<(String, Option<u32>, u32)> {
+fn expected_moves(
+    before: &[u32],
+    after: &[u32],
+    shards: &[String],
+) -> BTreeSet<(String, Option<u32>, u32)> {
     shardq_ring::diff(&placement(shards, before), &placement(shards, after))
         .into_iter()
         .map(|m| (m.shard, m.from, m.to.expect("every shard has an owner")))
@@ -84,7 +108,11 @@ async fn join_join_leave_under_load_loses_nothing_and_moves_exactly_the_diff() {
         let mut text = String::new();
         for i in 0..4000u32 {
             let topic = if (i + p) % 3 == 0 { "M2" } else { "M1" };
-            let part = if i % 4 == 0 { format!("P{}", 1 + (i / 4) % 8) } else { "*".into() };
+            let part = if i % 4 == 0 {
+                format!("P{}", 1 + (i / 4) % 8)
+            } else {
+                "*".into()
+            };
             text.push_str(&format!("12:00:00\tp{p}-m{i}\t{part}\t{topic}\n"));
         }
         std::fs::write(logs.path().join(format!("producer_{p}.txt")), text).unwrap();
@@ -92,7 +120,18 @@ async fn join_join_leave_under_load_loses_nothing_and_moves_exactly_the_diff() {
     let addr = cluster.addr();
     let dir = logs.path().display().to_string();
     let consumer = |id: &str, topics: &[&str]| {
-        let mut argv = vec!["runconsume", "--id", id, "--broker", &addr, "--log_loc", &dir, "--idle-timeout", "8", "--topics"];
+        let mut argv = vec![
+            "runconsume",
+            "--id",
+            id,
+            "--broker",
+            &addr,
+            "--log_loc",
+            &dir,
+            "--idle-timeout",
+            "8",
+            "--topics",
+        ];
         argv.extend_from_slice(topics);
         let args = shardq_consumer::cli::Args::try_parse_from(argv).unwrap();
         tokio::spawn(shardq_consumer::cli::run(args, CancellationToken::new()))
@@ -102,7 +141,23 @@ async fn join_join_leave_under_load_loses_nothing_and_moves_exactly_the_diff() {
     let producers: Vec<_> = (1..=2)
         .map(|p| {
             let id = p.to_string();
-            let argv = ["runproduce", "--id", &id, "--broker", &addr, "--log_loc", &dir, "--ack-log", "--rate", "500", "--timeout-secs", "60", "--topics", "M1:*", "M2:*"];
+            let argv = [
+                "runproduce",
+                "--id",
+                &id,
+                "--broker",
+                &addr,
+                "--log_loc",
+                &dir,
+                "--ack-log",
+                "--rate",
+                "500",
+                "--timeout-secs",
+                "60",
+                "--topics",
+                "M1:*",
+                "M2:*",
+            ];
             let args = shardq_producer::cli::Args::try_parse_from(argv).unwrap();
             tokio::spawn(shardq_producer::cli::run(args))
         })
@@ -115,27 +170,63 @@ async fn join_join_leave_under_load_loses_nothing_and_moves_exactly_the_diff() {
     .await;
 
     // Join broker 3, then 4; then broker 1 leaves gracefully.
-    for (id, before, after) in [(3u32, vec![1u32, 2], vec![1u32, 2, 3]), (4, vec![1, 2, 3], vec![1, 2, 3, 4])] {
-        let mut bc = shardq_broker::BrokerConfig::new(id, cluster.dir.path().join(format!("broker-{id}")));
+    for (id, before, after) in [
+        (3u32, vec![1u32, 2], vec![1u32, 2, 3]),
+        (4, vec![1, 2, 3], vec![1, 2, 3, 4]),
+    ] {
+        let mut bc =
+            shardq_broker::BrokerConfig::new(id, cluster.dir.path().join(format!("broker-{id}")));
         bc.listen = "127.0.0.1:0".into();
         bc.router = Some(addr.clone());
-        cluster.brokers.push(shardq_broker::start(bc).await.unwrap());
+        cluster
+            .brokers
+            .push(shardq_broker::start(bc).await.unwrap());
         let st = settle(&client, Some(id), None).await;
         let moved = moves_since(&st, mark);
-        assert_eq!(moved, expected_moves(&before, &after, &shards), "join of broker {id}");
-        assert!(!moved.is_empty(), "broker {id} joined but nothing moved to it");
+        assert_eq!(
+            moved,
+            expected_moves(&before, &after, &shards),
+            "join of broker {id}"
+        );
+        assert!(
+            !moved.is_empty(),
+            "broker {id} joined but nothing moved to it"
+        );
         mark = max_move(&st);
     }
-    let r = client.admin(Request::RemoveBroker { id: 1, force: false }).await.unwrap();
-    assert!(matches!(r, Response::BrokerRemoved { id: 1, forced: false, .. }), "{r:?}");
+    let r = client
+        .admin(Request::RemoveBroker {
+            id: 1,
+            force: false,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            Response::BrokerRemoved {
+                id: 1,
+                forced: false,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     let st = settle(&client, None, Some(1)).await;
     let moved = moves_since(&st, mark);
-    assert_eq!(moved, expected_moves(&[1, 2, 3, 4], &[2, 3, 4], &shards), "leave of broker 1");
+    assert_eq!(
+        moved,
+        expected_moves(&[1, 2, 3, 4], &[2, 3, 4], &shards),
+        "leave of broker 1"
+    );
     assert!(
         moved.iter().filter(|(_, from, _)| *from == Some(1)).count() >= 1,
         "broker 1 left but none of its shards moved"
     );
-    assert!(st.shards.iter().all(|(r, _)| r.owner.as_ref().is_some_and(|o| o.id != 1)));
+    assert!(st
+        .shards
+        .iter()
+        .all(|(r, _)| r.owner.as_ref().is_some_and(|o| o.id != 1)));
 
     for p in producers {
         let s = p.await.unwrap().expect("producer runs");

@@ -1,5 +1,6 @@
 //! The `shardq broker` command: parse options, start a broker, say where it listens, run until
-//! Ctrl-C or SIGTERM, and shut down cleanly (flushing the database).
+//! Ctrl-C, SIGTERM or its removal from the cluster by the router (then it exits with success, so
+//! supervisors do not restart it), and shut down cleanly (flushing the database).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -99,7 +100,7 @@ async fn stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a broker until Ctrl-C or SIGTERM.
+/// Runs a broker until Ctrl-C, SIGTERM or its removal from the cluster (all return `Ok`).
 pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
     let config = args.config();
     let id = config.id;
@@ -113,7 +114,13 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
         .and_then(|()| out.flush())
         .context("cannot write to stdout")?;
     drop(out);
-    let stopped = stop_signal().await;
+    let stopped = tokio::select! {
+        s = stop_signal() => s,
+        () = handle.removed() => {
+            info!(id, "broker removed from the cluster by the router; exiting");
+            Ok(())
+        }
+    };
     info!(id, "stopping broker");
     handle.shutdown().await;
     stopped

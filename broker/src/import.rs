@@ -296,9 +296,18 @@ pub struct ImportCtx {
     pub broker_id: u32,
 }
 
-/// Starts `job`'s copy task.
-pub fn spawn(job: Arc<Job>, ctx: ImportCtx) {
-    let handle = tokio::spawn(run(job.clone(), ctx));
+/// Starts `job`'s copy task, once the tasks of `superseded` moves of the same shard have ended
+/// (two tasks never write one shard).
+pub fn spawn(job: Arc<Job>, ctx: ImportCtx, superseded: Vec<Arc<Job>>) {
+    let handle = tokio::spawn({
+        let job = job.clone();
+        async move {
+            for old in superseded {
+                old.join().await;
+            }
+            run(job, ctx).await;
+        }
+    });
     *job.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
 }
 
@@ -337,7 +346,10 @@ async fn run(job: Arc<Job>, ctx: ImportCtx) {
                     st.progress.finished_ms = Some(now_ms());
                 }
                 if let Err(e) = ctx.store.save(&job.record()) {
-                    warn!(move_id = job.move_id, "cannot record the failed import: {e}");
+                    warn!(
+                        move_id = job.move_id,
+                        "cannot record the failed import: {e}"
+                    );
                 }
                 return;
             }
@@ -396,7 +408,9 @@ async fn attempt(job: &Arc<Job>, ctx: &ImportCtx) -> Result<(), Stop> {
     });
     let copied = copy(job, ctx, &tx).await;
     drop(tx);
-    let written = writer.await.map_err(|e| Stop::Fatal(format!("writer failed: {e}")))?;
+    let written = writer
+        .await
+        .map_err(|e| Stop::Fatal(format!("writer failed: {e}")))?;
     // A write failure explains a copy that stopped because the writer went away.
     written?;
     copied
@@ -523,7 +537,7 @@ async fn copy_from(
             break;
         }
         let remaining = end - from;
-        let per_record = if records > 0 { bytes / records } else { 0 };
+        let per_record = bytes.checked_div(records).unwrap_or(0);
         if remaining >= FENCE_LAG_RECORDS && remaining.saturating_mul(per_record) >= FENCE_LAG_BYTES
         {
             continue;
@@ -542,6 +556,10 @@ async fn copy_from(
         info!(move_id = job.move_id, shard = %job.shard, from = resumed_at, to = from, "import caught up with the source; fencing it");
     }
 
+    // The pause is measured from before the request: the source stops writes (and flushes)
+    // before it answers, so this bounds the pause from above.
+    let fence_sent_ms = now_ms();
+    let fence_sent_at = Instant::now();
     let fence_end = match source
         .call(Request::FenceShard {
             shard: job.shard.clone(),
@@ -567,8 +585,8 @@ async fn copy_from(
     {
         let mut st = job.lock();
         if st.fence_end != Some(fence_end) || st.fenced_ms.is_none() {
-            st.fenced_ms = Some(now_ms());
-            st.fenced_at = Some(Instant::now());
+            st.fenced_ms = Some(fence_sent_ms);
+            st.fenced_at = Some(fence_sent_at);
         }
         st.fence_end = Some(fence_end);
         st.progress.phase = MovePhase::Fenced;

@@ -1,7 +1,8 @@
 //! `shardq-broker`: a broker node. It stores shard logs in one sled database, serves produce
 //! (idempotent, group-committed), long-poll fetch and group offsets for the shards the router
 //! assigned it, exports and fences shards for migration, forwards router-only requests to the
-//! router, and registers and heartbeats with the router.
+//! router, registers and heartbeats with the router, imports shards for live migration, and
+//! shuts itself down when the router removes it from the cluster.
 //!
 //! [`start`] runs a broker inside the current tokio runtime and returns a [`BrokerHandle`];
 //! [`cli`] is the `shardq broker` command.
@@ -9,6 +10,7 @@
 pub mod cli;
 pub mod config;
 mod durability;
+mod import;
 mod membership;
 mod router_link;
 pub mod service;
@@ -42,6 +44,8 @@ pub struct BrokerHandle {
     broker: Arc<Broker>,
     router: Option<Arc<RouterLink>>,
     shutdown: CancellationToken,
+    /// Cancelled when the router removed this broker from the cluster.
+    removed: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -60,7 +64,19 @@ impl BrokerHandle {
         &self.broker
     }
 
-    /// Stops accepting, ends connections and background tasks, and flushes the database.
+    /// Resolves once the router has removed this broker from the cluster (it answered a
+    /// heartbeat with `UnknownBroker`); the broker has then stopped serving. Call
+    /// [`BrokerHandle::shutdown`] afterwards to flush and release the data directory.
+    pub async fn removed(&self) {
+        self.removed.cancelled().await
+    }
+
+    /// Whether the router has removed this broker (see [`BrokerHandle::removed`]).
+    pub fn is_removed(&self) -> bool {
+        self.removed.is_cancelled()
+    }
+
+    /// Stops accepting, ends connections, imports and background tasks, and flushes the database.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
         for t in self.tasks.drain(..) {
@@ -68,6 +84,7 @@ impl BrokerHandle {
                 warn!("broker task ended abnormally: {e}");
             }
         }
+        self.broker.stop_imports().await;
         if let Some(r) = &self.router {
             r.close().await;
         }
@@ -181,6 +198,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         ))
     });
     let durability = Durability::new(config.fsync, db.clone());
+    let shutdown = CancellationToken::new();
+    let removed = CancellationToken::new();
     let broker = Arc::new(
         Broker::open(
             config.id,
@@ -189,6 +208,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             router.clone(),
             config.max_record_bytes,
             config.max_frame,
+            shutdown.clone(),
         )
         .map_err(|e| {
             anyhow::anyhow!(
@@ -198,7 +218,6 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         })?,
     );
 
-    let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     let server_config = ServerConfig {
         max_frame: config.max_frame,
@@ -220,6 +239,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             advertise: advertise.clone(),
             weight: config.weight,
             heartbeat: config.heartbeat,
+            removed: removed.clone(),
         };
         tasks.push(tokio::spawn(membership.run(shutdown.clone())));
     }
@@ -239,6 +259,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         broker,
         router,
         shutdown,
+        removed,
         tasks,
     })
 }

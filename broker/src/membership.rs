@@ -1,7 +1,8 @@
 //! The broker's membership task: register with the router (retrying with backoff while it is
 //! away), then heartbeat every interval with a report of the shards held, and reconcile the
-//! complete assignment each answer carries. An `UnknownBroker` answer (the router lost or dropped
-//! us) means register again.
+//! complete assignment each answer carries. An `UnknownBroker` answer to a heartbeat means the
+//! router removed this broker from the cluster (it persists its members, so a mere restart of
+//! either side never causes it): the broker then shuts itself down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub struct Membership {
     pub advertise: String,
     pub weight: u32,
     pub heartbeat: Duration,
+    /// Cancelled when the router removes this broker; `BrokerHandle::removed` waits on it.
+    pub removed: CancellationToken,
 }
 
 impl Membership {
@@ -73,43 +76,45 @@ impl Membership {
         }
     }
 
-    /// Runs until `shutdown`.
+    /// Runs until `shutdown`, or until the router removes this broker (then it cancels
+    /// `shutdown` itself, stopping the whole broker).
     pub async fn run(self, shutdown: CancellationToken) {
-        'register: loop {
-            if !self.register(&shutdown).await {
+        if !self.register(&shutdown).await {
+            return;
+        }
+        let mut failing = false;
+        loop {
+            if !Self::pause(&shutdown, self.heartbeat).await {
                 return;
             }
-            let mut failing = false;
-            loop {
-                if !Self::pause(&shutdown, self.heartbeat).await {
+            let req = Request::Heartbeat {
+                id: self.broker.id(),
+                report: self.broker.report(),
+            };
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.router.request(req, self.rpc_timeout()) => r,
+            };
+            match outcome {
+                Ok(Response::HeartbeatAck { epoch, assignments }) => {
+                    if failing {
+                        info!(router = %self.router.addr(), "heartbeats answered again");
+                        failing = false;
+                    }
+                    self.broker.reconcile(epoch, &assignments);
+                }
+                Ok(other) => warn!("router answered a heartbeat with {}", other.name()),
+                Err(ErrorKind::UnknownBroker { .. }) => {
+                    info!(id = self.broker.id(), router = %self.router.addr(),
+                        "removed from the cluster by the router; shutting down");
+                    self.removed.cancel();
+                    shutdown.cancel();
                     return;
                 }
-                let req = Request::Heartbeat {
-                    id: self.broker.id(),
-                    report: self.broker.report(),
-                };
-                let outcome = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = self.router.request(req, self.rpc_timeout()) => r,
-                };
-                match outcome {
-                    Ok(Response::HeartbeatAck { epoch, assignments }) => {
-                        if failing {
-                            info!(router = %self.router.addr(), "heartbeats answered again");
-                            failing = false;
-                        }
-                        self.broker.reconcile(epoch, &assignments);
-                    }
-                    Ok(other) => warn!("router answered a heartbeat with {}", other.name()),
-                    Err(ErrorKind::UnknownBroker { .. }) => {
-                        info!("router does not know this broker (any more); registering again");
-                        continue 'register;
-                    }
-                    Err(e) => {
-                        if !failing {
-                            warn!(router = %self.router.addr(), "heartbeat failed: {e}; still serving held shards");
-                            failing = true;
-                        }
+                Err(e) => {
+                    if !failing {
+                        warn!(router = %self.router.addr(), "heartbeat failed: {e}; still serving held shards");
+                        failing = true;
                     }
                 }
             }

@@ -295,6 +295,250 @@ impl Broker {
         Ok(())
     }
 
+    /// Turns an imported shard on (the router's flip), if its import is complete: the shard
+    /// becomes Active and owned at exactly the source's fenced end offset. An early flip leaves
+    /// it importing.
+    fn activate_import(&self, s: &Arc<Shard>, epoch: Epoch) -> Result<(), ErrorKind> {
+        let shard = s.id();
+        let end = s.end_offset();
+        let live = self
+            .jobs()
+            .values()
+            .find(|j| {
+                &j.shard == shard && !matches!(j.phase(), MovePhase::Done | MovePhase::Failed)
+            })
+            .cloned();
+        let job = match live {
+            Some(j) if j.phase() == MovePhase::Activating && j.fence_end() == Some(end) => j,
+            Some(j) => {
+                warn!(%shard, move_id = j.move_id, phase = ?j.phase(), epoch,
+                    "asked to own a shard whose import has not finished; keeping it importing (the router must wait for phase Activating)");
+                return Ok(());
+            }
+            None => match self.imports.load(shard)? {
+                // Ready before a restart: the data, offsets and this record were flushed together.
+                Some(r)
+                    if r.progress.phase == MovePhase::Activating && r.fence_end == Some(end) =>
+                {
+                    let j = Job::new(&r, self.shutdown.child_token());
+                    self.jobs().insert(r.move_id, j.clone());
+                    j
+                }
+                other => {
+                    warn!(%shard, epoch, phase = ?other.map(|r| r.progress.phase),
+                        "asked to own a shard whose import has not finished; keeping it importing until ImportShard completes it");
+                    return Ok(());
+                }
+            },
+        };
+        s.update_ownership(&self.owners, |o| {
+            o.state = ShardState::Active;
+            o.owned = true;
+            o.epoch = o.epoch.max(epoch);
+        })?;
+        let progress = job.finish();
+        if let Err(e) = self.imports.save(&job.record()) {
+            warn!(%shard, "cannot record the finished import: {e}");
+        }
+        info!(%shard, move_id = job.move_id, epoch, end_offset = end,
+            records = progress.records_copied, bytes = progress.bytes_copied,
+            write_pause_ms = ?progress.write_pause_ms, "imported shard activated");
+        Ok(())
+    }
+
+    /// Holds `shard` as Importing (an empty log), persisted.
+    fn create_importing(
+        &self,
+        shards: &mut HashMap<ShardId, Arc<Shard>>,
+        shard: &ShardId,
+        epoch: Epoch,
+    ) -> Result<Arc<Shard>, ErrorKind> {
+        let own = Ownership {
+            shard: shard.clone(),
+            state: ShardState::Importing,
+            epoch,
+            owned: false,
+        };
+        let opened = Arc::new(Shard::open(&self.db, own.clone())?);
+        self.owners
+            .insert(shard.key().as_bytes(), own.encode()?)
+            .map_err(|e| ErrorKind::Storage {
+                reason: format!("{shard}: cannot record the import: {e}"),
+            })?;
+        shards.insert(shard.clone(), opened.clone());
+        Ok(opened)
+    }
+
+    /// Starts (or resumes, or confirms) move `move_id`: importing `shard` from `source`.
+    fn import_shard(
+        self: &Arc<Self>,
+        move_id: u64,
+        shard: ShardId,
+        source: BrokerAddr,
+        epoch: Epoch,
+    ) -> Result<Response, ErrorKind> {
+        if source.id == self.id {
+            return Err(ErrorKind::BadRequest {
+                reason: format!("broker {} cannot import {shard} from itself", self.id),
+            });
+        }
+        self.observe_epoch(epoch);
+        let mut shards = self.shards_write();
+        if let Some(j) = self.jobs().get(&move_id) {
+            if j.shard != shard {
+                return Err(ErrorKind::BadRequest {
+                    reason: format!(
+                        "move {move_id} imports {} into broker {}, not {shard}",
+                        j.shard, self.id
+                    ),
+                });
+            }
+            if j.running() || matches!(j.phase(), MovePhase::Activating | MovePhase::Done) {
+                return Ok(Response::Ok);
+            }
+        }
+        match shards.get(&shard).cloned() {
+            Some(s) if s.ownership().state == ShardState::Importing => {}
+            Some(s) if s.ownership().owned => {
+                // Finished before a restart: remember the outcome so MoveStatus reports it.
+                if let Some(r) = self
+                    .imports
+                    .load(&shard)?
+                    .filter(|r| r.move_id == move_id && r.progress.phase == MovePhase::Done)
+                {
+                    self.jobs()
+                        .entry(move_id)
+                        .or_insert_with(|| Job::new(&r, self.shutdown.child_token()));
+                    return Ok(Response::Ok);
+                }
+                return Err(ErrorKind::BadRequest {
+                    reason: format!(
+                        "broker {} already owns {shard} ({:?}); it cannot import it in move {move_id}",
+                        self.id,
+                        s.ownership().state
+                    ),
+                });
+            }
+            Some(_) => {
+                // A copy left from when this broker last owned the shard: the source's log and
+                // state are the truth, so start afresh rather than trust it.
+                info!(%shard, move_id, "discarding a stale unassigned copy before importing the shard");
+                self.delete_local(&mut shards, &shard)?;
+                self.create_importing(&mut shards, &shard, epoch)?;
+            }
+            None => {
+                self.create_importing(&mut shards, &shard, epoch)?;
+            }
+        }
+        let Some(target) = shards.get(&shard).cloned() else {
+            return Err(ErrorKind::Internal {
+                reason: format!("{shard} vanished while starting its import"),
+            });
+        };
+        let record = match self.imports.load(&shard)?.filter(|r| r.move_id == move_id) {
+            Some(mut r) => {
+                // Resuming: counters restart from here, the fence (if any) is kept.
+                r.source = source.clone();
+                r.epoch = epoch;
+                let p = &mut r.progress;
+                p.from = Some(source.id);
+                p.phase = if r.fence_end.is_some() {
+                    MovePhase::Fenced
+                } else {
+                    MovePhase::Copying
+                };
+                p.records_copied = 0;
+                p.bytes_copied = 0;
+                p.error = None;
+                p.finished_ms = None;
+                p.write_pause_ms = None;
+                r
+            }
+            None => ImportRecord {
+                move_id,
+                source: source.clone(),
+                epoch,
+                progress: MoveProgress {
+                    move_id,
+                    shard: shard.clone(),
+                    from: Some(source.id),
+                    to: self.id,
+                    phase: MovePhase::Copying,
+                    records_copied: 0,
+                    bytes_copied: 0,
+                    lag: 0,
+                    started_ms: now_ms(),
+                    finished_ms: None,
+                    write_pause_ms: None,
+                    error: None,
+                },
+                fence_end: None,
+                fenced_ms: None,
+            },
+        };
+        self.imports.save(&record)?;
+        let job = Job::new(&record, self.shutdown.child_token());
+        let superseded: Vec<Arc<Job>> = {
+            let mut jobs = self.jobs();
+            let now = now_ms();
+            // Forget long-finished moves (the last one per shard stays in the imports tree).
+            jobs.retain(|_, j| j.reportable(now) || j.running());
+            let old: Vec<Arc<Job>> = jobs
+                .values()
+                .filter(|j| j.shard == shard && j.move_id != move_id)
+                .cloned()
+                .collect();
+            for j in &old {
+                if !matches!(j.phase(), MovePhase::Done | MovePhase::Failed) {
+                    info!(%shard, old = j.move_id, new = move_id, "import superseded by a newer move");
+                    j.cancel(&format!("superseded by move {move_id}"));
+                }
+            }
+            jobs.insert(move_id, job.clone());
+            old
+        };
+        info!(%shard, move_id, %source, from_offset = target.end_offset(), "import started");
+        let ctx = ImportCtx {
+            shard: target,
+            store: self.imports.clone(),
+            durability: self.durability.clone(),
+            max_frame: self.max_frame,
+            broker_id: self.id,
+        };
+        import::spawn(job, ctx, superseded);
+        Ok(Response::Ok)
+    }
+
+    fn move_status(&self, move_id: u64) -> Result<Response, ErrorKind> {
+        if let Some(j) = self.jobs().get(&move_id) {
+            return Ok(Response::Move(j.progress()));
+        }
+        match self.imports.find(move_id) {
+            Some(r) if matches!(r.progress.phase, MovePhase::Done | MovePhase::Failed) => {
+                Ok(Response::Move(r.progress))
+            }
+            Some(r) => Err(ErrorKind::UnknownShard {
+                shard: r.progress.shard.to_string(),
+                reason: format!(
+                    "no move {move_id} running on broker {} (it restarted); send ImportShard again to resume it",
+                    self.id
+                ),
+            }),
+            None => Err(ErrorKind::UnknownShard {
+                shard: String::new(),
+                reason: format!("no move {move_id} on broker {}", self.id),
+            }),
+        }
+    }
+
+    /// Waits for every import task to end (after the shutdown token was cancelled).
+    pub(crate) async fn stop_imports(&self) {
+        let jobs: Vec<Arc<Job>> = self.jobs().values().cloned().collect();
+        for j in jobs {
+            j.join().await;
+        }
+    }
+
     fn produce(&self, p: ProduceRequest) -> ServiceFuture {
         let result = self.shard(&p.shard, Access::Write).and_then(|shard| {
             p.batch.validate(self.max_record_bytes)?;
@@ -514,11 +758,16 @@ impl Service for Broker {
             Request::Handshake { .. } => ready_result(Err(ErrorKind::BadRequest {
                 reason: "handshake is only valid as the first frame".into(),
             })),
+            Request::ImportShard {
+                move_id,
+                shard,
+                source,
+                epoch,
+            } => ready_result(self.import_shard(move_id, shard, source, epoch)),
+            Request::MoveStatus { move_id } => ready_result(self.move_status(move_id)),
             r @ (Request::RegisterBroker { .. }
             | Request::Heartbeat { .. }
-            | Request::LeaveBroker { .. }
-            | Request::ImportShard { .. }
-            | Request::MoveStatus { .. }) => ready_result(Err(ErrorKind::Unsupported {
+            | Request::LeaveBroker { .. }) => ready_result(Err(ErrorKind::Unsupported {
                 request: r.name().into(),
             })),
         }

@@ -1,6 +1,6 @@
-//! The broker against a stand-in router: it registers (again after `UnknownBroker`), heartbeats
-//! with reports, takes and gives up shards as the heartbeat answers say (keeping the data), and
-//! forwards router-only requests.
+//! The broker against a stand-in router: it registers, heartbeats with reports, takes and gives
+//! up shards as the heartbeat answers say (keeping the data), forwards router-only requests, and
+//! shuts itself down once the router answers `UnknownBroker` (it was removed from the cluster).
 
 mod common;
 
@@ -152,16 +152,11 @@ async fn heartbeats_reconcile_assignments_and_requests_are_forwarded() {
     );
     assert!(matches!(err, ErrorKind::NotOwner { .. }), "{err:?}");
 
-    // The router forgets the broker: it registers again, then gets its shard back, data intact.
-    *router.forget.lock().unwrap() = true;
+    // Assigned again: the same log is served, data intact.
     router.assignments.lock().unwrap().push(ShardAssignment {
         shard: shard.clone(),
         epoch: 6,
     });
-    eventually("the broker registers again", || async {
-        router.registrations.lock().unwrap().len() >= 2
-    })
-    .await;
     eventually("the shard is served again", || async {
         produce(&conn, &shard, batch_of(&[b"c"]), None)
             .await
@@ -172,6 +167,23 @@ async fn heartbeats_reconcile_assignments_and_requests_are_forwarded() {
         read_all(&conn, &shard, 0).await,
         vec![b"a".to_vec(), b"c".to_vec()]
     );
+    assert!(!handle.is_removed());
+
+    // The router removed the broker: it shuts itself down instead of registering again.
+    *router.forget.lock().unwrap() = true;
+    tokio::time::timeout(Duration::from_secs(10), handle.removed())
+        .await
+        .expect("the broker notices its removal");
+    assert_eq!(router.registrations.lock().unwrap().len(), 1);
+    eventually("the removed broker stops serving", || async {
+        conn.request(Request::ListOffsets {
+            shard: shard.clone(),
+            epoch: 6,
+        })
+        .await
+        .is_err_and(|e| e.kind().is_none())
+    })
+    .await;
 
     handle.shutdown().await;
     stop.cancel();

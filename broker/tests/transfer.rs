@@ -211,10 +211,23 @@ async fn unsupported_and_standalone_requests_are_answered() {
     );
     assert!(matches!(err, ErrorKind::Unavailable { .. }), "{err:?}");
     let err = server_error(
+        conn.request(Request::Heartbeat {
+            id: 1,
+            report: Default::default(),
+        })
+        .await
+        .unwrap_err(),
+    );
+    assert!(matches!(err, ErrorKind::Unsupported { .. }), "{err:?}");
+    // An unknown move is named, so a router knows to send ImportShard (again).
+    let err = server_error(
         conn.request(Request::MoveStatus { move_id: 1 })
             .await
             .unwrap_err(),
     );
-    assert!(matches!(err, ErrorKind::Unsupported { .. }), "{err:?}");
+    assert!(
+        matches!(&err, ErrorKind::UnknownShard { reason, .. } if reason.contains("no move 1")),
+        "{err:?}"
+    );
     handle.shutdown().await;
 }

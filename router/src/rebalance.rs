@@ -34,8 +34,12 @@ use crate::Shared;
 pub const REBALANCE_PERIOD: Duration = Duration::from_millis(500);
 /// MoveStatus polling while the destination copies.
 const POLL_COPYING: Duration = Duration::from_millis(100);
-/// MoveStatus polling once the source is fenced: writes are paused until the flip.
+/// MoveStatus polling once the source is fenced (writes are paused until the flip), and while the
+/// destination is close enough to fence any moment: it goes from caught-up through fenced to
+/// ready in a few milliseconds, and every millisecond the router takes to notice is write pause.
 const POLL_FENCED: Duration = Duration::from_millis(5);
+/// Lag (records) under which the destination is about to fence.
+const NEAR_FENCE_LAG: u64 = 20_000;
 /// A shard whose move failed is not moved again for this long.
 const FAILED_MOVE_BACKOFF: Duration = Duration::from_secs(5);
 /// Retry delays after a failed request to a broker.
@@ -156,12 +160,9 @@ impl Shared {
 
         let planned = {
             let mut st = self.state();
-            st.plan_moves(
-                self.config.max_moves,
-                Instant::now(),
-                now_ms(),
-                |ops| self.persist(ops),
-            )
+            st.plan_moves(self.config.max_moves, Instant::now(), now_ms(), |ops| {
+                self.persist(ops)
+            })
         };
         let planned = match planned {
             Ok(p) => p,
@@ -367,9 +368,7 @@ impl Driver {
                 }
                 continue;
             }
-            let request = Request::MoveStatus {
-                move_id: m.move_id,
-            };
+            let request = Request::MoveStatus { move_id: m.move_id };
             match self.shared.ask(&dest, request).await {
                 Ok(Response::Move(p)) => {
                     self.backoff = BACKOFF_MIN;
@@ -379,7 +378,11 @@ impl Driver {
                             if m.phase == MovePhase::Pending {
                                 self.persist_phase(MovePhase::Copying);
                             }
-                            POLL_COPYING
+                            if p.phase == MovePhase::Copying && p.lag < NEAR_FENCE_LAG {
+                                POLL_FENCED
+                            } else {
+                                POLL_COPYING
+                            }
                         }
                         MovePhase::Fenced => {
                             if m.phase != MovePhase::Fenced {
@@ -413,7 +416,10 @@ impl Driver {
                 Err(e) => {
                     // "No move N here" (the destination restarted, or never got the import) or
                     // the connection failed: send the import again (idempotent, resumes).
-                    debug!("move-status from broker {} failed: {e}; re-sending the import", m.to);
+                    debug!(
+                        "move-status from broker {} failed: {e}; re-sending the import",
+                        m.to
+                    );
                     self.imported = false;
                     if !self.back_off().await {
                         return;
@@ -447,10 +453,7 @@ impl Driver {
     async fn complete(&mut self, m: MoveRecord) {
         let mut down_since: Option<Instant> = None;
         // Activate: retried until it answers; the destination's heartbeat would too.
-        loop {
-            let Some((dest, status)) = self.shared.broker(m.to) else {
-                break;
-            };
+        while let Some((dest, status)) = self.shared.broker(m.to) {
             if status == BrokerStatus::Down {
                 let since = *down_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.shared.config.move_timeout {
@@ -490,9 +493,7 @@ impl Driver {
             let Some((dest, _)) = self.shared.broker(m.to) else {
                 break;
             };
-            let request = Request::MoveStatus {
-                move_id: m.move_id,
-            };
+            let request = Request::MoveStatus { move_id: m.move_id };
             match self.shared.ask(&dest, request).await {
                 Ok(Response::Move(p)) => {
                     self.shared.state().progress(&p);

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use shardq_protocol::{
     validate_topic, BrokerAddr, BrokerId, BrokerInfo, BrokerReport, BrokerStatus, ClusterStatus,
-    Epoch, ErrorKind, MovePhase, MoveProgress, RoutingTable, ShardAssignment, ShardId,
-    ShardReport, ShardRoute, TopicDescription, TopicInfo, MAX_PARTITIONS,
+    Epoch, ErrorKind, MovePhase, MoveProgress, RoutingTable, ShardAssignment, ShardId, ShardReport,
+    ShardRoute, TopicDescription, TopicInfo, MAX_PARTITIONS,
 };
 use shardq_ring::{diff, Assignment, Member as RingMember, Ring, RingConfig};
 use tokio::time::Instant;
@@ -85,6 +85,9 @@ pub struct Removed {
     /// The removed broker, if it owned shards (best-effort told to drop them).
     pub dropped_from: Option<BrokerAddr>,
 }
+
+/// A pending drop ready to send: to whom, which shard, at which epoch.
+pub type DueDrop = (BrokerAddr, ShardId, Epoch);
 
 /// Outcome of [`State::leave`].
 #[derive(Debug)]
@@ -248,9 +251,7 @@ impl State {
         let members: Vec<RingMember> = self
             .members
             .iter()
-            .filter(|(id, m)| {
-                m.status == BrokerStatus::Up && !m.leaving && Some(**id) != except
-            })
+            .filter(|(id, m)| m.status == BrokerStatus::Up && !m.leaving && Some(**id) != except)
             .map(|(id, m)| RingMember {
                 id: *id,
                 weight: m.weight,
@@ -650,9 +651,12 @@ impl State {
         move_id: u64,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<Epoch, ErrorKind> {
-        let m = self.moves.get(&move_id).ok_or_else(|| ErrorKind::Internal {
-            reason: format!("move {move_id} is not in flight"),
-        })?;
+        let m = self
+            .moves
+            .get(&move_id)
+            .ok_or_else(|| ErrorKind::Internal {
+                reason: format!("move {move_id} is not in flight"),
+            })?;
         if m.phase == MovePhase::Activating {
             return Ok(self.epoch);
         }
@@ -727,7 +731,7 @@ impl State {
     /// Pending drops that can be sent now (their broker is Up), and the ones that became moot
     /// (the broker owns the shard again, or imports it right now: deleting would lose data),
     /// which the caller forgets with `Op::DeleteDrop`.
-    pub fn drops_due(&self) -> (Vec<(BrokerAddr, ShardId, Epoch)>, Vec<(BrokerId, ShardId)>) {
+    pub fn drops_due(&self) -> (Vec<DueDrop>, Vec<(BrokerId, ShardId)>) {
         let mut due = Vec::new();
         let mut moot = Vec::new();
         for ((broker, shard), epoch) in &self.drops {
@@ -1092,6 +1096,144 @@ mod tests {
         let r = s.remove_broker(3, false, ok).unwrap();
         assert!(r.shards.is_empty());
         assert!(!s.members.contains_key(&3));
+    }
+
+    #[test]
+    fn a_join_plans_exactly_the_placement_diff_and_flips_one_at_a_time() {
+        let mut s = state(&[1, 2]);
+        s.create_topic("t", 16, ok).unwrap();
+        let before: Assignment = s.owners.iter().map(|(k, o)| (k.key(), *o)).collect();
+        s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
+            .unwrap();
+        let want = diff(&before, &s.desired(&[]).unwrap());
+        assert!(!want.is_empty());
+        let now = Instant::now();
+        let first = s.plan_moves(2, now, 1, ok).unwrap();
+        assert_eq!(first.len(), 2.min(want.len()));
+        assert!(
+            s.plan_moves(2, now, 1, ok).unwrap().is_empty(),
+            "two in flight"
+        );
+        let m = first[0].clone();
+        assert_eq!((m.move_id, m.phase), (1, MovePhase::Pending));
+        let table = s.routing_table(&[]).unwrap();
+        let route = table.route(&m.shard).unwrap();
+        assert!(route.moving);
+        assert_eq!(route.owner.as_ref().map(|o| o.id), Some(m.from));
+
+        let epoch = s.flip(m.move_id, ok).unwrap();
+        assert_eq!(epoch, 2);
+        assert_eq!(s.owners[&m.shard], m.to);
+        let drop = PendingDrop {
+            broker: m.from,
+            shard: m.shard.clone(),
+            epoch,
+        };
+        s.finish(m.move_id, MovePhase::Done, None, 2, Some(drop), ok)
+            .unwrap();
+        assert!(
+            !s.routing_table(&[])
+                .unwrap()
+                .route(&m.shard)
+                .unwrap()
+                .moving
+        );
+        let (due, moot) = s.drops_due();
+        assert_eq!(due.len(), 1);
+        assert!(moot.is_empty());
+        let status = s.status(now);
+        assert_eq!(status.moves.len(), 2);
+        assert_eq!(status.moves.last().unwrap().phase, MovePhase::Done);
+
+        // Drive the rest to the end: the actual assignment becomes the desired one.
+        for _ in 0..32 {
+            let ids: Vec<u64> = s.moves.keys().copied().collect();
+            for id in ids {
+                s.flip(id, ok).unwrap();
+                s.finish(id, MovePhase::Done, None, 3, None, ok).unwrap();
+            }
+            s.plan_moves(2, now, 3, ok).unwrap();
+        }
+        let after: Assignment = s.owners.iter().map(|(k, o)| (k.key(), *o)).collect();
+        assert_eq!(after, s.desired(&[]).unwrap());
+        let moved: Vec<String> = s.history.iter().map(|m| m.shard.key()).collect();
+        assert_eq!(
+            moved,
+            want.iter().map(|m| m.shard.clone()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn no_move_from_or_to_a_down_broker_and_rollback_backs_off() {
+        let mut s = state(&[1, 2]);
+        s.create_topic("t", 16, ok).unwrap();
+        s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
+            .unwrap();
+        let t0 = Instant::now();
+        s.members.get_mut(&3).unwrap().status = BrokerStatus::Down;
+        // Inspect what would be planned, then refuse to persist it so nothing changes.
+        let _ = s.plan_moves(16, t0, 1, |ops| {
+            for op in ops {
+                if let Op::PutMove(m) = op {
+                    assert!(m.from != 3 && m.to != 3, "{m:?}");
+                }
+            }
+            Err(ErrorKind::Internal {
+                reason: "dry run".into(),
+            })
+        });
+        assert!(s.moves.is_empty());
+        s.members.get_mut(&3).unwrap().status = BrokerStatus::Up;
+        let m = s.plan_moves(1, t0, 1, ok).unwrap().remove(0);
+        let drop = PendingDrop {
+            broker: 3,
+            shard: m.shard.clone(),
+            epoch: s.epoch,
+        };
+        s.retry_after
+            .insert(m.shard.clone(), t0 + Duration::from_secs(5));
+        s.finish(
+            m.move_id,
+            MovePhase::RolledBack,
+            Some("x".into()),
+            2,
+            Some(drop),
+            ok,
+        )
+        .unwrap();
+        assert_eq!(s.owners[&m.shard], m.from);
+        let next = s.plan_moves(1, t0, 2, ok).unwrap();
+        assert!(next.iter().all(|n| n.shard != m.shard));
+        assert!(next.iter().all(|n| n.move_id > m.move_id));
+    }
+
+    #[test]
+    fn graceful_leave_drains_then_removes() {
+        let mut s = state(&[1]);
+        s.create_topic("t", 4, ok).unwrap();
+        assert!(matches!(s.leave(1, ok), Err(ErrorKind::BadRequest { .. })));
+        s.register(2, "127.0.0.1:9002".into(), 1, Instant::now())
+            .unwrap();
+        let l = s.leave(1, ok).unwrap();
+        assert_eq!((l.shards.len(), l.removed), (4, false));
+        assert_eq!(s.brokers(Instant::now())[0].status, BrokerStatus::Leaving);
+        assert!(s.desired(&[]).unwrap().values().all(|o| *o == 2));
+        let now = Instant::now();
+        for _ in 0..4 {
+            for m in s.plan_moves(2, now, 1, ok).unwrap() {
+                assert!(s.reap_leavers(ok).unwrap().is_empty());
+                s.flip(m.move_id, ok).unwrap();
+                s.finish(m.move_id, MovePhase::Done, None, 2, None, ok)
+                    .unwrap();
+            }
+        }
+        assert_eq!(s.reap_leavers(ok).unwrap(), vec![1]);
+        assert!(!s.members.contains_key(&1));
+        assert!(s.owners.values().all(|o| *o == 2));
+        // Owning nothing: removed at once.
+        s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
+            .unwrap();
+        assert!(s.leave(3, ok).unwrap().removed);
     }
 
     #[test]

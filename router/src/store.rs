@@ -113,14 +113,23 @@ pub enum Op {
     Ring(RingConfig),
     PutMember(MemberRecord),
     DeleteMember(BrokerId),
-    PutTopic { name: String, partitions: u32 },
-    PutOwner { shard: ShardId, owner: BrokerId },
+    PutTopic {
+        name: String,
+        partitions: u32,
+    },
+    PutOwner {
+        shard: ShardId,
+        owner: BrokerId,
+    },
     PutMove(MoveRecord),
     DeleteMove(u64),
     /// The next move id to hand out.
     MoveSeq(u64),
     PutDrop(PendingDrop),
-    DeleteDrop { broker: BrokerId, shard: ShardId },
+    DeleteDrop {
+        broker: BrokerId,
+        shard: ShardId,
+    },
 }
 
 /// Everything loaded back at start-up.
@@ -165,10 +174,9 @@ impl Store {
                 reason,
             };
             if key.as_ref() == EPOCH || key.as_ref() == MOVE_SEQ {
-                let bytes: [u8; 8] = value
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt(format!("counter has {} bytes, expected 8", value.len())))?;
+                let bytes: [u8; 8] = value.as_ref().try_into().map_err(|_| {
+                    corrupt(format!("counter has {} bytes, expected 8", value.len()))
+                })?;
                 if key.as_ref() == EPOCH {
                     snap.epoch = u64::from_be_bytes(bytes);
                 } else {
