@@ -35,11 +35,15 @@ pub struct UpArgs {
     pub router_args: Vec<String>,
 }
 
+/// `DATA/cluster.json`: where everything listens, for scripts and tests.
 #[derive(Serialize)]
 struct ClusterFile {
     router: String,
+    router_pid: Option<u32>,
+    /// (id, address) per broker.
     brokers: Vec<(u32, String)>,
-    pids: Vec<u32>,
+    /// (id, pid) per broker.
+    broker_pids: Vec<(u32, u32)>,
 }
 
 struct Proc {
@@ -371,16 +375,18 @@ pub async fn run(args: UpArgs) -> Result<()> {
 }
 
 fn write_cluster_file(data: &Path, procs: &[Proc]) -> Result<()> {
+    let broker_id = |p: &Proc| p.name.strip_prefix("broker-")?.parse::<u32>().ok();
     let file = ClusterFile {
         router: procs[0].addr.clone(),
+        router_pid: procs[0].child.id(),
         brokers: procs[1..]
             .iter()
-            .filter_map(|p| {
-                let id = p.name.strip_prefix("broker-")?.parse().ok()?;
-                Some((id, p.addr.clone()))
-            })
+            .filter_map(|p| Some((broker_id(p)?, p.addr.clone())))
             .collect(),
-        pids: procs.iter().filter_map(|p| p.child.id()).collect(),
+        broker_pids: procs[1..]
+            .iter()
+            .filter_map(|p| Some((broker_id(p)?, p.child.id()?)))
+            .collect(),
     };
     let tmp = data.join("cluster.json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&file)?)?;

@@ -93,3 +93,98 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A cluster of real processes under `shardq up` (router + brokers as children), for tests that
+/// kill processes. Stopped (SIGTERM, then kill) on `stop` or drop.
+pub struct UpCluster {
+    pub dir: tempfile::TempDir,
+    pub child: tokio::process::Child,
+    pub router: String,
+}
+
+impl UpCluster {
+    pub async fn start(brokers: u32, extra: &[&str]) -> UpCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
+            .args([
+                "up",
+                "--brokers",
+                &brokers.to_string(),
+                "--port",
+                "0",
+                "--data",
+            ])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("shardq up starts");
+        let mut router = None;
+        let path = dir.path().to_path_buf();
+        wait_until(Duration::from_secs(60), "cluster.json", || {
+            router = read_cluster(&path).and_then(|v| v["router"].as_str().map(str::to_string));
+            let ok = router.is_some();
+            async move { ok }
+        })
+        .await;
+        UpCluster {
+            dir,
+            child,
+            router: router.expect("router address"),
+        }
+    }
+
+    pub fn info(&self) -> serde_json::Value {
+        read_cluster(self.dir.path()).expect("cluster.json readable")
+    }
+
+    pub fn router_pid(&self) -> i32 {
+        self.info()["router_pid"].as_u64().expect("router pid") as i32
+    }
+
+    pub fn broker_pid(&self, id: u32) -> Option<i32> {
+        self.info()["broker_pids"]
+            .as_array()?
+            .iter()
+            .find(|p| p[0].as_u64() == Some(id as u64))
+            .and_then(|p| p[1].as_u64())
+            .map(|p| p as i32)
+    }
+
+    pub fn broker_addrs(&self) -> Vec<(u32, String)> {
+        self.info()["brokers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| Some((b[0].as_u64()? as u32, b[1].as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        assert!(
+            matches!(status, Ok(Ok(s)) if s.success()),
+            "shardq up did not stop cleanly: {status:?}"
+        );
+    }
+}
+
+fn read_cluster(dir: &std::path::Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("cluster.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+pub fn kill9(pid: i32) {
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}

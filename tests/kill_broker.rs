@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,41 +14,11 @@ use shardq_consumer::{Consumer, ConsumerConfig};
 use shardq_producer::{Producer, ProducerConfig};
 use shardq_protocol::{ShardId, ShardSpec};
 
-fn cluster_file(dir: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join("cluster.json")).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_sigkill_of_a_broker() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut up = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
-        .args([
-            "up",
-            "--brokers",
-            "2",
-            "--port",
-            "0",
-            "--fsync",
-            "always",
-            "--data",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut info = None;
-    common::wait_until(Duration::from_secs(60), "cluster.json", || {
-        info = cluster_file(dir.path());
-        let ok = info.is_some();
-        async move { ok }
-    })
-    .await;
-    let info = info.unwrap();
-    let router = info["router"].as_str().unwrap().to_string();
-    let broker1_pid = info["pids"][1].as_u64().unwrap() as i32;
+    let up = common::UpCluster::start(2, &["--fsync", "always"]).await;
+    let router = up.router.clone();
+    let broker1_pid = up.broker_pid(1).expect("broker 1 running");
 
     let admin = shardq::admin::client(&router).await.unwrap();
     admin
@@ -102,9 +70,7 @@ async fn acknowledged_records_survive_sigkill_of_a_broker() {
         async move { n >= 3_000 }
     })
     .await;
-    unsafe {
-        libc::kill(broker1_pid, libc::SIGKILL);
-    }
+    common::kill9(broker1_pid);
     let results = send.await.unwrap();
     let mut expected: HashMap<String, (ShardId, u64)> = HashMap::new();
     let mut failed = 0;
@@ -122,10 +88,9 @@ async fn acknowledged_records_survive_sigkill_of_a_broker() {
     );
     assert!(acked.load(Ordering::Relaxed) >= total);
     // The supervisor restarted broker 1 (new pid).
-    let info = cluster_file(dir.path()).unwrap();
     assert_ne!(
-        info["pids"][1].as_u64().unwrap() as i32,
-        broker1_pid,
+        up.broker_pid(1),
+        Some(broker1_pid),
         "broker 1 was not restarted"
     );
 
@@ -162,12 +127,5 @@ async fn acknowledged_records_survive_sigkill_of_a_broker() {
             "{shard}: offsets not dense"
         );
     }
-    unsafe {
-        libc::kill(up.id().unwrap() as i32, libc::SIGTERM);
-    }
-    let status = tokio::time::timeout(Duration::from_secs(30), up.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "shardq up exited with {status}");
+    up.stop().await;
 }

@@ -58,6 +58,11 @@ pub struct BrokerArgs {
     /// Largest record (key + value) accepted, in bytes; larger ones are refused with RecordTooLarge.
     #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
+
+    /// Throttle each incoming shard move to this many MB/s (0 = unthrottled), leaving bandwidth
+    /// and disk for producers and consumers while shards migrate.
+    #[arg(long, default_value_t = 0.0)]
+    pub move_max_mbps: f64,
 }
 
 impl BrokerArgs {
@@ -78,6 +83,8 @@ impl BrokerArgs {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             max_frame: self.max_frame_bytes,
             max_record_bytes: self.max_record_bytes,
+            move_rate_limit: (self.move_max_mbps > 0.0)
+                .then(|| (self.move_max_mbps * 1e6).max(1.0) as u64),
         }
     }
 }

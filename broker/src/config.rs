@@ -93,6 +93,8 @@ pub struct BrokerConfig {
     pub heartbeat: Duration,
     pub max_frame: usize,
     pub max_record_bytes: usize,
+    /// Bytes per second one incoming shard move may copy (None: unthrottled).
+    pub move_rate_limit: Option<u64>,
 }
 
 impl BrokerConfig {
@@ -109,6 +111,7 @@ impl BrokerConfig {
             heartbeat: DEFAULT_HEARTBEAT,
             max_frame: DEFAULT_MAX_FRAME,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            move_rate_limit: None,
         }
     }
 }

@@ -294,6 +294,8 @@ pub struct ImportCtx {
     pub durability: Arc<Durability>,
     pub max_frame: usize,
     pub broker_id: u32,
+    /// Bytes per second this import may copy (None: unthrottled).
+    pub rate_limit: Option<u64>,
 }
 
 /// Starts `job`'s copy task, once the tasks of `superseded` moves of the same shard have ended
@@ -516,7 +518,16 @@ async fn copy_from(
     }
     // Bytes written since the last flush, roughly: decides a flush before the fence.
     let mut unflushed: u64 = 0;
+    let (started, mut copied) = (tokio::time::Instant::now(), 0u64);
     loop {
+        if let Some(rate) = ctx.rate_limit {
+            // Throttle: do not get ahead of `rate` bytes per second since this attempt began.
+            let due = started + Duration::from_secs_f64(copied as f64 / rate as f64);
+            tokio::select! {
+                _ = job.cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = tokio::time::sleep_until(due) => {}
+            }
+        }
         let (batches, end, fenced) = source.export(from).await?;
         job.set_error(None);
         let (records, bytes) = chunk_size(&batches);
@@ -531,6 +542,7 @@ async fn copy_from(
             )));
         }
         unflushed = unflushed.saturating_add(bytes);
+        copied = copied.saturating_add(bytes);
         from = chunk_end;
         if fenced {
             // Fenced already (a resumed move): its end is final; the fence below is a no-op.

@@ -210,6 +210,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             config.max_frame,
             shutdown.clone(),
         )
+        .map(|b| b.with_move_rate_limit(config.move_rate_limit))
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot load the shards in {}: {e}",

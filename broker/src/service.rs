@@ -49,6 +49,8 @@ pub struct Broker {
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
     /// The broker's shutdown; import tasks stop with it.
     shutdown: CancellationToken,
+    /// Cap on the bytes per second one import copies (None: as fast as it goes).
+    move_rate_limit: Option<u64>,
 }
 
 fn ready_result(r: Result<Response, ErrorKind>) -> ServiceFuture {
@@ -101,7 +103,14 @@ impl Broker {
             imports: Arc::new(imports),
             jobs: Mutex::new(HashMap::new()),
             shutdown,
+            move_rate_limit: None,
         })
+    }
+
+    /// Throttles imports so a migration leaves bandwidth and disk for clients.
+    pub(crate) fn with_move_rate_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.move_rate_limit = bytes_per_sec.filter(|r| *r > 0);
+        self
     }
 
     pub fn id(&self) -> BrokerId {
@@ -504,6 +513,7 @@ impl Broker {
             durability: self.durability.clone(),
             max_frame: self.max_frame,
             broker_id: self.id,
+            rate_limit: self.move_rate_limit,
         };
         import::spawn(job, ctx, superseded);
         Ok(Response::Ok)
