@@ -6,7 +6,7 @@ BIN="$ROOT/target/release"
 
 build() {
     echo "building (cargo build --release) ..."
-    (cd "$ROOT" && cargo build --release --quiet --bins)
+    (cd "$ROOT" && cargo build --release --quiet --workspace --bins)
 }
 
 # wait_for_file PATH SECONDS

@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 RATE=${RATE:-400}
-SECS=${SECS:-40}
+SECS=${SECS:-25}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shardq-migrate.XXXXXX")
 cleanup() {
     for pid in ${LOAD_PIDS:-}; do kill -TERM "$pid" 2>/dev/null || true; done

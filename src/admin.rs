@@ -405,15 +405,15 @@ pub async fn moves(bootstrap: &str) -> Result<()> {
 
 pub fn render_moves(st: &ClusterStatus) -> String {
     let mut s = format!(
-        "{:<6} {:<20} {:>4} {:>4} {:<10} {:>10} {:>10} {:>9} {:>9}\n",
-        "move", "shard", "from", "to", "phase", "records", "bytes", "took ms", "pause ms"
+        "{:<6} {:<20} {:>4} {:>4} {:<10} {:>10} {:>10} {:>9} {:>8} {:>9}\n",
+        "move", "shard", "from", "to", "phase", "records", "bytes", "took ms", "MB/s", "pause ms"
     );
     let mut pauses = Vec::new();
     let (mut bytes, mut took_ms, mut done) = (0u64, 0u64, 0usize);
     for m in &st.moves {
         let took = m.finished_ms.map(|f| f.saturating_sub(m.started_ms));
         s.push_str(&format!(
-            "#{:<5} {:<20} {:>4} {:>4} {:<10} {:>10} {:>10} {:>9} {:>9}\n",
+            "#{:<5} {:<20} {:>4} {:>4} {:<10} {:>10} {:>10} {:>9} {:>8} {:>9}\n",
             m.move_id,
             m.shard.to_string(),
             m.from.map_or("-".into(), |f| f.to_string()),
@@ -422,6 +422,8 @@ pub fn render_moves(st: &ClusterStatus) -> String {
             m.records_copied,
             human_bytes(m.bytes_copied),
             took.map_or("-".into(), |t| t.to_string()),
+            took.filter(|t| *t > 0)
+                .map_or("-".into(), |t| format!("{:.1}", m.bytes_copied as f64 / 1e3 / t as f64)),
             m.write_pause_ms.map_or("-".into(), |p| p.to_string()),
         ));
         if m.phase == MovePhase::Done {
