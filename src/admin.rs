@@ -381,7 +381,18 @@ pub async fn wait_drained(bootstrap: &str, id: u32, timeout: std::time::Duration
                     )
             })
             .count();
-        let line = format!("broker {id}: {owned} shard(s) left, {moving} moving");
+        let down = st
+            .brokers
+            .iter()
+            .any(|b| b.addr.id == id && b.status == BrokerStatus::Down);
+        let line = if down && owned > 0 {
+            format!(
+                "broker {id}: {owned} shard(s) left, but it is DOWN: its shards cannot be copied until it \
+                 returns (`shardq broker remove {id} --force` gives up their data)"
+            )
+        } else {
+            format!("broker {id}: {owned} shard(s) left, {moving} moving")
+        };
         if line != last {
             println!("{line}");
             last = line;
@@ -422,8 +433,10 @@ pub fn render_moves(st: &ClusterStatus) -> String {
             m.records_copied,
             human_bytes(m.bytes_copied),
             took.map_or("-".into(), |t| t.to_string()),
-            took.filter(|t| *t > 0)
-                .map_or("-".into(), |t| format!("{:.1}", m.bytes_copied as f64 / 1e3 / t as f64)),
+            took.filter(|t| *t > 0).map_or("-".into(), |t| format!(
+                "{:.1}",
+                m.bytes_copied as f64 / 1e3 / t as f64
+            )),
             m.write_pause_ms.map_or("-".into(), |p| p.to_string()),
         ));
         if m.phase == MovePhase::Done {
