@@ -45,3 +45,14 @@ stop_cluster() {
     fi
     UP_PID=
 }
+
+# verdict NAME STATUS: prints NAME: PASS, or NAME: FAIL and keeps $WORK for a look; exits accordingly.
+verdict() {
+    local name=$1 status=$2
+    if [[ $status -ne 0 ]]; then
+        echo "$name: FAIL (logs kept in $WORK)"
+        KEEP=1
+        exit 1
+    fi
+    echo "$name: PASS"
+}

@@ -81,9 +81,4 @@ echo "--- verify"
 if ! "$BIN/shardq" verify --log-dir "$LOGS" --consumer '1=D1:*,D2:*,D3:*' --consumer '2=D2:*,D3:P1,D3:P5'; then
     status=1
 fi
-if [[ $status -ne 0 ]]; then
-    echo "migrate demo: FAIL (logs kept in $WORK)"
-    KEEP=1
-    exit 1
-fi
-echo "migrate demo: PASS"
+verdict "migrate demo" "$status"

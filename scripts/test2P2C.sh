@@ -46,9 +46,4 @@ echo "--- verify"
 if ! "$BIN/shardq" verify --log-dir "$LOGS" --consumer '1=T1:P1,T2:P1,T1:P2,T2:P2' --consumer '2=T1:*,T2:*'; then
     status=1
 fi
-if [[ $status -ne 0 ]]; then
-    echo "2P2C: FAIL (logs kept in $WORK)"
-    KEEP=1
-    exit 1
-fi
-echo "2P2C: PASS"
+verdict "2P2C" "$status"

@@ -177,12 +177,8 @@ pub fn render_status(st: &ClusterStatus) -> String {
         s.push_str("\nmoves in flight:\n");
         for m in &active {
             s.push_str(&format!(
-                "  #{:<4} {:<20} {} -> {}  {:<10} copied {} records / {}, lag {}\n",
-                m.move_id,
-                m.shard.to_string(),
-                m.from.map_or("-".into(), |f| f.to_string()),
-                m.to,
-                format!("{:?}", m.phase),
+                "  {} copied {} records / {}, lag {}\n",
+                move_head(m),
                 m.records_copied,
                 human_bytes(m.bytes_copied),
                 m.lag,
@@ -197,12 +193,8 @@ pub fn render_status(st: &ClusterStatus) -> String {
                 .map(|f| format!("{} ms", f.saturating_sub(m.started_ms)))
                 .unwrap_or_else(|| "?".into());
             s.push_str(&format!(
-                "  #{:<4} {:<20} {} -> {}  {:<10} {} records / {} in {}, write pause {}{}\n",
-                m.move_id,
-                m.shard.to_string(),
-                m.from.map_or("-".into(), |f| f.to_string()),
-                m.to,
-                format!("{:?}", m.phase),
+                "  {} {} records / {} in {}, write pause {}{}\n",
+                move_head(m),
                 m.records_copied,
                 human_bytes(m.bytes_copied),
                 took,
@@ -298,6 +290,18 @@ pub async fn broker_remove(bootstrap: &str, id: u32, force: bool) -> Result<()> 
         }
         other => bail!("unexpected answer {}", other.name()),
     }
+}
+
+/// `#12  T1:P3  2 -> 4  Copying   `: which move, of what, where, and how far.
+fn move_head(m: &shardq_protocol::MoveProgress) -> String {
+    format!(
+        "#{:<4} {:<20} {} -> {}  {:<10}",
+        m.move_id,
+        m.shard.to_string(),
+        m.from.map_or("-".into(), |f| f.to_string()),
+        m.to,
+        format!("{:?}", m.phase)
+    )
 }
 
 pub fn human_bytes(b: u64) -> String {

@@ -130,35 +130,46 @@ fn ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
     (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1e6)
 }
 
-/// Consumers split the partitions; each returns when the shared count reaches `total`.
-#[allow(clippy::too_many_arguments)]
-async fn run_consumers(
-    bootstrap: &str,
-    topic: &str,
-    partitions: u32,
-    consumers: u32,
-    group: &str,
-    from: StartFrom,
-    total: u64,
+/// The consuming side of one run: a fresh topic, consumers splitting its partitions (each returns
+/// once the shared count reaches the run's total), and their latency and finish time.
+struct Consumers {
+    topic: String,
+    /// Send timestamps in values are nanoseconds since this instant.
     epoch: Instant,
-    ready: Arc<tokio::sync::Barrier>,
-) -> Result<(
-    Vec<tokio::task::JoinHandle<Result<()>>>,
-    Arc<AtomicU64>,
-    Arc<Mutex<Histogram<u64>>>,
-    Arc<Mutex<Option<Instant>>>,
-)> {
+    tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+    latency: Arc<Mutex<Histogram<u64>>>,
+    last: Arc<Mutex<Option<Instant>>>,
+}
+
+/// Creates the run's topic and starts its consumers; returns once they are all polling.
+async fn start_consumers(
+    args: &BenchArgs,
+    bootstrap: &str,
+    kind: &str,
+    total: u64,
+) -> Result<Consumers> {
+    let topic = format!("bench-{kind}-{}", std::process::id());
+    crate::admin::client(bootstrap)
+        .await?
+        .admin(shardq_protocol::Request::CreateTopic {
+            name: topic.clone(),
+            partitions: args.partitions,
+        })
+        .await?;
+    let epoch = Instant::now();
+    let n = args.consumers.min(args.partitions);
+    let ready = Arc::new(tokio::sync::Barrier::new(n as usize + 1));
     let consumed = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(hist()));
     let last = Arc::new(Mutex::new(None));
     let mut tasks = Vec::new();
-    for c in 0..consumers.min(partitions) {
-        let subs: Vec<ShardSpec> = (1..=partitions)
-            .filter(|p| (p - 1) % consumers.min(partitions) == c)
-            .map(|p| ShardSpec::One(ShardId::new(topic, p)))
+    for c in 0..n {
+        let subs: Vec<ShardSpec> = (1..=args.partitions)
+            .filter(|p| (p - 1) % n == c)
+            .map(|p| ShardSpec::One(ShardId::new(&topic, p)))
             .collect();
-        let mut cfg = ConsumerConfig::new(bootstrap, group, subs);
-        cfg.from = from;
+        let mut cfg = ConsumerConfig::new(bootstrap, "bench", subs);
+        cfg.from = StartFrom::Earliest;
         cfg.max_wait = Duration::from_millis(200);
         let (consumed, lat, last, ready) =
             (consumed.clone(), lat.clone(), last.clone(), ready.clone());
@@ -192,35 +203,24 @@ async fn run_consumers(
             Ok(())
         }));
     }
-    Ok((tasks, consumed, lat, last))
+    ready.wait().await;
+    Ok(Consumers {
+        topic,
+        epoch,
+        tasks,
+        latency: lat,
+        last,
+    })
 }
 
 async fn throughput(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) -> Result<()> {
-    let topic = format!("bench-t-{}", std::process::id());
-    crate::admin::client(bootstrap)
-        .await?
-        .admin(shardq_protocol::Request::CreateTopic {
-            name: topic.clone(),
-            partitions: args.partitions,
-        })
-        .await?;
-    let epoch = Instant::now();
-    let ready = Arc::new(tokio::sync::Barrier::new(
-        args.consumers.min(args.partitions) as usize + 1,
-    ));
-    let (ctasks, _, _, last) = run_consumers(
-        bootstrap,
-        &topic,
-        args.partitions,
-        args.consumers,
-        "bench",
-        StartFrom::Earliest,
-        args.count,
+    let Consumers {
+        topic,
         epoch,
-        ready.clone(),
-    )
-    .await?;
-    ready.wait().await;
+        tasks: ctasks,
+        last,
+        ..
+    } = start_consumers(args, bootstrap, "t", args.count).await?;
     let filler = Bytes::from(vec![b'x'; args.size]);
     let start = Instant::now();
     let mut ptasks = Vec::new();
@@ -278,32 +278,14 @@ async fn throughput(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) ->
 }
 
 async fn latency(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) -> Result<()> {
-    let topic = format!("bench-l-{}", std::process::id());
-    crate::admin::client(bootstrap)
-        .await?
-        .admin(shardq_protocol::Request::CreateTopic {
-            name: topic.clone(),
-            partitions: args.partitions,
-        })
-        .await?;
     let total = args.rate * args.latency_secs;
-    let epoch = Instant::now();
-    let ready = Arc::new(tokio::sync::Barrier::new(
-        args.consumers.min(args.partitions) as usize + 1,
-    ));
-    let (ctasks, _, e2e_lat, _) = run_consumers(
-        bootstrap,
-        &topic,
-        args.partitions,
-        args.consumers,
-        "bench",
-        StartFrom::Earliest,
-        total,
+    let Consumers {
+        topic,
         epoch,
-        ready.clone(),
-    )
-    .await?;
-    ready.wait().await;
+        tasks: ctasks,
+        latency: e2e_lat,
+        ..
+    } = start_consumers(args, bootstrap, "l", total).await?;
     let mut cfg = ProducerConfig::new(bootstrap);
     cfg.linger = Duration::ZERO;
     let producer = Arc::new(Producer::connect(cfg).await?);

@@ -7,9 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use clap::Parser;
-use shardq::verify::{verify, VerifySpec};
-use shardq_protocol::{CancellationToken, ClusterStatus, MovePhase, Request, Response};
+use shardq_protocol::{ClusterStatus, MovePhase, Request, Response};
 use shardq_ring::{Member, Ring, RingConfig};
 
 async fn status(client: &shardq_protocol::cluster::ClusterClient) -> ClusterStatus {
@@ -117,50 +115,12 @@ async fn join_join_leave_under_load_loses_nothing_and_moves_exactly_the_diff() {
         }
         std::fs::write(logs.path().join(format!("producer_{p}.txt")), text).unwrap();
     }
-    let addr = cluster.addr();
-    let dir = logs.path().display().to_string();
-    let consumer = |id: &str, topics: &[&str]| {
-        let mut argv = vec![
-            "runconsume",
-            "--id",
-            id,
-            "--broker",
-            &addr,
-            "--log_loc",
-            &dir,
-            "--idle-timeout",
-            "8",
-            "--topics",
-        ];
-        argv.extend_from_slice(topics);
-        let args = shardq_consumer::cli::Args::try_parse_from(argv).unwrap();
-        tokio::spawn(shardq_consumer::cli::run(args, CancellationToken::new()))
-    };
-    let c1 = consumer("1", &["M1:*", "M2:*"]);
-    let c2 = consumer("2", &["M2:*", "M1:P3"]);
+    let (addr, dir) = (cluster.addr(), logs.path());
+    let c1 = common::spawn_consumer(&addr, dir, 1, &["M1:*", "M2:*"], 8);
+    let c2 = common::spawn_consumer(&addr, dir, 2, &["M2:*", "M1:P3"], 8);
+    let extra = ["--rate", "500", "--timeout-secs", "60"];
     let producers: Vec<_> = (1..=2)
-        .map(|p| {
-            let id = p.to_string();
-            let argv = [
-                "runproduce",
-                "--id",
-                &id,
-                "--broker",
-                &addr,
-                "--log_loc",
-                &dir,
-                "--ack-log",
-                "--rate",
-                "500",
-                "--timeout-secs",
-                "60",
-                "--topics",
-                "M1:*",
-                "M2:*",
-            ];
-            let args = shardq_producer::cli::Args::try_parse_from(argv).unwrap();
-            tokio::spawn(shardq_producer::cli::run(args))
-        })
+        .map(|p| common::spawn_producer(&addr, dir, p, &["M1:*", "M2:*"], &extra))
         .collect();
     let consumed = logs.path().join("consumer_1.txt");
     common::wait_until(Duration::from_secs(30), "records flowing", || {
@@ -236,16 +196,7 @@ async fn join_join_leave_under_load_loses_nothing_and_moves_exactly_the_diff() {
     for c in [c1, c2] {
         c.await.unwrap().expect("consumer runs");
     }
-    let spec = VerifySpec {
-        dir: logs.path().to_path_buf(),
-        producers: vec![],
-        consumers: vec![
-            (1, vec!["M1:*".parse().unwrap(), "M2:*".parse().unwrap()]),
-            (2, vec!["M2:*".parse().unwrap(), "M1:P3".parse().unwrap()]),
-        ],
-    };
-    let report = verify(&spec).unwrap();
-    assert!(report.passed(), "{}", report.render());
+    let report = common::verify_passes(dir, &[(1, &["M1:*", "M2:*"]), (2, &["M2:*", "M1:P3"])]);
     assert_eq!(report.produced, 8000);
     assert_eq!(report.unresolved, 0);
     cluster.stop().await;

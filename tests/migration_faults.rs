@@ -8,15 +8,12 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
 use common::UpCluster;
-use shardq::verify::{verify, VerifySpec};
 use shardq_consumer::{Consumer, ConsumerConfig};
 use shardq_producer::{Producer, ProducerConfig};
 use shardq_protocol::cluster::ClusterClient;
 use shardq_protocol::{
-    CancellationToken, ClusterStatus, Connection, ConnectionConfig, MovePhase, Request, Response,
-    ShardId, ShardSpec,
+    ClusterStatus, Connection, ConnectionConfig, MovePhase, Request, Response, ShardId, ShardSpec,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -93,50 +90,13 @@ async fn scenario(victim: Victim) {
             .collect();
         std::fs::write(logs.path().join(format!("producer_{p}.txt")), text).unwrap();
     }
-    let (addr, dir) = (up.router.clone(), logs.path().display().to_string());
-    let consumers: Vec<_> = [("1", vec!["F:*"]), ("2", vec!["F:P2", "F:P5"])]
-        .into_iter()
-        .map(|(id, topics)| {
-            let mut argv = vec![
-                "runconsume",
-                "--id",
-                id,
-                "--broker",
-                &addr,
-                "--log_loc",
-                &dir,
-                "--idle-timeout",
-                "10",
-                "--topics",
-            ];
-            argv.extend(topics);
-            let args = shardq_consumer::cli::Args::try_parse_from(argv).unwrap();
-            tokio::spawn(shardq_consumer::cli::run(args, CancellationToken::new()))
-        })
-        .collect();
-    let producers: Vec<_> = ["1", "2"]
-        .into_iter()
-        .map(|id| {
-            let argv = [
-                "runproduce",
-                "--id",
-                id,
-                "--broker",
-                &addr,
-                "--log_loc",
-                &dir,
-                "--ack-log",
-                "--rate",
-                "250",
-                "--timeout-secs",
-                "90",
-                "--topics",
-                "F:*",
-            ];
-            let args = shardq_producer::cli::Args::try_parse_from(argv).unwrap();
-            tokio::spawn(shardq_producer::cli::run(args))
-        })
-        .collect();
+    let (addr, dir) = (up.router.clone(), logs.path());
+    let consumers = [
+        common::spawn_consumer(&addr, dir, 1, &["F:*"], 10),
+        common::spawn_consumer(&addr, dir, 2, &["F:P2", "F:P5"], 10),
+    ];
+    let extra = ["--rate", "250", "--timeout-secs", "90"];
+    let producers = [1, 2].map(|p| common::spawn_producer(&addr, dir, p, &["F:*"], &extra));
 
     // Broker 3 joins; wait for a move of a Big shard to it to be copying, then kill the victim.
     let (id, _) = shardq::up::request_broker(up.dir.path()).await.unwrap();
@@ -248,16 +208,7 @@ async fn scenario(victim: Victim) {
     for c in consumers {
         c.await.unwrap().expect("consumer runs");
     }
-    let spec = VerifySpec {
-        dir: logs.path().to_path_buf(),
-        producers: vec![],
-        consumers: vec![
-            (1, vec!["F:*".parse().unwrap()]),
-            (2, vec!["F:P2".parse().unwrap(), "F:P5".parse().unwrap()]),
-        ],
-    };
-    let report = verify(&spec).unwrap();
-    assert!(report.passed(), "{}", report.render());
+    let report = common::verify_passes(dir, &[(1, &["F:*"]), (2, &["F:P2", "F:P5"])]);
     assert_eq!(report.produced, 5000);
 
     // The preloaded data is all there, once, at dense offsets.

@@ -188,3 +188,90 @@ pub fn kill9(pid: i32) {
         libc::kill(pid, libc::SIGKILL);
     }
 }
+
+/// Runs `runconsume --id ID --topics ...` (in process) against `addr`, writing into `dir`.
+pub fn spawn_consumer(
+    addr: &str,
+    dir: &std::path::Path,
+    id: u32,
+    topics: &[&str],
+    idle_secs: u32,
+) -> tokio::task::JoinHandle<anyhow::Result<shardq_consumer::cli::Summary>> {
+    use clap::Parser;
+    let (id, idle, dir) = (
+        id.to_string(),
+        idle_secs.to_string(),
+        dir.display().to_string(),
+    );
+    let mut argv = vec![
+        "runconsume",
+        "--id",
+        &id,
+        "--broker",
+        addr,
+        "--log_loc",
+        &dir,
+        "--idle-timeout",
+        &idle,
+        "--topics",
+    ];
+    argv.extend_from_slice(topics);
+    let args = shardq_consumer::cli::Args::try_parse_from(argv).expect("runconsume arguments");
+    tokio::spawn(shardq_consumer::cli::run(
+        args,
+        shardq_protocol::CancellationToken::new(),
+    ))
+}
+
+/// Runs `runproduce --id ID --ack-log --topics ... EXTRA...` (in process) on `dir/producer_ID.txt`.
+pub fn spawn_producer(
+    addr: &str,
+    dir: &std::path::Path,
+    id: u32,
+    topics: &[&str],
+    extra: &[&str],
+) -> tokio::task::JoinHandle<anyhow::Result<shardq_producer::cli::Summary>> {
+    use clap::Parser;
+    let (id, dir) = (id.to_string(), dir.display().to_string());
+    let mut argv = vec![
+        "runproduce",
+        "--id",
+        &id,
+        "--broker",
+        addr,
+        "--log_loc",
+        &dir,
+        "--ack-log",
+    ];
+    argv.extend_from_slice(extra);
+    argv.push("--topics");
+    argv.extend_from_slice(topics);
+    let args = shardq_producer::cli::Args::try_parse_from(argv).expect("runproduce arguments");
+    tokio::spawn(shardq_producer::cli::run(args))
+}
+
+/// Runs the verifier over `dir` for these consumers and their subscriptions; panics with its
+/// report unless it passes.
+pub fn verify_passes(
+    dir: &std::path::Path,
+    consumers: &[(u32, &[&str])],
+) -> shardq::verify::VerifyReport {
+    let spec = shardq::verify::VerifySpec {
+        dir: dir.to_path_buf(),
+        producers: vec![],
+        consumers: consumers
+            .iter()
+            .map(|(id, subs)| {
+                (
+                    *id,
+                    subs.iter()
+                        .map(|s| s.parse().expect("shard spec"))
+                        .collect(),
+                )
+            })
+            .collect(),
+    };
+    let report = shardq::verify::verify(&spec).expect("verifier reads the files");
+    assert!(report.passed(), "{}", report.render());
+    report
+}
