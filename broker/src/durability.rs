@@ -46,6 +46,14 @@ impl Durability {
         })
     }
 
+    /// Whether consumers may only read flushed records: under `always` an acknowledgement means
+    /// "on disk", and a consumer must not see (and commit past) what a crash could still take back.
+    /// Under the other policies a crash may lose the last unflushed records anyway, and fetches
+    /// serve them at once, as Kafka does without replication.
+    pub fn reads_wait_for_flush(&self) -> bool {
+        self.policy == FsyncPolicy::Always
+    }
+
     /// Records that a write has been applied; call after the sled write returned.
     pub fn note_write(&self) -> u64 {
         self.written.fetch_add(1, Ordering::AcqRel) + 1

@@ -345,6 +345,8 @@ impl Broker {
             o.owned = true;
             o.epoch = o.epoch.max(epoch);
         })?;
+        // The import flushed the whole copy before it reported Activating.
+        s.mark_durable(end);
         let progress = job.finish();
         if let Err(e) = self.imports.save(&job.record()) {
             warn!(%shard, "cannot record the finished import: {e}");
@@ -552,9 +554,10 @@ impl Broker {
     fn produce(&self, p: ProduceRequest) -> ServiceFuture {
         let result = self.shard(&p.shard, Access::Write).and_then(|shard| {
             p.batch.validate(self.max_record_bytes)?;
-            shard.append(&p.batch, p.producer, self.epoch())
+            let appended = shard.append(&p.batch, p.producer, self.epoch())?;
+            Ok((shard, appended))
         });
-        let appended = match result {
+        let (shard, appended) = match result {
             Ok(a) => a,
             Err(e) => return ready_result(Err(e)),
         };
@@ -563,9 +566,6 @@ impl Broker {
             count: appended.count,
             duplicate: appended.duplicate,
         };
-        if p.acks == Acks::Appended {
-            return ready_result(Ok(response));
-        }
         // A retry may arrive while the original still waits for its flush: it waits for the
         // same (or a later) flush, never acknowledging less than the original would.
         let ticket = if appended.duplicate {
@@ -573,7 +573,28 @@ impl Broker {
         } else {
             self.durability.note_write()
         };
-        self.wait_durable(ticket, response)
+        // Once a flush that started after this append is done, everything up to its end is on
+        // disk (appends to a shard are ordered, and a flush covers every write applied before it).
+        let end = appended.base_offset + appended.count as u64;
+        let durability = self.durability.clone();
+        let made_durable = async move {
+            durability.wait(ticket).await?;
+            shard.mark_durable(end);
+            Ok(())
+        };
+        if p.acks == Acks::Appended {
+            // Acknowledge now, but still publish the records to readers that wait for the flush.
+            if self.durability.reads_wait_for_flush() {
+                tokio::spawn(async move {
+                    let _: Result<(), ErrorKind> = made_durable.await;
+                });
+            }
+            return ready_result(Ok(response));
+        }
+        Box::pin(async move {
+            made_durable.await?;
+            Ok(response)
+        })
     }
 
     fn wait_durable(&self, ticket: u64, response: Response) -> ServiceFuture {
@@ -591,21 +612,23 @@ impl Broker {
         };
         let read_limit = self.read_limit;
         let max_bytes = (f.max_bytes as usize).min(read_limit);
-        let end = shard.end_offset();
+        let durable_only = self.durability.reads_wait_for_flush();
+        let end = self.visible_end(&shard);
         let answer = move |shard: &Shard| {
-            let (batches, high_watermark) = shard.read(f.offset, max_bytes, read_limit)?;
+            let (batches, high_watermark) =
+                shard.read(f.offset, max_bytes, read_limit, durable_only)?;
             Ok(Response::Fetched {
                 high_watermark,
                 start_offset: shard.offsets().0,
                 batches,
             })
         };
-        if f.offset != end || f.max_wait_ms == 0 {
+        if f.offset < end || f.max_wait_ms == 0 {
             return ready_result(answer(&shard));
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         Box::pin(async move {
-            let mut rx = shard.subscribe();
+            let mut rx = shard.subscribe(durable_only);
             let changed = shard.state_changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
@@ -634,19 +657,41 @@ impl Broker {
         }
     }
 
-    fn export(&self, shard: &ShardId, from: Offset, max_bytes: u32) -> Result<Response, ErrorKind> {
-        let s = self.shard(shard, Access::Held)?;
-        // Read the state first: if it says fenced, no append can follow, so `end_offset` is final.
-        let fenced = s.ownership().state == ShardState::Fenced;
-        let (batches, end_offset) = s.read(
-            from,
-            (max_bytes as usize).min(self.read_limit),
-            self.read_limit,
-        )?;
-        Ok(Response::Exported {
-            batches,
-            end_offset,
-            fenced,
+    /// The end offset readers may see: the durable end where reads wait for the flush.
+    fn visible_end(&self, shard: &Shard) -> Offset {
+        if self.durability.reads_wait_for_flush() {
+            shard.durable_end()
+        } else {
+            shard.end_offset()
+        }
+    }
+
+    /// Serves a move's destination: only records already on disk, whatever the fsync policy, so a
+    /// crash of this broker can never take back what the destination holds (the copy would then
+    /// splice the source's later records onto records the source no longer has). When the copy
+    /// has caught up with the durable end, a flush makes the tail durable first.
+    fn export(&self, shard: &ShardId, from: Offset, max_bytes: u32) -> ServiceFuture {
+        let s = match self.shard(shard, Access::Held) {
+            Ok(s) => s,
+            Err(e) => return ready_result(Err(e)),
+        };
+        let (durability, read_limit) = (self.durability.clone(), self.read_limit);
+        Box::pin(async move {
+            // Read the state first: if it says fenced, no append can follow, so the end is final.
+            let fenced = s.ownership().state == ShardState::Fenced;
+            let end = s.end_offset();
+            let durable = s.durable_end();
+            if end > durable && (fenced || from >= durable) {
+                durability.flush_now().await?;
+                s.mark_durable(end);
+            }
+            let max_bytes = (max_bytes as usize).min(read_limit);
+            let (batches, end_offset) = s.read(from, max_bytes, read_limit, true)?;
+            Ok(Response::Exported {
+                batches,
+                end_offset,
+                fenced,
+            })
         })
     }
 
@@ -667,9 +712,13 @@ impl Broker {
         };
         info!(%shard, move_id, end_offset, "shard fenced: writes stopped for the hand-over");
         let durability = self.durability.clone();
+        let s = self.shard(shard, Access::Held);
         // The final offset must survive a crash whatever the fsync policy: flush before answering.
         Box::pin(async move {
             durability.flush_now().await?;
+            if let Ok(s) = s {
+                s.mark_durable(end_offset);
+            }
             Ok(Response::Fenced { end_offset })
         })
     }
@@ -733,7 +782,8 @@ impl Service for Broker {
             ),
             Request::ListOffsets { shard, .. } => {
                 ready_result(self.shard(&shard, Access::Read).map(|s| {
-                    let (start, end) = s.offsets();
+                    let (start, _) = s.offsets();
+                    let end = self.visible_end(&s);
                     Response::Offsets { start, end }
                 }))
             }
@@ -758,7 +808,7 @@ impl Service for Broker {
                 shard,
                 from_offset,
                 max_bytes,
-            } => ready_result(self.export(&shard, from_offset, max_bytes)),
+            } => self.export(&shard, from_offset, max_bytes),
             Request::ExportMeta { shard } => ready_result(
                 self.shard(&shard, Access::Held)
                     .map(|s| Response::Meta(s.meta())),

@@ -13,6 +13,12 @@
 //! Offsets are dense from 0: the next offset lives in memory and is recovered on open from the last
 //! log key plus its count. All mutation happens under the shard's `std::sync::Mutex`, which is
 //! never held across an `.await`.
+//!
+//! Besides the next offset the shard tracks its *durable end*: every offset below it is known to be
+//! on disk. Reads that must not hand out what a crash could take back (fetch under `fsync always`,
+//! and every export to a move's destination) stop there: otherwise a record read before its flush
+//! and lost in a crash would leave its offset to be reused by a different, acknowledged record,
+//! which a consumer (or a copy) that had read the lost one would then skip or hold twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -131,6 +137,8 @@ pub struct Appended {
 struct Inner {
     own: Ownership,
     next_offset: Offset,
+    /// Every offset below this is on disk (`<= next_offset`).
+    durable: Offset,
     bytes: u64,
     producers: HashMap<u64, ProducerState>,
     groups: BTreeMap<String, Offset>,
@@ -145,6 +153,8 @@ pub struct Shard {
     inner: Mutex<Inner>,
     /// The shard's next offset, for long polls.
     end: watch::Sender<Offset>,
+    /// The shard's durable end, for long polls that may only see flushed records.
+    durable: watch::Sender<Offset>,
     /// Signalled when ownership or state changes, so long polls answer (e.g. `NotOwner`) at once.
     changed: Notify,
 }
@@ -199,10 +209,13 @@ impl Shard {
             id,
             tree,
             end: watch::Sender::new(next_offset),
+            // What a fresh open finds was on disk.
+            durable: watch::Sender::new(next_offset),
             changed: Notify::new(),
             inner: Mutex::new(Inner {
                 own,
                 next_offset,
+                durable: next_offset,
                 bytes,
                 producers,
                 groups,
@@ -331,9 +344,29 @@ impl Shard {
         self.lock().next_offset
     }
 
-    /// Receives the next offset whenever it grows (long polls wait on it).
-    pub fn subscribe(&self) -> watch::Receiver<Offset> {
-        self.end.subscribe()
+    /// The durable end: every offset below it is on disk.
+    pub fn durable_end(&self) -> Offset {
+        self.lock().durable
+    }
+
+    /// Records that a flush which started after offsets `..upto` were appended has completed.
+    pub fn mark_durable(&self, upto: Offset) {
+        let mut inner = self.lock();
+        let upto = upto.min(inner.next_offset);
+        if upto > inner.durable {
+            inner.durable = upto;
+            self.durable.send_replace(upto);
+        }
+    }
+
+    /// Receives the next offset (`durable_only`: the durable end) whenever it grows; long polls
+    /// wait on it.
+    pub fn subscribe(&self, durable_only: bool) -> watch::Receiver<Offset> {
+        if durable_only {
+            self.durable.subscribe()
+        } else {
+            self.end.subscribe()
+        }
     }
 
     /// Completes on the next ownership or state change (enable it before checking the state).
@@ -341,26 +374,36 @@ impl Shard {
         self.changed.notified()
     }
 
-    /// Reads whole stored entries covering `from ..end`: the entry holding `from` first, then
-    /// forward until about `max_bytes` (at least one entry when there is data, never beyond
-    /// `hard_max` bytes). Returns the batches and the end offset they were read against.
+    /// Reads whole stored entries covering `from ..end`, where `end` is the next offset or, with
+    /// `durable_only`, the durable end: the entry holding `from` first, then forward until about
+    /// `max_bytes` (at least one entry when there is data, never beyond `hard_max` bytes). Returns
+    /// the batches and the end offset they were read against.
     pub fn read(
         &self,
         from: Offset,
         max_bytes: usize,
         hard_max: usize,
+        durable_only: bool,
     ) -> Result<(Vec<StoredBatch>, Offset), ErrorKind> {
-        let end = self.end_offset();
-        if from > end {
+        let (next, end) = {
+            let inner = self.lock();
+            let end = if durable_only {
+                inner.durable
+            } else {
+                inner.next_offset
+            };
+            (inner.next_offset, end)
+        };
+        if from > next {
             return Err(ErrorKind::BadRequest {
                 reason: format!(
-                    "offset {from} is past the end of {} (next offset {end})",
+                    "offset {from} is past the end of {} (next offset {next})",
                     self.id
                 ),
             });
         }
         let mut out = Vec::new();
-        if from == end {
+        if from >= end {
             return Ok((out, end));
         }
         let start_key = match self
@@ -554,5 +597,86 @@ impl Shard {
         let was_held = !std::mem::replace(&mut self.lock().dropped, true);
         self.changed.notify_waiters();
         was_held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_active(db: &sled::Db) -> Shard {
+        Shard::open(
+            db,
+            Ownership {
+                shard: ShardId::new("d", 1),
+                state: ShardState::Active,
+                epoch: 1,
+                owned: true,
+            },
+        )
+        .unwrap()
+    }
+
+    fn batch(values: &[&str]) -> RecordBatch {
+        let records: Vec<shardq_protocol::Record> = values
+            .iter()
+            .map(|v| shardq_protocol::Record {
+                key: None,
+                value: Bytes::copy_from_slice(v.as_bytes()),
+                timestamp_ms: 0,
+            })
+            .collect();
+        RecordBatch::from_records(&records)
+    }
+
+    fn offsets_read(s: &Shard, from: Offset, durable_only: bool) -> (Vec<Offset>, Offset) {
+        let (batches, end) = s.read(from, 1 << 20, 1 << 20, durable_only).unwrap();
+        let offsets = batches
+            .iter()
+            .flat_map(|b| b.base_offset..b.end_offset())
+            .collect();
+        (offsets, end)
+    }
+
+    #[test]
+    fn durable_only_reads_stop_at_the_durable_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let s = open_active(&db);
+        s.append(&batch(&["a", "b"]), None, 1).unwrap();
+        s.append(&batch(&["c"]), None, 1).unwrap();
+        // Nothing marked durable yet: a durable-only reader sees nothing, a plain one sees all.
+        assert_eq!(offsets_read(&s, 0, true), (vec![], 0));
+        assert_eq!(offsets_read(&s, 0, false), (vec![0, 1, 2], 3));
+        let mut rx = s.subscribe(true);
+        s.mark_durable(2);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 2);
+        assert_eq!(offsets_read(&s, 0, true), (vec![0, 1], 2));
+        // Reading at or past the durable end (but within the log) is empty, not an error.
+        assert_eq!(offsets_read(&s, 2, true), (vec![], 2));
+        assert_eq!(offsets_read(&s, 3, true), (vec![], 2));
+        assert!(s.read(4, 1 << 20, 1 << 20, true).is_err());
+        // The mark never passes the log end and never goes back.
+        s.mark_durable(100);
+        assert_eq!(s.durable_end(), 3);
+        s.mark_durable(1);
+        assert_eq!(s.durable_end(), 3);
+        assert_eq!(offsets_read(&s, 0, true), (vec![0, 1, 2], 3));
+    }
+
+    #[test]
+    fn a_reopened_shard_is_durable_up_to_what_it_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let s = open_active(&db);
+            s.append(&batch(&["a", "b", "c"]), None, 1).unwrap();
+            db.flush().unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let s = open_active(&db);
+        assert_eq!(s.durable_end(), 3);
+        assert_eq!(offsets_read(&s, 0, true), (vec![0, 1, 2], 3));
     }
 }
