@@ -1,6 +1,7 @@
 //! Durability under a crash: a broker process is killed with SIGKILL while producers stream to it
-//! (`--fsync always`); `shardq up` restarts it; every acknowledged record is then consumed exactly
-//! once, at the offset it was acknowledged with.
+//! (at `--fsync always` and at the default `interval=100`, where the write-ahead file carries what
+//! was not flushed yet); `shardq up` restarts it; every acknowledged record is then consumed
+//! exactly once, at the offset it was acknowledged with.
 
 mod common;
 
@@ -15,8 +16,17 @@ use shardq_producer::{Producer, ProducerConfig};
 use shardq_protocol::{ShardId, ShardSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_records_survive_sigkill_of_a_broker() {
-    let up = common::UpCluster::start(2, &["--fsync", "always"]).await;
+async fn acknowledged_records_survive_sigkill_of_a_broker_fsync_always() {
+    acknowledged_records_survive_sigkill(&["--fsync", "always"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_sigkill_of_a_broker_at_the_default_policy() {
+    acknowledged_records_survive_sigkill(&[]).await;
+}
+
+async fn acknowledged_records_survive_sigkill(broker_args: &[&str]) {
+    let up = common::UpCluster::start(2, broker_args).await;
     let router = up.router.clone();
     let broker1_pid = up.broker_pid(1).expect("broker 1 running");
 
@@ -33,7 +43,9 @@ async fn acknowledged_records_survive_sigkill_of_a_broker() {
     cfg.delivery_timeout = Duration::from_secs(60);
     let producer = Arc::new(Producer::connect(cfg).await.unwrap());
     let acked = Arc::new(AtomicU64::new(0));
-    let total = 20_000u64;
+    // A steady stream (about 2,000 records/s), not one burst: at the kill some acknowledged
+    // records are always younger than the last flush, which is what the policy must survive.
+    let total = 8_000u64;
     let send = {
         let (producer, acked) = (producer.clone(), acked.clone());
         tokio::spawn(async move {
@@ -53,7 +65,7 @@ async fn acknowledged_records_survive_sigkill_of_a_broker() {
                     acked.fetch_add(1, Ordering::Relaxed);
                     (i, r)
                 }));
-                if i % 200 == 0 {
+                if i % 4 == 0 {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
@@ -67,7 +79,7 @@ async fn acknowledged_records_survive_sigkill_of_a_broker() {
     // Kill broker 1 once a good part is acknowledged: mid-stream, not before or after.
     common::wait_until(Duration::from_secs(60), "first acknowledgements", || {
         let n = acked.load(Ordering::Relaxed);
-        async move { n >= 3_000 }
+        async move { n >= 2_500 }
     })
     .await;
     common::kill9(broker1_pid);

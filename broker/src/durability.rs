@@ -16,6 +16,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, warn};
 
 use crate::config::FsyncPolicy;
+use crate::wal::Wal;
 
 /// What the flusher has achieved so far.
 #[derive(Clone, Debug, Default)]
@@ -30,20 +31,29 @@ struct FlushProgress {
 pub struct Durability {
     policy: FsyncPolicy,
     db: sled::Db,
+    /// Under `interval`: every write also goes here before its ack, so a process crash loses
+    /// nothing acknowledged; each flush retires the segments it covers.
+    wal: Option<Arc<Wal>>,
     written: AtomicU64,
     progress: watch::Sender<FlushProgress>,
     wake: Notify,
 }
 
 impl Durability {
-    pub fn new(policy: FsyncPolicy, db: sled::Db) -> Arc<Self> {
+    pub fn new(policy: FsyncPolicy, db: sled::Db, wal: Option<Arc<Wal>>) -> Arc<Self> {
         Arc::new(Durability {
             policy,
             db,
+            wal,
             written: AtomicU64::new(0),
             progress: watch::Sender::new(FlushProgress::default()),
             wake: Notify::new(),
         })
+    }
+
+    /// The write-ahead file, if the policy keeps one.
+    pub fn wal(&self) -> Option<Arc<Wal>> {
+        self.wal.clone()
     }
 
     /// Whether consumers may only read flushed records: under `always` an acknowledgement means
@@ -96,6 +106,11 @@ impl Durability {
     /// Flushes everything written so far, off the async threads.
     pub async fn flush_now(&self) -> Result<(), ErrorKind> {
         let target = self.current();
+        // Every write before the rotation is covered by the flush below; its segment can go then.
+        let closed = match &self.wal {
+            Some(wal) => Some(wal.rotate()?),
+            None => None,
+        };
         let db = self.db.clone();
         let res = tokio::task::spawn_blocking(move || db.flush())
             .await
@@ -104,6 +119,9 @@ impl Durability {
             })?;
         match res {
             Ok(_) => {
+                if let (Some(wal), Some(closed)) = (&self.wal, closed) {
+                    wal.release(closed);
+                }
                 self.progress
                     .send_modify(|p| p.flushed = p.flushed.max(target));
                 Ok(())

@@ -15,6 +15,7 @@ mod membership;
 mod router_link;
 pub mod service;
 mod shard;
+pub mod wal;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -178,6 +179,21 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         )
     })?;
     let db = open_db(&config.data_dir).await?;
+    // Whatever the policy now, writes a crash left only in the write-ahead file go back first.
+    wal::replay(&db, &config.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot replay the write-ahead file in {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let wal = match config.fsync {
+        FsyncPolicy::Interval(_) => {
+            Some(Arc::new(wal::Wal::open(&config.data_dir).map_err(|e| {
+                anyhow::anyhow!("cannot start the write-ahead file: {e}")
+            })?))
+        }
+        FsyncPolicy::Always | FsyncPolicy::Never => None,
+    };
 
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -197,7 +213,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             config.max_frame,
         ))
     });
-    let durability = Durability::new(config.fsync, db.clone());
+    let durability = Durability::new(config.fsync, db.clone(), wal);
     let shutdown = CancellationToken::new();
     let removed = CancellationToken::new();
     let broker = Arc::new(

@@ -85,7 +85,7 @@ impl Broker {
                 )
             })?;
             epoch = epoch.max(own.epoch);
-            let shard = Shard::open(&db, own)?;
+            let shard = Shard::open(&db, own, durability.wal())?;
             shards.insert(shard.id().clone(), Arc::new(shard));
         }
         let imports = ImportStore::open(&db, &|key| shards.keys().any(|s| s.key() == key))?;
@@ -208,7 +208,7 @@ impl Broker {
             epoch,
             owned: true,
         };
-        let opened = Arc::new(Shard::open(&self.db, own.clone())?);
+        let opened = Arc::new(Shard::open(&self.db, own.clone(), self.durability.wal())?);
         self.owners
             .insert(shard.key().as_bytes(), own.encode()?)
             .map_err(|e| ErrorKind::Storage {
@@ -370,7 +370,7 @@ impl Broker {
             epoch,
             owned: false,
         };
-        let opened = Arc::new(Shard::open(&self.db, own.clone())?);
+        let opened = Arc::new(Shard::open(&self.db, own.clone(), self.durability.wal())?);
         self.owners
             .insert(shard.key().as_bytes(), own.encode()?)
             .map_err(|e| ErrorKind::Storage {

@@ -21,7 +21,7 @@
 //! which a consumer (or a copy) that had read the lost one would then skip or hold twice.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,8 @@ use shardq_protocol::{
     ShardReport, ShardState, StoredBatch,
 };
 use tokio::sync::{watch, Notify};
+
+use crate::wal::Wal;
 
 const LOG: u8 = 0x00;
 const PRODUCER: u8 = 0x01;
@@ -150,6 +152,8 @@ struct Inner {
 pub struct Shard {
     id: ShardId,
     tree: sled::Tree,
+    /// Under `fsync interval`, every acknowledged write is also written here (see [`crate::wal`]).
+    wal: Option<Arc<Wal>>,
     inner: Mutex<Inner>,
     /// The shard's next offset, for long polls.
     end: watch::Sender<Offset>,
@@ -172,7 +176,7 @@ pub enum Access {
 
 impl Shard {
     /// Opens (or creates) the shard's tree and recovers its next offset, producer state and groups.
-    pub fn open(db: &sled::Db, own: Ownership) -> Result<Shard, ErrorKind> {
+    pub fn open(db: &sled::Db, own: Ownership, wal: Option<Arc<Wal>>) -> Result<Shard, ErrorKind> {
         let id = own.shard.clone();
         let tree = db
             .open_tree(tree_name(&id))
@@ -208,6 +212,7 @@ impl Shard {
         Ok(Shard {
             id,
             tree,
+            wal,
             end: watch::Sender::new(next_offset),
             // What a fresh open finds was on disk.
             durable: watch::Sender::new(next_offset),
@@ -296,7 +301,8 @@ impl Shard {
             }
         }
         let base_offset = inner.next_offset;
-        let mut sled_batch = sled::Batch::default();
+        // The inserts, kept for the write-ahead file too (IVec clones share the bytes).
+        let mut ops: Vec<(sled::IVec, sled::IVec)> = Vec::new();
         let mut offset = base_offset;
         let mut added = 0u64;
         for part in batch.split(MAX_ENTRY_BYTES) {
@@ -304,7 +310,7 @@ impl Shard {
             value.extend_from_slice(&part.count.to_le_bytes());
             value.extend_from_slice(&part.data);
             added += value.len() as u64;
-            sled_batch.insert(&log_key(offset), value);
+            ops.push((log_key(offset).as_slice().into(), value.into()));
             offset += part.count as u64;
         }
         let state = producer.map(|p| ProducerState {
@@ -315,13 +321,11 @@ impl Shard {
         });
         if let Some(st) = &state {
             let v = encode(st).map_err(|e| storage(&self.id, "cannot encode producer state", e))?;
-            sled_batch.insert(&producer_key(st.producer_id), v);
+            ops.push((producer_key(st.producer_id).as_slice().into(), v.into()));
         }
         let bytes = inner.bytes + added;
-        sled_batch.insert(STATS_BYTES, &bytes.to_be_bytes());
-        self.tree
-            .apply_batch(sled_batch)
-            .map_err(|e| storage(&self.id, "append failed", e))?;
+        ops.push((STATS_BYTES.into(), bytes.to_be_bytes().as_slice().into()));
+        self.apply(&ops, "append failed")?;
         inner.next_offset = offset;
         inner.bytes = bytes;
         if let Some(st) = state {
@@ -430,6 +434,24 @@ impl Shard {
         Ok((out, end))
     }
 
+    /// Applies inserts atomically to the tree, then to the write-ahead file if there is one (in
+    /// that order, under the shard lock: see [`crate::wal`]).
+    fn apply(&self, ops: &[(sled::IVec, sled::IVec)], what: &str) -> Result<(), ErrorKind> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in ops {
+            batch.insert(k.clone(), v.clone());
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| storage(&self.id, what, e))?;
+        if let Some(wal) = &self.wal {
+            let ops: Vec<crate::wal::Op<'_>> =
+                ops.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+            wal.append(&self.id, &ops)?;
+        }
+        Ok(())
+    }
+
     /// Commits a group's offset (synchronously; the caller waits for durability).
     pub fn commit(&self, group: &str, offset: Offset, known_epoch: Epoch) -> Result<(), ErrorKind> {
         let mut inner = self.lock();
@@ -442,9 +464,11 @@ impl Shard {
                 ),
             });
         }
-        self.tree
-            .insert(group_key(group), &offset.to_be_bytes())
-            .map_err(|e| storage(&self.id, "commit failed", e))?;
+        let op = (
+            group_key(group).into(),
+            offset.to_be_bytes().as_slice().into(),
+        );
+        self.apply(&[op], "commit failed")?;
         inner.groups.insert(group.to_string(), offset);
         Ok(())
     }
@@ -613,6 +637,7 @@ mod tests {
                 epoch: 1,
                 owned: true,
             },
+            None,
         )
         .unwrap()
     }
@@ -674,7 +699,18 @@ mod tests {
             s.append(&batch(&["a", "b", "c"]), None, 1).unwrap();
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        // sled lets go of its file lock shortly after the last handle is dropped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot reopen: {e}"),
+            }
+        };
         let s = open_active(&db);
         assert_eq!(s.durable_end(), 3);
         assert_eq!(offsets_read(&s, 0, true), (vec![0, 1, 2], 3));
