@@ -28,6 +28,7 @@ their lines are written, so a rerun with the same --id (group) continues where t
 Only one runconsume at a time may write a given consumer_N.txt; a second one exits with an error.
 Stops after --idle-timeout seconds without a new record, or on Ctrl-C (after writing and committing
 what it has; a second Ctrl-C quits at once).
+Exit status: 0 when it stopped that way, 1 on an error, 130 on a second Ctrl-C.
 RUST_LOG sets the log level (default warn)."
 )]
 pub struct Args {
