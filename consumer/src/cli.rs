@@ -4,9 +4,9 @@
 //! thin `main` over [`run`], so tests drive the same code in-process.
 
 use std::fmt;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -21,7 +21,15 @@ use crate::consumer::{Consumer, ConsumerConfig, StartFrom};
 #[command(
     name = "runconsume",
     about = "Consume shards of a shardq cluster into DIR/consumer_N.txt",
-    after_help = "Each record becomes a line `T1:P1     MESSAGE`. Stops after --idle-timeout seconds without a new record, or on Ctrl-C (after writing and committing what it has). RUST_LOG sets the log level (default warn)."
+    after_help = "\
+Each record is appended to DIR/consumer_N.txt as a line `T1:P1     MESSAGE` (shard, five spaces,
+message), in shard order. Lines are flushed as they arrive and offsets are committed only after
+their lines are written, so a rerun with the same --id (group) continues where this one stopped.
+Only one runconsume at a time may write a given consumer_N.txt; a second one exits with an error.
+Stops after --idle-timeout seconds without a new record, or on Ctrl-C (after writing and committing
+what it has; a second Ctrl-C quits at once).
+Exit status: 0 when it stopped that way, 1 on an error, 130 on a second Ctrl-C.
+RUST_LOG sets the log level (default warn)."
 )]
 pub struct Args {
     /// Consumer id N: writes DIR/consumer_N.txt; the group is consumer-N unless --group says
@@ -34,8 +42,8 @@ pub struct Args {
     /// The router or any broker: HOST[:PORT] (default port 7400).
     #[arg(long, default_value = "127.0.0.1")]
     pub broker: String,
-    /// Directory for consumer_N.txt (created if missing).
-    #[arg(long = "log_loc", visible_alias = "log-loc")]
+    /// Directory to write consumer_N.txt into (created if missing).
+    #[arg(long = "log_loc", visible_alias = "log-loc", value_name = "DIR")]
     pub log_loc: PathBuf,
     /// Consumer group (default consumer-N).
     #[arg(long)]
@@ -43,10 +51,10 @@ pub struct Args {
     /// Where a group with no committed offset starts: earliest or latest.
     #[arg(long, default_value = "earliest")]
     pub from: StartFrom,
-    /// Stop after this many seconds without a new record.
-    #[arg(long = "idle-timeout", default_value_t = 20.0)]
+    /// Stop after this many seconds without a new record (fractions allowed).
+    #[arg(long = "idle-timeout", default_value_t = 20.0, value_name = "SECS")]
     pub idle_timeout: f64,
-    /// Long-poll wait per fetch, in milliseconds.
+    /// How long one fetch waits on the broker for new records, in milliseconds.
     #[arg(long = "max-wait-ms", default_value_t = 500)]
     pub max_wait_ms: u64,
 }
@@ -91,14 +99,11 @@ impl fmt::Display for Summary {
 /// Runs `runconsume` until idle for `--idle-timeout` or until `stop` is cancelled; then writes,
 /// commits and returns the summary.
 pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
-    std::fs::create_dir_all(&args.log_loc)
-        .with_context(|| format!("cannot create {}", args.log_loc.display()))?;
+    prepare_log_dir(&args.log_loc)?;
     let path = args.log_loc.join(format!("consumer_{}.txt", args.id));
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    // Locked before connecting: a second runconsume with the same id stops here, before it
+    // consumes (and commits) anything.
+    let file = open_output(&path, args.id)?;
     let mut out = BufWriter::with_capacity(256 * 1024, file);
 
     let config = ConsumerConfig {
@@ -171,6 +176,39 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
     Ok(summary)
 }
 
+/// `--log_loc` must be a directory; a missing one is created.
+fn prepare_log_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!(
+            "--log_loc {} is not a directory: give the directory to write consumer_N.txt into",
+            dir.display()
+        ),
+        Err(_) => std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the --log_loc directory {}", dir.display())),
+    }
+}
+
+/// Opens consumer_N.txt for appending under an exclusive lock, held until the run ends.
+fn open_output(path: &Path, id: u32) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => anyhow::bail!(
+            "{} is in use: another runconsume --id {id} is writing to it; \
+             run one consumer per id and --log_loc at a time",
+            path.display()
+        ),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +251,76 @@ mod tests {
         assert_eq!(a.group(), "g");
         assert_eq!(a.from, StartFrom::Latest);
         assert!(Args::try_parse_from(["runconsume", "--id", "1", "--topics", "T1:P1"]).is_err());
+    }
+
+    /// Flags for a run that must fail before it connects (nothing listens on port 1).
+    fn offline(dir: &Path) -> Args {
+        Args::try_parse_from([
+            "runconsume",
+            "--id",
+            "1",
+            "--topics",
+            "T1:*",
+            "--broker",
+            "127.0.0.1:1",
+            "--log_loc",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn log_loc_must_be_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("producer_9.txt");
+        std::fs::write(&file, "1 A P1 T1\n").unwrap();
+        let e = run(offline(&file), CancellationToken::new())
+            .await
+            .expect_err("refused");
+        let e = format!("{e:#}");
+        assert_eq!(
+            e,
+            format!(
+                "--log_loc {} is not a directory: give the directory to write consumer_N.txt into",
+                file.display()
+            )
+        );
+        // A missing directory is created (the run then fails at connecting).
+        let sub = dir.path().join("a/b");
+        let e = run(offline(&sub), CancellationToken::new())
+            .await
+            .expect_err("no cluster");
+        assert!(
+            format!("{e:#}").contains("cannot start a consumer"),
+            "{e:#}"
+        );
+        assert!(sub.join("consumer_1.txt").is_file());
+    }
+
+    #[tokio::test]
+    async fn a_second_consumer_with_the_same_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("consumer_1.txt");
+        let held = open_output(&path, 1).expect("first lock");
+        let e = run(offline(dir.path()), CancellationToken::new())
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "{} is in use: another runconsume --id 1 is writing to it; \
+                 run one consumer per id and --log_loc at a time",
+                path.display()
+            )
+        );
+        drop(held);
+        let e = run(offline(dir.path()), CancellationToken::new())
+            .await
+            .expect_err("no cluster");
+        assert!(
+            format!("{e:#}").contains("cannot start a consumer"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -371,3 +371,83 @@ async fn runproduce_refuses_a_bad_file_and_sends_nothing() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runconsume_with_the_same_id_do_not_both_write() {
+    let cluster = Cluster::start().await;
+    cluster.create_topic("D", 2).await;
+    let producer = Producer::connect(ProducerConfig::new(cluster.addr()))
+        .await
+        .expect("producer");
+    let mut pending = Vec::new();
+    for i in 0..200 {
+        let value = Bytes::from(format!("d{i}"));
+        pending.push(
+            producer
+                .send(&spec("D:*"), None, value)
+                .await
+                .expect("send"),
+        );
+    }
+    producer.flush().await;
+    for f in pending {
+        f.await.expect("delivered");
+    }
+    producer.close().await;
+
+    // Both started at once, as a user would from two terminals.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().display().to_string();
+    let addr = cluster.addr();
+    let start = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_runconsume"))
+            .args(["--id", "1", "--topics", "D:*", "--broker", &addr])
+            .args([
+                "--log_loc",
+                &d,
+                "--idle-timeout",
+                "2",
+                "--max-wait-ms",
+                "100",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn runconsume")
+    };
+    let (a, b) = (start(), start());
+    let limit = Duration::from_secs(60);
+    let (a, b) = tokio::join!(
+        tokio::time::timeout(limit, a.wait_with_output()),
+        tokio::time::timeout(limit, b.wait_with_output())
+    );
+    let outs = [a, b].map(|o| {
+        let o = o.expect("runconsume ended in time").expect("output");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    });
+    let codes: Vec<Option<i32>> = outs.iter().map(|o| o.0).collect();
+    assert!(
+        codes.contains(&Some(0)) && codes.contains(&Some(1)),
+        "one must run and one be refused: {outs:#?}"
+    );
+    let refused = &outs.iter().find(|o| o.0 == Some(1)).expect("refused").1;
+    let file = dir.path().join("consumer_1.txt");
+    assert!(
+        refused.contains(&format!(
+            "{} is in use: another runconsume --id 1 is writing to it",
+            file.display()
+        )),
+        "{refused}"
+    );
+    let written = std::fs::read_to_string(&file).expect("consumer file");
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), 200, "every record exactly once");
+    let distinct: HashSet<&str> = lines.iter().copied().collect();
+    assert_eq!(distinct.len(), 200, "no duplicates");
+    cluster.stop().await;
+}

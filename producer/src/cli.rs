@@ -3,14 +3,18 @@
 //! same code in-process.
 
 use std::fmt;
-use std::io::Write;
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use shardq_protocol::{Acks, ShardSpec};
+use shardq_protocol::batch::encoded_record_size;
+use shardq_protocol::{Acks, CancellationToken, ConnectionConfig, ShardSpec};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -22,52 +26,78 @@ use crate::producer::{DeliveryFuture, Producer, ProducerConfig, ProducerStats};
 pub const MAX_REPORTED_LINES: usize = 20;
 /// Most distinct delivery errors kept for the summary.
 const MAX_REPORTED_ERRORS: usize = 10;
+/// The broker's default `--max-record-bytes` (key + value of one record).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+/// Room kept in a frame for the envelope and batch header around a single record.
+const FRAME_HEADROOM: usize = 4096;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "runproduce",
     about = "Send the records of DIR/producer_N.txt (or a synthetic load) to a shardq cluster",
-    after_help = "Each line of producer_N.txt is `<time> <message> <partition|*> <topic>`, e.g.\n  21:52:23\tMSG1\t\tP1\t\tT1\nThe whole file is checked before anything is sent. RUST_LOG sets the log level (default warn)."
+    after_help = "\
+File mode (--log_loc DIR): each line of DIR/producer_N.txt is `<time> <message> <partition|*> <topic>`,
+fields separated by spaces or tabs, e.g.
+  21:52:23\tMSG1\t\tP1\t\tT1
+A `*` partition lets --partitioner choose. The whole file is checked before anything is sent (syntax,
+UTF-8, topics and partitions exist and are within --topics, message size within --max-record-bytes);
+each bad line is reported as `producer_N.txt:LINE: why` and nothing is sent.
+
+Synthetic mode (--count N): sends N generated records of --size bytes, rotating over --topics;
+producer_N.txt is not read.
+
+At the end a summary goes to stderr: sent, acknowledged, failed, msgs/s, MB/s.
+Ctrl-C stops sending, waits up to --timeout-secs for outstanding acknowledgements, then prints the
+summary; a second Ctrl-C quits at once.
+Exit status: 0 when every record was acknowledged; 130 when Ctrl-C stopped it before everything was
+sent; 1 on any other error or failed record.
+RUST_LOG sets the log level (default warn)."
 )]
 pub struct Args {
-    /// Producer id N: reads DIR/producer_N.txt.
+    /// Producer id N: reads DIR/producer_N.txt (and writes DIR/producer_N.acked with --ack-log).
     #[arg(long)]
     pub id: u32,
-    /// Shards this producer may send to: T1:P1, T1:1 or T1:* (every partition).
+    /// Shards this producer may send to: T1:P1, T1:1 or T1:* (every partition). Every line of
+    /// the file must fall within them; synthetic records rotate over them.
     #[arg(long, num_args = 1.., required = true)]
     pub topics: Vec<ShardSpec>,
     /// The router or any broker: HOST[:PORT] (default port 7400).
     #[arg(long, default_value = "127.0.0.1")]
     pub broker: String,
-    /// Directory with producer_N.txt (and where producer_N.acked is written).
-    #[arg(long = "log_loc", visible_alias = "log-loc")]
+    /// Directory holding producer_N.txt; producer_N.acked is written there too.
+    #[arg(long = "log_loc", visible_alias = "log-loc", value_name = "DIR")]
     pub log_loc: Option<PathBuf>,
-    /// Synthetic load: send this many records (no log file) spread over --topics.
-    #[arg(long)]
+    /// Synthetic mode: send this many generated records instead of reading producer_N.txt.
+    #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    /// Synthetic load: bytes per record value.
-    #[arg(long, default_value_t = 100)]
+    /// Synthetic mode: bytes per record value (at most --max-record-bytes).
+    #[arg(long, default_value_t = 100, value_name = "BYTES")]
     pub size: usize,
-    /// At most this many records per second, from the file or synthetic (default: as fast as
-    /// possible).
-    #[arg(long)]
+    /// At most this many records per second (default: as fast as possible).
+    #[arg(long, value_name = "PER_SEC")]
     pub rate: Option<u64>,
-    /// When the broker acknowledges: durable (after its fsync policy) or appended.
+    /// When the broker acknowledges: durable (after its fsync policy) or appended (before it).
     #[arg(long, default_value = "durable", value_parser = parse_acks)]
     pub acks: Acks,
     /// How `T:*` records pick a partition: round-robin, key-hash or least-loaded.
     #[arg(long, default_value = "round-robin")]
     pub partitioner: Partitioner,
-    /// How long a batch waits for more records.
+    /// How long a batch waits for more records before it is sent, in milliseconds.
     #[arg(long = "linger-ms", default_value_t = 2)]
     pub linger_ms: u64,
-    /// Largest batch in bytes.
+    /// Largest batch in bytes (a single larger record goes alone).
     #[arg(long = "batch-bytes", default_value_t = 64 * 1024)]
     pub batch_bytes: usize,
-    /// A record not acknowledged within this many seconds fails.
+    /// A record not acknowledged within this many seconds fails (it is retried until then).
+    /// Also how long Ctrl-C waits for outstanding acknowledgements.
     #[arg(long = "timeout-secs", default_value_t = 30)]
     pub timeout_secs: u64,
-    /// Write DIR/producer_N.acked: `T:P OFFSET MESSAGE` per acknowledged record, in ack order.
+    /// Largest message (record value) in bytes; a larger one is refused before anything is sent.
+    /// Keep it at most the brokers' --max-record-bytes (default 1048576 there too).
+    #[arg(long = "max-record-bytes", default_value_t = DEFAULT_MAX_RECORD_BYTES, value_name = "BYTES")]
+    pub max_record_bytes: usize,
+    /// Write DIR/producer_N.acked (needs --log_loc): `T:P OFFSET MESSAGE` per acknowledged record,
+    /// in ack order. Only one runproduce at a time may write a given ack log.
     #[arg(long = "ack-log")]
     pub ack_log: bool,
 }
@@ -115,18 +145,28 @@ impl InvalidInput {
 /// What a run did.
 #[derive(Clone, Debug)]
 pub struct Summary {
+    /// Records handed to the producer.
     pub sent: u64,
     pub acknowledged: u64,
+    /// Records that were sent or tried but not acknowledged.
     pub failed: u64,
+    /// Records of the input never tried: sending stopped early (Ctrl-C or an error).
+    pub not_sent: u64,
     pub bytes: u64,
     pub elapsed: Duration,
     /// The first distinct delivery errors.
     pub errors: Vec<String>,
+    /// Sending was stopped by Ctrl-C (the stop token) rather than running to the end.
+    pub interrupted: bool,
 }
 
 impl Summary {
+    /// Every record of the input was sent and acknowledged, and nothing went wrong.
     pub fn ok(&self) -> bool {
-        self.failed == 0 && self.acknowledged == self.sent
+        self.failed == 0
+            && self.not_sent == 0
+            && self.acknowledged == self.sent
+            && self.errors.is_empty()
     }
 }
 
@@ -142,7 +182,13 @@ impl fmt::Display for Summary {
             secs,
             self.acknowledged as f64 / secs,
             self.bytes as f64 / secs / 1e6
-        )
+        )?;
+        match (self.interrupted, self.not_sent) {
+            (true, 0) => write!(f, " (interrupted by Ctrl-C after everything was sent)"),
+            (true, n) => write!(f, " (interrupted by Ctrl-C: {n} records not sent)"),
+            (false, 0) => Ok(()),
+            (false, n) => write!(f, " ({n} records not sent)"),
+        }
     }
 }
 
@@ -152,47 +198,98 @@ struct Outgoing {
     value: Bytes,
 }
 
-/// Runs `runproduce`: validates everything first, then sends in order and waits for every
-/// acknowledgement. A refused input file is an [`InvalidInput`] error (downcast to inspect).
+/// Runs `runproduce` to the end: validates everything first, then sends in order and waits for
+/// every acknowledgement. A refused input file is an [`InvalidInput`] error (downcast to inspect).
 pub async fn run(args: Args) -> Result<Summary> {
+    run_until(args, CancellationToken::new()).await
+}
+
+/// [`run`], but cancelling `stop` (Ctrl-C) stops sending new records; what was sent is still
+/// awaited (up to `--timeout-secs`), written to the ack log and counted, and the summary says
+/// it was interrupted.
+pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
     if args.topics.is_empty() {
         bail!("--topics needs at least one shard (e.g. T1:P1 or T1:*)");
     }
+    let frame_room = ConnectionConfig::default()
+        .max_frame
+        .saturating_sub(FRAME_HEADROOM);
+    if encoded_record_size(None, args.max_record_bytes) > frame_room {
+        bail!(
+            "--max-record-bytes {} is more than one frame can carry (at most about {} bytes)",
+            args.max_record_bytes,
+            frame_room - encoded_record_size(None, 0)
+        );
+    }
     let file_name = format!("producer_{}.txt", args.id);
+    if let Some(dir) = &args.log_loc {
+        check_log_dir(dir)?;
+    }
     // Read and parse the file before connecting: a syntax error needs no cluster.
     let parsed = match (args.count, &args.log_loc) {
-        (Some(_), _) => None,
+        (Some(_), _) => {
+            if args.size > args.max_record_bytes {
+                bail!(
+                    "--size {} exceeds --max-record-bytes {}: the brokers would refuse every record \
+                     (raise --max-record-bytes here and on the brokers, or lower --size)",
+                    args.size,
+                    args.max_record_bytes
+                );
+            }
+            None
+        }
         (None, Some(dir)) => {
             let path = dir.join(&file_name);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            Some(logfile::parse(&file_name, &text))
+            let data =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(logfile::parse_bytes(
+                &file_name,
+                &data,
+                Some(args.max_record_bytes),
+            ))
         }
         (None, None) => {
             bail!("give --log_loc DIR (to send DIR/{file_name}) or --count N (synthetic load)")
         }
     };
-    let ack_path = if args.ack_log {
+    // Taken before anything is sent, so a second runproduce with the same id stops here.
+    let ack_log = if args.ack_log {
         let dir = args
             .log_loc
             .as_ref()
             .context("--ack-log needs --log_loc DIR to write producer_N.acked into")?;
-        Some(dir.join(format!("producer_{}.acked", args.id)))
+        Some(open_ack_log(
+            &dir.join(format!("producer_{}.acked", args.id)),
+            args.id,
+        )?)
     } else {
         None
     };
 
+    let delivery_timeout = Duration::from_secs(args.timeout_secs.max(1));
     let config = ProducerConfig {
         linger: Duration::from_millis(args.linger_ms),
         max_batch_bytes: args.batch_bytes.max(1),
-        delivery_timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        delivery_timeout,
         acks: args.acks,
         partitioner: args.partitioner.clone(),
         ..ProducerConfig::new(args.broker.clone())
     };
-    let producer = Producer::connect(config)
-        .await
-        .with_context(|| format!("cannot start a producer against {}", args.broker))?;
+    let connected = tokio::select! {
+        p = Producer::connect(config) => p,
+        _ = stop.cancelled() => bail!("interrupted before connecting; nothing was sent"),
+    };
+    let producer = match (connected, &parsed) {
+        (Ok(p), _) => p,
+        // The lines already known bad say more than the cluster being away.
+        (Err(_), Some((_, syntax))) if !syntax.is_empty() => {
+            return Err(InvalidInput::new(syntax.iter().map(ToString::to_string).collect()).into())
+        }
+        (Err(e), _) => {
+            return Err(e)
+                .with_context(|| format!("cannot start a producer against {}", args.broker))
+        }
+    };
     let table = producer.cluster().table();
 
     let mut bad = logfile::validate_topics(&table, &args.topics);
@@ -223,86 +320,196 @@ pub async fn run(args: Args) -> Result<Summary> {
     }
 
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let acker = tokio::spawn(track_acks(ack_rx, ack_path));
+    let give_up = CancellationToken::new();
+    let acker = tokio::spawn(track_acks(ack_rx, ack_log, give_up.clone()));
     let start = Instant::now();
-    let sent = match args.count {
-        Some(n) => send_synthetic(&producer, &args, n, start, &ack_tx).await,
-        None => send_all(&producer, outgoing, args.rate, start, &ack_tx).await,
+    let total = args.count.unwrap_or(outgoing.len() as u64);
+    let sender = Sender {
+        producer: &producer,
+        rate: args.rate,
+        start,
+        acks: &ack_tx,
+        stop: &stop,
+    };
+    let outcome = match args.count {
+        Some(n) => send_synthetic(&sender, &args, n).await,
+        None => send_all(&sender, outgoing).await,
     };
     drop(ack_tx);
-    producer.flush().await;
-    let stats: ProducerStats = producer.close().await;
+    // Every batch is retried at most until its delivery timeout, so this wait is bounded; the
+    // margin only guards against a stuck connection.
+    let drained = tokio::time::timeout(delivery_timeout + Duration::from_secs(5), producer.flush())
+        .await
+        .is_ok();
+    let stats: ProducerStats = if drained {
+        producer.close().await
+    } else {
+        give_up.cancel();
+        producer.stats()
+    };
     let acks = acker
         .await
         .context("the acknowledgement tracker failed")??;
     let elapsed = start.elapsed();
     let mut errors = acks.errors;
-    if let Err(e) = sent {
-        errors.insert(0, format!("{e:#}"));
+    if let Some(e) = &outcome.error {
+        errors.insert(0, e.clone());
     }
+    if !drained {
+        errors.push(format!(
+            "gave up waiting for acknowledgements after {:?}",
+            delivery_timeout + Duration::from_secs(5)
+        ));
+    }
+    let tried = stats.sent + u64::from(outcome.error.is_some());
     Ok(Summary {
         sent: stats.sent,
         acknowledged: acks.acknowledged,
-        failed: stats.sent - acks.acknowledged.min(stats.sent),
+        failed: tried - acks.acknowledged.min(tried),
+        not_sent: total.saturating_sub(tried),
         bytes: stats.bytes,
         elapsed,
         errors,
+        interrupted: outcome.interrupted,
     })
+}
+
+/// `--log_loc` must be a directory (it holds producer_N.txt and producer_N.acked).
+fn check_log_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!(
+            "--log_loc {} is not a directory: give the directory that holds producer_N.txt",
+            dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("--log_loc {}", dir.display())),
+    }
+}
+
+/// Opens the ack log for writing under an exclusive lock (held until it is closed), and only
+/// then empties it: a second runproduce with the same id fails here without touching it.
+fn open_ack_log(path: &Path, id: u32) -> Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => bail!(
+            "{} is in use: another runproduce --id {id} is writing its ack log; \
+             run one producer per id and --log_loc at a time",
+            path.display()
+        ),
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    file.set_len(0)
+        .with_context(|| format!("cannot truncate {}", path.display()))?;
+    Ok(file)
 }
 
 type Pending = (DeliveryFuture, Bytes);
 
-/// Holds the send loop to `rate` records per second (none: as fast as possible), waking once
-/// per millisecond's worth of records so a high rate costs few timer waits.
-async fn pace(rate: Option<u64>, start: Instant, i: u64) {
-    if let Some(rate) = rate.filter(|r| *r > 0) {
-        let step = (rate / 1000).max(1);
-        if i.is_multiple_of(step) {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate as f64)).await;
-        }
-    }
-}
-
-async fn send_all(
-    producer: &Producer,
-    records: Vec<Outgoing>,
+/// What the send loop needs besides the records.
+struct Sender<'a> {
+    producer: &'a Producer,
     rate: Option<u64>,
     start: Instant,
-    acks: &mpsc::UnboundedSender<Pending>,
-) -> Result<()> {
-    for (i, r) in records.into_iter().enumerate() {
-        pace(rate, start, i as u64).await;
-        let fut = producer
-            .send(&r.target, None, r.value.clone())
-            .await
-            .with_context(|| format!("cannot send to {}", r.target))?;
-        // The tracker only goes away if it failed; its error is reported instead.
-        let _ = acks.send((fut, r.value));
-    }
-    Ok(())
+    acks: &'a mpsc::UnboundedSender<Pending>,
+    stop: &'a CancellationToken,
 }
 
-async fn send_synthetic(
-    producer: &Producer,
-    args: &Args,
-    count: u64,
-    start: Instant,
-    acks: &mpsc::UnboundedSender<Pending>,
-) -> Result<()> {
-    let payload = Bytes::from(vec![b'x'; args.size]);
-    for i in 0..count {
-        pace(args.rate, start, i).await;
-        let target = &args.topics[(i % args.topics.len() as u64) as usize];
-        let value = synthetic_value(&payload, args.id, i);
-        let fut = producer
-            .send(target, None, value.clone())
-            .await
-            .with_context(|| format!("cannot send to {target}"))?;
-        if acks.send((fut, value)).is_err() {
-            break;
+/// How a send loop ended.
+#[derive(Default)]
+struct SendOutcome {
+    interrupted: bool,
+    /// Sending stopped at a record the producer refused.
+    error: Option<String>,
+}
+
+impl Sender<'_> {
+    /// Holds the loop to `rate` records per second (none: as fast as possible), waking once per
+    /// millisecond's worth of records so a high rate costs few timer waits. False when stopped.
+    async fn pace(&self, i: u64) -> bool {
+        if let Some(rate) = self.rate.filter(|r| *r > 0) {
+            let step = (rate / 1000).max(1);
+            if i.is_multiple_of(step) {
+                let at = self.start + Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::select! {
+                    biased;
+                    _ = self.stop.cancelled() => return false,
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+        }
+        !self.stop.is_cancelled()
+    }
+
+    /// Sends one record and hands its delivery to the tracker. `Ok(false)` when stopped (the
+    /// record was not sent).
+    async fn send(&self, target: &ShardSpec, value: Bytes) -> Result<bool, String> {
+        let fut = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return Ok(false),
+            f = self.producer.send(target, None, value.clone()) => {
+                f.map_err(|e| format!("cannot send to {target}: {e}"))?
+            }
+        };
+        // The tracker only goes away if it failed; its error is reported instead.
+        let _ = self.acks.send((fut, value));
+        Ok(true)
+    }
+}
+
+/// Where a send loop ends after one send: `None` to go on.
+fn stop_after(sent: Result<bool, String>) -> Option<SendOutcome> {
+    match sent {
+        Ok(true) => None,
+        Ok(false) => Some(SendOutcome {
+            interrupted: true,
+            error: None,
+        }),
+        Err(e) => Some(SendOutcome {
+            interrupted: false,
+            error: Some(e),
+        }),
+    }
+}
+
+async fn send_all(s: &Sender<'_>, records: Vec<Outgoing>) -> SendOutcome {
+    for (i, r) in records.into_iter().enumerate() {
+        if !s.pace(i as u64).await {
+            return SendOutcome {
+                interrupted: true,
+                error: None,
+            };
+        }
+        if let Some(end) = stop_after(s.send(&r.target, r.value).await) {
+            return end;
         }
     }
-    Ok(())
+    SendOutcome::default()
+}
+
+async fn send_synthetic(s: &Sender<'_>, args: &Args, count: u64) -> SendOutcome {
+    let payload = Bytes::from(vec![b'x'; args.size]);
+    for i in 0..count {
+        if !s.pace(i).await {
+            return SendOutcome {
+                interrupted: true,
+                error: None,
+            };
+        }
+        let target = &args.topics[(i % args.topics.len() as u64) as usize];
+        let value = synthetic_value(&payload, args.id, i);
+        if let Some(end) = stop_after(s.send(target, value).await) {
+            return end;
+        }
+    }
+    SendOutcome::default()
 }
 
 /// A synthetic record: `p<ID>-<SEQ>-` then filler up to the requested size (so every record is
@@ -323,34 +530,59 @@ struct AckReport {
     errors: Vec<String>,
 }
 
-/// Awaits deliveries in send order (per shard that is ack order) and writes the ack log.
+/// Awaits deliveries in send order (per shard that is ack order) and writes the ack log. Each
+/// line goes to the file in one piece, and the file is flushed whenever the tracker would wait,
+/// so the log on disk is always whole lines and close behind the acknowledgements. Stops
+/// waiting when `give_up` is cancelled.
 async fn track_acks(
     mut rx: mpsc::UnboundedReceiver<Pending>,
-    ack_path: Option<PathBuf>,
+    log: Option<File>,
+    give_up: CancellationToken,
 ) -> Result<AckReport> {
-    let mut log = match &ack_path {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => None,
-    };
+    let mut log = log.map(|f| BufWriter::with_capacity(64 * 1024, f));
+    fn flush(log: &mut Option<BufWriter<File>>) -> Result<()> {
+        if let Some(w) = log.as_mut() {
+            w.flush().context("cannot write the ack log")?;
+        }
+        Ok(())
+    }
     let mut report = AckReport {
         acknowledged: 0,
         errors: Vec::new(),
     };
-    while let Some((fut, value)) = rx.recv().await {
-        match fut.await {
+    let mut line = Vec::with_capacity(256);
+    loop {
+        let (fut, value) = match rx.try_recv() {
+            Ok(p) => p,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                flush(&mut log)?;
+                match rx.recv().await {
+                    Some(p) => p,
+                    None => break,
+                }
+            }
+        };
+        let mut fut = pin!(fut);
+        let delivered = match futures::poll!(fut.as_mut()) {
+            Poll::Ready(d) => d,
+            Poll::Pending => {
+                flush(&mut log)?;
+                tokio::select! {
+                    d = fut => d,
+                    _ = give_up.cancelled() => break,
+                }
+            }
+        };
+        match delivered {
             Ok(d) => {
                 report.acknowledged += 1;
                 if let Some(w) = log.as_mut() {
-                    writeln!(
-                        w,
-                        "{} {} {}",
-                        d.shard,
-                        d.offset,
-                        String::from_utf8_lossy(&value)
-                    )
-                    .context("cannot write the ack log")?;
+                    line.clear();
+                    write!(line, "{} {} ", d.shard, d.offset).expect("writing to a Vec");
+                    line.extend_from_slice(String::from_utf8_lossy(&value).as_bytes());
+                    line.push(b'\n');
+                    w.write_all(&line).context("cannot write the ack log")?;
                 }
             }
             Err(e) => {
@@ -361,9 +593,7 @@ async fn track_acks(
             }
         }
     }
-    if let Some(mut w) = log {
-        w.flush().context("cannot write the ack log")?;
-    }
+    flush(&mut log)?;
     Ok(report)
 }
 
@@ -431,6 +661,124 @@ mod tests {
         assert!(!shown.contains("producer_1.txt:21: bad"));
         assert!(shown.contains("and 5 more"));
         assert!(shown.ends_with("nothing was sent"));
+    }
+
+    /// Flags for a run that must fail before it connects (nothing listens on port 1).
+    fn offline(extra: &[&str]) -> Args {
+        let mut argv = vec!["runproduce", "--id", "5", "--topics", "T1:*"];
+        argv.extend_from_slice(&["--broker", "127.0.0.1:1"]);
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    async fn offline_error(extra: &[&str]) -> String {
+        let e = run(offline(extra)).await.expect_err("refused");
+        format!("{e:#}")
+    }
+
+    #[tokio::test]
+    async fn a_size_over_the_record_limit_is_refused_up_front() {
+        let e = offline_error(&["--count", "1", "--size", "20000000"]).await;
+        assert!(
+            e.starts_with("--size 20000000 exceeds --max-record-bytes 1048576"),
+            "{e}"
+        );
+        let e =
+            offline_error(&["--count", "1", "--size", "200", "--max-record-bytes", "100"]).await;
+        assert!(
+            e.starts_with("--size 200 exceeds --max-record-bytes 100"),
+            "{e}"
+        );
+        let e = offline_error(&["--count", "1", "--max-record-bytes", "100000000"]).await;
+        assert!(e.contains("more than one frame can carry"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn log_loc_must_be_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("producer_5.txt");
+        std::fs::write(&file, "1 A P1 T1\n").unwrap();
+        let e = offline_error(&["--log_loc", file.to_str().unwrap()]).await;
+        assert!(e.contains("is not a directory"), "{e}");
+        assert!(e.contains(&file.display().to_string()), "{e}");
+    }
+
+    #[tokio::test]
+    async fn bad_utf8_and_oversized_lines_are_refused_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = b"1 small P1 T1\n1 b\xe9d P1 T1\n1 ".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 2_000_000));
+        data.extend_from_slice(b" P1 T1\n1 after P1 T1\n");
+        std::fs::write(dir.path().join("producer_5.txt"), data).unwrap();
+        // Checked before connecting: no cluster is needed to find these.
+        let e = offline_error(&["--log_loc", dir.path().to_str().unwrap()]).await;
+        assert!(e.contains("producer_5.txt:2: not valid UTF-8"), "{e}");
+        assert!(
+            e.contains(
+                "producer_5.txt:3: message of 2000000 bytes exceeds --max-record-bytes 1048576"
+            ),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_producer_with_the_same_id_cannot_take_the_ack_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("producer_5.acked");
+        std::fs::write(&path, "T1:P1 0 kept\n").unwrap();
+        let held = open_ack_log(&path, 5).expect("first lock");
+        let d = dir.path().to_str().unwrap();
+        let e = offline_error(&["--count", "1", "--log_loc", d, "--ack-log"]).await;
+        assert!(
+            e.contains("producer_5.acked is in use: another runproduce --id 5"),
+            "{e}"
+        );
+        drop(held);
+        // The holder emptied it when it took it; the refused one did not touch it.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        // Once released, the next run takes it (and fails later, at connecting).
+        let e = offline_error(&["--count", "1", "--log_loc", d, "--ack-log"]).await;
+        assert!(e.contains("cannot start a producer"), "{e}");
+    }
+
+    #[test]
+    fn a_run_is_ok_only_if_everything_was_sent_and_acknowledged() {
+        let all = Summary {
+            sent: 3,
+            acknowledged: 3,
+            failed: 0,
+            not_sent: 0,
+            bytes: 30,
+            elapsed: Duration::from_secs(1),
+            errors: Vec::new(),
+            interrupted: false,
+        };
+        assert!(all.ok(), "{all}");
+        let refused = Summary {
+            sent: 0,
+            acknowledged: 0,
+            failed: 1,
+            errors: vec!["cannot send to T:P1: too large".into()],
+            ..all.clone()
+        };
+        assert!(!refused.ok());
+        let stopped = Summary {
+            not_sent: 7,
+            interrupted: true,
+            ..all.clone()
+        };
+        assert!(!stopped.ok());
+        assert!(
+            stopped
+                .to_string()
+                .ends_with("(interrupted by Ctrl-C: 7 records not sent)"),
+            "{stopped}"
+        );
+        assert!(!Summary {
+            errors: vec!["x".into()],
+            ..all
+        }
+        .ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The `producer_N.txt` input of `runproduce`: one record per line,
 //! `<time> <message> <partition|*> <topic>` separated by any whitespace, blank lines skipped.
-//! Parsing checks the syntax; [`validate`] checks every record against the routing table and the
-//! `--topics` the producer was started with, so a bad file is refused before anything is sent.
+//! Parsing checks the syntax, the encoding (UTF-8) and the message size; [`validate`] checks every
+//! record against the routing table and the `--topics` the producer was started with, so a bad file
+//! is refused before anything is sent.
 
 use std::fmt;
 
@@ -32,21 +33,48 @@ impl fmt::Display for LineError {
     }
 }
 
-/// Parses the whole file, collecting every bad line rather than stopping at the first.
+/// Parses the whole file, collecting every bad line rather than stopping at the first. No size
+/// limit: see [`parse_bytes`].
 pub fn parse(file: &str, text: &str) -> (Vec<LogRecord>, Vec<LineError>) {
+    parse_bytes(file, text.as_bytes(), None)
+}
+
+/// Parses the raw bytes of the file (`\n` or `\r\n` line ends), collecting every bad line: a
+/// line that is not UTF-8, has the wrong shape, or (with `max_message_bytes`) whose message is
+/// larger than the limit.
+pub fn parse_bytes(
+    file: &str,
+    data: &[u8],
+    max_message_bytes: Option<usize>,
+) -> (Vec<LogRecord>, Vec<LineError>) {
     let mut records = Vec::new();
     let mut errors = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
+    let mut raw_lines: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
+    if raw_lines.last().is_some_and(|l| l.is_empty()) {
+        raw_lines.pop();
+    }
+    for (i, bytes) in raw_lines.into_iter().enumerate() {
         let line = i + 1;
-        let fields: Vec<&str> = raw.split_whitespace().collect();
-        if fields.is_empty() {
-            continue;
-        }
         let err = |reason: String| LineError {
             file: file.to_string(),
             line,
             reason,
         };
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let raw = match std::str::from_utf8(bytes) {
+            Ok(raw) => raw,
+            Err(e) => {
+                errors.push(err(format!(
+                    "not valid UTF-8 (at byte {} of the line)",
+                    e.valid_up_to() + 1
+                )));
+                continue;
+            }
+        };
+        let fields: Vec<&str> = raw.split_whitespace().collect();
+        if fields.is_empty() {
+            continue;
+        }
         let [time, message, partition, topic] = fields[..] else {
             errors.push(err(format!(
                 "expected 4 fields `<time> <message> <partition|*> <topic>`, found {}",
@@ -54,6 +82,13 @@ pub fn parse(file: &str, text: &str) -> (Vec<LogRecord>, Vec<LineError>) {
             )));
             continue;
         };
+        if let Some(max) = max_message_bytes.filter(|max| message.len() > *max) {
+            errors.push(err(format!(
+                "message of {} bytes exceeds --max-record-bytes {max}",
+                message.len()
+            )));
+            continue;
+        }
         if let Err(e) = validate_topic(topic) {
             errors.push(err(e));
             continue;
@@ -254,6 +289,27 @@ mod tests {
         );
         assert!(shown[3].contains("numbered from 1"), "{}", shown[3]);
         assert!(shown[4].contains("'/'"), "{}", shown[4]);
+    }
+
+    #[test]
+    fn bad_utf8_and_oversized_messages_name_their_line() {
+        let mut data = b"1 A P1 T1\r\n1 B\xff P1 T1\n".to_vec();
+        data.extend_from_slice(format!("1 {} P1 T1\n", "x".repeat(101)).as_bytes());
+        data.extend_from_slice(format!("1 {} P1 T1\n\n", "y".repeat(100)).as_bytes());
+        let (recs, errs) = parse_bytes("producer_9.txt", &data, Some(100));
+        assert_eq!(recs.iter().map(|r| r.line).collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(recs[0].message, "A");
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "producer_9.txt:2: not valid UTF-8 (at byte 4 of the line)",
+                "producer_9.txt:3: message of 101 bytes exceeds --max-record-bytes 100",
+            ]
+        );
+        // Without a limit, size is not checked.
+        let (recs, errs) = parse_bytes("p", &data[..data.len() - 1], None);
+        assert_eq!((recs.len(), errs.len()), (3, 1));
     }
 
     #[test]

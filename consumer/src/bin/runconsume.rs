@@ -1,5 +1,5 @@
 //! `runconsume`: consume shards of a shardq cluster into `DIR/consumer_N.txt`. All logic is in
-//! `shardq_consumer::cli`; this parses flags, sets up logging, turns Ctrl-C into a clean stop and
+//! `shardq_consumer::cli`; this parses flags, sets up logging, turns Ctrl-C into a clean stop (a second one quits at once) and
 //! maps the outcome to an exit code.
 
 use std::process::ExitCode;
@@ -22,8 +22,14 @@ async fn main() -> ExitCode {
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!("runconsume {id}: interrupted: writing and committing what it has (Ctrl-C again to quit now)");
+        on_signal.cancel();
         if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
+            eprintln!("runconsume {id}: interrupted again: quitting without the final commit");
+            std::process::exit(130);
         }
     });
     match cli::run(args, stop).await {

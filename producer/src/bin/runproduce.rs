@@ -1,11 +1,15 @@
 //! `runproduce`: send a producer log file (or a synthetic load) to a shardq cluster. All logic is
-//! in `shardq_producer::cli`; this only parses flags, sets up logging and maps the outcome to an
-//! exit code.
+//! in `shardq_producer::cli`; this only parses flags, sets up logging, turns Ctrl-C into a clean
+//! stop and maps the outcome to an exit code.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use shardq_producer::cli::{self, Args};
+use shardq_protocol::CancellationToken;
+
+/// Exit status after Ctrl-C stopped the run before everything was sent (128 + SIGINT).
+const INTERRUPTED: u8 = 130;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -18,7 +22,25 @@ async fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let id = args.id;
-    match cli::run(args).await {
+    let timeout_secs = args.timeout_secs.max(1);
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    let interrupted = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!(
+            "runproduce {id}: interrupted: sending no more records, waiting up to {timeout_secs}s \
+             for acknowledgements (Ctrl-C again to quit now)"
+        );
+        on_signal.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("runproduce {id}: interrupted again: quitting without waiting");
+            std::process::exit(INTERRUPTED.into());
+        }
+    });
+    match cli::run_until(args, stop).await {
         Ok(summary) => {
             for e in &summary.errors {
                 eprintln!("runproduce {id}: error: {e}");
@@ -26,6 +48,8 @@ async fn main() -> ExitCode {
             eprintln!("runproduce {id}: {summary}");
             if summary.ok() {
                 ExitCode::SUCCESS
+            } else if summary.interrupted {
+                ExitCode::from(INTERRUPTED)
             } else {
                 ExitCode::FAILURE
             }
@@ -36,7 +60,11 @@ async fn main() -> ExitCode {
             } else {
                 eprintln!("runproduce {id}: error: {e:#}");
             }
-            ExitCode::FAILURE
+            if interrupted.is_cancelled() {
+                ExitCode::from(INTERRUPTED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
