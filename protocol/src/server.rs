@@ -117,7 +117,9 @@ async fn handle_connection<S: Service>(
     stream.set_nodelay(true).ok();
     let (rd, wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, FrameCodec::<RequestEnvelope>::new(max_frame));
-    let (tx, rx) = mpsc::unbounded_channel::<ResponseEnvelope>();
+    // Bounded: a request's task ends only once its response is queued, so a client that sends
+    // and never reads stops being read (`max_in_flight`) instead of piling up responses here.
+    let (tx, rx) = mpsc::channel::<ResponseEnvelope>(max_in_flight.max(1));
     let writer = tokio::spawn(write_loop(wr, rx, FrameCodec::<()>::new(max_frame)));
 
     // The handshake comes first and names a version we speak.
@@ -142,7 +144,7 @@ async fn handle_connection<S: Service>(
         }),
     };
     let refused = refusal.as_ref().map(|e| e.to_string());
-    let _ = tx.send(ResponseEnvelope {
+    let _ = tx.try_send(ResponseEnvelope {
         correlation_id: hello.correlation_id,
         result: match refusal {
             None => Ok(Response::Handshake {
@@ -177,7 +179,7 @@ async fn handle_connection<S: Service>(
                         let result = AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|_| {
                             Err(ErrorKind::Internal { reason: format!("the {name} handler failed") })
                         });
-                        let _ = tx.send(ResponseEnvelope { correlation_id: env.correlation_id, result });
+                        let _ = tx.send(ResponseEnvelope { correlation_id: env.correlation_id, result }).await;
                     });
                 }
             }
@@ -196,7 +198,7 @@ async fn handle_connection<S: Service>(
 
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<ResponseEnvelope>,
+    mut rx: mpsc::Receiver<ResponseEnvelope>,
     mut codec: FrameCodec<()>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);

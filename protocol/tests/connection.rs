@@ -687,3 +687,67 @@ async fn close_fails_waiters_and_later_requests() {
     ));
     server.stop().await;
 }
+
+/// A client that pipelines requests and never reads its answers must not make the server queue
+/// answers without bound: once `max_in_flight` answers wait to be written, the server stops
+/// reading that connection; when the client reads again, everything is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_stops_being_read() {
+    let server = start(
+        TestService::new(),
+        ServerConfig {
+            max_in_flight: 4,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut framed = raw(&server.addr).await;
+    raw_handshake(&mut framed).await;
+    const SENT: u64 = 200;
+    const ANSWER_BYTES: usize = 256 * 1024;
+    for i in 0..SENT {
+        let env = RequestEnvelope {
+            correlation_id: 10 + i,
+            request: describe(format!("big:{ANSWER_BYTES}")),
+        };
+        framed.feed(&env).await.expect("queue request");
+    }
+    SinkExt::<&RequestEnvelope>::flush(&mut framed)
+        .await
+        .expect("send requests");
+    // Let the server take all it will: wait until the call count stops moving (bounded).
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = usize::MAX;
+    loop {
+        let now = server.svc.calls.load(Ordering::SeqCst);
+        if now == last || Instant::now() > deadline {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // In flight (4) + queued answers (4) + what the kernel's socket buffers hold (a few MB of
+    // 256 KiB answers) + the one being written; unbounded it would be all 200.
+    let taken = server.svc.calls.load(Ordering::SeqCst);
+    assert!(
+        taken <= 48,
+        "the server took {taken} of {SENT} requests from a client that reads nothing"
+    );
+    // Reading again drains everything.
+    let mut answered = 0;
+    while answered < SENT {
+        let env = tokio::time::timeout(DEADLINE, framed.next())
+            .await
+            .expect("answers keep coming")
+            .expect("a frame")
+            .expect("a valid frame");
+        assert!(
+            matches!(&env.result, Ok(Response::TopicCreated(t)) if t.name.len() == ANSWER_BYTES),
+            "{:?}",
+            env.correlation_id
+        );
+        answered += 1;
+    }
+    assert_eq!(server.svc.calls.load(Ordering::SeqCst), SENT as usize);
+    server.stop().await;
+}
