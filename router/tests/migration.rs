@@ -512,3 +512,53 @@ async fn a_dead_destination_past_the_move_timeout_rolls_the_move_back() {
     b1.shutdown().await;
     router.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_fence_no_move_accounts_for_is_lifted_by_the_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router_with(&dir.path().join("router"), "127.0.0.1:0", |_| {}).await;
+    let raddr = router.addr().to_string();
+    let b1 = broker(1, dir.path(), &raddr).await;
+    let c = client(&raddr).await;
+    await_up(&c, &[1]).await;
+    create(&c, "F", 1).await;
+    let shard = ShardId::new("F", 1);
+    fill(&c, &shard, 10, 0).await;
+
+    // A late fence from an import the router already rolled back (brokers ignore move ids).
+    let direct = client(b1.addr()).await;
+    let fence = Request::FenceShard {
+        shard: shard.clone(),
+        move_id: 4242,
+    };
+    assert!(matches!(
+        ask(&direct, fence).await,
+        Ok(Response::Fenced { end_offset: 10 })
+    ));
+    assert!(in_flight(&status(&c).await).is_empty());
+
+    let produce = || {
+        let mut b = BatchBuilder::default();
+        b.push(None, b"after", 0);
+        Request::Produce(ProduceRequest {
+            shard: shard.clone(),
+            epoch: 0,
+            producer: None,
+            acks: Acks::Appended,
+            batch: b.finish(),
+        })
+    };
+    // The router sees the fence in a heartbeat and unfences the shard: writes resume at the
+    // fenced end.
+    let base = eventually("the stale fence to be lifted", || async {
+        match ask(&c, produce()).await {
+            Ok(Response::Produced { base_offset, .. }) => Some(base_offset),
+            Err(ErrorKind::Moving { .. }) => None,
+            other => panic!("{other:?}"),
+        }
+    })
+    .await;
+    assert_eq!(base, 10);
+    b1.shutdown().await;
+    router.shutdown().await;
+}
