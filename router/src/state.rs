@@ -885,6 +885,22 @@ impl State {
         }
     }
 
+    /// The route shown to operators (describe, status): like [`State::route`], but a shard on
+    /// a down broker still names that owner (the broker list says it is down), so the
+    /// operator sees whose return the shard waits for. Clients route by the metadata table.
+    fn shown_route(&self, shard: &ShardId) -> ShardRoute {
+        let mut route = self.route(shard);
+        if route.owner.is_none() {
+            route.owner = self.owners.get(shard).and_then(|id| {
+                Some(BrokerAddr {
+                    id: *id,
+                    addr: self.members.get(id)?.addr.clone(),
+                })
+            });
+        }
+        route
+    }
+
     /// The last report of `shard` from its owner (even if the owner is Down now: it is the last
     /// thing known).
     fn report(&self, shard: &ShardId) -> Option<ShardReport> {
@@ -993,7 +1009,7 @@ impl State {
             },
             shards: self
                 .shards_of(name, partitions)
-                .map(|s| (self.route(&s), self.report(&s)))
+                .map(|s| (self.shown_route(&s), self.report(&s)))
                 .collect(),
         })
     }
@@ -1027,7 +1043,7 @@ impl State {
             shards: self
                 .owners
                 .keys()
-                .map(|s| (self.route(s), self.report(s)))
+                .map(|s| (self.shown_route(s), self.report(s)))
                 .collect(),
             moves: self
                 .moves
@@ -1144,6 +1160,13 @@ mod tests {
         assert_eq!(expired, vec![1, 2]);
         let table = s.routing_table(&[]).unwrap();
         assert!(table.shards.iter().all(|r| r.owner.is_none()));
+        // Operators still see whose return the shard waits for.
+        let status = s.status(t0);
+        assert!(status.shards.iter().all(|(r, _)| r.owner.is_some()));
+        assert!(status
+            .brokers
+            .iter()
+            .all(|b| b.status == BrokerStatus::Down));
         assert!(matches!(
             s.create_topic("u", 1, ok),
             Err(ErrorKind::Unavailable { .. })
