@@ -1,6 +1,6 @@
 //! Admin commands that talk to a running cluster: topics, brokers, status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 use shardq_protocol::cluster::ClusterClient;
@@ -57,46 +57,67 @@ pub async fn topic_list(bootstrap: &str) -> Result<()> {
 }
 
 pub async fn topic_describe(bootstrap: &str, name: &str) -> Result<()> {
-    match ask(
-        bootstrap,
-        Request::DescribeTopic {
+    let c = client(bootstrap).await?;
+    let d = match c
+        .admin(Request::DescribeTopic {
             name: name.to_string(),
-        },
-    )
-    .await?
+        })
+        .await?
     {
-        Response::Topic(d) => {
-            print!("{}", render_topic(&d));
-            Ok(())
-        }
+        Response::Topic(d) => d,
         other => bail!("unexpected answer {}", other.name()),
-    }
+    };
+    let down = match c.admin(Request::ListBrokers).await? {
+        Response::Brokers(bs) => bs
+            .iter()
+            .filter(|b| b.status == BrokerStatus::Down)
+            .map(|b| b.addr.id)
+            .collect(),
+        other => bail!("unexpected answer {}", other.name()),
+    };
+    print!("{}", render_topic(&d, &down));
+    Ok(())
 }
 
-fn render_topic(d: &TopicDescription) -> String {
+fn render_topic(d: &TopicDescription, down: &BTreeSet<u32>) -> String {
     let mut s = format!(
         "topic {} ({} partitions)\n",
         d.topic.name, d.topic.partitions
     );
-    s.push_str(&render_shards(&d.shards));
+    s.push_str(&render_shards(&d.shards, down));
     s
 }
 
+/// Brokers the router reports Down.
+fn down_brokers(st: &ClusterStatus) -> BTreeSet<u32> {
+    st.brokers
+        .iter()
+        .filter(|b| b.status == BrokerStatus::Down)
+        .map(|b| b.addr.id)
+        .collect()
+}
+
+/// The shard table; a shard whose owner is in `down` shows e.g. `4 (down)`: it is unavailable
+/// until that broker returns.
 fn render_shards(
     shards: &[(
         shardq_protocol::ShardRoute,
         Option<shardq_protocol::ShardReport>,
     )],
+    down: &BTreeSet<u32>,
 ) -> String {
     let mut s = format!(
-        "{:<24} {:<8} {:>12} {:>12}  groups (committed/lag)\n",
+        "{:<24} {:<10} {:>12} {:>12}  groups (committed/lag)\n",
         "shard", "owner", "end offset", "bytes"
     );
     for (route, report) in shards {
-        let owner = route
-            .owner
-            .as_ref()
-            .map_or("-".to_string(), |o| o.id.to_string());
+        let owner = route.owner.as_ref().map_or("-".to_string(), |o| {
+            if down.contains(&o.id) {
+                format!("{} (down)", o.id)
+            } else {
+                o.id.to_string()
+            }
+        });
         let owner = if route.moving {
             format!("{owner}*")
         } else {
@@ -115,7 +136,7 @@ fn render_shards(
             None => ("?".into(), "?".into(), String::new()),
         };
         s.push_str(&format!(
-            "{:<24} {:<8} {:>12} {:>12}  {}\n",
+            "{:<24} {:<10} {:>12} {:>12}  {}\n",
             route.shard.to_string(),
             owner,
             end,
@@ -165,7 +186,7 @@ pub fn render_status(st: &ClusterStatus) -> String {
     }
     if !st.shards.is_empty() {
         s.push('\n');
-        s.push_str(&render_shards(&st.shards));
+        s.push_str(&render_shards(&st.shards, &down_brokers(st)));
     }
     let (active, done): (Vec<_>, Vec<_>) = st.moves.iter().partition(|m| {
         !matches!(
@@ -225,6 +246,7 @@ pub async fn status(bootstrap: &str, json: bool) -> Result<()> {
 
 /// A stable JSON view of the status for scripts.
 fn status_json(st: &ClusterStatus) -> serde_json::Value {
+    let down = down_brokers(st);
     serde_json::json!({
         "epoch": st.epoch,
         "brokers": st.brokers.iter().map(|b| serde_json::json!({
@@ -235,6 +257,7 @@ fn status_json(st: &ClusterStatus) -> serde_json::Value {
         "shards": st.shards.iter().map(|(r, rep)| serde_json::json!({
             "shard": r.shard.to_string(),
             "owner": r.owner.as_ref().map(|o| o.id),
+            "owner_down": r.owner.as_ref().is_some_and(|o| down.contains(&o.id)),
             "moving": r.moving,
             "end_offset": rep.as_ref().map(|x| x.end_offset),
             "groups": rep.as_ref().map(|x| x.groups.iter().map(|(g, o)| (g.clone(), *o)).collect::<BTreeMap<_, _>>()),
@@ -365,45 +388,49 @@ pub async fn wait_drained(bootstrap: &str, id: u32, timeout: std::time::Duration
     let mut last = String::new();
     loop {
         let st = fetch_status(&client).await?;
-        if !st.brokers.iter().any(|b| b.addr.id == id) {
+        let Some(broker) = st.brokers.iter().find(|b| b.addr.id == id) else {
             println!("broker {id} drained and removed");
             return Ok(());
-        }
-        let owned = st
-            .shards
-            .iter()
-            .filter(|(r, _)| r.owner.as_ref().is_some_and(|o| o.id == id))
-            .count();
+        };
+        // The router's count: it includes shards whose routes are gone because it is down.
+        let owned = broker.shards;
         let moving = st
             .moves
             .iter()
             .filter(|m| {
-                m.from == Some(id)
+                (m.from == Some(id) || m.to == id)
                     && !matches!(
                         m.phase,
                         MovePhase::Done | MovePhase::Failed | MovePhase::RolledBack
                     )
             })
             .count();
-        let down = st
-            .brokers
-            .iter()
-            .any(|b| b.addr.id == id && b.status == BrokerStatus::Down);
-        let line = if down && owned > 0 {
-            format!(
-                "broker {id}: {owned} shard(s) left, but it is DOWN: its shards cannot be copied until it \
-                 returns (`shardq broker remove {id} --force` gives up their data)"
-            )
-        } else {
-            format!("broker {id}: {owned} shard(s) left, {moving} moving")
-        };
+        if broker.status == BrokerStatus::Down {
+            let what = if owned > 0 {
+                format!(
+                    "its {owned} shard(s) cannot be copied to other brokers until it returns \
+                     (it keeps draining then)"
+                )
+            } else {
+                "it owns no shard any more, but its old copies are deleted and it is removed \
+                 only once it returns"
+                    .to_string()
+            };
+            bail!(
+                "broker {id} is DOWN: {what}. Restart it, then run `shardq broker remove {id}` \
+                 again to watch the drain; or `shardq broker remove {id} --force` removes it now \
+                 and DISCARDS the data of the shards it still holds"
+            );
+        }
+        let line = format!("broker {id}: {owned} shard(s) left, {moving} moving");
         if line != last {
             println!("{line}");
             last = line;
         }
         if std::time::Instant::now() > deadline {
             bail!(
-                "broker {id} still holds {owned} shard(s) after {timeout:?}; see `shardq status`"
+                "broker {id} still holds {owned} shard(s) after {timeout:?}; it keeps draining \
+                 (see `shardq status`)"
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -536,5 +563,53 @@ pub async fn wait_balanced(
             bail!("moves still in flight after {timeout:?}; see `shardq status`");
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardq_protocol::{BrokerAddr, BrokerInfo, ShardId, ShardRoute, TopicInfo};
+
+    #[test]
+    fn a_shard_on_a_down_broker_names_it_as_down() {
+        let broker = |id: u32, status| BrokerInfo {
+            addr: BrokerAddr {
+                id,
+                addr: format!("127.0.0.1:{}", 9000 + id),
+            },
+            weight: 1,
+            status,
+            last_seen_ms: 0,
+            shards: 1,
+        };
+        let route = |p: u32, owner: u32| ShardRoute {
+            shard: ShardId::new("T", p),
+            owner: Some(BrokerAddr {
+                id: owner,
+                addr: format!("127.0.0.1:{}", 9000 + owner),
+            }),
+            moving: false,
+        };
+        let st = ClusterStatus {
+            epoch: 3,
+            brokers: vec![broker(1, BrokerStatus::Up), broker(4, BrokerStatus::Down)],
+            topics: vec![TopicInfo {
+                name: "T".into(),
+                partitions: 2,
+            }],
+            shards: vec![(route(1, 1), None), (route(2, 4), None)],
+            moves: Vec::new(),
+        };
+        let text = render_status(&st);
+        let line = |shard: &str| {
+            text.lines()
+                .find(|l| l.starts_with(shard))
+                .unwrap_or_else(|| panic!("no {shard} line in {text}"))
+                .to_string()
+        };
+        assert!(line("T:P2").contains("4 (down)"), "{text}");
+        assert!(!line("T:P1").contains("down"), "{text}");
+        assert_eq!(status_json(&st)["shards"][1]["owner_down"], true);
     }
 }

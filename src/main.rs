@@ -30,7 +30,7 @@ struct Target {
 enum Cmd {
     /// Run the routing front (membership, topics, placement, metadata, proxy).
     Router(shardq_router::cli::RouterArgs),
-    /// Run a broker node, or administer brokers (`shardq broker list|remove`).
+    /// Run a broker node, or administer brokers (`shardq broker list|add|remove`).
     Broker(BrokerCmd),
     /// Start a local cluster (router + N brokers as child processes) and keep it running.
     Up(up::UpArgs),
@@ -111,7 +111,8 @@ enum BrokerAdmin {
         #[command(flatten)]
         target: Target,
     },
-    /// Remove a broker: drain its shards to their new owners (waits and shows progress); with
+    /// Remove a broker: drain its shards to their new owners (waits and shows progress; fails
+    /// at once if the broker is down, since its shards cannot drain until it returns); with
     /// --force, give up a dead broker's data (says what it discards).
     Remove {
         id: u32,

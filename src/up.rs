@@ -1,6 +1,11 @@
 //! `shardq up`: a local cluster of child processes (one router, N brokers) for trying shardq on
 //! one machine. Prints where each listens, writes `DATA/cluster.json` for scripts, restarts a broker
 //! process that dies, and stops everything on Ctrl-C / SIGTERM.
+//!
+//! Run again on the same data directory, it restarts the cluster as it was: the router keeps the
+//! membership in `DATA/router`, so the brokers started are exactly its members (brokers added
+//! with `shardq broker add` included, removed ones not), each on its own `broker-N` data dir;
+//! `--brokers` only sizes a new cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,7 +19,7 @@ use tracing::{info, warn};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
-    /// Number of brokers to start.
+    /// Number of brokers of a new cluster (a restarted one starts the brokers that are members).
     #[arg(long, default_value_t = 3)]
     pub brokers: u32,
     /// Data directory: router/, broker-N/ and logs/ are created inside.
@@ -226,6 +231,21 @@ pub async fn request_broker(data: &Path) -> Result<(u32, String)> {
     }
 }
 
+/// The brokers the router (restored from its data dir) has as members: who to start. Empty for a
+/// new cluster.
+async fn members(router: &str) -> Result<Vec<u32>> {
+    let client = crate::admin::client(router).await?;
+    match client.admin(shardq_protocol::Request::ListBrokers).await {
+        Ok(shardq_protocol::Response::Brokers(bs)) => {
+            let mut ids: Vec<u32> = bs.iter().map(|b| b.addr.id).collect();
+            ids.sort_unstable();
+            Ok(ids)
+        }
+        Ok(other) => bail!("router answered list-brokers with {}", other.name()),
+        Err(e) => Err(e).context("cannot ask the router for its members"),
+    }
+}
+
 /// Restarts must come back on the same address, so pin the port a process got.
 fn pin_listen(args: &mut [String], addr: &str) {
     if let Some(i) = args.iter().position(|a| a == "--listen") {
@@ -269,7 +289,21 @@ pub async fn run(args: UpArgs) -> Result<()> {
         restarts: 0,
         started: Instant::now(),
     }];
-    for id in 1..=args.brokers {
+    let ids = match members(&router_addr).await? {
+        ids if ids.is_empty() => (1..=args.brokers).collect(),
+        ids => {
+            println!(
+                "restarting the cluster in {}: its members are broker(s) {}",
+                args.data.display(),
+                ids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            ids
+        }
+    };
+    for &id in &ids {
         let p = add_broker(&args, &router_addr, id, &logs).await?;
         println!("broker {id} listening on {}", p.addr);
         procs.push(p);
@@ -277,7 +311,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     write_cluster_file(&args.data, &procs)?;
     println!(
         "cluster up: {} broker(s); logs in {}; Ctrl-C stops it",
-        args.brokers,
+        ids.len(),
         logs.display()
     );
 

@@ -47,8 +47,8 @@ pub struct RouterArgs {
     /// Most shard moves (live migrations) in flight at once when brokers join or leave.
     #[arg(long, default_value_t = DEFAULT_MAX_MOVES as u64, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_moves: u64,
-    /// A move whose destination broker stays down this many milliseconds is rolled back (its
-    /// source is unfenced and keeps the shard).
+    /// A move whose destination broker stays down this many milliseconds, or reports no
+    /// progress for as long, is rolled back (its source is unfenced and keeps the shard).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub move_timeout_ms: u64,
 }

@@ -69,8 +69,9 @@ pub struct RouterConfig {
     pub max_frame: usize,
     /// Most shard moves in flight at once (at least 1 is used).
     pub max_moves: usize,
-    /// A move whose destination stays down longer than this is rolled back (the source is
-    /// unfenced and keeps the shard).
+    /// A move whose destination stays down (or, after a router restart, either end stays
+    /// unregistered) longer than this, or whose destination reports no progress for this long,
+    /// is rolled back (the source is unfenced and keeps the shard).
     pub move_timeout: Duration,
 }
 

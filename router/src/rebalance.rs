@@ -10,8 +10,13 @@
 //! while copying, fast once the source is fenced so the write pause stays short), the owner flip
 //! (persisted, epoch bumped) when the destination is ready, AssignShards to it, the final
 //! progress, and DropShard to the source. If the destination stays down longer than the move
-//! timeout (or refuses the import) the move is rolled back: the source is unfenced and keeps the
-//! shard. Every step is idempotent on the brokers, so a restarted router simply resumes each
+//! timeout, reports no progress for that long, or refuses the import, the move is rolled back:
+//! the source is unfenced and keeps the shard. After a router restart nothing is sent to (or
+//! named with) a broker's address until that broker has registered or heartbeated again: it may
+//! listen elsewhere now.
+//!
+//! Each round also reconciles fences: a shard its owner reports Fenced while no move of it is in
+//! flight (an unfence lost in a rollback, a late fence from a cancelled import) is unfenced. Every step is idempotent on the brokers, so a restarted router simply resumes each
 //! unfinished move from the phase it persisted.
 
 use std::collections::HashSet;
@@ -27,6 +32,8 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+#[cfg(doc)]
+use crate::state::State;
 use crate::store::{MoveRecord, PendingDrop};
 use crate::Shared;
 
@@ -117,6 +124,12 @@ impl Shared {
         ))
     }
 
+    /// Whether broker `id` registered or heartbeated since this router started (its address is
+    /// current).
+    fn confirmed(&self, id: BrokerId) -> bool {
+        self.state().members.get(&id).is_some_and(|m| m.confirmed)
+    }
+
     /// One rebalancing round.
     async fn rebalance_once(self: &Arc<Self>, tasks: &mut JoinSet<()>) {
         let reaped = {
@@ -158,6 +171,18 @@ impl Shared {
             }
         }
 
+        // Observed vs desired: a shard its owner reports Fenced with no move in flight would
+        // refuse writes forever. Marked under the lock before planning, so no new move of it
+        // starts until the unfence is answered.
+        let stale = self.state().stale_fences();
+        for (broker, shard) in stale {
+            let shared = self.clone();
+            tasks.spawn(
+                async move { shared.send_unfence(broker, shard).await }
+                    .instrument(info_span!("unfence")),
+            );
+        }
+
         let planned = {
             let mut st = self.state();
             st.plan_moves(self.config.max_moves, Instant::now(), now_ms(), |ops| {
@@ -185,6 +210,43 @@ impl Shared {
         }
     }
 
+    /// Unfences a shard fenced without a move in flight (see [`State::stale_fences`]).
+    async fn send_unfence(self: Arc<Self>, broker: BrokerAddr, shard: ShardId) {
+        warn!(
+            broker = broker.id,
+            %shard,
+            "shard reported fenced with no move in flight: unfencing it"
+        );
+        let request = Request::UnfenceShard {
+            shard: shard.clone(),
+            // No move: 0 is never a move id (ids start at 1).
+            move_id: 0,
+        };
+        let ok = match self.ask(&broker, request).await {
+            Ok(_) => true,
+            // The broker itself answered (e.g. "not fenced", "not the owner"): nothing to undo
+            // now; its next report says how things are.
+            Err(ClientError::Server(ErrorKind::ShuttingDown)) => false,
+            Err(ClientError::Server(e)) => {
+                debug!(broker = broker.id, %shard, "unfence answered: {e}");
+                true
+            }
+            Err(e) => {
+                debug!(broker = broker.id, %shard, "unfence failed: {e}; retried later");
+                false
+            }
+        };
+        if ok {
+            info!(broker = broker.id, %shard, "stale fence removed: the shard takes writes again");
+        }
+        self.state().unfenced(
+            broker.id,
+            &shard,
+            ok,
+            Instant::now() + self.config.request_timeout,
+        );
+    }
+
     /// Sends one pending drop; forgets it once the broker answered (whatever it said: a refusal
     /// means it owns the shard again or has no copy).
     async fn send_drop(self: Arc<Self>, broker: BrokerAddr, shard: ShardId, epoch: u64) {
@@ -200,7 +262,11 @@ impl Shared {
                     st.forget_drops(std::slice::from_ref(&key), |ops| self.persist(ops))
                 };
                 match forgotten {
-                    Ok(()) => debug!(broker = broker.id, %shard, "old copy dropped"),
+                    Ok(()) => {
+                        debug!(broker = broker.id, %shard, "old copy dropped");
+                        // A drained leaver waits for its drops before it is removed.
+                        self.kick_rebalancer();
+                    }
                     Err(e) => warn!("cannot forget a done drop: {e}"),
                 }
             }
@@ -255,8 +321,10 @@ async fn drive(shared: Arc<Shared>, move_id: u64) {
     let mut d = Driver {
         shared,
         move_id,
-        imported: false,
+        imported: None,
         down_since: None,
+        progress: None,
+        progress_at: Instant::now(),
         backoff: BACKOFF_MIN,
     };
     d.run().instrument(info_span!("move", id = move_id)).await
@@ -265,10 +333,16 @@ async fn drive(shared: Arc<Shared>, move_id: u64) {
 struct Driver {
     shared: Arc<Shared>,
     move_id: u64,
-    /// ImportShard was accepted by the destination (since the last error).
-    imported: bool,
-    /// When the destination was first seen Down (reset when it is Up).
+    /// ImportShard was accepted by the destination (since the last error), naming the source at
+    /// this address: sent again when the source's address changes (it restarted elsewhere).
+    imported: Option<String>,
+    /// When the destination was first seen Down or not yet re-registered (reset when it is Up).
     down_since: Option<Instant>,
+    /// The destination's last reported (phase, records, bytes, lag), and since when: a move
+    /// whose destination is up but reports no change for the move timeout is rolled back
+    /// (e.g. it keeps failing to reach the source).
+    progress: Option<(MovePhase, u64, u64, u64)>,
+    progress_at: Instant,
     backoff: Duration,
 }
 
@@ -316,23 +390,47 @@ impl Driver {
                 let reason = format!("destination broker {} was removed", m.to);
                 return self.rollback(m, source, reason).await;
             };
-            if status == BrokerStatus::Down {
+            // After a router restart a broker may come back on another port: nothing is sent to
+            // (or named with) an address it has not confirmed since.
+            let waiting = if status == BrokerStatus::Down {
+                Some(format!("destination broker {} was down", m.to))
+            } else if !self.shared.confirmed(m.to) {
+                Some(format!("destination broker {} did not re-register", m.to))
+            } else if !self.shared.confirmed(m.from) {
+                Some(format!("source broker {} did not re-register", m.from))
+            } else {
+                None
+            };
+            if let Some(what) = waiting {
                 let since = *self.down_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.shared.config.move_timeout {
-                    let reason = format!(
-                        "destination broker {} was down for more than {:?}",
-                        m.to, self.shared.config.move_timeout
-                    );
+                    let reason =
+                        format!("{what} for more than {:?}", self.shared.config.move_timeout);
                     return self.rollback(m, source, reason).await;
                 }
-                self.imported = false;
+                self.imported = None;
                 if !self.shared.pause(POLL_COPYING).await {
                     return;
                 }
                 continue;
             }
-            self.down_since = None;
-            if !self.imported {
+            if self.down_since.take().is_some() {
+                // The no-progress clock runs only while both ends are reachable.
+                self.progress_at = Instant::now();
+            }
+            if self.progress_at.elapsed() >= self.shared.config.move_timeout {
+                let reason =
+                    format!(
+                    "no progress for {:?} (destination broker {} last reported {})",
+                    self.shared.config.move_timeout,
+                    m.to,
+                    self.progress.map_or("nothing".to_string(), |(phase, records, bytes, lag)| {
+                        format!("{phase:?}, {records} records / {bytes} bytes copied, lag {lag}")
+                    })
+                );
+                return self.rollback(m, source, reason).await;
+            }
+            if self.imported.as_ref() != Some(&source.addr) {
                 let epoch = self.shared.state().epoch;
                 let request = Request::ImportShard {
                     move_id: m.move_id,
@@ -342,7 +440,7 @@ impl Driver {
                 };
                 match self.shared.ask(&dest, request).await {
                     Ok(Response::Ok) => {
-                        self.imported = true;
+                        self.imported = Some(source.addr.clone());
                         self.backoff = BACKOFF_MIN;
                         if m.phase == MovePhase::Pending {
                             self.persist_phase(MovePhase::Copying);
@@ -373,6 +471,11 @@ impl Driver {
                 Ok(Response::Move(p)) => {
                     self.backoff = BACKOFF_MIN;
                     self.shared.state().progress(&p);
+                    let seen = Some((p.phase, p.records_copied, p.bytes_copied, p.lag));
+                    if seen != self.progress {
+                        self.progress = seen;
+                        self.progress_at = Instant::now();
+                    }
                     let wait = match p.phase {
                         MovePhase::Pending | MovePhase::Copying => {
                             if m.phase == MovePhase::Pending {
@@ -420,7 +523,7 @@ impl Driver {
                         "move-status from broker {} failed: {e}; re-sending the import",
                         m.to
                     );
-                    self.imported = false;
+                    self.imported = None;
                     if !self.back_off().await {
                         return;
                     }

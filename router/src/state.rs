@@ -4,12 +4,12 @@
 //! (which moves the rebalancer starts, the owner flip, the history, pending drops). No I/O here: every mutating operation returns
 //! the [`Op`]s to persist, and the caller persists them before (or while) the change is visible.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use shardq_protocol::{
     validate_topic, BrokerAddr, BrokerId, BrokerInfo, BrokerReport, BrokerStatus, ClusterStatus,
     Epoch, ErrorKind, MovePhase, MoveProgress, RoutingTable, ShardAssignment, ShardId, ShardReport,
-    ShardRoute, TopicDescription, TopicInfo, MAX_PARTITIONS,
+    ShardRoute, ShardState, TopicDescription, TopicInfo, MAX_PARTITIONS,
 };
 use shardq_ring::{diff, Assignment, Member as RingMember, Ring, RingConfig};
 use tokio::time::Instant;
@@ -35,8 +35,12 @@ pub struct Member {
     pub leaving: bool,
     /// Last register or heartbeat (or the router's start, for members restored from disk).
     pub last_seen: Instant,
-    /// The latest report, for describe/status.
+    /// The latest report, for describe/status and the fence reconciliation.
     pub report: BrokerReport,
+    /// It registered or heartbeated since this router started, so `addr` is the address it
+    /// listens on now (a member restored from disk may have restarted on another port). No
+    /// move starts from or to a broker that is not confirmed.
+    pub confirmed: bool,
 }
 
 impl Member {
@@ -114,6 +118,9 @@ pub struct State {
     /// Shards whose last move failed are not moved again before this (not persisted: a restart
     /// may retry at once).
     pub retry_after: HashMap<ShardId, Instant>,
+    /// Shards the rebalancer is unfencing right now (a fence no move accounts for): no move of
+    /// them starts until the unfence is answered, so it cannot land after a new move's fence.
+    pub unfencing: HashSet<ShardId>,
 }
 
 impl State {
@@ -132,6 +139,7 @@ impl State {
                     leaving: m.leaving,
                     last_seen: now,
                     report: BrokerReport::default(),
+                    confirmed: false,
                 };
                 (m.id, member)
             })
@@ -156,6 +164,7 @@ impl State {
                 .map(|d| ((d.broker, d.shard), d.epoch))
                 .collect(),
             retry_after: HashMap::new(),
+            unfencing: HashSet::new(),
         }
     }
 
@@ -187,11 +196,13 @@ impl State {
             leaving: false,
             last_seen: now,
             report: BrokerReport::default(),
+            confirmed: true,
         });
         let changed = member.addr != addr || member.weight != weight;
         member.addr = addr;
         member.weight = weight;
         member.last_seen = now;
+        member.confirmed = true;
         // A Leaving broker that restarts keeps draining (`leaving` is separate from liveness).
         member.status = BrokerStatus::Up;
         Ok(if changed {
@@ -213,6 +224,7 @@ impl State {
             .get_mut(&id)
             .ok_or(ErrorKind::UnknownBroker { id })?;
         member.last_seen = now;
+        member.confirmed = true;
         member.report = report;
         let revived = member.status == BrokerStatus::Down;
         if revived {
@@ -402,6 +414,15 @@ impl State {
             .filter(|(_, o)| **o == id)
             .map(|(s, _)| s.clone())
             .collect();
+        if shards.is_empty() && !force && self.in_moves(id) {
+            // It may be the destination of a move about to flip: removing it now would hand the
+            // shard to a non-member and drop the source's copy.
+            return Err(ErrorKind::BadRequest {
+                reason: format!(
+                    "broker {id} takes part in a shard move in flight; remove it once the move                      has ended (see `shardq status`), or use --force (the move is rolled back)"
+                ),
+            });
+        }
         if shards.is_empty() {
             let ops = vec![Op::DeleteMember(id)];
             persist(&ops)?;
@@ -520,7 +541,9 @@ impl State {
         })
     }
 
-    /// Leaving brokers that are drained (no shard, no move): removed from the membership.
+    /// Leaving brokers that are drained (no shard, no move, no copy left to drop): removed
+    /// from the membership. A pending drop keeps the broker a member until it is sent: once
+    /// removed, the drop would be moot and the broker's copy would stay on its disk.
     pub fn reap_leavers(
         &mut self,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
@@ -529,7 +552,10 @@ impl State {
             .members
             .iter()
             .filter(|(id, m)| {
-                m.leaving && !self.owners.values().any(|o| o == *id) && !self.in_moves(**id)
+                m.leaving
+                    && !self.owners.values().any(|o| o == *id)
+                    && !self.in_moves(**id)
+                    && !self.drops.keys().any(|(b, _)| b == *id)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -578,8 +604,9 @@ impl State {
                 // An old copy there still waits for its drop: importing over it would resume
                 // from data that is about to be deleted.
                 || self.drops.contains_key(&(to, shard.clone()))
-                || !is(from, |m| m.status == BrokerStatus::Up)
-                || !is(to, |m| m.status == BrokerStatus::Up && !m.leaving);
+                || self.unfencing.contains(&shard)
+                || !is(from, |m| m.status == BrokerStatus::Up && m.confirmed)
+                || !is(to, |m| m.status == BrokerStatus::Up && m.confirmed && !m.leaving);
             if blocked {
                 continue;
             }
@@ -645,7 +672,8 @@ impl State {
     }
 
     /// The owner flip: the shard belongs to the destination from the next epoch on. Refused if
-    /// the source no longer owns the shard (e.g. it was force-removed meanwhile).
+    /// the source no longer owns the shard (e.g. it was force-removed meanwhile), or if the
+    /// destination is no longer a member (removed meanwhile: the driver then rolls back).
     pub fn flip(
         &mut self,
         move_id: u64,
@@ -665,6 +693,14 @@ impl State {
                 reason: format!(
                     "move {move_id}: {} is no longer owned by broker {}",
                     m.shard, m.from
+                ),
+            });
+        }
+        if !self.members.contains_key(&m.to) {
+            return Err(ErrorKind::Internal {
+                reason: format!(
+                    "move {move_id}: destination broker {} is no longer a member",
+                    m.to
                 ),
             });
         }
@@ -758,6 +794,59 @@ impl State {
         (due, moot)
     }
 
+    /// Reconciliation of fences: shards their owner reports `Fenced` while no move of them is
+    /// in flight (a rolled-back move whose unfence was lost, or a stale fence the destination's
+    /// import sent late). Such a shard refuses writes forever unless it is unfenced. Returned
+    /// with the owner's address and marked in [`State::unfencing`] (no move of them starts, and
+    /// they are not returned again, until [`State::unfenced`]).
+    pub fn stale_fences(&mut self) -> Vec<(BrokerAddr, ShardId)> {
+        let mut out = Vec::new();
+        for (id, m) in &self.members {
+            if m.status != BrokerStatus::Up || !m.confirmed {
+                continue;
+            }
+            for r in &m.report.shards {
+                let stale = r.state == ShardState::Fenced
+                    && self.owners.get(&r.shard) == Some(id)
+                    && !self.unfencing.contains(&r.shard)
+                    && !self.moves.values().any(|mv| mv.shard == r.shard);
+                if stale {
+                    out.push((
+                        BrokerAddr {
+                            id: *id,
+                            addr: m.addr.clone(),
+                        },
+                        r.shard.clone(),
+                    ));
+                }
+            }
+        }
+        for (_, shard) in &out {
+            self.unfencing.insert(shard.clone());
+        }
+        out
+    }
+
+    /// The unfence of a [`State::stale_fences`] shard was answered (`ok`: the broker took it,
+    /// so its last report is corrected to Active until the next one) or failed (retried at
+    /// the next round; no move of the shard starts before `hold_until`, in case the request
+    /// still lands late).
+    pub fn unfenced(&mut self, broker: BrokerId, shard: &ShardId, ok: bool, hold_until: Instant) {
+        self.unfencing.remove(shard);
+        if ok {
+            if let Some(m) = self.members.get_mut(&broker) {
+                for r in m.report.shards.iter_mut().filter(|r| &r.shard == shard) {
+                    if r.state == ShardState::Fenced {
+                        r.state = ShardState::Active;
+                    }
+                }
+            }
+        } else {
+            let t = self.retry_after.entry(shard.clone()).or_insert(hold_until);
+            *t = (*t).max(hold_until);
+        }
+    }
+
     /// Forgets pending drops (done or moot).
     pub fn forget_drops(
         &mut self,
@@ -794,6 +883,22 @@ impl State {
             owner,
             moving: self.moves.values().any(|m| &m.shard == shard),
         }
+    }
+
+    /// The route shown to operators (describe, status): like [`State::route`], but a shard on
+    /// a down broker still names that owner (the broker list says it is down), so the
+    /// operator sees whose return the shard waits for. Clients route by the metadata table.
+    fn shown_route(&self, shard: &ShardId) -> ShardRoute {
+        let mut route = self.route(shard);
+        if route.owner.is_none() {
+            route.owner = self.owners.get(shard).and_then(|id| {
+                Some(BrokerAddr {
+                    id: *id,
+                    addr: self.members.get(id)?.addr.clone(),
+                })
+            });
+        }
+        route
     }
 
     /// The last report of `shard` from its owner (even if the owner is Down now: it is the last
@@ -904,7 +1009,7 @@ impl State {
             },
             shards: self
                 .shards_of(name, partitions)
-                .map(|s| (self.route(&s), self.report(&s)))
+                .map(|s| (self.shown_route(&s), self.report(&s)))
                 .collect(),
         })
     }
@@ -938,7 +1043,7 @@ impl State {
             shards: self
                 .owners
                 .keys()
-                .map(|s| (self.route(s), self.report(s)))
+                .map(|s| (self.shown_route(s), self.report(s)))
                 .collect(),
             moves: self
                 .moves
@@ -1055,6 +1160,13 @@ mod tests {
         assert_eq!(expired, vec![1, 2]);
         let table = s.routing_table(&[]).unwrap();
         assert!(table.shards.iter().all(|r| r.owner.is_none()));
+        // Operators still see whose return the shard waits for.
+        let status = s.status(t0);
+        assert!(status.shards.iter().all(|(r, _)| r.owner.is_some()));
+        assert!(status
+            .brokers
+            .iter()
+            .all(|b| b.status == BrokerStatus::Down));
         assert!(matches!(
             s.create_topic("u", 1, ok),
             Err(ErrorKind::Unavailable { .. })
@@ -1096,6 +1208,32 @@ mod tests {
         let r = s.remove_broker(3, false, ok).unwrap();
         assert!(r.shards.is_empty());
         assert!(!s.members.contains_key(&3));
+    }
+
+    #[test]
+    fn a_move_destination_cannot_be_removed_under_the_move() {
+        let mut s = state(&[1, 2]);
+        s.create_topic("t", 16, ok).unwrap();
+        s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
+            .unwrap();
+        let m = s
+            .plan_moves(16, Instant::now(), 1, ok)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.to == 3)
+            .expect("a move to the new broker");
+        assert!(s.owned_by(3).is_empty());
+        // Without --force: refused while the move is in flight.
+        assert!(matches!(
+            s.remove_broker(3, false, ok),
+            Err(ErrorKind::BadRequest { .. })
+        ));
+        assert!(s.members.contains_key(&3));
+        // Forced: it goes, and the move can no longer flip to it (the driver rolls it back).
+        let r = s.remove_broker(3, true, ok).unwrap();
+        assert!(r.shards.is_empty());
+        assert!(s.flip(m.move_id, ok).is_err());
+        assert_eq!(s.owners[&m.shard], m.from);
     }
 
     #[test]
@@ -1234,6 +1372,120 @@ mod tests {
         s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
             .unwrap();
         assert!(s.leave(3, ok).unwrap().removed);
+    }
+
+    #[test]
+    fn a_leaver_gets_its_drops_before_it_is_removed() {
+        let mut s = state(&[1, 2]);
+        s.create_topic("t", 4, ok).unwrap();
+        let on_1 = s.owned_by(1);
+        assert!(!on_1.is_empty());
+        s.leave(1, ok).unwrap();
+        let now = Instant::now();
+        for _ in 0..8 {
+            for m in s.plan_moves(2, now, 1, ok).unwrap() {
+                let epoch = s.flip(m.move_id, ok).unwrap();
+                let drop = PendingDrop {
+                    broker: m.from,
+                    shard: m.shard.clone(),
+                    epoch,
+                };
+                s.finish(m.move_id, MovePhase::Done, None, 2, Some(drop), ok)
+                    .unwrap();
+            }
+        }
+        assert!(s.owned_by(1).is_empty());
+        // Drained, but its old copies are still to be dropped: not reaped yet, and the drops
+        // are due (not moot).
+        assert!(s.reap_leavers(ok).unwrap().is_empty());
+        let (due, moot) = s.drops_due();
+        assert!(moot.is_empty());
+        let mut dropped: Vec<ShardId> = due
+            .iter()
+            .filter(|(b, _, _)| b.id == 1)
+            .map(|(_, shard, _)| shard.clone())
+            .collect();
+        dropped.sort();
+        assert_eq!(dropped, on_1);
+        let sent: Vec<(BrokerId, ShardId)> =
+            due.iter().map(|(b, sh, _)| (b.id, sh.clone())).collect();
+        s.forget_drops(&sent, ok).unwrap();
+        assert_eq!(s.reap_leavers(ok).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn no_move_starts_before_both_ends_confirmed_their_address_after_a_restart() {
+        let mut s = state(&[1, 2]);
+        s.create_topic("t", 16, ok).unwrap();
+        s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
+            .unwrap();
+        // The router restarts: members come back from disk, unconfirmed.
+        let snap = Snapshot {
+            epoch: s.epoch,
+            ring: None,
+            members: s
+                .members
+                .iter()
+                .map(|(id, m)| (*id, m.record(*id)))
+                .collect(),
+            topics: s.topics.clone(),
+            owners: s.owners.clone(),
+            moves: BTreeMap::new(),
+            next_move_id: s.next_move_id,
+            drops: Vec::new(),
+        };
+        let now = Instant::now();
+        let mut s = State::restore(snap, RingConfig::default(), now);
+        assert!(s.plan_moves(4, now, 1, ok).unwrap().is_empty());
+        // Broker 3 restarted elsewhere and registers; 1 and 2 have not been heard from yet.
+        s.register(3, "127.0.0.1:9103".into(), 1, now).unwrap();
+        assert!(s.plan_moves(4, now, 1, ok).unwrap().is_empty());
+        s.heartbeat(1, BrokerReport::default(), now).unwrap();
+        s.heartbeat(2, BrokerReport::default(), now).unwrap();
+        let planned = s.plan_moves(4, now, 1, ok).unwrap();
+        assert!(planned.iter().any(|m| m.to == 3));
+    }
+
+    #[test]
+    fn a_fence_without_a_move_is_reconciled_once_and_blocks_moves_meanwhile() {
+        let mut s = state(&[1, 2]);
+        s.create_topic("t", 8, ok).unwrap();
+        let shard = ShardId::new("t", 1);
+        let owner = s.owners[&shard];
+        let report = |state| BrokerReport {
+            shards: vec![ShardReport {
+                shard: shard.clone(),
+                state,
+                epoch: 1,
+                start_offset: 0,
+                end_offset: 5,
+                bytes: 50,
+                groups: Vec::new(),
+            }],
+            imports: Vec::new(),
+        };
+        let now = Instant::now();
+        s.heartbeat(owner, report(ShardState::Active), now).unwrap();
+        assert!(s.stale_fences().is_empty());
+        s.heartbeat(owner, report(ShardState::Fenced), now).unwrap();
+        let stale = s.stale_fences();
+        assert_eq!(stale.len(), 1);
+        assert_eq!((stale[0].0.id, &stale[0].1), (owner, &shard));
+        // Claimed: not returned twice, and no move of it starts while the unfence is out.
+        assert!(s.stale_fences().is_empty());
+        s.register(3, "127.0.0.1:9003".into(), 1, now).unwrap();
+        let planned = s.plan_moves(16, now, 1, ok).unwrap();
+        assert!(planned.iter().all(|m| m.shard != shard));
+        s.unfenced(owner, &shard, true, now);
+        assert!(s.unfencing.is_empty());
+        assert_eq!(s.report(&shard).map(|r| r.state), Some(ShardState::Active));
+        // A fence some move in flight accounts for is left alone.
+        s.heartbeat(owner, report(ShardState::Fenced), now).unwrap();
+        let mut mv = planned.first().expect("moves to broker 3").clone();
+        mv.shard = shard.clone();
+        mv.move_id = 999;
+        s.moves.insert(999, mv);
+        assert!(s.stale_fences().is_empty());
     }
 
     #[test]

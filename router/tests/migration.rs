@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use shardq_broker::{BrokerConfig, BrokerHandle, FsyncPolicy};
 use shardq_protocol::{
-    serve, Acks, BatchBuilder, BrokerAddr, BrokerReport, CancellationToken, ClusterStatus,
-    Connection, ErrorKind, FetchRequest, MovePhase, MoveProgress, ProduceRequest, Request,
-    Response, ServerConfig, Service, ServiceFuture, ShardId,
+    serve, Acks, BatchBuilder, BrokerAddr, BrokerReport, BrokerStatus, CancellationToken,
+    ClusterStatus, Connection, ErrorKind, FetchRequest, MovePhase, MoveProgress, ProduceRequest,
+    Request, Response, ServerConfig, Service, ServiceFuture, ShardId,
 };
 use shardq_ring::{diff, Member, Ring, RingConfig};
 use shardq_router::{start, RouterConfig, RouterHandle};
@@ -509,6 +509,171 @@ async fn a_dead_destination_past_the_move_timeout_rolls_the_move_back() {
             addr: b1.addr().to_string()
         })
     );
+    b1.shutdown().await;
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fence_no_move_accounts_for_is_lifted_by_the_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router_with(&dir.path().join("router"), "127.0.0.1:0", |_| {}).await;
+    let raddr = router.addr().to_string();
+    let b1 = broker(1, dir.path(), &raddr).await;
+    let c = client(&raddr).await;
+    await_up(&c, &[1]).await;
+    create(&c, "F", 1).await;
+    let shard = ShardId::new("F", 1);
+    fill(&c, &shard, 10, 0).await;
+
+    // A late fence from an import the router already rolled back (brokers ignore move ids).
+    let direct = client(b1.addr()).await;
+    let fence = Request::FenceShard {
+        shard: shard.clone(),
+        move_id: 4242,
+    };
+    assert!(matches!(
+        ask(&direct, fence).await,
+        Ok(Response::Fenced { end_offset: 10 })
+    ));
+    assert!(in_flight(&status(&c).await).is_empty());
+
+    let produce = || {
+        let mut b = BatchBuilder::default();
+        b.push(None, b"after", 0);
+        Request::Produce(ProduceRequest {
+            shard: shard.clone(),
+            epoch: 0,
+            producer: None,
+            acks: Acks::Appended,
+            batch: b.finish(),
+        })
+    };
+    // The router sees the fence in a heartbeat and unfences the shard: writes resume at the
+    // fenced end.
+    let base = eventually("the stale fence to be lifted", || async {
+        match ask(&c, produce()).await {
+            Ok(Response::Produced { base_offset, .. }) => Some(base_offset),
+            Err(ErrorKind::Moving { .. }) => None,
+            other => panic!("{other:?}"),
+        }
+    })
+    .await;
+    assert_eq!(base, 10);
+    b1.shutdown().await;
+    router.shutdown().await;
+}
+
+/// A destination that accepts every import and then reports it Copying, nothing copied, for
+/// ever (like one that keeps failing to reach its source at an address that went away).
+struct StuckDestination;
+
+impl Service for StuckDestination {
+    fn name(&self) -> String {
+        "stuck-destination".into()
+    }
+
+    fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
+        Box::pin(async move {
+            match request {
+                Request::MoveStatus { move_id } => Ok(Response::Move(MoveProgress {
+                    move_id,
+                    shard: ShardId::new("x", 1),
+                    from: None,
+                    to: 2,
+                    phase: MovePhase::Copying,
+                    records_copied: 0,
+                    bytes_copied: 0,
+                    lag: 10,
+                    started_ms: 0,
+                    finished_ms: None,
+                    write_pause_ms: None,
+                    error: None,
+                })),
+                _ => Ok(Response::Ok),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_move_without_progress_past_the_move_timeout_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router_with(&dir.path().join("router"), "127.0.0.1:0", |c| {
+        c.max_moves = 1;
+        c.move_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let raddr = router.addr().to_string();
+    let b1 = broker(1, dir.path(), &raddr).await;
+    let c = client(&raddr).await;
+    await_up(&c, &[1]).await;
+    create(&c, "S", 8).await;
+
+    // The fake broker 2 stays up (it heartbeats) but its imports never progress.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(
+        listener,
+        Arc::new(StuckDestination),
+        ServerConfig::default(),
+        stop.clone(),
+    ));
+    let beats = {
+        let (stop, raddr) = (stop.clone(), raddr.clone());
+        tokio::spawn(async move {
+            let conn = client(&raddr).await;
+            let register = Request::RegisterBroker {
+                id: 2,
+                addr,
+                weight: 1,
+            };
+            ask(&conn, register).await.expect("registered");
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                let beat = Request::Heartbeat {
+                    id: 2,
+                    report: BrokerReport::default(),
+                };
+                let _ = conn.request(beat).await;
+            }
+        })
+    };
+
+    let rolled = eventually("a stuck move to be rolled back", || async {
+        status(&c)
+            .await
+            .moves
+            .into_iter()
+            .find(|m| m.phase == MovePhase::RolledBack)
+    })
+    .await;
+    assert!(
+        rolled
+            .error
+            .as_ref()
+            .is_some_and(|e| e.contains("no progress")),
+        "{rolled:?}"
+    );
+    assert_eq!(brokers(&c).await.get(&2), Some(&BrokerStatus::Up));
+    // The shard stayed with its source, writable.
+    let table = routing(&c, &["S"]).await;
+    assert_eq!(
+        table
+            .route(&rolled.shard)
+            .unwrap()
+            .owner
+            .as_ref()
+            .map(|o| o.id),
+        Some(1)
+    );
+    fill(&c, &rolled.shard, 1, 0).await;
+    stop.cancel();
+    beats.await.unwrap();
+    let _ = server.await;
     b1.shutdown().await;
     router.shutdown().await;
 }
