@@ -167,6 +167,26 @@ fn parse_ack_log(path: &Path) -> Result<HashMap<(String, String), Vec<ShardId>>>
     Ok(out)
 }
 
+/// Parses a `--consumer` argument: `ID=T1:P1,T2:*` (commas or spaces between shards).
+pub fn parse_consumer(s: &str) -> Result<(u32, Vec<ShardSpec>)> {
+    let (id, subs) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--consumer {s:?}: expected ID=T1:P1,T2:*"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--consumer {s:?}: {id:?} is not a consumer id"))?;
+    let subs = subs
+        .split([',', ' '])
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<ShardSpec>()
+                .map_err(|e| anyhow::anyhow!("--consumer {s:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((id, subs))
+}
+
 fn discover_producers(dir: &Path) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
