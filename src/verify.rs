@@ -184,6 +184,9 @@ pub fn parse_consumer(s: &str) -> Result<(u32, Vec<ShardSpec>)> {
                 .map_err(|e| anyhow::anyhow!("--consumer {s:?}: {e}"))
         })
         .collect::<Result<Vec<_>>>()?;
+    if subs.is_empty() {
+        bail!("--consumer {s:?}: consumer {id} subscribes to no shard (expected ID=T1:P1,T2:*)");
+    }
     Ok((id, subs))
 }
 
@@ -220,6 +223,9 @@ pub fn verify(spec: &VerifySpec) -> Result<VerifyReport> {
     };
     if producers.is_empty() {
         bail!("no producer_N.txt files in {}", spec.dir.display());
+    }
+    if let Some((id, _)) = spec.consumers.iter().find(|(_, subs)| subs.is_empty()) {
+        bail!("consumer {id} subscribes to no shard: nothing to verify for it");
     }
     // Expected records per shard (resolved) and per topic (sent to T:* and not resolved).
     let mut by_shard: BTreeMap<ShardId, Vec<Sent>> = BTreeMap::new();
@@ -512,5 +518,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("producer_3.txt:3"), "{err}");
+    }
+
+    // Defect 7: `ID=` with no shard is refused, not taken as an empty subscription.
+    #[test]
+    fn an_empty_subscription_is_refused() {
+        let err = parse_consumer("3=").unwrap_err().to_string();
+        assert!(err.contains("no shard"), "{err}");
+        assert!(parse_consumer("3= , ").is_err());
+        assert_eq!(parse_consumer("3=T1:P1,T2:*").unwrap().1.len(), 2);
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "producer_1.txt", "1 A P1 T\n");
+        write(d.path(), "consumer_3.txt", "");
+        let spec = VerifySpec {
+            dir: d.path().to_path_buf(),
+            producers: vec![],
+            consumers: vec![(3, vec![])],
+        };
+        assert!(verify(&spec).is_err());
     }
 }
