@@ -514,19 +514,23 @@ fn verify_with_budget(spec: &VerifySpec, budget: usize) -> Result<VerifyReport> 
 /// Per-text counts of what a consumer may and must receive on one topic.
 #[derive(Default)]
 struct Counts {
-    /// Per covered partition: required (`Fixed`) records, optional `Failed` ones, received lines.
-    req: BTreeMap<u32, BTreeMap<u32, usize>>,
-    failed: BTreeMap<u32, BTreeMap<u32, usize>>,
-    recv: BTreeMap<u32, BTreeMap<u32, usize>>,
+    /// Per (covered partition, text): required (`Fixed`) records, optional `Failed` ones,
+    /// received lines.
+    req: HashMap<(u32, u32), usize>,
+    failed: HashMap<(u32, u32), usize>,
+    recv: HashMap<(u32, u32), usize>,
     /// Topic-wide: `Star` records and `Failed` records sent to `T:*`.
-    star: BTreeMap<u32, usize>,
-    failed_star: BTreeMap<u32, usize>,
+    star: HashMap<u32, usize>,
+    failed_star: HashMap<u32, usize>,
     /// Received beyond what the partition itself can hold, summed over the topic.
-    extra: BTreeMap<u32, usize>,
+    extra: HashMap<u32, usize>,
+    /// Received beyond the partition's required records, summed over the topic: the most
+    /// `Star` records of the text that can have arrived.
+    extra_req: HashMap<u32, usize>,
 }
 
-fn get(m: &BTreeMap<u32, usize>, t: u32) -> usize {
-    m.get(&t).copied().unwrap_or(0)
+fn get<K: std::hash::Hash + Eq>(m: &HashMap<K, usize>, k: K) -> usize {
+    m.get(&k).copied().unwrap_or(0)
 }
 
 impl Counts {
@@ -534,18 +538,14 @@ impl Counts {
         get(&self.star, t) + get(&self.failed_star, t)
     }
 
-    fn of(&self, m: &BTreeMap<u32, BTreeMap<u32, usize>>, p: u32, t: u32) -> usize {
-        m.get(&p).map_or(0, |m| get(m, t))
-    }
-
     /// A required record of this text on partition `p` may be missing.
     fn deficit(&self, p: u32, t: u32) -> bool {
-        self.of(&self.recv, p, t) < self.of(&self.req, p, t)
+        get(&self.recv, (p, t)) < get(&self.req, (p, t))
     }
 
     /// A line of this text on `p` may be left unmatched (a duplicate or unexpected one).
     fn surplus(&self, p: u32, t: u32) -> bool {
-        let cap = self.of(&self.req, p, t) + self.of(&self.failed, p, t);
+        let cap = get(&self.req, (p, t)) + get(&self.failed, (p, t));
         (cap == 0 && self.pool(t) == 0) || get(&self.extra, t) > self.pool(t)
     }
 }
@@ -565,15 +565,16 @@ fn check_topic(
     c: &mut ConsumerReport,
 ) {
     let mut n = Counts::default();
+    let is_covered: HashSet<u32> = covered.iter().copied().collect();
     for item in &topic.items {
         match (item.kind, item.partition) {
             (Kind::Star, _) => *n.star.entry(item.text).or_default() += 1,
             (Kind::Failed, None) => *n.failed_star.entry(item.text).or_default() += 1,
-            (Kind::Fixed, Some(p)) if covered.contains(&p) => {
-                *n.req.entry(p).or_default().entry(item.text).or_default() += 1;
+            (Kind::Fixed, Some(p)) if is_covered.contains(&p) => {
+                *n.req.entry((p, item.text)).or_default() += 1;
             }
-            (Kind::Failed, Some(p)) if covered.contains(&p) => {
-                *n.failed.entry(p).or_default().entry(item.text).or_default() += 1;
+            (Kind::Failed, Some(p)) if is_covered.contains(&p) => {
+                *n.failed.entry((p, item.text)).or_default() += 1;
             }
             _ => {}
         }
@@ -581,61 +582,75 @@ fn check_topic(
     let empty = Vec::new();
     let lines = |p: u32| got.get(&ShardId::new(name, p)).unwrap_or(&empty);
     for &p in covered {
-        let recv = n.recv.entry(p).or_default();
         for &(t, _) in lines(p) {
-            *recv.entry(t).or_default() += 1;
+            *n.recv.entry((p, t)).or_default() += 1;
         }
     }
-    c.expected += n.req.values().flat_map(|m| m.values()).sum::<usize>();
+    c.expected += n.req.values().sum::<usize>();
     if whole {
         c.expected += n.star.values().sum::<usize>();
     }
-    // Missing and surplus per partition; what a partition cannot hold goes to the topic's pool.
-    let mut over: BTreeMap<u32, Vec<(u32, usize)>> = BTreeMap::new();
-    for &p in covered {
-        let shard = ShardId::new(name, p);
-        for (&t, &want) in n.req.get(&p).into_iter().flatten() {
-            let r = n.of(&n.recv, p, t);
-            if r < want {
-                c.missing
-                    .push(format!("{shard} {} (x{})", texts.show(t), want - r));
-            }
+    // Reports follow the files' order: each (partition, text) once, where first seen.
+    let mut seen: HashSet<(u32, u32)> = HashSet::new();
+    for item in &topic.items {
+        let (Kind::Fixed, Some(p)) = (item.kind, item.partition) else {
+            continue;
+        };
+        let (want, r) = (get(&n.req, (p, item.text)), get(&n.recv, (p, item.text)));
+        if want > r && seen.insert((p, item.text)) {
+            c.missing.push(format!(
+                "{name}:P{p} {} (x{})",
+                texts.show(item.text),
+                want - r
+            ));
         }
-        for (&t, &r) in &n.recv[&p] {
-            let cap = n.of(&n.req, p, t) + n.of(&n.failed, p, t);
+    }
+    // Surplus per partition; what a partition cannot hold goes to the topic's pool.
+    let mut over: Vec<(u32, u32, usize)> = Vec::new();
+    seen.clear();
+    for &p in covered {
+        for &(t, _) in lines(p) {
+            if !seen.insert((p, t)) {
+                continue;
+            }
+            let (r, req) = (get(&n.recv, (p, t)), get(&n.req, (p, t)));
+            if r > req {
+                *n.extra_req.entry(t).or_default() += r - req;
+            }
+            let cap = req + get(&n.failed, (p, t));
             if r <= cap {
                 continue;
             }
             if cap == 0 && n.pool(t) == 0 {
                 c.unexpected.push(format!(
-                    "{shard} {} (x{r}): no producer sent it there",
+                    "{name}:P{p} {} (x{r}): no producer sent it there",
                     texts.show(t)
                 ));
             } else {
                 *n.extra.entry(t).or_default() += r - cap;
-                over.entry(t).or_default().push((p, r - cap));
+                over.push((t, p, r - cap));
             }
         }
     }
-    for (&t, shards) in &over {
+    let mut reported = HashSet::new();
+    for &(t, p, k) in &over {
         let (e, pool) = (get(&n.extra, t), n.pool(t));
         if e <= pool {
             continue;
         }
         if pool == 0 {
-            for &(p, k) in shards {
-                c.duplicates
-                    .push(format!("{name}:P{p} {} (x{k})", texts.show(t)));
-            }
-        } else {
+            c.duplicates
+                .push(format!("{name}:P{p} {} (x{k})", texts.show(t)));
+        } else if reported.insert(t) {
             c.duplicates
                 .push(format!("{name} {} (x{})", texts.show(t), e - pool));
         }
     }
     if whole {
-        for (&t, &k) in &n.star {
-            let e = get(&n.extra, t);
-            if e < k {
+        for item in &topic.items {
+            let t = item.text;
+            let (k, e) = (get(&n.star, t), get(&n.extra_req, t));
+            if item.kind == Kind::Star && e < k && reported.insert(t) {
                 c.missing.push(format!(
                     "{name} {} (x{}, sent to {name}:*)",
                     texts.show(t),
@@ -677,8 +692,8 @@ struct ShardView {
     chains: Vec<Vec<u32>>,
     /// Per chain and cursor: the first record at or after the cursor that cannot be skipped.
     next_req: Vec<Vec<u32>>,
-    /// Per text: the chains holding it and where.
-    occ: HashMap<u32, Vec<(u32, Vec<u32>)>>,
+    /// Per chain: (text, position) of its records, sorted.
+    occ: Vec<Vec<(u32, u32)>>,
     /// Per text: `Failed` records sent to this partition.
     failed: HashMap<u32, Vec<u32>>,
     /// Texts of which a line here may stay unmatched.
@@ -770,7 +785,9 @@ impl<'a> Search<'a> {
             match (item.kind, item.partition) {
                 (Kind::Failed, None) => failed_star.entry(item.text).or_default().push(i as u32),
                 // A `*` record is required unless fewer of its text arrived than were sent.
-                (Kind::Star, _) if whole && get(&n.extra, item.text) >= get(&n.star, item.text) => {
+                (Kind::Star, _)
+                    if whole && get(&n.extra_req, item.text) >= get(&n.star, item.text) =>
+                {
                     required[i] = true;
                     required_total += 1;
                 }
@@ -826,16 +843,18 @@ impl<'a> Search<'a> {
                     v
                 })
                 .collect();
-            let mut occ: HashMap<u32, Vec<(u32, Vec<u32>)>> = HashMap::new();
-            for (ci, chain) in chains.iter().enumerate() {
-                for (j, &i) in chain.iter().enumerate() {
-                    let list = occ.entry(items[i as usize].text).or_default();
-                    match list.last_mut() {
-                        Some((c, at)) if *c == ci as u32 => at.push(j as u32),
-                        _ => list.push((ci as u32, vec![j as u32])),
-                    }
-                }
-            }
+            let occ = chains
+                .iter()
+                .map(|chain| {
+                    let mut at: Vec<(u32, u32)> = chain
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &i)| (items[i as usize].text, j as u32))
+                        .collect();
+                    at.sort_unstable();
+                    at
+                })
+                .collect();
             let surplus = recv
                 .iter()
                 .map(|&(t, _)| t)
@@ -878,14 +897,17 @@ impl<'a> Search<'a> {
         let t = sh.recv[st.pos].0;
         let mut fixed = Vec::new();
         let mut star = Vec::new();
-        for (chain, at) in sh.occ.get(&t).into_iter().flatten() {
-            let c = st.cursors[*chain as usize];
-            let limit = sh.next_req[*chain as usize][c as usize];
-            let from = at.partition_point(|&j| j < c);
-            for &j in at[from..].iter().take_while(|&&j| j <= limit) {
-                let i = sh.chains[*chain as usize][j as usize];
+        for (chain, at) in sh.occ.iter().enumerate() {
+            let c = st.cursors[chain];
+            let limit = sh.next_req[chain][c as usize];
+            let from = at.partition_point(|&k| k < (t, c));
+            for &(_, j) in at[from..]
+                .iter()
+                .take_while(|&&(tx, j)| tx == t && j <= limit)
+            {
+                let i = sh.chains[chain][j as usize];
                 let opt = Opt::Match {
-                    chain: *chain,
+                    chain: chain as u32,
                     at: j,
                 };
                 if self.items[i as usize].kind == Kind::Fixed {
