@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use shardq_protocol::ShardSpec;
 use shardq_ring::analyze;
 
 #[derive(Parser, Debug)]
@@ -193,25 +192,6 @@ struct VerifyArgs {
     producers: Vec<u32>,
 }
 
-fn parse_consumer(s: &str) -> Result<(u32, Vec<ShardSpec>)> {
-    let (id, subs) = s
-        .split_once('=')
-        .ok_or_else(|| anyhow::anyhow!("--consumer {s:?}: expected ID=T1:P1,T2:*"))?;
-    let id = id
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--consumer {s:?}: {id:?} is not a consumer id"))?;
-    let subs = subs
-        .split([',', ' '])
-        .filter(|x| !x.is_empty())
-        .map(|x| {
-            x.parse::<ShardSpec>()
-                .map_err(|e| anyhow::anyhow!("--consumer {s:?}: {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((id, subs))
-}
-
 /// Servers log their life at `info` by default; client-side commands only warn, so their own
 /// output stays readable. RUST_LOG overrides both.
 fn init_tracing(server: bool) {
@@ -325,7 +305,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 consumers: v
                     .consumers
                     .iter()
-                    .map(|c| parse_consumer(c))
+                    .map(|c| verify::parse_consumer(c))
                     .collect::<Result<_>>()?,
             };
             let report = verify::verify(&spec)?;

@@ -2,8 +2,31 @@
 //! consumers' output files alone, checks that every consumer received every record produced into
 //! the shards it subscribed to, exactly once, and in each shard in the order each producer sent it.
 //! Works for any number of producers, consumers, topics and partitions.
+//!
+//! Message texts are not unique in general (several producers, or one producer several times, may
+//! send the same text), so a received line cannot always be attributed to one record. The check is
+//! therefore a matching: per shard, the consumer's sequence must decompose into each producer's
+//! records for that shard as an in-order subsequence (each exactly once) plus nothing else.
+//!
+//! - A record an ack log places at (shard, offset) is *fixed*: all such records of a shard form one
+//!   chain in offset order, whatever producer sent them.
+//! - A record sent to `T:Pn` by a producer without an ack log belongs to that producer's chain of
+//!   the shard, in file order.
+//! - A record sent to `T:*` without an ack log (*unresolved*) is in its producer's chain on every
+//!   partition of the topic, may be skipped on any one of them, and must be received exactly once
+//!   over the topic when the consumer reads the whole topic (at most once when it reads only some
+//!   partitions: it cannot know whether the record should have reached it).
+//! - A record its producer's ack log leaves out failed to produce: not required, allowed at most
+//!   once, in no particular order.
+//!
+//! The matching is a depth-first search over (line, chain cursors, which once-only records are
+//! used) with memoized dead ends. With unique texts every line has one candidate and the search is
+//! a single linear pass; only repeated texts branch, and a step budget turns a search that grows
+//! too large into an "undecided" verdict instead of a wrong one. Counts (missing, duplicate,
+//! unexpected) are derived first; the order search then tolerates exactly those texts' surplus and
+//! deficit, so a missing copy is reported as missing and not also as out of order.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +53,8 @@ pub struct ConsumerReport {
     pub duplicates: Vec<String>,
     pub unexpected: Vec<String>,
     pub out_of_order: Vec<String>,
+    /// Shards whose order could not be decided within the search budget (repeated texts).
+    pub undecided: Vec<String>,
 }
 
 impl ConsumerReport {
@@ -38,6 +63,7 @@ impl ConsumerReport {
             && self.duplicates.is_empty()
             && self.unexpected.is_empty()
             && self.out_of_order.is_empty()
+            && self.undecided.is_empty()
     }
 }
 
@@ -46,6 +72,8 @@ pub struct VerifyReport {
     pub produced: usize,
     /// Records sent to `T:*` whose partition no ack log resolved (checked per topic).
     pub unresolved: usize,
+    /// Records their producer's ack log shows were not acknowledged (optional, at most once).
+    pub failed: usize,
     pub consumers: Vec<ConsumerReport>,
 }
 
@@ -57,13 +85,17 @@ impl VerifyReport {
     /// Human-readable summary ending in PASS or FAIL.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "produced {} records ({} sent to T:* without an ack log)",
+            "produced {} records ({} sent to T:* without an ack log",
             self.produced, self.unresolved
         );
+        if self.failed > 0 {
+            let _ = write!(s, ", {} not acknowledged", self.failed);
+        }
+        let _ = writeln!(s, ")");
         for c in &self.consumers {
-            let _ = writeln!(
+            let _ = write!(
                 s,
                 "consumer {}: expected {}, received {}, missing {}, duplicates {}, unexpected {}, out of order {}",
                 c.id,
@@ -74,11 +106,16 @@ impl VerifyReport {
                 c.unexpected.len(),
                 c.out_of_order.len()
             );
+            if !c.undecided.is_empty() {
+                let _ = write!(s, ", undecided {}", c.undecided.len());
+            }
+            let _ = writeln!(s);
             for (what, list) in [
                 ("missing", &c.missing),
                 ("duplicate", &c.duplicates),
                 ("unexpected", &c.unexpected),
                 ("out of order", &c.out_of_order),
+                ("undecided", &c.undecided),
             ] {
                 for item in list.iter().take(10) {
                     let _ = writeln!(s, "  {what}: {item}");
@@ -88,15 +125,42 @@ impl VerifyReport {
                 }
             }
         }
-        let _ = writeln!(s, "{}", if self.passed() { "PASS" } else { "FAIL" });
+        let undecided_only = self.consumers.iter().all(|c| {
+            c.missing.is_empty()
+                && c.duplicates.is_empty()
+                && c.unexpected.is_empty()
+                && c.out_of_order.is_empty()
+        });
+        let verdict = if self.passed() {
+            "PASS"
+        } else if undecided_only {
+            "FAIL (undecided: too many ways to match repeated messages; nothing definitely wrong)"
+        } else {
+            "FAIL"
+        };
+        let _ = writeln!(s, "{verdict}");
         s
     }
 }
 
+/// Characters of a message shown in a report before it is cut.
+const SHOWN_CHARS: usize = 80;
+
+/// A message as reports show it: up to [`SHOWN_CHARS`] characters, then `… (N bytes)`.
+pub fn show(msg: &str) -> String {
+    match msg.char_indices().nth(SHOWN_CHARS) {
+        None => msg.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &msg[..cut], msg.len()),
+    }
+}
+
+/// Search steps allowed per checked scope on top of a few per received line.
+const SEARCH_BUDGET: usize = 2_000_000;
+
 /// A record as the producer's input file names it.
 #[derive(Clone, Debug)]
 struct Sent {
-    producer: u32,
+    line: usize,
     topic: String,
     partition: Option<u32>,
     msg: String,
@@ -107,7 +171,7 @@ fn read(path: &Path) -> Result<String> {
 }
 
 /// Parses `producer_N.txt`: `<time> <message> <partition|*> <topic>` per line.
-fn parse_producer_file(path: &Path, producer: u32) -> Result<Vec<Sent>> {
+fn parse_producer_file(path: &Path) -> Result<Vec<Sent>> {
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -131,7 +195,7 @@ fn parse_producer_file(path: &Path, producer: u32) -> Result<Vec<Sent>> {
             Some(parse_partition(part).map_err(|e| anyhow::anyhow!("{name}:{}: {e}", i + 1))?)
         };
         out.push(Sent {
-            producer,
+            line: i + 1,
             topic: topic.to_string(),
             partition,
             msg: msg.to_string(),
@@ -147,24 +211,55 @@ fn split_shard(line: &str) -> Option<(ShardId, &str)> {
     Some((shard.parse().ok()?, rest.trim_start()))
 }
 
-/// Reads an ack log: per (topic, message) the shards its `*` records landed on, in ack order.
-fn parse_ack_log(path: &Path) -> Result<HashMap<(String, String), Vec<ShardId>>> {
-    let mut out: HashMap<(String, String), Vec<ShardId>> = HashMap::new();
+/// One line of `producer_N.acked` (`runproduce --ack-log`): `T:P OFFSET MESSAGE`, one per
+/// acknowledged record, in send order; a record whose produce failed has no line.
+struct Ack {
+    line: usize,
+    shard: ShardId,
+    offset: u64,
+    msg: String,
+}
+
+fn parse_ack_log(path: &Path) -> Result<Vec<Ack>> {
+    let mut out = Vec::new();
     for (i, line) in read(path)?.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let (shard, rest) = split_shard(line)
-            .with_context(|| format!("{}:{}: not `T:P OFFSET MESSAGE`", path.display(), i + 1))?;
-        let msg = rest
-            .split_once(char::is_whitespace)
-            .map_or("", |(_, m)| m.trim())
-            .to_string();
-        out.entry((shard.topic.clone(), msg))
-            .or_default()
-            .push(shard);
+        let bad = || format!("{}:{}: not `T:P OFFSET MESSAGE`", path.display(), i + 1);
+        let (shard, rest) = split_shard(line).with_context(bad)?;
+        let (offset, msg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        out.push(Ack {
+            line: i + 1,
+            shard,
+            offset: offset.parse().ok().with_context(bad)?,
+            msg: msg.trim().to_string(),
+        });
     }
     Ok(out)
+}
+
+/// Parses a `--consumer` argument: `ID=T1:P1,T2:*` (commas or spaces between shards).
+pub fn parse_consumer(s: &str) -> Result<(u32, Vec<ShardSpec>)> {
+    let (id, subs) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--consumer {s:?}: expected ID=T1:P1,T2:*"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--consumer {s:?}: {id:?} is not a consumer id"))?;
+    let subs = subs
+        .split([',', ' '])
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<ShardSpec>()
+                .map_err(|e| anyhow::anyhow!("--consumer {s:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if subs.is_empty() {
+        bail!("--consumer {s:?}: consumer {id} subscribes to no shard (expected ID=T1:P1,T2:*)");
+    }
+    Ok((id, subs))
 }
 
 fn discover_producers(dir: &Path) -> Result<Vec<u32>> {
@@ -183,16 +278,76 @@ fn discover_producers(dir: &Path) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// Multiset difference helper: counts of each message.
-fn counts<'a>(items: impl IntoIterator<Item = &'a str>) -> BTreeMap<&'a str, usize> {
-    let mut m = BTreeMap::new();
-    for i in items {
-        *m.entry(i).or_insert(0) += 1;
+/// A consumer's lines per shard: (text, line number in consumer_N.txt), in the order consumed.
+type Received = BTreeMap<ShardId, Vec<(u32, usize)>>;
+
+/// Message texts, interned: records and received lines compare by id.
+#[derive(Default)]
+struct Texts {
+    ids: HashMap<String, u32>,
+    list: Vec<String>,
+}
+
+impl Texts {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.list.len() as u32;
+        self.ids.insert(s.to_string(), id);
+        self.list.push(s.to_string());
+        id
     }
-    m
+
+    fn show(&self, id: u32) -> String {
+        show(&self.list[id as usize])
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Required on its shard (an explicit partition, or a `*` an ack log resolved).
+    Fixed,
+    /// Sent to `T:*` without an ack log: on one partition of the topic, nobody knows which.
+    Star,
+    /// Left out of its producer's ack log: optional, at most once, in no particular order.
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Item {
+    producer: u32,
+    line: usize,
+    text: u32,
+    kind: Kind,
+    /// `None` for `Star` and for a `Failed` record sent to `T:*`.
+    partition: Option<u32>,
+    /// From the ack log.
+    offset: Option<u64>,
+}
+
+/// A topic's records (ids index `items`) and every partition anyone named.
+#[derive(Default)]
+struct Topic {
+    partitions: BTreeSet<u32>,
+    items: Vec<Item>,
+    /// Producers whose records here have ack-log offsets.
+    acked: BTreeSet<u32>,
+}
+
+impl Topic {
+    fn has_star(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| i.partition.is_none() && i.kind != Kind::Fixed)
+    }
 }
 
 pub fn verify(spec: &VerifySpec) -> Result<VerifyReport> {
+    verify_with_budget(spec, SEARCH_BUDGET)
+}
+
+fn verify_with_budget(spec: &VerifySpec, budget: usize) -> Result<VerifyReport> {
     let producers = if spec.producers.is_empty() {
         discover_producers(&spec.dir)?
     } else {
@@ -201,55 +356,95 @@ pub fn verify(spec: &VerifySpec) -> Result<VerifyReport> {
     if producers.is_empty() {
         bail!("no producer_N.txt files in {}", spec.dir.display());
     }
-    // Expected records per shard (resolved) and per topic (sent to T:* and not resolved).
-    let mut by_shard: BTreeMap<ShardId, Vec<Sent>> = BTreeMap::new();
-    let mut unresolved: BTreeMap<String, Vec<Sent>> = BTreeMap::new();
-    let mut partitions: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
-    let mut produced = 0;
+    if let Some((id, _)) = spec.consumers.iter().find(|(_, subs)| subs.is_empty()) {
+        bail!("consumer {id} subscribes to no shard: nothing to verify for it");
+    }
+    let mut texts = Texts::default();
+    let mut topics: BTreeMap<String, Topic> = BTreeMap::new();
+    let mut report = VerifyReport::default();
+    // Acknowledged offsets that go backwards in a producer's file order, per shard.
+    let mut ack_disorder: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
     for &p in &producers {
-        let sent = parse_producer_file(&spec.dir.join(format!("producer_{p}.txt")), p)?;
+        let file = format!("producer_{p}.txt");
+        let sent = parse_producer_file(&spec.dir.join(&file))?;
         let ack_path = spec.dir.join(format!("producer_{p}.acked"));
-        let mut acks = if ack_path.exists() {
-            parse_ack_log(&ack_path)?
+        let acks = if ack_path.exists() {
+            Some(parse_ack_log(&ack_path)?)
         } else {
-            HashMap::new()
+            None
         };
-        for list in acks.values_mut() {
-            list.reverse(); // pop() takes them in ack order
-        }
+        // The ack log lists the acknowledged records in send (= file) order: align it with the
+        // file; a record it skips was not acknowledged.
+        let mut next_ack = 0;
+        let mut last_offset: HashMap<ShardId, (u64, usize)> = HashMap::new();
         for s in sent {
-            produced += 1;
-            let shard = match s.partition {
-                Some(n) => Some(ShardId::new(&s.topic, n)),
-                None => acks
-                    .get_mut(&(s.topic.clone(), s.msg.clone()))
-                    .and_then(Vec::pop),
+            report.produced += 1;
+            let text = texts.id(&s.msg);
+            let topic = topics.entry(s.topic.clone()).or_default();
+            let mut item = Item {
+                producer: p,
+                line: s.line,
+                text,
+                kind: if s.partition.is_some() {
+                    Kind::Fixed
+                } else {
+                    Kind::Star
+                },
+                partition: s.partition,
+                offset: None,
             };
-            match shard {
-                Some(id) => {
-                    partitions
-                        .entry(id.topic.clone())
-                        .or_default()
-                        .insert(id.partition);
-                    by_shard.entry(id).or_default().push(s);
+            if let Some(acks) = &acks {
+                match acks.get(next_ack) {
+                    Some(a)
+                        if a.msg == s.msg
+                            && a.shard.topic == s.topic
+                            && s.partition.is_none_or(|n| n == a.shard.partition) =>
+                    {
+                        next_ack += 1;
+                        item.kind = Kind::Fixed;
+                        item.partition = Some(a.shard.partition);
+                        item.offset = Some(a.offset);
+                        if let Some(&(prev, prev_line)) = last_offset.get(&a.shard) {
+                            if a.offset <= prev {
+                                ack_disorder.entry(a.shard.clone()).or_default().push(format!(
+                                    "{}: producer {p}'s {file}:{} `{}` was acknowledged at offset {}, not after {file}:{prev_line} at offset {prev}",
+                                    a.shard, s.line, show(&s.msg), a.offset
+                                ));
+                            }
+                        }
+                        last_offset.insert(a.shard.clone(), (a.offset, s.line));
+                    }
+                    _ => {
+                        item.kind = Kind::Failed;
+                        report.failed += 1;
+                    }
                 }
-                None => {
-                    partitions.entry(s.topic.clone()).or_default();
-                    unresolved.entry(s.topic.clone()).or_default().push(s);
-                }
+                topic.acked.insert(p);
             }
+            if item.kind == Kind::Star {
+                report.unresolved += 1;
+            }
+            if let Some(n) = item.partition {
+                topic.partitions.insert(n);
+            }
+            topic.items.push(item);
+        }
+        if let Some(a) = acks.as_ref().and_then(|acks| acks.get(next_ack)) {
+            bail!(
+                "producer_{p}.acked:{}: `{}` acknowledged on {} matches no later record of {file} \
+                 (the ack log lists the file's acknowledged records in order)",
+                a.line,
+                show(&a.msg),
+                a.shard
+            );
         }
     }
-    let mut report = VerifyReport {
-        produced,
-        unresolved: unresolved.values().map(Vec::len).sum(),
-        consumers: Vec::new(),
-    };
 
-    for (id, subs) in &spec.consumers {
-        let path = spec.dir.join(format!("consumer_{id}.txt"));
-        let text = read(&path)?;
-        let mut got: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
+    // Every consumer's lines first: a partition only a consumer saw still counts for all.
+    let mut received: Vec<(u32, Received, ConsumerReport)> = Vec::new();
+    for (id, _) in &spec.consumers {
+        let text = read(&spec.dir.join(format!("consumer_{id}.txt")))?;
+        let mut got = Received::new();
         let mut c = ConsumerReport {
             id: *id,
             ..Default::default()
@@ -260,139 +455,663 @@ pub fn verify(spec: &VerifySpec) -> Result<VerifyReport> {
             }
             let Some((shard, msg)) = split_shard(line) else {
                 c.unexpected.push(format!(
-                    "consumer_{id}.txt:{}: unreadable line {line:?}",
-                    i + 1
+                    "consumer_{id}.txt:{}: unreadable line {:?}",
+                    i + 1,
+                    show(line)
                 ));
                 continue;
             };
             c.received += 1;
-            partitions
+            topics
                 .entry(shard.topic.clone())
                 .or_default()
+                .partitions
                 .insert(shard.partition);
-            got.entry(shard).or_default().push(msg.trim().to_string());
+            got.entry(shard)
+                .or_default()
+                .push((texts.id(msg.trim()), i + 1));
         }
-        for shard in got.keys() {
+        received.push((*id, got, c));
+    }
+
+    for ((id, got, mut c), (_, subs)) in received.into_iter().zip(&spec.consumers) {
+        for (shard, lines) in &got {
             if !subs.iter().any(|s| s.covers(shard)) {
                 c.unexpected.push(format!(
-                    "records from {shard}, which consumer {id} did not subscribe to"
+                    "{} records from {shard}, which consumer {id} did not subscribe to",
+                    lines.len()
                 ));
             }
         }
-        // Shards this consumer covers, per topic.
-        for (topic, parts) in &partitions {
-            let covered: Vec<ShardId> = parts
+        for (name, topic) in &topics {
+            let covered: Vec<u32> = topic
+                .partitions
                 .iter()
-                .map(|&p| ShardId::new(topic, p))
-                .filter(|s| subs.iter().any(|sub| sub.covers(s)))
+                .copied()
+                .filter(|&p| subs.iter().any(|s| s.covers(&ShardId::new(name, p))))
                 .collect();
-            let whole_topic = subs
-                .iter()
-                .any(|s| matches!(s, ShardSpec::All(t) if t == topic))
-                || (!parts.is_empty() && covered.len() == parts.len());
-            let pool = unresolved.get(topic).map(Vec::as_slice).unwrap_or(&[]);
-            let mut topic_expected: Vec<&str> = Vec::new();
-            let mut topic_got: Vec<&str> = Vec::new();
-            for shard in &covered {
-                let expected = by_shard.get(shard).map(Vec::as_slice).unwrap_or(&[]);
-                let received = got.get(shard).map(Vec::as_slice).unwrap_or(&[]);
-                topic_expected.extend(expected.iter().map(|s| s.msg.as_str()));
-                topic_got.extend(received.iter().map(String::as_str));
-                check_order(shard, expected, received, &mut c.out_of_order);
+            if covered.is_empty() {
+                continue;
             }
-            c.expected += topic_expected.len();
-            if whole_topic {
-                c.expected += pool.len();
-                topic_expected.extend(pool.iter().map(|s| s.msg.as_str()));
-                diff_counts(topic, &topic_expected, &topic_got, &mut c);
-            } else {
-                // Partial cover: resolved records must match per shard; unresolved ones may
-                // legitimately be elsewhere, so they only excuse extra receipts.
-                for shard in &covered {
-                    let expected: Vec<&str> = by_shard
-                        .get(shard)
-                        .map_or(vec![], |v| v.iter().map(|s| s.msg.as_str()).collect());
-                    let received: Vec<&str> = got
-                        .get(shard)
-                        .map_or(vec![], |v| v.iter().map(String::as_str).collect());
-                    let mut allowed = expected.clone();
-                    allowed.extend(pool.iter().map(|s| s.msg.as_str()));
-                    let (exp, rec) = (counts(expected), counts(received));
-                    let allowed = counts(allowed);
-                    for (m, n) in &exp {
-                        let r = rec.get(m).copied().unwrap_or(0);
-                        if r < *n {
-                            c.missing.push(format!("{shard} {m} (x{})", n - r));
-                        }
-                    }
-                    for (m, r) in &rec {
-                        let a = allowed.get(m).copied().unwrap_or(0);
-                        if *r > a {
-                            c.duplicates.push(format!("{shard} {m} (x{})", r - a));
-                        }
-                    }
+            let whole = covered.len() == topic.partitions.len()
+                || subs
+                    .iter()
+                    .any(|s| matches!(s, ShardSpec::All(t) if t == name));
+            for &p in &covered {
+                if let Some(list) = ack_disorder.get(&ShardId::new(name, p)) {
+                    c.out_of_order.extend(list.iter().cloned());
                 }
             }
+            check_topic(
+                id, name, topic, &covered, whole, &got, &texts, budget, &mut c,
+            );
         }
         report.consumers.push(c);
     }
     Ok(report)
 }
 
-fn diff_counts(topic: &str, expected: &[&str], got: &[&str], c: &mut ConsumerReport) {
-    let (exp, rec) = (
-        counts(expected.iter().copied()),
-        counts(got.iter().copied()),
-    );
-    for (m, n) in &exp {
-        let r = rec.get(m).copied().unwrap_or(0);
-        if r < *n {
-            c.missing.push(format!("{topic} {m} (x{})", n - r));
+/// Per-text counts of what a consumer may and must receive on one topic.
+#[derive(Default)]
+struct Counts {
+    /// Per (covered partition, text): required (`Fixed`) records, optional `Failed` ones,
+    /// received lines.
+    req: HashMap<(u32, u32), usize>,
+    failed: HashMap<(u32, u32), usize>,
+    recv: HashMap<(u32, u32), usize>,
+    /// Topic-wide: `Star` records and `Failed` records sent to `T:*`.
+    star: HashMap<u32, usize>,
+    failed_star: HashMap<u32, usize>,
+    /// Received beyond what the partition itself can hold, summed over the topic.
+    extra: HashMap<u32, usize>,
+    /// Received beyond the partition's required records, summed over the topic: the most
+    /// `Star` records of the text that can have arrived.
+    extra_req: HashMap<u32, usize>,
+}
+
+fn get<K: std::hash::Hash + Eq>(m: &HashMap<K, usize>, k: K) -> usize {
+    m.get(&k).copied().unwrap_or(0)
+}
+
+impl Counts {
+    fn pool(&self, t: u32) -> usize {
+        get(&self.star, t) + get(&self.failed_star, t)
+    }
+
+    /// A required record of this text on partition `p` may be missing.
+    fn deficit(&self, p: u32, t: u32) -> bool {
+        get(&self.recv, (p, t)) < get(&self.req, (p, t))
+    }
+
+    /// A line of this text on `p` may be left unmatched (a duplicate or unexpected one).
+    fn surplus(&self, p: u32, t: u32) -> bool {
+        let cap = get(&self.req, (p, t)) + get(&self.failed, (p, t));
+        (cap == 0 && self.pool(t) == 0) || get(&self.extra, t) > self.pool(t)
+    }
+}
+
+/// Checks one consumer's receipts of one topic on its covered partitions: counts first, then the
+/// order (jointly over the partitions when `*` records tie them together).
+#[allow(clippy::too_many_arguments)]
+fn check_topic(
+    id: u32,
+    name: &str,
+    topic: &Topic,
+    covered: &[u32],
+    whole: bool,
+    got: &Received,
+    texts: &Texts,
+    budget: usize,
+    c: &mut ConsumerReport,
+) {
+    let mut n = Counts::default();
+    let is_covered: HashSet<u32> = covered.iter().copied().collect();
+    for item in &topic.items {
+        match (item.kind, item.partition) {
+            (Kind::Star, _) => *n.star.entry(item.text).or_default() += 1,
+            (Kind::Failed, None) => *n.failed_star.entry(item.text).or_default() += 1,
+            (Kind::Fixed, Some(p)) if is_covered.contains(&p) => {
+                *n.req.entry((p, item.text)).or_default() += 1;
+            }
+            (Kind::Failed, Some(p)) if is_covered.contains(&p) => {
+                *n.failed.entry((p, item.text)).or_default() += 1;
+            }
+            _ => {}
         }
     }
-    for (m, r) in &rec {
-        let n = exp.get(m).copied().unwrap_or(0);
-        if *r > n {
-            c.duplicates.push(format!("{topic} {m} (x{})", r - n));
+    let empty = Vec::new();
+    let lines = |p: u32| got.get(&ShardId::new(name, p)).unwrap_or(&empty);
+    for &p in covered {
+        for &(t, _) in lines(p) {
+            *n.recv.entry((p, t)).or_default() += 1;
+        }
+    }
+    c.expected += n.req.values().sum::<usize>();
+    if whole {
+        c.expected += n.star.values().sum::<usize>();
+    }
+    // Reports follow the files' order: each (partition, text) once, where first seen.
+    let mut seen: HashSet<(u32, u32)> = HashSet::new();
+    for item in &topic.items {
+        let (Kind::Fixed, Some(p)) = (item.kind, item.partition) else {
+            continue;
+        };
+        let (want, r) = (get(&n.req, (p, item.text)), get(&n.recv, (p, item.text)));
+        if want > r && seen.insert((p, item.text)) {
+            c.missing.push(format!(
+                "{name}:P{p} {} (x{})",
+                texts.show(item.text),
+                want - r
+            ));
+        }
+    }
+    // Surplus per partition; what a partition cannot hold goes to the topic's pool.
+    let mut over: Vec<(u32, u32, usize)> = Vec::new();
+    seen.clear();
+    for &p in covered {
+        for &(t, _) in lines(p) {
+            if !seen.insert((p, t)) {
+                continue;
+            }
+            let (r, req) = (get(&n.recv, (p, t)), get(&n.req, (p, t)));
+            if r > req {
+                *n.extra_req.entry(t).or_default() += r - req;
+            }
+            let cap = req + get(&n.failed, (p, t));
+            if r <= cap {
+                continue;
+            }
+            if cap == 0 && n.pool(t) == 0 {
+                c.unexpected.push(format!(
+                    "{name}:P{p} {} (x{r}): no producer sent it there",
+                    texts.show(t)
+                ));
+            } else {
+                *n.extra.entry(t).or_default() += r - cap;
+                over.push((t, p, r - cap));
+            }
+        }
+    }
+    let mut reported = HashSet::new();
+    for &(t, p, k) in &over {
+        let (e, pool) = (get(&n.extra, t), n.pool(t));
+        if e <= pool {
+            continue;
+        }
+        if pool == 0 {
+            c.duplicates
+                .push(format!("{name}:P{p} {} (x{k})", texts.show(t)));
+        } else if reported.insert(t) {
+            c.duplicates
+                .push(format!("{name} {} (x{})", texts.show(t), e - pool));
+        }
+    }
+    if whole {
+        for item in &topic.items {
+            let t = item.text;
+            let (k, e) = (get(&n.star, t), get(&n.extra_req, t));
+            if item.kind == Kind::Star && e < k && reported.insert(t) {
+                c.missing.push(format!(
+                    "{name} {} (x{}, sent to {name}:*)",
+                    texts.show(t),
+                    k - e
+                ));
+            }
+        }
+    }
+
+    // Order.
+    let scopes: Vec<Vec<u32>> = if topic.has_star() {
+        vec![covered.to_vec()]
+    } else {
+        covered.iter().map(|&p| vec![p]).collect()
+    };
+    for scope in scopes {
+        let search = Search::new(id, name, topic, &scope, whole, &n, got, texts);
+        match search.run(budget) {
+            Verdict::Ok => {}
+            Verdict::OutOfOrder(m) => c.out_of_order.push(m),
+            Verdict::Undecided(m) => c.undecided.push(m),
         }
     }
 }
 
-/// Per producer, the messages only that producer sent to `shard` must arrive in the order sent.
-/// (A message text several producers sent to the same shard cannot be attributed, so it is left
-/// to the exactly-once count.)
-fn check_order(shard: &ShardId, expected: &[Sent], received: &[String], out: &mut Vec<String>) {
-    let mut owners: HashMap<&str, BTreeSet<u32>> = HashMap::new();
-    for s in expected {
-        owners.entry(&s.msg).or_default().insert(s.producer);
+enum Verdict {
+    Ok,
+    OutOfOrder(String),
+    Undecided(String),
+}
+
+/// One covered partition as the search sees it.
+struct ShardView {
+    partition: u32,
+    /// Received lines: (text, line number in consumer_N.txt).
+    recv: Vec<(u32, usize)>,
+    /// Ordered chains of item ids: the ack-logged records by offset, then one per producer
+    /// without an ack log (its `Fixed` records here and all its `Star` records, in file order).
+    chains: Vec<Vec<u32>>,
+    /// Per chain and cursor: the first record at or after the cursor that cannot be skipped.
+    next_req: Vec<Vec<u32>>,
+    /// Per chain: (text, position) of its records, sorted.
+    occ: Vec<Vec<(u32, u32)>>,
+    /// Per text: `Failed` records sent to this partition.
+    failed: HashMap<u32, Vec<u32>>,
+    /// Texts of which a line here may stay unmatched.
+    surplus: HashSet<u32>,
+}
+
+struct Search<'a> {
+    consumer: u32,
+    topic: &'a str,
+    items: &'a [Item],
+    texts: &'a Texts,
+    shards: Vec<ShardView>,
+    /// Per text: `Failed` records sent to `T:*`.
+    failed_star: HashMap<u32, Vec<u32>>,
+    /// `Star` records that must be matched somewhere (whole-topic consumers).
+    required: Vec<bool>,
+    required_total: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Opt {
+    Match { chain: u32, at: u32 },
+    Failed(u32),
+    Drop,
+    NextShard,
+}
+
+enum Undo {
+    Match { chain: u32, prev: u32, item: u32 },
+    Failed(u32),
+    Drop,
+    NextShard(Vec<u32>),
+}
+
+/// A search state: partition index, line, chain cursors, and a hash of the once-only records used.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    shard: u32,
+    pos: u32,
+    cursors: Vec<u32>,
+    used: u128,
+}
+
+struct State {
+    shard: usize,
+    pos: usize,
+    cursors: Vec<u32>,
+    used: Vec<bool>,
+    used_hash: u128,
+    required_used: usize,
+}
+
+struct Frame {
+    opts: Vec<Opt>,
+    next: usize,
+    key: Option<Key>,
+    undo: Option<Undo>,
+}
+
+/// 128 pseudo-random bits per record (splitmix64), XORed into the state's hash when it is used.
+fn zobrist(item: u32) -> u128 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let i = u64::from(item);
+    (u128::from(mix(2 * i)) << 64) | u128::from(mix(2 * i + 1))
+}
+
+impl<'a> Search<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        consumer: u32,
+        topic: &'a str,
+        t: &'a Topic,
+        scope: &[u32],
+        whole: bool,
+        n: &Counts,
+        got: &Received,
+        texts: &'a Texts,
+    ) -> Self {
+        let items = &t.items[..];
+        let mut failed_star: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut required = vec![false; items.len()];
+        let mut required_total = 0;
+        for (i, item) in items.iter().enumerate() {
+            match (item.kind, item.partition) {
+                (Kind::Failed, None) => failed_star.entry(item.text).or_default().push(i as u32),
+                // A `*` record is required unless fewer of its text arrived than were sent.
+                (Kind::Star, _)
+                    if whole && get(&n.extra_req, item.text) >= get(&n.star, item.text) =>
+                {
+                    required[i] = true;
+                    required_total += 1;
+                }
+                _ => {}
+            }
+        }
+        let mut shards = Vec::new();
+        for &p in scope {
+            let recv = got
+                .get(&ShardId::new(topic, p))
+                .cloned()
+                .unwrap_or_default();
+            let mut fixed: Vec<u32> = (0..items.len() as u32)
+                .filter(|&i| {
+                    let it = &items[i as usize];
+                    it.kind == Kind::Fixed && it.partition == Some(p) && it.offset.is_some()
+                })
+                .collect();
+            fixed.sort_by_key(|&i| items[i as usize].offset);
+            let mut chains = vec![fixed];
+            let mut per_producer: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+            let mut failed: HashMap<u32, Vec<u32>> = HashMap::new();
+            for (i, it) in items.iter().enumerate() {
+                let i = i as u32;
+                match it.kind {
+                    Kind::Fixed if it.partition == Some(p) && it.offset.is_none() => {
+                        per_producer.entry(it.producer).or_default().push(i);
+                    }
+                    Kind::Star => per_producer.entry(it.producer).or_default().push(i),
+                    Kind::Failed if it.partition == Some(p) => {
+                        failed.entry(it.text).or_default().push(i);
+                    }
+                    _ => {}
+                }
+            }
+            chains.extend(per_producer.into_values());
+            chains.retain(|c| !c.is_empty());
+            let skippable = |i: u32| {
+                let it = &items[i as usize];
+                it.kind == Kind::Star || n.deficit(p, it.text)
+            };
+            let next_req = chains
+                .iter()
+                .map(|chain| {
+                    let mut v = vec![chain.len() as u32; chain.len() + 1];
+                    for j in (0..chain.len()).rev() {
+                        v[j] = if skippable(chain[j]) {
+                            v[j + 1]
+                        } else {
+                            j as u32
+                        };
+                    }
+                    v
+                })
+                .collect();
+            let occ = chains
+                .iter()
+                .map(|chain| {
+                    let mut at: Vec<(u32, u32)> = chain
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &i)| (items[i as usize].text, j as u32))
+                        .collect();
+                    at.sort_unstable();
+                    at
+                })
+                .collect();
+            let surplus = recv
+                .iter()
+                .map(|&(t, _)| t)
+                .filter(|&t| n.surplus(p, t))
+                .collect();
+            shards.push(ShardView {
+                partition: p,
+                recv,
+                chains,
+                next_req,
+                occ,
+                failed,
+                surplus,
+            });
+        }
+        Search {
+            consumer,
+            topic,
+            items,
+            texts,
+            shards,
+            failed_star,
+            required,
+            required_total,
+        }
     }
-    let producers: BTreeSet<u32> = expected.iter().map(|s| s.producer).collect();
-    for p in producers {
-        let mine = |m: &str| {
-            owners
-                .get(m)
-                .is_some_and(|o| o.len() == 1 && o.contains(&p))
+
+    fn shard_done(&self, st: &State) -> bool {
+        let sh = &self.shards[st.shard];
+        sh.chains
+            .iter()
+            .zip(&sh.next_req)
+            .zip(&st.cursors)
+            .all(|((chain, next), &c)| next[c as usize] as usize == chain.len())
+    }
+
+    /// What the line at `st.pos` may be, most likely first.
+    fn options(&self, st: &State) -> Vec<Opt> {
+        let sh = &self.shards[st.shard];
+        let t = sh.recv[st.pos].0;
+        let mut fixed = Vec::new();
+        let mut star = Vec::new();
+        for (chain, at) in sh.occ.iter().enumerate() {
+            let c = st.cursors[chain];
+            let limit = sh.next_req[chain][c as usize];
+            let from = at.partition_point(|&k| k < (t, c));
+            for &(_, j) in at[from..]
+                .iter()
+                .take_while(|&&(tx, j)| tx == t && j <= limit)
+            {
+                let i = sh.chains[chain][j as usize];
+                let opt = Opt::Match {
+                    chain: chain as u32,
+                    at: j,
+                };
+                if self.items[i as usize].kind == Kind::Fixed {
+                    fixed.push(opt);
+                } else if !st.used[i as usize] {
+                    star.push(opt);
+                }
+            }
+        }
+        fixed.append(&mut star);
+        // Failed records of one text are interchangeable; one only this partition can take
+        // leaves more choice than one any partition could.
+        let unused = |list: Option<&Vec<u32>>| {
+            list.into_iter()
+                .flatten()
+                .copied()
+                .find(|&i| !st.used[i as usize])
         };
-        let sent: Vec<&str> = expected
-            .iter()
-            .filter(|s| s.producer == p && mine(&s.msg))
-            .map(|s| s.msg.as_str())
-            .collect();
-        let mut got: Vec<&str> = received
-            .iter()
-            .map(String::as_str)
-            .filter(|m| mine(m))
-            .collect();
-        // Duplicates/missing are reported by the counts; compare first occurrences only.
-        let mut seen = BTreeSet::new();
-        got.retain(|m| seen.insert(*m) || sent.iter().filter(|s| *s == m).count() > 1);
-        let sent_present: Vec<&str> = sent.iter().copied().filter(|m| got.contains(m)).collect();
-        if let Some(pos) = sent_present.iter().zip(&got).position(|(a, b)| a != b) {
-            out.push(format!(
-                "{shard}: producer {p}'s records arrived as {:?} where {:?} was sent",
-                &got[pos..(pos + 3).min(got.len())],
-                &sent_present[pos..(pos + 3).min(sent_present.len())]
-            ));
+        if let Some(i) = unused(sh.failed.get(&t)).or_else(|| unused(self.failed_star.get(&t))) {
+            fixed.push(Opt::Failed(i));
+        }
+        if sh.surplus.contains(&t) {
+            fixed.push(Opt::Drop);
+        }
+        fixed
+    }
+
+    fn use_item(&self, st: &mut State, i: u32) {
+        st.used[i as usize] = !st.used[i as usize];
+        st.used_hash ^= zobrist(i);
+        if self.required[i as usize] {
+            if st.used[i as usize] {
+                st.required_used += 1;
+            } else {
+                st.required_used -= 1;
+            }
+        }
+    }
+
+    fn apply(&self, st: &mut State, opt: Opt) -> Undo {
+        match opt {
+            Opt::Match { chain, at } => {
+                st.pos += 1;
+                let prev = std::mem::replace(&mut st.cursors[chain as usize], at + 1);
+                let item = self.shards[st.shard].chains[chain as usize][at as usize];
+                if self.items[item as usize].kind == Kind::Star {
+                    self.use_item(st, item);
+                }
+                Undo::Match { chain, prev, item }
+            }
+            Opt::Failed(i) => {
+                st.pos += 1;
+                self.use_item(st, i);
+                Undo::Failed(i)
+            }
+            Opt::Drop => {
+                st.pos += 1;
+                Undo::Drop
+            }
+            Opt::NextShard => {
+                st.shard += 1;
+                st.pos = 0;
+                let fresh = vec![0; self.shards[st.shard].chains.len()];
+                Undo::NextShard(std::mem::replace(&mut st.cursors, fresh))
+            }
+        }
+    }
+
+    fn undo(&self, st: &mut State, undo: Undo) {
+        match undo {
+            Undo::Match { chain, prev, item } => {
+                st.pos -= 1;
+                st.cursors[chain as usize] = prev;
+                if self.items[item as usize].kind == Kind::Star {
+                    self.use_item(st, item);
+                }
+            }
+            Undo::Failed(i) => {
+                st.pos -= 1;
+                self.use_item(st, i);
+            }
+            Undo::Drop => st.pos -= 1,
+            Undo::NextShard(cursors) => {
+                st.shard -= 1;
+                st.pos = self.shards[st.shard].recv.len();
+                st.cursors = cursors;
+            }
+        }
+    }
+
+    fn run(&self, budget: usize) -> Verdict {
+        if self.shards.is_empty() {
+            return Verdict::Ok;
+        }
+        let lines: usize = self.shards.iter().map(|s| s.recv.len()).sum();
+        let budget = budget.saturating_add(4 * lines);
+        let mut st = State {
+            shard: 0,
+            pos: 0,
+            cursors: vec![0; self.shards[0].chains.len()],
+            used: vec![false; self.items.len()],
+            used_hash: 0,
+            required_used: 0,
+        };
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut dead_ends: HashSet<Key> = HashSet::new();
+        let mut steps = 0usize;
+        // The furthest point reached, to explain a failure.
+        let mut furthest = (0, 0);
+        let mut furthest_cursors = st.cursors.clone();
+        'search: loop {
+            if (st.shard, st.pos) > furthest {
+                furthest = (st.shard, st.pos);
+                furthest_cursors.clone_from(&st.cursors);
+            }
+            let opts = if st.pos < self.shards[st.shard].recv.len() {
+                self.options(&st)
+            } else if !self.shard_done(&st) {
+                Vec::new()
+            } else if st.shard + 1 < self.shards.len() {
+                vec![Opt::NextShard]
+            } else if st.required_used == self.required_total {
+                return Verdict::Ok;
+            } else {
+                Vec::new()
+            };
+            // Only branching states are remembered: the rest lead straight to one.
+            let key = (opts.len() > 1).then(|| Key {
+                shard: st.shard as u32,
+                pos: st.pos as u32,
+                cursors: st.cursors.clone(),
+                used: st.used_hash,
+            });
+            if !opts.is_empty() && !key.as_ref().is_some_and(|k| dead_ends.contains(k)) {
+                stack.push(Frame {
+                    opts,
+                    next: 0,
+                    key,
+                    undo: None,
+                });
+            }
+            // Take the next untried option, backing up as far as needed.
+            loop {
+                let Some(top) = stack.last_mut() else {
+                    return Verdict::OutOfOrder(self.explain(furthest, &furthest_cursors));
+                };
+                if let Some(undo) = top.undo.take() {
+                    self.undo(&mut st, undo);
+                }
+                if top.next < top.opts.len() {
+                    let opt = top.opts[top.next];
+                    top.next += 1;
+                    steps += 1;
+                    if steps > budget {
+                        let shards: Vec<String> = self
+                            .shards
+                            .iter()
+                            .map(|s| format!("{}:P{}", self.topic, s.partition))
+                            .collect();
+                        return Verdict::Undecided(format!(
+                            "{}: repeated messages allow too many matchings; gave up after {budget} steps without deciding the order",
+                            shards.join(",")
+                        ));
+                    }
+                    top.undo = Some(self.apply(&mut st, opt));
+                    continue 'search;
+                }
+                if let Some(key) = stack.pop().and_then(|f| f.key) {
+                    dead_ends.insert(key);
+                }
+            }
+        }
+    }
+
+    /// Why no matching exists, at the furthest line any attempt reached.
+    fn explain(&self, (shard, pos): (usize, usize), cursors: &[u32]) -> String {
+        let sh = &self.shards[shard];
+        let name = format!("{}:P{}", self.topic, sh.partition);
+        let mut next = Vec::new();
+        for (chain, &c) in sh.chains.iter().zip(cursors) {
+            if let Some(&i) = chain.get(c as usize) {
+                let it = &self.items[i as usize];
+                next.push(format!(
+                    "`{}` (producer_{}.txt:{})",
+                    self.texts.show(it.text),
+                    it.producer,
+                    it.line
+                ));
+            }
+        }
+        let next = if next.is_empty() {
+            "nothing".to_string()
+        } else {
+            next.into_iter().take(4).collect::<Vec<_>>().join(" or ")
+        };
+        match sh.recv.get(pos) {
+            Some(&(t, line)) => format!(
+                "{name}: consumer_{}.txt:{line} `{}` cannot come next in any producer's order; next expected {next}",
+                self.consumer,
+                self.texts.show(t)
+            ),
+            None => format!(
+                "{name}: the received records match no order in which the producers sent them; left over at the end: {next}"
+            ),
         }
     }
 }
@@ -492,5 +1211,548 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("producer_3.txt:3"), "{err}");
+    }
+
+    // Defect 1: a message text repeated across producers must not hide producer 1's `a`
+    // arriving before its `X`, whichever X is which.
+    #[test]
+    fn repeated_texts_across_producers_keep_each_producers_order() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "producer_1.txt", "1 X P1 T\n1 a P1 T\n");
+        write(d.path(), "producer_2.txt", "1 X P1 T\n1 b P1 T\n");
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T:P1     a\nT:P1     X\nT:P1     X\nT:P1     b\n",
+        );
+        let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+        assert!(!r.passed(), "{}", r.render());
+        assert_eq!(r.consumers[0].out_of_order.len(), 1, "{}", r.render());
+        // The valid interleavings still pass.
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T:P1     X\nT:P1     X\nT:P1     a\nT:P1     b\n",
+        );
+        let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+        assert!(r.passed(), "{}", r.render());
+    }
+
+    // Defect 2: a `*` record without an ack log takes its place in its producer's order on the
+    // shard it landed on, and another producer's same text is not mistaken for it.
+    #[test]
+    fn star_record_without_ack_log_interleaves_with_same_text_of_another_producer() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "producer_1.txt", "1 X * T\n");
+        write(d.path(), "producer_2.txt", "1 a P1 T\n1 X P1 T\n");
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T:P1     X\nT:P1     a\nT:P1     X\n",
+        );
+        let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+        assert!(r.passed(), "{}", r.render());
+        assert_eq!(r.consumers[0].expected, 3);
+        // Producer 2's X before its a is still caught.
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T:P1     X\nT:P1     X\nT:P1     a\n",
+        );
+        let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+        assert_eq!(r.consumers[0].out_of_order.len(), 1, "{}", r.render());
+    }
+
+    // Defect 3: records an ack log shows were not acknowledged are not required; received
+    // once they are fine, twice they are a duplicate.
+    #[test]
+    fn records_that_failed_to_produce_are_optional_but_at_most_once() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "producer_1.txt",
+            "1 A P1 T\n1 B P1 T\n1 C * T\n1 D * T\n",
+        );
+        write(d.path(), "producer_1.acked", "T:P1 0 A\nT:P2 0 D\n");
+        write(d.path(), "consumer_1.txt", "T:P1     A\nT:P2     D\n");
+        let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+        assert!(r.passed(), "{}", r.render());
+        assert_eq!(r.consumers[0].expected, 2, "{}", r.render());
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T:P1     A\nT:P1     B\nT:P2     C\nT:P2     D\n",
+        );
+        let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+        assert!(r.passed(), "{}", r.render());
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T:P1     A\nT:P1     B\nT:P1     B\nT:P2     D\n",
+        );
+        let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+        assert_eq!(r.consumers[0].duplicates.len(), 1, "{}", r.render());
+    }
+
+    // Defect 4: a line no producer sent is unexpected, not a duplicate.
+    #[test]
+    fn a_line_no_producer_sent_is_unexpected() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "producer_1.txt", "1 A P1 T\n");
+        write(d.path(), "consumer_1.txt", "T:P1     A\nT:P1     ZZZ\n");
+        let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+        let c = &r.consumers[0];
+        assert_eq!(c.unexpected.len(), 1, "{}", r.render());
+        assert!(c.duplicates.is_empty(), "{}", r.render());
+        assert!(c.unexpected[0].contains("ZZZ"), "{}", r.render());
+    }
+
+    // Defect 5: a long message is shown truncated, with its size.
+    #[test]
+    fn long_messages_are_truncated_in_reports() {
+        let d = tempfile::tempdir().unwrap();
+        let long = "y".repeat(3000);
+        write(
+            d.path(),
+            "producer_1.txt",
+            &format!("1 A P1 T\n1 {long} P1 T\n"),
+        );
+        write(d.path(), "consumer_1.txt", "T:P1     A\n");
+        let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+        let shown = r.render();
+        assert_eq!(r.consumers[0].missing.len(), 1, "{shown}");
+        assert!(!shown.contains(&long), "{shown}");
+        assert!(
+            shown.contains(&format!("{}… (3000 bytes)", "y".repeat(80))),
+            "{shown}"
+        );
+    }
+
+    // Defect 6: one missing copy of a repeated message is missing, not also out of order.
+    #[test]
+    fn a_missing_copy_of_a_repeated_message_is_not_out_of_order() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "producer_1.txt",
+            "1 X P1 T\n1 a P1 T\n1 X P1 T\n1 b P1 T\n",
+        );
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T:P1     X\nT:P1     a\nT:P1     b\n",
+        );
+        let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+        let c = &r.consumers[0];
+        assert_eq!(c.missing.len(), 1, "{}", r.render());
+        assert!(c.out_of_order.is_empty(), "{}", r.render());
+    }
+
+    // Defect 7: `ID=` with no shard is refused, not taken as an empty subscription.
+    #[test]
+    fn an_empty_subscription_is_refused() {
+        let err = parse_consumer("3=").unwrap_err().to_string();
+        assert!(err.contains("no shard"), "{err}");
+        assert!(parse_consumer("3= , ").is_err());
+        assert_eq!(parse_consumer("3=T1:P1,T2:*").unwrap().1.len(), 2);
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "producer_1.txt", "1 A P1 T\n");
+        write(d.path(), "consumer_3.txt", "");
+        let spec = VerifySpec {
+            dir: d.path().to_path_buf(),
+            producers: vec![],
+            consumers: vec![(3, vec![])],
+        };
+        assert!(verify(&spec).is_err());
+    }
+
+    // Repeated texts that make the search branch: decided with the default budget, reported as
+    // undecided (not as a verdict) when the budget is too small.
+    #[test]
+    fn a_search_over_its_budget_is_undecided_not_a_verdict() {
+        let d = tempfile::tempdir().unwrap();
+        let xs = "1 X P1 T\n".repeat(20);
+        write(
+            d.path(),
+            "producer_1.txt",
+            &format!("{xs}1 a P1 T\n1 X P1 T\n"),
+        );
+        write(d.path(), "producer_2.txt", &format!("{xs}1 b P1 T\n"));
+        let lines = "T:P1     X\n".repeat(40);
+        write(
+            d.path(),
+            "consumer_1.txt",
+            &format!("{lines}T:P1     b\nT:P1     X\nT:P1     a\n"),
+        );
+        let r = verify(&spec(d.path(), &[(1, "T:P1")])).unwrap();
+        assert_eq!(r.consumers[0].out_of_order.len(), 1, "{}", r.render());
+        let r = verify_with_budget(&spec(d.path(), &[(1, "T:P1")]), 0).unwrap();
+        let c = &r.consumers[0];
+        assert!(!r.passed());
+        assert!(c.out_of_order.is_empty(), "{}", r.render());
+        assert_eq!(c.undecided.len(), 1, "{}", r.render());
+        assert!(r.render().contains("undecided"), "{}", r.render());
+        // The valid order is found.
+        write(
+            d.path(),
+            "consumer_1.txt",
+            &format!("{lines}T:P1     a\nT:P1     X\nT:P1     b\n"),
+        );
+        let r = verify(&spec(d.path(), &[(1, "T:P1")])).unwrap();
+        assert!(r.passed(), "{}", r.render());
+    }
+
+    #[test]
+    fn two_hundred_thousand_unique_records_verify_fast() {
+        let d = tempfile::tempdir().unwrap();
+        let per = 50_000;
+        let mut consumer_1 = String::new();
+        let mut consumer_2 = String::new();
+        for p in 1..=4u32 {
+            let mut file = String::new();
+            for i in 0..per {
+                let part = 1 + (i % 4);
+                // Producers 1 and 2 name the partition, 3 and 4 send to T:* (no ack log).
+                let target = if p <= 2 {
+                    format!("P{part}")
+                } else {
+                    "*".to_string()
+                };
+                writeln!(file, "21:52:23\tm{p}-{i}\t\t{target}\t\tT").unwrap();
+                writeln!(consumer_1, "T:P{part}     m{p}-{i}").unwrap();
+                if part == 1 {
+                    writeln!(consumer_2, "T:P1     m{p}-{i}").unwrap();
+                }
+            }
+            write(d.path(), &format!("producer_{p}.txt"), &file);
+        }
+        write(d.path(), "consumer_1.txt", &consumer_1);
+        write(d.path(), "consumer_2.txt", &consumer_2);
+        let start = std::time::Instant::now();
+        let r = verify(&spec(d.path(), &[(1, "T:*"), (2, "T:P1")])).unwrap();
+        let took = start.elapsed();
+        assert!(r.passed(), "{}", r.render());
+        assert_eq!(r.produced, 200_000);
+        assert_eq!(r.unresolved, 100_000);
+        assert_eq!(r.consumers[0].expected, 200_000);
+        assert_eq!(r.consumers[1].expected, 25_000);
+        assert!(took.as_secs_f64() < 5.0, "took {took:?}");
+    }
+
+    /// xorshift64*: a reproducible stream for the property tests.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// One generated run: producers' records, where each landed, and what consumer 1 (`T:*`)
+    /// received per partition, each line tagged with the record it is.
+    struct Run {
+        partitions: u32,
+        /// Per producer: (text, target partition or None for `*`).
+        sent: Vec<Vec<(String, Option<u32>)>>,
+        /// Per producer: per record, Some(partition) it landed on, None if never delivered.
+        landed: Vec<Vec<Option<u32>>>,
+        /// Per producer: whether it writes an ack log; per record: acknowledged or failed.
+        acked: Vec<Option<Vec<bool>>>,
+        /// Per partition, in offset order: (producer, record index).
+        log: Vec<Vec<(usize, usize)>>,
+    }
+
+    fn generate(rng: &mut Rng, with_acks: bool) -> Run {
+        let partitions = 1 + rng.below(3) as u32;
+        let producers = 1 + rng.below(3);
+        let alphabet = ["X", "Y", "Z"];
+        let mut run = Run {
+            partitions,
+            sent: Vec::new(),
+            landed: Vec::new(),
+            acked: Vec::new(),
+            log: vec![Vec::new(); partitions as usize],
+        };
+        let mut star_budget = 4;
+        for p in 0..producers {
+            let n = 1 + rng.below(6);
+            let acks = with_acks && rng.below(2) == 0;
+            let (mut sent, mut landed, mut ack) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..n {
+                // Repeated texts, within and across producers, plus some unique ones.
+                let text = if rng.below(3) == 0 {
+                    format!("u{p}-{i}")
+                } else {
+                    alphabet[rng.below(alphabet.len())].to_string()
+                };
+                let star = rng.below(3) == 0 && (acks || star_budget > 0);
+                if star && !acks {
+                    star_budget -= 1;
+                }
+                let target = (!star).then(|| 1 + rng.below(partitions as usize) as u32);
+                let part = target.unwrap_or_else(|| 1 + rng.below(partitions as usize) as u32);
+                // With an ack log some records fail; a failed one may still have been appended.
+                let ok = !acks || rng.below(5) != 0;
+                let delivered = ok || rng.below(2) == 0;
+                sent.push((text, target));
+                landed.push(delivered.then_some(part));
+                ack.push(ok);
+            }
+            run.sent.push(sent);
+            run.landed.push(landed);
+            run.acked.push(acks.then_some(ack));
+        }
+        // Interleave: repeatedly append the next delivered record of a random producer.
+        let mut next = vec![0; producers];
+        loop {
+            let live: Vec<usize> = (0..producers)
+                .filter(|&p| next[p] < run.sent[p].len())
+                .collect();
+            if live.is_empty() {
+                break;
+            }
+            let p = live[rng.below(live.len())];
+            let i = next[p];
+            next[p] += 1;
+            if let Some(part) = run.landed[p][i] {
+                run.log[part as usize - 1].push((p, i));
+            }
+        }
+        run
+    }
+
+    /// Writes the run's files; consumer 1 gets `lines` per partition.
+    fn write_run(dir: &Path, run: &Run, lines: &[Vec<(usize, usize)>]) {
+        for f in std::fs::read_dir(dir).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        for (p, sent) in run.sent.iter().enumerate() {
+            let mut file = String::new();
+            for (text, target) in sent {
+                let part = target.map_or("*".to_string(), |n| format!("P{n}"));
+                writeln!(file, "12:00:00 {text} {part} T").unwrap();
+            }
+            write(dir, &format!("producer_{}.txt", p + 1), &file);
+            if let Some(acked) = &run.acked[p] {
+                let mut log = String::new();
+                for (i, (text, _)) in sent.iter().enumerate() {
+                    if acked[i] {
+                        let part = run.landed[p][i].unwrap();
+                        let offset = run.log[part as usize - 1]
+                            .iter()
+                            .position(|&r| r == (p, i))
+                            .unwrap();
+                        writeln!(log, "T:P{part} {offset} {text}").unwrap();
+                    }
+                }
+                write(dir, &format!("producer_{}.acked", p + 1), &log);
+            }
+        }
+        let mut consumer = String::new();
+        for (part, lines) in lines.iter().enumerate() {
+            for &(p, i) in lines {
+                let text = if p == usize::MAX {
+                    "FOREIGN"
+                } else {
+                    &run.sent[p][i].0
+                };
+                writeln!(consumer, "T:P{}     {text}", part + 1).unwrap();
+            }
+        }
+        write(dir, "consumer_1.txt", &consumer);
+    }
+
+    /// Brute force over where each `*` record went, then over which producer each line came
+    /// from: whether `lines` is a valid receipt of a run without ack logs.
+    fn oracle(run: &Run, lines: &[Vec<(usize, usize)>]) -> bool {
+        let texts = |part: usize| -> Vec<&str> {
+            lines[part]
+                .iter()
+                .map(|&(p, i)| {
+                    if p == usize::MAX {
+                        "FOREIGN"
+                    } else {
+                        run.sent[p][i].0.as_str()
+                    }
+                })
+                .collect()
+        };
+        let stars: Vec<(usize, usize)> = run
+            .sent
+            .iter()
+            .enumerate()
+            .flat_map(|(p, s)| {
+                s.iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.1.is_none())
+                    .map(move |(i, _)| (p, i))
+            })
+            .collect();
+        let k = run.partitions as usize;
+        fn fits(queues: &mut [Vec<&str>], got: &[&str]) -> bool {
+            let Some((first, rest)) = got.split_first() else {
+                return queues.iter().all(Vec::is_empty);
+            };
+            for q in 0..queues.len() {
+                if queues[q].first() == Some(first) {
+                    let head = queues[q].remove(0);
+                    let ok = fits(queues, rest);
+                    queues[q].insert(0, head);
+                    if ok {
+                        return true;
+                    }
+                }
+            }
+            false
+        }
+        (0..k.pow(stars.len() as u32)).any(|code| {
+            let mut place = HashMap::new();
+            let mut c = code;
+            for s in &stars {
+                place.insert(*s, c % k + 1);
+                c /= k;
+            }
+            (0..k).all(|part| {
+                let mut queues: Vec<Vec<&str>> = run
+                    .sent
+                    .iter()
+                    .enumerate()
+                    .map(|(p, s)| {
+                        s.iter()
+                            .enumerate()
+                            .filter(|(i, r)| {
+                                r.1.map_or_else(|| place[&(p, *i)], |n| n as usize) == part + 1
+                            })
+                            .map(|(_, r)| r.0.as_str())
+                            .collect()
+                    })
+                    .collect();
+                fits(&mut queues, &texts(part))
+            })
+        })
+    }
+
+    /// Consumer 1's lines per partition, each the (producer, record index) it is.
+    type Lines = Vec<Vec<(usize, usize)>>;
+
+    /// One random corruption of a valid receipt. Returns the corrupted lines and whether it
+    /// must fail whatever the texts (false: only the oracle can tell).
+    fn corrupt(
+        rng: &mut Rng,
+        run: &Run,
+        lines: &[Vec<(usize, usize)>],
+    ) -> Option<(Lines, &'static str, bool)> {
+        let mut out = lines.to_vec();
+        let part = rng.below(out.len());
+        let required = |&(p, i): &(usize, usize)| run.acked[p].as_ref().is_none_or(|a| a[i]);
+        let text = |(p, i): (usize, usize)| run.sent[p][i].0.as_str();
+        // Texts some failed record could also explain.
+        let spare: HashSet<&str> = (0..run.sent.len())
+            .flat_map(|p| (0..run.sent[p].len()).map(move |i| (p, i)))
+            .filter(|r| !required(r))
+            .map(text)
+            .collect();
+        match rng.below(4) {
+            0 => {
+                let at: Vec<usize> = (0..out[part].len())
+                    .filter(|&j| required(&out[part][j]) && !spare.contains(text(out[part][j])))
+                    .collect();
+                let j = *at.get(rng.below(at.len().max(1)))?;
+                out[part].remove(j);
+                Some((out, "drop", true))
+            }
+            1 => {
+                let at: Vec<usize> = (0..out[part].len())
+                    .filter(|&j| !spare.contains(text(out[part][j])))
+                    .collect();
+                let j = *at.get(rng.below(at.len().max(1)))?;
+                let r = out[part][j];
+                let to = rng.below(out[part].len() + 1);
+                out[part].insert(to, r);
+                Some((out, "duplicate", true))
+            }
+            2 => {
+                let to = rng.below(out[part].len() + 1);
+                out[part].insert(to, (usize::MAX, 0));
+                Some((out, "foreign", true))
+            }
+            _ => {
+                // Two records of one producer with different texts, swapped.
+                let n = out[part].len();
+                let pairs: Vec<(usize, usize)> = (0..n)
+                    .flat_map(|a| (a + 1..n).map(move |b| (a, b)))
+                    .filter(|&(a, b)| {
+                        let (ra, rb) = (out[part][a], out[part][b]);
+                        ra.0 == rb.0 && text(ra) != text(rb)
+                    })
+                    .collect();
+                let (a, b) = *pairs.get(rng.below(pairs.len().max(1)))?;
+                out[part].swap(a, b);
+                // With ack logs and no spare copies, offsets fix the order: must fail.
+                let fixed = run.acked[out[part][a].0].is_some()
+                    && !spare.contains(text(out[part][a]))
+                    && !spare.contains(text(out[part][b]))
+                    && [a, b].iter().all(|&j| {
+                        let t = text(out[part][j]);
+                        out.iter().flatten().filter(|&&r| text(r) == t).count() == 1
+                    });
+                Some((out, "swap", fixed))
+            }
+        }
+    }
+
+    fn property(with_acks: bool, seeds: u64) {
+        let d = tempfile::tempdir().unwrap();
+        let (mut corrupted, mut swaps_failed) = (0, 0);
+        for seed in 1..=seeds {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let run = generate(&mut rng, with_acks);
+            write_run(d.path(), &run, &run.log);
+            let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+            assert!(r.passed(), "seed {seed}: valid run failed\n{}", r.render());
+            let Some((lines, what, must_fail)) = corrupt(&mut rng, &run, &run.log) else {
+                continue;
+            };
+            corrupted += 1;
+            write_run(d.path(), &run, &lines);
+            let r = verify(&spec(d.path(), &[(1, "T:*")])).unwrap();
+            let want_pass = if must_fail {
+                false
+            } else if with_acks {
+                continue;
+            } else {
+                oracle(&run, &lines)
+            };
+            if what == "swap" && !want_pass {
+                swaps_failed += 1;
+            }
+            assert_eq!(
+                r.passed(),
+                want_pass,
+                "seed {seed}: after a {what} the verdict should be {}\n{}",
+                if want_pass { "PASS" } else { "FAIL" },
+                r.render()
+            );
+            assert!(r.consumers[0].undecided.is_empty(), "seed {seed}");
+        }
+        assert!(corrupted > seeds / 2, "{corrupted} corrupted runs");
+        assert!(swaps_failed > 0, "no swap was ever a failure");
+    }
+
+    #[test]
+    fn random_valid_runs_pass_and_one_corruption_fails() {
+        property(false, 400);
+    }
+
+    #[test]
+    fn random_valid_runs_with_ack_logs_pass_and_one_corruption_fails() {
+        property(true, 400);
     }
 }
