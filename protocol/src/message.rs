@@ -100,7 +100,9 @@ pub struct BrokerReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShardRoute {
     pub shard: ShardId,
-    /// None while the shard has no live owner (e.g. its broker is down).
+    /// In a routing table (Metadata): None while the shard has no live owner (e.g. its broker is
+    /// down), so clients do not send there. In Status and DescribeTopic answers: the owner even
+    /// when it is down, so operators see where the shard's data is.
     pub owner: Option<BrokerAddr>,
     /// True while the shard is being moved (writes may pause briefly).
     pub moving: bool,
