@@ -133,3 +133,28 @@ async fn a_waiting_fetch_learns_at_once_that_the_shard_left() {
     );
     handle.shutdown().await;
 }
+
+/// A fetch past the end (the reader's position outlived records a crash took back) does not wait
+/// for the log to grow past it, which would make the reader skip the records written meanwhile:
+/// it answers at once with the real end.
+#[tokio::test]
+async fn a_fetch_past_the_end_answers_at_once_with_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = broker(dir.path(), FsyncPolicy::Never).await;
+    let conn = connect(&handle).await;
+    let shard = ShardId::new("lp", 9);
+    assign(&conn, &shard, 1).await;
+    produce(&conn, &shard, batch_of(&[b"a", b"b"]), None)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (hw, batches) = fetch(&conn, &shard, 5, 1 << 20, 10_000).await.unwrap();
+    assert_eq!(hw, 2);
+    assert!(batches.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?} for a log that ends before the offset",
+        started.elapsed()
+    );
+    handle.shutdown().await;
+}

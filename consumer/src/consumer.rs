@@ -329,8 +329,26 @@ impl Consumer {
             warn!(shard = %c.shard, asked, position = c.position, "dropping a stale fetch answer");
             return;
         }
-        let batches = match res {
-            Ok(Response::Fetched { batches, .. }) => batches,
+        match res {
+            Ok(Response::Fetched {
+                high_watermark,
+                batches,
+                ..
+            }) => {
+                if let Err(at) = take_fetched(c, high_watermark, &batches, out) {
+                    // Data exists past the position but none could be read: a damaged batch.
+                    // Pausing avoids spinning on it; the error names the shard.
+                    c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
+                    error.get_or_insert(ConsumerError::Shard {
+                        shard: c.shard.clone(),
+                        what: "reading",
+                        error: ClientError::Protocol {
+                            addr: String::new(),
+                            reason: format!("unreadable record batch at offset {at}"),
+                        },
+                    });
+                }
+            }
             Ok(other) => {
                 c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
                 error.get_or_insert(ConsumerError::Shard {
@@ -338,7 +356,6 @@ impl Consumer {
                     what: "fetch from",
                     error: ClientError::Server(unexpected("fetched", &other)),
                 });
-                return;
             }
             Err(e) => {
                 c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
@@ -348,23 +365,7 @@ impl Consumer {
                     what: "fetch from",
                     error: e,
                 });
-                return;
             }
-        };
-        let before = c.position;
-        hand_out(&c.shard, &mut c.position, &batches, out);
-        if c.position == before && batches.iter().any(|b| b.end_offset() > before) {
-            // Data exists past the position but none could be read: a damaged batch. Pausing
-            // avoids spinning on it; the error names the shard.
-            c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
-            error.get_or_insert(ConsumerError::Shard {
-                shard: c.shard.clone(),
-                what: "reading",
-                error: ClientError::Protocol {
-                    addr: String::new(),
-                    reason: format!("unreadable record batch at offset {before}"),
-                },
-            });
         }
     }
 
@@ -441,6 +442,31 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         self.stop_fetches();
     }
+}
+
+/// Applies one fetch answer to a shard's cursor: hands out the records at and after its position.
+/// A shard that ends before the position (its broker crashed and lost records we had read:
+/// possible under `--fsync never`, or `interval` on power loss) moves the position back to the end,
+/// since the offsets past it will hold other records that must not be skipped. `Err(at)`: data
+/// past the position exists but could not be read.
+fn take_fetched(
+    c: &mut ShardCursor,
+    high_watermark: Offset,
+    batches: &[StoredBatch],
+    out: &mut Vec<ConsumedRecord>,
+) -> Result<(), Offset> {
+    if high_watermark < c.position {
+        warn!(shard = %c.shard, position = c.position, end = high_watermark,
+            "the shard is shorter than our position (records lost in a broker crash); reading on from its end");
+        c.position = high_watermark;
+        return Ok(());
+    }
+    let before = c.position;
+    hand_out(&c.shard, &mut c.position, batches, out);
+    if c.position == before && batches.iter().any(|b| b.end_offset() > before) {
+        return Err(before);
+    }
+    Ok(())
 }
 
 /// Appends the records of `batches` at and after `position` to `out`, advancing `position` past
@@ -669,5 +695,69 @@ mod tests {
     fn start_from_parses() {
         assert_eq!("Latest".parse::<StartFrom>().unwrap(), StartFrom::Latest);
         assert!("middle".parse::<StartFrom>().is_err());
+    }
+
+    fn batch_at(base: Offset, values: &[&str]) -> StoredBatch {
+        let records: Vec<Record> = values
+            .iter()
+            .map(|v| Record {
+                key: None,
+                value: bytes::Bytes::copy_from_slice(v.as_bytes()),
+                timestamp_ms: 0,
+            })
+            .collect();
+        StoredBatch {
+            base_offset: base,
+            batch: shardq_protocol::RecordBatch::from_records(&records),
+        }
+    }
+
+    fn cursor(position: Offset) -> ShardCursor {
+        ShardCursor {
+            shard: ShardId::new("T", 1),
+            position,
+            committed: None,
+            fetch: None,
+            retry_at: None,
+        }
+    }
+
+    fn values(out: &[ConsumedRecord]) -> Vec<(Offset, String)> {
+        out.iter()
+            .map(|r| {
+                (
+                    r.offset,
+                    String::from_utf8_lossy(&r.record.value).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shard_shorter_than_the_position_is_read_on_from_its_end() {
+        // We had read up to offset 5; the broker crashed and came back ending at 3.
+        let mut c = cursor(5);
+        let mut out = Vec::new();
+        assert_eq!(take_fetched(&mut c, 3, &[], &mut out), Ok(()));
+        assert_eq!(c.position, 3);
+        assert!(out.is_empty());
+        // The records written at 3 and 4 after the crash are handed out, not skipped.
+        let fresh = [batch_at(3, &["new3", "new4", "new5"])];
+        assert_eq!(take_fetched(&mut c, 6, &fresh, &mut out), Ok(()));
+        assert_eq!(
+            values(&out),
+            vec![(3, "new3".into()), (4, "new4".into()), (5, "new5".into())]
+        );
+        assert_eq!(c.position, 6);
+    }
+
+    #[test]
+    fn a_fetch_hands_out_from_inside_a_batch() {
+        let mut c = cursor(1);
+        let mut out = Vec::new();
+        let batches = [batch_at(0, &["a", "b", "c"])];
+        assert_eq!(take_fetched(&mut c, 3, &batches, &mut out), Ok(()));
+        assert_eq!(values(&out), vec![(1, "b".into()), (2, "c".into())]);
+        assert_eq!(c.position, 3);
     }
 }
