@@ -1082,6 +1082,20 @@ mod tests {
         Ok(())
     }
 
+    /// Flips a planned move and records it Done with the drop of the source's copy due; returns
+    /// the new epoch.
+    fn complete(s: &mut State, m: &MoveRecord) -> Epoch {
+        let epoch = s.flip(m.move_id, ok).unwrap();
+        let drop = PendingDrop {
+            broker: m.from,
+            shard: m.shard.clone(),
+            epoch,
+        };
+        s.finish(m.move_id, MovePhase::Done, None, 2, Some(drop), ok)
+            .unwrap();
+        epoch
+    }
+
     #[test]
     fn create_places_new_shards_and_keeps_old_ones() {
         let mut s = state(&[1, 2, 3]);
@@ -1259,16 +1273,9 @@ mod tests {
         assert!(route.moving);
         assert_eq!(route.owner.as_ref().map(|o| o.id), Some(m.from));
 
-        let epoch = s.flip(m.move_id, ok).unwrap();
+        let epoch = complete(&mut s, &m);
         assert_eq!(epoch, 2);
         assert_eq!(s.owners[&m.shard], m.to);
-        let drop = PendingDrop {
-            broker: m.from,
-            shard: m.shard.clone(),
-            epoch,
-        };
-        s.finish(m.move_id, MovePhase::Done, None, 2, Some(drop), ok)
-            .unwrap();
         assert!(
             !s.routing_table(&[])
                 .unwrap()
@@ -1384,14 +1391,7 @@ mod tests {
         let now = Instant::now();
         for _ in 0..8 {
             for m in s.plan_moves(2, now, 1, ok).unwrap() {
-                let epoch = s.flip(m.move_id, ok).unwrap();
-                let drop = PendingDrop {
-                    broker: m.from,
-                    shard: m.shard.clone(),
-                    epoch,
-                };
-                s.finish(m.move_id, MovePhase::Done, None, 2, Some(drop), ok)
-                    .unwrap();
+                complete(&mut s, &m);
             }
         }
         assert!(s.owned_by(1).is_empty());

@@ -343,6 +343,24 @@ async fn a_router_restarted_mid_move_finishes_it() {
     router.shutdown().await;
 }
 
+/// What a fake destination answers to MoveStatus: a move stuck in `phase`, nothing copied.
+fn frozen_move(move_id: u64, phase: MovePhase, lag: u64) -> Response {
+    Response::Move(MoveProgress {
+        move_id,
+        shard: ShardId::new("x", 1),
+        from: None,
+        to: 2,
+        phase,
+        records_copied: 0,
+        bytes_copied: 0,
+        lag,
+        started_ms: 0,
+        finished_ms: None,
+        write_pause_ms: None,
+        error: None,
+    })
+}
+
 /// A destination that fences the real source on ImportShard, then reports phase Fenced for
 /// ever: it is stopped to play a broker that died after the fence.
 struct FencingDestination {
@@ -376,20 +394,7 @@ impl Service for FencingDestination {
                         }),
                     }
                 }
-                Request::MoveStatus { move_id } => Ok(Response::Move(MoveProgress {
-                    move_id,
-                    shard: ShardId::new("x", 1),
-                    from: None,
-                    to: 2,
-                    phase: MovePhase::Fenced,
-                    records_copied: 0,
-                    bytes_copied: 0,
-                    lag: 0,
-                    started_ms: 0,
-                    finished_ms: None,
-                    write_pause_ms: None,
-                    error: None,
-                })),
+                Request::MoveStatus { move_id } => Ok(frozen_move(move_id, MovePhase::Fenced, 0)),
                 _ => Ok(Response::Ok),
             }
         })
@@ -575,20 +580,7 @@ impl Service for StuckDestination {
     fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
         Box::pin(async move {
             match request {
-                Request::MoveStatus { move_id } => Ok(Response::Move(MoveProgress {
-                    move_id,
-                    shard: ShardId::new("x", 1),
-                    from: None,
-                    to: 2,
-                    phase: MovePhase::Copying,
-                    records_copied: 0,
-                    bytes_copied: 0,
-                    lag: 10,
-                    started_ms: 0,
-                    finished_ms: None,
-                    write_pause_ms: None,
-                    error: None,
-                })),
+                Request::MoveStatus { move_id } => Ok(frozen_move(move_id, MovePhase::Copying, 10)),
                 _ => Ok(Response::Ok),
             }
         })
