@@ -141,3 +141,194 @@ async fn acknowledged_records_survive_sigkill(broker_args: &[&str]) {
     }
     up.stop().await;
 }
+
+/// Under `--fsync never` a crash may lose acknowledged records, and the restarted broker hands
+/// their offsets to new records. A consumer that read the lost ones must not skip the new ones:
+/// whatever the crash took, every record the shard finally holds reaches the live consumer, at
+/// its offset. (Whether sled loses anything here depends on what it wrote out before the kill;
+/// on this machine it usually loses nothing. The rewind itself is tested without chance in the
+/// consumer's `a_restarted_broker_that_lost_what_we_read_is_read_again_from_its_stable_end`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_consumer_skips_nothing_when_a_crash_loses_records_under_fsync_never() {
+    let up = common::UpCluster::start(2, &["--fsync", "never"]).await;
+    let router = up.router.clone();
+    let broker1_pid = up.broker_pid(1).expect("broker 1 running");
+    let admin = shardq::admin::client(&router).await.unwrap();
+    admin
+        .admin(shardq_protocol::Request::CreateTopic {
+            name: "N".into(),
+            partitions: 4,
+        })
+        .await
+        .unwrap();
+
+    // The live consumer runs through the crash, recording (shard, offset, value). It pauses from
+    // just before the kill until the restarted broker's shards have grown past where it stood:
+    // then only the broker's incarnation tells it that the offsets it stands at now hold other
+    // records (with no pause it would also learn it from a log shorter than its position).
+    let stop = shardq_protocol::CancellationToken::new();
+    let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let live = {
+        let (router, stop, paused) = (router.clone(), stop.clone(), paused.clone());
+        let mut consumer = Consumer::connect(ConsumerConfig::new(
+            router,
+            "live",
+            vec![ShardSpec::All("N".into())],
+        ))
+        .await
+        .unwrap();
+        tokio::spawn(async move {
+            let mut got: Vec<(ShardId, u64, String)> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.is_cancelled() && Instant::now() < deadline {
+                if paused.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                // Errors while the broker is down are retried by the next poll.
+                if let Ok(records) = consumer.poll().await {
+                    for r in records {
+                        let v = String::from_utf8_lossy(&r.record.value).into_owned();
+                        got.push((r.shard, r.offset, v));
+                    }
+                    let _ = consumer.commit().await;
+                }
+            }
+            got
+        })
+    };
+
+    let mut cfg = ProducerConfig::new(router.clone());
+    cfg.delivery_timeout = Duration::from_secs(60);
+    let producer = Arc::new(Producer::connect(cfg).await.unwrap());
+    let acked = Arc::new(AtomicU64::new(0));
+    let total = 8_000u64;
+    let send = {
+        let (producer, acked) = (producer.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut deliveries = Vec::new();
+            for i in 0..total {
+                let d = producer
+                    .send(
+                        &ShardSpec::All("N".into()),
+                        None,
+                        Bytes::from(format!("n{i}")),
+                    )
+                    .await
+                    .unwrap();
+                let acked = acked.clone();
+                deliveries.push(tokio::spawn(async move {
+                    let r = d.await;
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    r.is_ok()
+                }));
+                if i % 4 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            let mut ok = 0u64;
+            for d in deliveries {
+                ok += u64::from(d.await.unwrap());
+            }
+            ok
+        })
+    };
+    common::wait_until(Duration::from_secs(60), "first acknowledgements", || {
+        let n = acked.load(Ordering::Relaxed);
+        async move { n >= 2_500 }
+    })
+    .await;
+    paused.store(true, Ordering::Release);
+    common::kill9(broker1_pid);
+    let delivered = send.await.unwrap();
+    assert_eq!(
+        delivered, total,
+        "records failed after the broker came back"
+    );
+
+    paused.store(false, Ordering::Release);
+
+    // What the shards finally hold, read from the start by a fresh group.
+    let mut check = Consumer::connect(ConsumerConfig::new(
+        router.clone(),
+        "check",
+        vec![ShardSpec::All("N".into())],
+    ))
+    .await
+    .unwrap();
+    let mut ends: BTreeMap<ShardId, u64> = BTreeMap::new();
+    for p in 1..=4 {
+        let shard = ShardId::new("N", p);
+        let r = admin
+            .shard_request(
+                &shard,
+                |epoch| shardq_protocol::Request::ListOffsets {
+                    shard: shard.clone(),
+                    epoch,
+                },
+                Duration::from_secs(5),
+                tokio::time::Instant::now() + Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        let shardq_protocol::Response::Offsets { end, .. } = r else {
+            panic!("{r:?}")
+        };
+        ends.insert(shard, end);
+    }
+    let held: u64 = ends.values().sum();
+    let mut finally: HashMap<(ShardId, u64), String> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (finally.len() as u64) < held && Instant::now() < deadline {
+        for r in check.poll().await.unwrap() {
+            let v = String::from_utf8_lossy(&r.record.value).into_owned();
+            finally.insert((r.shard, r.offset), v);
+        }
+    }
+    assert_eq!(
+        finally.len() as u64,
+        held,
+        "the check consumer read every record"
+    );
+
+    // The live consumer catches up with the ends (its committed offsets reach them), then stops.
+    let client = shardq::admin::client(&router).await.unwrap();
+    common::wait_until(Duration::from_secs(60), "the live consumer caught up", || {
+        let (client, ends) = (client.clone(), ends.clone());
+        async move {
+            for (shard, end) in &ends {
+                let r = client
+                    .shard_request(
+                        shard,
+                        |epoch| shardq_protocol::Request::FetchOffset {
+                            shard: shard.clone(),
+                            group: "live".into(),
+                            epoch,
+                        },
+                        Duration::from_secs(5),
+                        tokio::time::Instant::now() + Duration::from_secs(10),
+                    )
+                    .await;
+                let at_end = matches!(r, Ok(shardq_protocol::Response::GroupOffset { offset: Some(o) }) if o >= *end);
+                if !at_end {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    stop.cancel();
+    let got = live.await.unwrap();
+    let received: std::collections::HashSet<(ShardId, u64, String)> = got.into_iter().collect();
+    let skipped: Vec<_> = finally
+        .iter()
+        .filter(|((s, o), v)| !received.contains(&(s.clone(), *o, (*v).clone())))
+        .take(5)
+        .collect();
+    assert!(
+        skipped.is_empty(),
+        "the live consumer never received these records the shards hold: {skipped:?}"
+    );
+    up.stop().await;
+}

@@ -51,10 +51,21 @@ pub struct Broker {
     shutdown: CancellationToken,
     /// Cap on the bytes per second one import copies (None: as fast as it goes).
     move_rate_limit: Option<u64>,
+    /// New at every start of the process; sent with every fetch answer (see `stable_end`).
+    incarnation: u64,
 }
 
 fn ready_result(r: Result<Response, ErrorKind>) -> ServiceFuture {
     Box::pin(ready(r))
+}
+
+/// A value that differs between two starts of a broker: the start time in nanoseconds, mixed
+/// with the process id (two starts within one clock tick are then still told apart).
+fn new_incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40)
 }
 
 impl Broker {
@@ -104,6 +115,7 @@ impl Broker {
             jobs: Mutex::new(HashMap::new()),
             shutdown,
             move_rate_limit: None,
+            incarnation: new_incarnation(),
         })
     }
 
@@ -346,7 +358,7 @@ impl Broker {
             o.epoch = o.epoch.max(epoch);
         })?;
         // The import flushed the whole copy before it reported Activating.
-        s.mark_durable(end);
+        s.activated(end);
         let progress = job.finish();
         if let Err(e) = self.imports.save(&job.record()) {
             warn!(%shard, "cannot record the finished import: {e}");
@@ -613,6 +625,7 @@ impl Broker {
         let read_limit = self.read_limit;
         let max_bytes = (f.max_bytes as usize).min(read_limit);
         let durable_only = self.durability.reads_wait_for_flush();
+        let incarnation = self.incarnation;
         let end = self.visible_end(&shard);
         let answer = move |shard: &Shard| {
             let (batches, high_watermark) =
@@ -620,6 +633,8 @@ impl Broker {
             Ok(Response::Fetched {
                 high_watermark,
                 start_offset: shard.offsets().0,
+                incarnation,
+                stable_end: shard.stable_end(),
                 batches,
             })
         };

@@ -141,6 +141,9 @@ struct Inner {
     next_offset: Offset,
     /// Every offset below this is on disk (`<= next_offset`).
     durable: Offset,
+    /// Every offset below this was on disk when this process began serving the shard (opened it,
+    /// or activated its import): what a crash since an earlier incarnation cannot have taken back.
+    stable_end: Offset,
     bytes: u64,
     producers: HashMap<u64, ProducerState>,
     groups: BTreeMap<String, Offset>,
@@ -221,6 +224,7 @@ impl Shard {
                 own,
                 next_offset,
                 durable: next_offset,
+                stable_end: next_offset,
                 bytes,
                 producers,
                 groups,
@@ -351,6 +355,18 @@ impl Shard {
     /// The durable end: every offset below it is on disk.
     pub fn durable_end(&self) -> Offset {
         self.lock().durable
+    }
+
+    /// See [`shardq_protocol::Response::Fetched`]'s `stable_end`.
+    pub fn stable_end(&self) -> Offset {
+        self.lock().stable_end
+    }
+
+    /// An import was activated at `end`: this process serves the shard from here, everything
+    /// below `end` on disk.
+    pub fn activated(&self, end: Offset) {
+        self.mark_durable(end);
+        self.lock().stable_end = end;
     }
 
     /// Records that a flush which started after offsets `..upto` were appended has completed.

@@ -123,6 +123,8 @@ struct ShardCursor {
     fetch: Option<JoinHandle<()>>,
     /// After a failed fetch, the next one waits until then (no hot loop on a dead shard).
     retry_at: Option<Instant>,
+    /// The incarnation of the broker process the last records came from.
+    incarnation: Option<u64>,
 }
 
 /// Reads its shards for one group. Not `Sync`: one task polls it.
@@ -192,6 +194,7 @@ impl Consumer {
                 committed,
                 fetch: None,
                 retry_at: None,
+                incarnation: None,
             });
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -332,10 +335,17 @@ impl Consumer {
         match res {
             Ok(Response::Fetched {
                 high_watermark,
+                incarnation,
+                stable_end,
                 batches,
                 ..
             }) => {
-                if let Err(at) = take_fetched(c, high_watermark, &batches, out) {
+                let served = Served {
+                    high_watermark,
+                    incarnation,
+                    stable_end,
+                };
+                if let Err(at) = take_fetched(c, served, &batches, out) {
                     // Data exists past the position but none could be read: a damaged batch.
                     // Pausing avoids spinning on it; the error names the shard.
                     c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
@@ -444,21 +454,41 @@ impl Drop for Consumer {
     }
 }
 
+/// What a fetch answer says about the shard besides its records.
+#[derive(Clone, Copy, Debug)]
+struct Served {
+    high_watermark: Offset,
+    incarnation: u64,
+    stable_end: Offset,
+}
+
 /// Applies one fetch answer to a shard's cursor: hands out the records at and after its position.
-/// A shard that ends before the position (its broker crashed and lost records we had read:
-/// possible under `--fsync never`, or `interval` on power loss) moves the position back to the end,
-/// since the offsets past it will hold other records that must not be skipped. `Err(at)`: data
-/// past the position exists but could not be read.
+///
+/// A broker crash can take back records we had read (under `--fsync never`, or `interval` on power
+/// loss); their offsets then hold other records, which must not be skipped. Two signs of it: the
+/// answer comes from another broker incarnation than our last records and our position is past
+/// what that incarnation found on disk (`stable_end`), or the shard ends before our position.
+/// Either way we read on from the point that is certainly shared. `Err(at)`: data past the
+/// position exists but could not be read.
 fn take_fetched(
     c: &mut ShardCursor,
-    high_watermark: Offset,
+    served: Served,
     batches: &[StoredBatch],
     out: &mut Vec<ConsumedRecord>,
 ) -> Result<(), Offset> {
-    if high_watermark < c.position {
-        warn!(shard = %c.shard, position = c.position, end = high_watermark,
-            "the shard is shorter than our position (records lost in a broker crash); reading on from its end");
-        c.position = high_watermark;
+    let restarted = c.incarnation.is_some_and(|i| i != served.incarnation);
+    c.incarnation = Some(served.incarnation);
+    let rewind_to = if restarted && served.stable_end < c.position {
+        Some(served.stable_end)
+    } else if served.high_watermark < c.position {
+        Some(served.high_watermark)
+    } else {
+        None
+    };
+    if let Some(to) = rewind_to {
+        warn!(shard = %c.shard, position = c.position, from = to,
+            "the shard's broker lost records we had read in a crash; their offsets hold other records now: reading again from {to}");
+        c.position = to;
         return Ok(());
     }
     let before = c.position;
@@ -719,6 +749,7 @@ mod tests {
             committed: None,
             fetch: None,
             retry_at: None,
+            incarnation: None,
         }
     }
 
@@ -733,17 +764,69 @@ mod tests {
             .collect()
     }
 
+    /// An answer from incarnation 1 (unless a test says otherwise).
+    fn served(high_watermark: Offset, stable_end: Offset) -> Served {
+        Served {
+            high_watermark,
+            incarnation: 1,
+            stable_end,
+        }
+    }
+
+    #[test]
+    fn a_restarted_broker_that_lost_what_we_read_is_read_again_from_its_stable_end() {
+        // Read 0..5 from incarnation 1.
+        let mut c = cursor(0);
+        let mut out = Vec::new();
+        let first = [batch_at(0, &["a", "b", "c", "d", "e"])];
+        assert_eq!(take_fetched(&mut c, served(5, 0), &first, &mut out), Ok(()));
+        assert_eq!(c.position, 5);
+        // Incarnation 2 found only 0..3 on disk, and has since appended 3..7 (other records).
+        // The log is longer than our position, so only the incarnation tells of the loss.
+        out.clear();
+        let again = Served {
+            high_watermark: 7,
+            incarnation: 2,
+            stable_end: 3,
+        };
+        let after = [batch_at(3, &["x3", "x4", "x5", "x6"])];
+        assert_eq!(take_fetched(&mut c, again, &after, &mut out), Ok(()));
+        assert_eq!(c.position, 3, "reads again from the stable end");
+        assert!(out.is_empty());
+        assert_eq!(take_fetched(&mut c, again, &after, &mut out), Ok(()));
+        assert_eq!(
+            values(&out),
+            vec![
+                (3, "x3".into()),
+                (4, "x4".into()),
+                (5, "x5".into()),
+                (6, "x6".into())
+            ]
+        );
+        // A restart that lost nothing we read (or a move: the new owner's stable end is the
+        // move's end) changes nothing.
+        out.clear();
+        let moved = Served {
+            high_watermark: 9,
+            incarnation: 3,
+            stable_end: 7,
+        };
+        let more = [batch_at(7, &["y7", "y8"])];
+        assert_eq!(take_fetched(&mut c, moved, &more, &mut out), Ok(()));
+        assert_eq!(values(&out), vec![(7, "y7".into()), (8, "y8".into())]);
+    }
+
     #[test]
     fn a_shard_shorter_than_the_position_is_read_on_from_its_end() {
         // We had read up to offset 5; the broker crashed and came back ending at 3.
         let mut c = cursor(5);
         let mut out = Vec::new();
-        assert_eq!(take_fetched(&mut c, 3, &[], &mut out), Ok(()));
+        assert_eq!(take_fetched(&mut c, served(3, 3), &[], &mut out), Ok(()));
         assert_eq!(c.position, 3);
         assert!(out.is_empty());
         // The records written at 3 and 4 after the crash are handed out, not skipped.
         let fresh = [batch_at(3, &["new3", "new4", "new5"])];
-        assert_eq!(take_fetched(&mut c, 6, &fresh, &mut out), Ok(()));
+        assert_eq!(take_fetched(&mut c, served(6, 3), &fresh, &mut out), Ok(()));
         assert_eq!(
             values(&out),
             vec![(3, "new3".into()), (4, "new4".into()), (5, "new5".into())]
@@ -756,7 +839,10 @@ mod tests {
         let mut c = cursor(1);
         let mut out = Vec::new();
         let batches = [batch_at(0, &["a", "b", "c"])];
-        assert_eq!(take_fetched(&mut c, 3, &batches, &mut out), Ok(()));
+        assert_eq!(
+            take_fetched(&mut c, served(3, 0), &batches, &mut out),
+            Ok(())
+        );
         assert_eq!(values(&out), vec![(1, "b".into()), (2, "c".into())]);
         assert_eq!(c.position, 3);
     }

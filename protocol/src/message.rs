@@ -392,10 +392,16 @@ pub enum Response {
         duplicate: bool,
     },
     Fetched {
-        /// The shard's next offset at the time of the answer.
+        /// The shard's next offset (that the reader may see) at the time of the answer.
         high_watermark: Offset,
         /// First offset still stored.
         start_offset: Offset,
+        /// The serving broker process's incarnation, new at every start.
+        incarnation: u64,
+        /// Every offset below this was on disk when this incarnation began serving the shard. A
+        /// reader that last read from another incarnation and stands past this lost records in a
+        /// crash: the offsets from here on may hold other records now, so it reads on from here.
+        stable_end: Offset,
         batches: Vec<StoredBatch>,
     },
     Committed,

@@ -42,6 +42,8 @@ fn sample_fetched() -> ResponseEnvelope {
         result: Ok(Response::Fetched {
             high_watermark: 12,
             start_offset: 0,
+            incarnation: 7,
+            stable_end: 10,
             batches: vec![StoredBatch {
                 base_offset: 10,
                 batch: b.finish(),

@@ -277,6 +277,8 @@ fn sample_responses() -> Vec<Response> {
         Response::Fetched {
             high_watermark: 2_000,
             start_offset: 10,
+            incarnation: 0xfeed_beef,
+            stable_end: 1_500,
             batches: vec![sample_stored(1_000), sample_stored(1_003)],
         },
         Response::Committed,
@@ -744,6 +746,8 @@ proptest! {
         id in any::<u64>(),
         high_watermark in any::<u64>(),
         start_offset in any::<u64>(),
+        incarnation in any::<u64>(),
+        stable_end in any::<u64>(),
         stored in proptest::collection::vec(arb_stored(), 0..6),
     ) {
         let batches: Vec<StoredBatch> = stored
@@ -752,7 +756,7 @@ proptest! {
             .collect();
         let env = ResponseEnvelope {
             correlation_id: id,
-            result: Ok(Response::Fetched { high_watermark, start_offset, batches }),
+            result: Ok(Response::Fetched { high_watermark, start_offset, incarnation, stable_end, batches }),
         };
         let back = round_trip(&env);
         prop_assert_eq!(&back, &env);

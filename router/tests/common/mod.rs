@@ -160,6 +160,8 @@ impl Service for FakeService {
                     Ok(Response::Fetched {
                         high_watermark: end,
                         start_offset: 0,
+                        incarnation: 1,
+                        stable_end: 0,
                         batches: Vec::new(),
                     })
                 });
