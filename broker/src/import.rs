@@ -32,6 +32,20 @@ use crate::shard::Shard;
 
 /// Bytes asked for per export request.
 pub const EXPORT_CHUNK_BYTES: u32 = 4 << 20;
+/// The smallest chunk asked for under a throttle.
+const MIN_THROTTLED_CHUNK_BYTES: u64 = 64 << 10;
+
+/// Bytes to ask for per export request: under a throttle about a quarter second's worth, so a
+/// slow move still shows steady progress (a 4 MiB chunk at 1 MB/s would look stalled for seconds,
+/// and the router rolls back moves that make no progress).
+fn chunk_bytes(rate_limit: Option<u64>) -> u32 {
+    match rate_limit {
+        Some(rate) => {
+            (rate / 4).clamp(MIN_THROTTLED_CHUNK_BYTES, u64::from(EXPORT_CHUNK_BYTES)) as u32
+        }
+        None => EXPORT_CHUNK_BYTES,
+    }
+}
 /// Fence the source once fewer records than this are left to copy...
 const FENCE_LAG_RECORDS: u64 = 2_000;
 /// ...or (estimated from the last chunk) fewer bytes than this.
@@ -421,6 +435,7 @@ async fn attempt(job: &Arc<Job>, ctx: &ImportCtx) -> Result<(), Stop> {
 struct Source<'a> {
     job: &'a Job,
     conn: Connection,
+    chunk_bytes: u32,
 }
 
 impl Source<'_> {
@@ -442,7 +457,7 @@ impl Source<'_> {
         let request = Request::ExportShard {
             shard: self.job.shard.clone(),
             from_offset: from,
-            max_bytes: EXPORT_CHUNK_BYTES,
+            max_bytes: self.chunk_bytes,
         };
         match self.call(request).await? {
             Response::Exported {
@@ -499,7 +514,11 @@ async fn copy(job: &Arc<Job>, ctx: &ImportCtx, tx: &mpsc::Sender<WriterMsg>) -> 
         _ = job.cancel.cancelled() => return Err(Stop::Cancelled),
         c = Connection::connect(&job.source.addr, config) => c.map_err(|e| Stop::Retry(e.to_string()))?,
     };
-    let source = Source { job, conn };
+    let source = Source {
+        job,
+        conn,
+        chunk_bytes: chunk_bytes(ctx.rate_limit),
+    };
     let result = copy_from(job, ctx, tx, &source).await;
     source.conn.close();
     result
@@ -658,4 +677,19 @@ async fn copy_from(
         groups = meta.groups.len(), producers = meta.producers.len(),
         "import complete; waiting for the router to activate the shard here");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttled_moves_ask_for_a_quarter_second_of_data() {
+        assert_eq!(chunk_bytes(None), EXPORT_CHUNK_BYTES);
+        // 1 MB/s: 250 KB per request, so progress shows four times a second.
+        assert_eq!(chunk_bytes(Some(1_000_000)), 250_000);
+        // Very slow: never below 64 KiB (one stored entry); very fast: never above the default.
+        assert_eq!(chunk_bytes(Some(1_000)), 64 << 10);
+        assert_eq!(chunk_bytes(Some(1 << 40)), EXPORT_CHUNK_BYTES);
+    }
 }
