@@ -16,6 +16,10 @@
 //!   partition of the topic, may be skipped on any one of them, and must be received exactly once
 //!   over the topic when the consumer reads the whole topic (at most once when it reads only some
 //!   partitions: it cannot know whether the record should have reached it).
+//! - Unless the consumers' receipts place it: when a whole-topic consumer received the `*`
+//!   copies of a text (beyond those sent to each partition) all on one partition, or any
+//!   consumer received a text sent once on one partition, and no receipt disagrees, the records
+//!   are treated as sent to that partition, so every consumer of it must have them.
 //! - A record its producer's ack log leaves out failed to produce: not required, allowed at most
 //!   once, in no particular order.
 //!
@@ -25,6 +29,15 @@
 //! too large into an "undecided" verdict instead of a wrong one. Counts (missing, duplicate,
 //! unexpected) are derived first; the order search then tolerates exactly those texts' surplus and
 //! deficit, so a missing copy is reported as missing and not also as out of order.
+//!
+//! Two shortcuts keep heavily repeated texts decidable:
+//! - A consumer reads a shard as a contiguous run of offsets, so its k-th line of the shard is
+//!   offset s+k for the offset s it started at. Where the ack-logged records fit such a reading,
+//!   they are matched to their lines outright and only the remaining lines are searched, against
+//!   the producers without an ack log. Success is a matching of the whole; if no reading works
+//!   and the full search cannot decide, the readings decide (only when the counts found nothing).
+//! - When the chains left are one producer's, its records are dealt out over the shards in file
+//!   order, keeping the set of reachable positions: no search over which shard took which `*`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -72,6 +85,9 @@ pub struct VerifyReport {
     pub produced: usize,
     /// Records sent to `T:*` whose partition no ack log resolved (checked per topic).
     pub unresolved: usize,
+    /// Of those, records the consumers' receipts place on one partition unambiguously (then
+    /// required there like any record sent to that partition).
+    pub placed: usize,
     /// Records their producer's ack log shows were not acknowledged (optional, at most once).
     pub failed: usize,
     pub consumers: Vec<ConsumerReport>,
@@ -90,6 +106,9 @@ impl VerifyReport {
             "produced {} records ({} sent to T:* without an ack log",
             self.produced, self.unresolved
         );
+        if self.placed > 0 {
+            let _ = write!(s, ", {} of them placed by receipts", self.placed);
+        }
         if self.failed > 0 {
             let _ = write!(s, ", {} not acknowledged", self.failed);
         }
@@ -153,6 +172,9 @@ pub fn show(msg: &str) -> String {
         Some((cut, _)) => format!("{}… ({} bytes)", &msg[..cut], msg.len()),
     }
 }
+
+/// Positions the one-producer pass keeps at once before it gives up (undecided).
+const MAX_FRONTIER: usize = 1 << 18;
 
 /// Search steps allowed per checked scope on top of a few per received line.
 const SEARCH_BUDGET: usize = 2_000_000;
@@ -473,6 +495,7 @@ fn verify_with_budget(spec: &VerifySpec, budget: usize) -> Result<VerifyReport> 
         }
         received.push((*id, got, c));
     }
+    report.placed = place_stars(&mut topics, &received, &spec.consumers, texts.list.len());
 
     for ((id, got, mut c), (_, subs)) in received.into_iter().zip(&spec.consumers) {
         for (shard, lines) in &got {
@@ -484,19 +507,10 @@ fn verify_with_budget(spec: &VerifySpec, budget: usize) -> Result<VerifyReport> 
             }
         }
         for (name, topic) in &topics {
-            let covered: Vec<u32> = topic
-                .partitions
-                .iter()
-                .copied()
-                .filter(|&p| subs.iter().any(|s| s.covers(&ShardId::new(name, p))))
-                .collect();
+            let (covered, whole) = coverage(name, topic, subs);
             if covered.is_empty() {
                 continue;
             }
-            let whole = covered.len() == topic.partitions.len()
-                || subs
-                    .iter()
-                    .any(|s| matches!(s, ShardSpec::All(t) if t == name));
             for &p in &covered {
                 if let Some(list) = ack_disorder.get(&ShardId::new(name, p)) {
                     c.out_of_order.extend(list.iter().cloned());
@@ -509,6 +523,171 @@ fn verify_with_budget(spec: &VerifySpec, budget: usize) -> Result<VerifyReport> 
         report.consumers.push(c);
     }
     Ok(report)
+}
+
+/// The covered partitions of a topic for a subscription, and whether it reads the whole topic.
+fn coverage(name: &str, topic: &Topic, subs: &[ShardSpec]) -> (Vec<u32>, bool) {
+    let covered: Vec<u32> = topic
+        .partitions
+        .iter()
+        .copied()
+        .filter(|&p| subs.iter().any(|s| s.covers(&ShardId::new(name, p))))
+        .collect();
+    let whole = !covered.is_empty()
+        && (covered.len() == topic.partitions.len()
+            || subs
+                .iter()
+                .any(|s| matches!(s, ShardSpec::All(t) if t == name)));
+    (covered, whole)
+}
+
+/// Places `*` records without an ack log on the partition the receipts show they landed on,
+/// where that is unambiguous, so that every consumer of that partition must have them (not only
+/// the ones reading the whole topic). Returns how many were placed.
+///
+/// For a text with `*` records and no record that failed to produce: a consumer reading the
+/// whole topic that received, beyond the text's records sent to each partition, exactly as many
+/// copies as there are such `*` records, all on one partition `p`, shows that they all landed on
+/// `p`. So does any consumer that received a text sent exactly once in the topic (a `*` record)
+/// on exactly one covered partition, once. A text is placed when some consumer shows `p` and no
+/// consumer received a surplus of it on another partition (receipts that disagree leave it
+/// unplaced: checked per topic as before).
+fn place_stars(
+    topics: &mut BTreeMap<String, Topic>,
+    received: &[(u32, Received, ConsumerReport)],
+    consumers: &[(u32, Vec<ShardSpec>)],
+    ntexts: usize,
+) -> usize {
+    /// Sorted (text, partition) pairs as runs: (text, partition, how many).
+    fn runs(mut v: Vec<(u32, u32)>) -> Vec<(u32, u32, usize)> {
+        v.sort_unstable();
+        let mut out: Vec<(u32, u32, usize)> = Vec::new();
+        for (t, p) in v {
+            match out.last_mut() {
+                Some(last) if (last.0, last.1) == (t, p) => last.2 += 1,
+                _ => out.push((t, p, 1)),
+            }
+        }
+        out
+    }
+    let mut placed = 0;
+    for (name, topic) in topics.iter_mut() {
+        // Per text: `*` records, all records, whether one failed to produce.
+        let (mut star, mut total) = (vec![0usize; ntexts], vec![0usize; ntexts]);
+        let mut failed = vec![false; ntexts];
+        for item in &topic.items {
+            let t = item.text as usize;
+            total[t] += 1;
+            match item.kind {
+                Kind::Star => star[t] += 1,
+                Kind::Failed => failed[t] = true,
+                Kind::Fixed => {}
+            }
+        }
+        let candidate = |t: u32| star[t as usize] > 0 && !failed[t as usize];
+        if !(0..ntexts as u32).any(candidate) {
+            continue;
+        }
+        // Records of those texts sent to each partition.
+        let fixed = runs(
+            topic
+                .items
+                .iter()
+                .filter(|it| it.kind == Kind::Fixed && candidate(it.text))
+                .filter_map(|it| Some((it.text, it.partition?)))
+                .collect(),
+        );
+        // (text, partition) some consumer shows, and with a surplus anywhere.
+        let (mut shown, mut surplus) = (Vec::new(), Vec::new());
+        for ((_, got, _), (_, subs)) in received.iter().zip(consumers) {
+            let (covered, whole) = coverage(name, topic, subs);
+            let mut recv = Vec::new();
+            for &p in &covered {
+                for &(t, _) in got.get(&ShardId::new(name, p)).into_iter().flatten() {
+                    if candidate(t) {
+                        recv.push((t, p));
+                    }
+                }
+            }
+            let recv = runs(recv);
+            // Merge with `fixed` by (text, partition), a text at a time: its surpluses, and
+            // whether it falls short somewhere (only known for the whole topic).
+            let (mut i, mut j) = (0, 0);
+            while i < recv.len() || (whole && j < fixed.len()) {
+                let t = match (recv.get(i), fixed.get(j)) {
+                    (Some(r), Some(f)) => r.0.min(f.0),
+                    (Some(r), None) => r.0,
+                    (None, Some(f)) => f.0,
+                    (None, None) => break,
+                };
+                let (mut extra, mut short) = (Vec::new(), false);
+                loop {
+                    let r = recv.get(i).filter(|r| r.0 == t);
+                    let f = fixed.get(j).filter(|f| f.0 == t);
+                    let (p, got, sent) = match (r, f) {
+                        (None, None) => break,
+                        (Some(r), Some(f)) if r.1 == f.1 => {
+                            i += 1;
+                            j += 1;
+                            (r.1, r.2, f.2)
+                        }
+                        (Some(r), Some(f)) if r.1 < f.1 => {
+                            i += 1;
+                            (r.1, r.2, 0)
+                        }
+                        (Some(r), None) => {
+                            i += 1;
+                            (r.1, r.2, 0)
+                        }
+                        (_, Some(f)) => {
+                            j += 1;
+                            let covers = covered.binary_search(&f.1).is_ok();
+                            (f.1, 0, if covers { f.2 } else { 0 })
+                        }
+                    };
+                    if got > sent {
+                        extra.push((p, got - sent));
+                        surplus.push((t, p));
+                    }
+                    short |= got < sent;
+                }
+                let [(p, k)] = extra[..] else { continue };
+                let shows = if whole {
+                    k == star[t as usize] && !short
+                } else {
+                    k == 1 && total[t as usize] == 1
+                };
+                if shows {
+                    shown.push((t, p));
+                }
+            }
+        }
+        for v in [&mut shown, &mut surplus] {
+            v.sort_unstable();
+            v.dedup();
+        }
+        let only = |v: &[(u32, u32)], t: u32| -> Option<u32> {
+            let from = v.partition_point(|&(x, _)| x < t);
+            match v[from..] {
+                [(x, p), ..] if x == t && v.get(from + 1).is_none_or(|n| n.0 != t) => Some(p),
+                _ => None,
+            }
+        };
+        for item in &mut topic.items {
+            if item.kind != Kind::Star {
+                continue;
+            }
+            // Shown on one partition, and no surplus of the text on any other.
+            if let Some(p) = only(&shown, item.text) {
+                if only(&surplus, item.text) == Some(p) {
+                    item.kind = Kind::Fixed;
+                    item.partition = Some(p);
+                    placed += 1;
+                }
+            }
+        }
+    }
+    placed
 }
 
 /// Per-text counts of what a consumer may and must receive on one topic.
@@ -564,6 +743,7 @@ fn check_topic(
     budget: usize,
     c: &mut ConsumerReport,
 ) {
+    let before = (c.missing.len(), c.duplicates.len(), c.unexpected.len());
     let mut n = Counts::default();
     let is_covered: HashSet<u32> = covered.iter().copied().collect();
     for item in &topic.items {
@@ -666,19 +846,249 @@ fn check_topic(
     } else {
         covered.iter().map(|&p| vec![p]).collect()
     };
+    let clean = (c.missing.len(), c.duplicates.len(), c.unexpected.len()) == before;
     for scope in scopes {
-        let search = Search::new(id, name, topic, &scope, whole, &n, got, texts);
-        match search.run(budget) {
+        match check_order(
+            id, name, topic, &scope, whole, &n, got, texts, budget, clean,
+        ) {
             Verdict::Ok => {}
             Verdict::OutOfOrder(m) => c.out_of_order.push(m),
+            Verdict::Missing(m) => c.missing.push(m),
             Verdict::Undecided(m) => c.undecided.push(m),
         }
+    }
+}
+
+/// Start offsets tried per shard, and combinations of them per scope.
+const MAX_FITS: usize = 4;
+const MAX_COMBOS: usize = 16;
+/// Comparisons allowed per shard when looking for start offsets.
+const ALIGN_WORK: usize = 4_000_000;
+
+/// How a consumer's lines of one shard can be read as a contiguous run of offsets.
+struct Fit {
+    /// Start offsets `s` at which reading the lines as offsets `s, s+1, …` puts every ack-logged
+    /// record on a line of its text.
+    starts: Vec<u64>,
+    /// `starts` holds every such offset (not cut short by [`MAX_FITS`] or [`ALIGN_WORK`]).
+    complete: bool,
+    /// When none fits: the start that fits the longest run of records in offset order, and the
+    /// index (in `pinned`) of the first record it does not fit; `None` when no start fits even
+    /// the first record.
+    best: Option<(u64, usize)>,
+}
+
+/// The readings of a shard's lines (`recv`) that fit its ack-logged records (`pinned`: offset,
+/// text, item, by offset). A consumer reads a shard as a contiguous run of offsets from where it
+/// starts, so when no line is missing or repeated its lines fit at that offset.
+fn alignments(pinned: &[(u64, u32, u32)], recv: &[(u32, usize)]) -> Fit {
+    let mut fit = Fit {
+        starts: Vec::new(),
+        complete: true,
+        best: None,
+    };
+    let (Some(&(first, t0, _)), Some(&(last, _, _))) = (pinned.first(), pinned.last()) else {
+        fit.starts.push(0);
+        return fit;
+    };
+    let n = recv.len() as u64;
+    let lowest = (last + 1).saturating_sub(n);
+    // Two records at one offset fit no reading; nor do more records than lines.
+    if pinned.windows(2).any(|w| w[0].0 >= w[1].0) || n == 0 || lowest > first {
+        return fit;
+    }
+    let mut work = 0usize;
+    let mut best_len = 0;
+    // `k` is the line the first record falls on.
+    for k in 0..=(first - lowest) {
+        if recv[k as usize].0 != t0 {
+            continue;
+        }
+        let s = first - k;
+        let fits = pinned
+            .iter()
+            .position(|&(o, t, _)| {
+                work += 1;
+                recv[(o - s) as usize].0 != t
+            })
+            .unwrap_or(pinned.len());
+        if fits == pinned.len() {
+            if fit.starts.len() == MAX_FITS {
+                fit.complete = false;
+                return fit;
+            }
+            fit.starts.push(s);
+        } else if fits > best_len {
+            best_len = fits;
+            fit.best = Some((s, fits));
+        }
+        if work > ALIGN_WORK {
+            fit.complete = false;
+            return fit;
+        }
+    }
+    fit
+}
+
+/// Why no reading of shard `p` from one start offset fits its ack-logged records: fewer lines
+/// than the offsets they span (missing), or a record on a line of another text (out of order).
+#[allow(clippy::too_many_arguments)]
+fn explain_no_fit(
+    consumer: u32,
+    name: &str,
+    p: u32,
+    topic: &Topic,
+    texts: &Texts,
+    pinned: &[(u64, u32, u32)],
+    recv: &[(u32, usize)],
+    best: Option<(u64, usize)>,
+) -> Verdict {
+    let pinned_at = |i: u32| {
+        let it = &topic.items[i as usize];
+        format!("producer_{}.txt:{}", it.producer, it.line)
+    };
+    let record = |j: usize| {
+        let it = &topic.items[pinned[j].2 as usize];
+        format!(
+            "producer_{}.txt:{} `{}` acknowledged at offset {}",
+            it.producer,
+            it.line,
+            texts.show(it.text),
+            pinned[j].0
+        )
+    };
+    let n = recv.len() as u64;
+    let (first, last) = (pinned[0].0, pinned[pinned.len() - 1].0);
+    if let Some(w) = pinned.windows(2).find(|w| w[0].0 >= w[1].0) {
+        let (a, b) = (pinned_at(w[0].2), pinned_at(w[1].2));
+        return Verdict::OutOfOrder(format!(
+            "{name}:P{p}: the ack logs place {a} and {b} at offset {} alike",
+            w[1].0
+        ));
+    }
+    if last - first >= n {
+        return Verdict::Missing(format!(
+            "{name}:P{p}: the ack logs place records on offsets {first} to {last}, but consumer_{consumer}.txt has only {n} lines of it: reading the shard in offset order, it lost some"
+        ));
+    }
+    let whole = format!(
+        "{name}:P{p}: consumer_{consumer}.txt read from no start offset has every record the ack logs place on {name}:P{p} on a line of its text (a line lost, repeated or out of order)"
+    );
+    Verdict::OutOfOrder(match best {
+        Some((s, j)) => {
+            let (t, line) = recv[(pinned[j].0 - s) as usize];
+            format!(
+                "{whole}; read from offset {s}, {j} fit, then {} is consumer_{consumer}.txt:{line} `{}`",
+                record(j),
+                texts.show(t)
+            )
+        }
+        None => format!(
+            "{whole}; read from offset {} to {first} (which keeps offsets {first} to {last} within its {n} lines), {} is on a line of another text",
+            (last + 1).saturating_sub(n),
+            record(0)
+        ),
+    })
+}
+
+/// Decides one scope's order. The full search is the arbiter, but with ack logs it is tried
+/// last: for each reading of the shards at offsets that fit the ack-logged records, those
+/// records are matched to their lines and only the remaining lines are searched, against the
+/// records of producers without an ack log (and failed ones), which is small. A matching found
+/// that way is a matching of the whole, so it passes. If every reading fails (or no reading
+/// fits), the counts found nothing wrong (`clean`: no line missing or repeated) and the full
+/// search cannot decide, the readings decide: a consumer reads each shard contiguously, so with
+/// no line missing or repeated one of them is how it read.
+#[allow(clippy::too_many_arguments)]
+fn check_order(
+    id: u32,
+    name: &str,
+    topic: &Topic,
+    scope: &[u32],
+    whole: bool,
+    n: &Counts,
+    got: &Received,
+    texts: &Texts,
+    budget: usize,
+    clean: bool,
+) -> Verdict {
+    let empty = Vec::new();
+    let mut fits: Vec<Vec<u64>> = Vec::new();
+    let mut complete = true;
+    let mut any_pinned = false;
+    // A definite reason the order is wrong, should the full search not decide.
+    let mut decided: Option<Verdict> = None;
+    for &p in scope {
+        let mut pinned: Vec<(u64, u32, u32)> = topic
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, it)| it.kind == Kind::Fixed && it.partition == Some(p))
+            .filter_map(|(i, it)| Some((it.offset?, it.text, i as u32)))
+            .collect();
+        pinned.sort_unstable();
+        any_pinned |= !pinned.is_empty();
+        let recv = got.get(&ShardId::new(name, p)).unwrap_or(&empty);
+        let fit = alignments(&pinned, recv);
+        if fit.starts.is_empty() && fit.complete && decided.is_none() {
+            decided = Some(explain_no_fit(
+                id, name, p, topic, texts, &pinned, recv, fit.best,
+            ));
+        }
+        complete &= fit.complete;
+        fits.push(fit.starts);
+    }
+    if any_pinned && fits.iter().all(|f| !f.is_empty()) {
+        let combos: usize = fits
+            .iter()
+            .map(Vec::len)
+            .fold(1, |a, b| a.saturating_mul(b));
+        complete &= combos <= MAX_COMBOS;
+        for code in 0..combos.min(MAX_COMBOS) {
+            let mut rest = code;
+            let starts: Vec<u64> = fits
+                .iter()
+                .map(|f| {
+                    let s = f[rest % f.len()];
+                    rest /= f.len();
+                    s
+                })
+                .collect();
+            let search = Search::new(id, name, topic, scope, whole, n, got, texts, Some(&starts));
+            match search.solve(budget) {
+                Verdict::Ok => return Verdict::Ok,
+                Verdict::OutOfOrder(m) => {
+                    if decided.is_none() {
+                        let at: Vec<String> = scope
+                            .iter()
+                            .zip(&starts)
+                            .map(|(p, s)| format!("{name}:P{p} from offset {s}"))
+                            .collect();
+                        decided = Some(Verdict::OutOfOrder(format!(
+                            "{m} (reading {}, where the ack logs put their records)",
+                            at.join(", ")
+                        )));
+                    }
+                }
+                Verdict::Undecided(_) | Verdict::Missing(_) => complete = false,
+            }
+        }
+    }
+    let search = Search::new(id, name, topic, scope, whole, n, got, texts, None);
+    match search.solve(budget) {
+        Verdict::Undecided(m) => match decided {
+            Some(d) if complete && clean => d,
+            _ => Verdict::Undecided(m),
+        },
+        v => v,
     }
 }
 
 enum Verdict {
     Ok,
     OutOfOrder(String),
+    /// Records lost that the counts could not show (copies of their texts may be elsewhere).
+    Missing(String),
     Undecided(String),
 }
 
@@ -694,6 +1104,8 @@ struct ShardView {
     next_req: Vec<Vec<u32>>,
     /// Per chain: (text, position) of its records, sorted.
     occ: Vec<Vec<(u32, u32)>>,
+    /// Per chain: the producer without an ack log it is; `None` for the ack-logged records.
+    producer: Vec<Option<u32>>,
     /// Per text: `Failed` records sent to this partition.
     failed: HashMap<u32, Vec<u32>>,
     /// Texts of which a line here may stay unmatched.
@@ -776,6 +1188,7 @@ impl<'a> Search<'a> {
         n: &Counts,
         got: &Received,
         texts: &'a Texts,
+        starts: Option<&[u64]>,
     ) -> Self {
         let items = &t.items[..];
         let mut failed_star: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -795,8 +1208,8 @@ impl<'a> Search<'a> {
             }
         }
         let mut shards = Vec::new();
-        for &p in scope {
-            let recv = got
+        for (k, &p) in scope.iter().enumerate() {
+            let mut recv = got
                 .get(&ShardId::new(topic, p))
                 .cloned()
                 .unwrap_or_default();
@@ -807,7 +1220,23 @@ impl<'a> Search<'a> {
                 })
                 .collect();
             fixed.sort_by_key(|&i| items[i as usize].offset);
+            // Read from a start offset, the ack-logged records are matched already: only the
+            // other lines are left.
+            if let Some(starts) = starts {
+                let taken: HashSet<u64> = fixed
+                    .iter()
+                    .filter_map(|&i| items[i as usize].offset)
+                    .map(|o| o - starts[k])
+                    .collect();
+                let mut line = 0u64;
+                recv.retain(|_| {
+                    line += 1;
+                    !taken.contains(&(line - 1))
+                });
+                fixed.clear();
+            }
             let mut chains = vec![fixed];
+            let mut producer = vec![None];
             let mut per_producer: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
             let mut failed: HashMap<u32, Vec<u32>> = HashMap::new();
             for (i, it) in items.iter().enumerate() {
@@ -823,8 +1252,14 @@ impl<'a> Search<'a> {
                     _ => {}
                 }
             }
-            chains.extend(per_producer.into_values());
-            chains.retain(|c| !c.is_empty());
+            for (q, chain) in per_producer {
+                chains.push(chain);
+                producer.push(Some(q));
+            }
+            if chains[0].is_empty() {
+                chains.remove(0);
+                producer.remove(0);
+            }
             let skippable = |i: u32| {
                 let it = &items[i as usize];
                 it.kind == Kind::Star || n.deficit(p, it.text)
@@ -866,6 +1301,7 @@ impl<'a> Search<'a> {
                 chains,
                 next_req,
                 occ,
+                producer,
                 failed,
                 surplus,
             });
@@ -998,6 +1434,154 @@ impl<'a> Search<'a> {
         }
     }
 
+    /// Decides the order: by [`Self::one_producer`] when it applies, else by the search.
+    fn solve(&self, budget: usize) -> Verdict {
+        self.one_producer(budget)
+            .unwrap_or_else(|| self.run(budget))
+    }
+
+    /// When every chain left is one producer's (no ack log) and a line can be nothing else (no
+    /// failed record, no surplus), the lines of all shards together must be that producer's
+    /// records dealt out in order: walks its records once, keeping the set of reachable
+    /// positions (one per shard) after each. A `*` record goes to any shard whose next line has
+    /// its text (or nowhere when not required), a record sent to a partition to that shard. The
+    /// set stays small, and no `*` record is ever used twice, so no search over which shard took
+    /// which is needed. `None` when it does not apply.
+    fn one_producer(&self, budget: usize) -> Option<Verdict> {
+        let mut who = None;
+        for sh in &self.shards {
+            if !sh.failed.is_empty() || !sh.surplus.is_empty() {
+                return None;
+            }
+            if sh
+                .recv
+                .iter()
+                .any(|(t, _)| self.failed_star.contains_key(t))
+            {
+                return None;
+            }
+            for &q in &sh.producer {
+                if q.is_none() || who.is_some_and(|w| Some(w) != q) {
+                    return None;
+                }
+                who = q;
+            }
+        }
+        // Per record, in file order: the shards it may go to, and whether it may go nowhere.
+        let mut places: BTreeMap<u32, (Vec<usize>, bool)> = BTreeMap::new();
+        for (k, sh) in self.shards.iter().enumerate() {
+            let Some((chain, next)) = sh.chains.first().zip(sh.next_req.first()) else {
+                continue;
+            };
+            for (j, &i) in chain.iter().enumerate() {
+                let skip = if self.items[i as usize].kind == Kind::Star {
+                    !self.required[i as usize]
+                } else {
+                    next[j] as usize != j
+                };
+                let e = places.entry(i).or_insert((Vec::new(), skip));
+                e.0.push(k);
+            }
+        }
+        let lines: usize = self.shards.iter().map(|s| s.recv.len()).sum();
+        let budget = budget.saturating_add(4 * lines);
+        let next_text = |st: &[u32], k: usize| self.shards[k].recv.get(st[k] as usize).map(|r| r.0);
+        let mut frontier: HashSet<Vec<u32>> = HashSet::from([vec![0; self.shards.len()]]);
+        let mut steps = 0usize;
+        for (&i, (to, skip)) in &places {
+            let t = self.items[i as usize].text;
+            let mut next = HashSet::new();
+            for st in &frontier {
+                steps += 1 + to.len();
+                if steps > budget || next.len() > MAX_FRONTIER {
+                    return Some(Verdict::Undecided(format!(
+                        "{}: repeated messages allow too many matchings; gave up after {steps} steps without deciding the order",
+                        self.scope_name()
+                    )));
+                }
+                if *skip {
+                    next.insert(st.clone());
+                }
+                for &k in to {
+                    if next_text(st, k) == Some(t) {
+                        let mut st = st.clone();
+                        st[k] += 1;
+                        next.insert(st);
+                    }
+                }
+            }
+            if next.is_empty() {
+                let it = &self.items[i as usize];
+                let target = it.partition.map_or_else(
+                    || format!("{}:*", self.topic),
+                    |p| format!("{}:P{p}", self.topic),
+                );
+                return Some(Verdict::OutOfOrder(format!(
+                    "{}: producer_{}.txt:{} `{}` (sent to {target}) is on no line where it can come next in producer {}'s order; next lines: {}",
+                    self.scope_name(),
+                    it.producer,
+                    it.line,
+                    self.texts.show(t),
+                    it.producer,
+                    self.next_lines(&frontier),
+                )));
+            }
+            frontier = next;
+        }
+        let done = |st: &Vec<u32>| {
+            st.iter()
+                .zip(&self.shards)
+                .all(|(&c, sh)| c as usize == sh.recv.len())
+        };
+        if frontier.iter().any(done) {
+            return Some(Verdict::Ok);
+        }
+        Some(Verdict::OutOfOrder(format!(
+            "{}: the received records match no order in which the producers sent them; lines left over: {}",
+            self.scope_name(),
+            self.next_lines(&frontier)
+        )))
+    }
+
+    fn scope_name(&self) -> String {
+        let shards: Vec<String> = self
+            .shards
+            .iter()
+            .map(|s| format!("{}:P{}", self.topic, s.partition))
+            .collect();
+        shards.join(",")
+    }
+
+    /// The next line of each shard in the most advanced of `frontier`'s positions.
+    fn next_lines(&self, frontier: &HashSet<Vec<u32>>) -> String {
+        let Some(st) = frontier
+            .iter()
+            .max_by_key(|st| (st.iter().map(|&c| c as usize).sum::<usize>(), st.to_vec()))
+        else {
+            return "none".to_string();
+        };
+        let next: Vec<String> = self
+            .shards
+            .iter()
+            .zip(st)
+            .filter_map(|(sh, &c)| {
+                let &(t, line) = sh.recv.get(c as usize)?;
+                Some(format!(
+                    "{}:P{} consumer_{}.txt:{line} `{}`",
+                    self.topic,
+                    sh.partition,
+                    self.consumer,
+                    self.texts.show(t)
+                ))
+            })
+            .collect();
+        if next.is_empty() {
+            "none".to_string()
+        } else {
+            next.join(", ")
+        }
+    }
+
     fn run(&self, budget: usize) -> Verdict {
         if self.shards.is_empty() {
             return Verdict::Ok;
@@ -1062,14 +1646,9 @@ impl<'a> Search<'a> {
                     top.next += 1;
                     steps += 1;
                     if steps > budget {
-                        let shards: Vec<String> = self
-                            .shards
-                            .iter()
-                            .map(|s| format!("{}:P{}", self.topic, s.partition))
-                            .collect();
                         return Verdict::Undecided(format!(
                             "{}: repeated messages allow too many matchings; gave up after {budget} steps without deciding the order",
-                            shards.join(",")
+                            self.scope_name()
                         ));
                     }
                     top.undo = Some(self.apply(&mut st, opt));
@@ -1435,7 +2014,10 @@ mod tests {
         assert_eq!(r.produced, 200_000);
         assert_eq!(r.unresolved, 100_000);
         assert_eq!(r.consumers[0].expected, 200_000);
-        assert_eq!(r.consumers[1].expected, 25_000);
+        // Consumer 1's receipts place every (unique) `*` record, so consumer 2 must have the
+        // 25,000 of them on P1 as well as the 25,000 sent to P1.
+        assert_eq!(r.placed, 100_000);
+        assert_eq!(r.consumers[1].expected, 50_000);
         assert!(took.as_secs_f64() < 5.0, "took {took:?}");
     }
 
@@ -1754,5 +2336,338 @@ mod tests {
     #[test]
     fn random_valid_runs_with_ack_logs_pass_and_one_corruption_fails() {
         property(true, 400);
+    }
+
+    // A `*` record without an ack log that a whole-topic consumer received on P1 (its text is
+    // unique) landed on P1: a consumer of P1 alone must have it too.
+    #[test]
+    fn a_star_record_placed_by_receipts_is_required_on_its_shard() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "producer_1.txt", "1 A * T\n1 B P2 T\n1 C P1 T\n");
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T:P1     A\nT:P2     B\nT:P1     C\n",
+        );
+        write(d.path(), "consumer_2.txt", "T:P1     A\nT:P1     C\n");
+        let subs = [(1, "T:*"), (2, "T:P1")];
+        let r = verify(&spec(d.path(), &subs)).unwrap();
+        assert!(r.passed(), "{}", r.render());
+        assert_eq!((r.unresolved, r.placed), (1, 1), "{}", r.render());
+        assert_eq!(r.consumers[1].expected, 2, "{}", r.render());
+        write(d.path(), "consumer_2.txt", "T:P1     C\n");
+        let r = verify(&spec(d.path(), &subs)).unwrap();
+        assert_eq!(r.consumers[1].missing.len(), 1, "{}", r.render());
+        assert!(
+            r.consumers[1].missing[0].contains("T:P1 A"),
+            "{}",
+            r.render()
+        );
+        // Placed, it also takes its place in its producer's order there.
+        write(d.path(), "consumer_2.txt", "T:P1     C\nT:P1     A\n");
+        let r = verify(&spec(d.path(), &subs)).unwrap();
+        assert_eq!(r.consumers[1].out_of_order.len(), 1, "{}", r.render());
+        // A subset consumer's receipt of a unique text places it as well.
+        write(d.path(), "consumer_1.txt", "T:P2     B\nT:P1     C\n");
+        write(d.path(), "consumer_2.txt", "T:P1     A\nT:P1     C\n");
+        let r = verify(&spec(d.path(), &subs)).unwrap();
+        assert_eq!(r.placed, 1, "{}", r.render());
+        assert_eq!(r.consumers[0].missing.len(), 1, "{}", r.render());
+        assert!(r.consumers[1].ok(), "{}", r.render());
+    }
+
+    // Where the receipts do not show one partition, a `*` record stays unplaced: copies of a
+    // text split over partitions, receipts that disagree, a copy that may have failed.
+    #[test]
+    fn ambiguous_receipts_leave_star_records_unplaced() {
+        let d = tempfile::tempdir().unwrap();
+        let subs = [(1, "T:*"), (2, "T:P1")];
+        write(d.path(), "producer_1.txt", "1 X * T\n1 X * T\n1 V P2 T\n");
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T:P1     X\nT:P2     X\nT:P2     V\n",
+        );
+        write(d.path(), "consumer_2.txt", "");
+        let r = verify(&spec(d.path(), &subs)).unwrap();
+        assert_eq!(r.placed, 0, "{}", r.render());
+        assert!(r.passed(), "{}", r.render());
+        // Both copies on P1: both placed there.
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T:P1     X\nT:P1     X\nT:P2     V\n",
+        );
+        write(d.path(), "consumer_2.txt", "T:P1     X\n");
+        let r = verify(&spec(d.path(), &subs)).unwrap();
+        assert_eq!(r.placed, 2, "{}", r.render());
+        assert_eq!(r.consumers[1].missing.len(), 1, "{}", r.render());
+        // Two whole-topic consumers that disagree place nothing.
+        write(d.path(), "producer_1.txt", "1 Y * T\n");
+        write(d.path(), "consumer_1.txt", "T:P1     Y\n");
+        write(d.path(), "consumer_2.txt", "T:P2     Y\n");
+        let r = verify(&spec(d.path(), &[(1, "T:*"), (2, "T:*")])).unwrap();
+        assert_eq!(r.placed, 0, "{}", r.render());
+        // A copy that failed to produce (ack log) may be the one received.
+        write(d.path(), "producer_1.txt", "1 Z * T\n");
+        write(d.path(), "producer_2.txt", "1 Z * T\n1 W P2 T\n");
+        write(d.path(), "producer_2.acked", "T:P2 0 W\n");
+        write(d.path(), "consumer_1.txt", "T:P1     Z\nT:P2     W\n");
+        write(d.path(), "consumer_2.txt", "");
+        let r = verify(&spec(d.path(), &subs)).unwrap();
+        assert_eq!(r.placed, 0, "{}", r.render());
+        assert!(r.passed(), "{}", r.render());
+    }
+
+    /// A model of a cluster run like the tester's: producers send their files' records in order,
+    /// interleaved at random, to topics A and B (3 partitions each); a record sent to `T:*`
+    /// goes to the producer's next partition round-robin; each shard's offsets are dense from a
+    /// base offset; the producers marked in `acked` write ack logs. Consumer 1 reads A:* and
+    /// B:*, consumer 2 A:P1, consumer 3 B:* and A:P3, each shard in offset order from its start
+    /// and the shards interleaved at random.
+    struct Cluster {
+        /// Per consumer, in consumed order: (shard, text, producer index, pinned by an ack log).
+        consumers: Vec<Vec<(String, String, usize, bool)>>,
+    }
+
+    const CLUSTER_SUBS: [(u32, &str); 3] = [(1, "A:*,B:*"), (2, "A:P1"), (3, "B:*,A:P3")];
+
+    fn cluster(dir: &Path, seed: u64, lines: usize, texts: usize, acked: &[bool]) -> Cluster {
+        for f in std::fs::read_dir(dir).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let shards: Vec<String> = ["A", "B"]
+            .iter()
+            .flat_map(|t| (1..=3).map(move |p| format!("{t}:P{p}")))
+            .collect();
+        let base: Vec<usize> = shards.iter().map(|_| rng.below(50)).collect();
+        // Per producer: (text, topic, target partition or None for `*`).
+        let sent: Vec<Vec<(String, &str, Option<usize>)>> = acked
+            .iter()
+            .map(|_| {
+                (0..lines)
+                    .map(|_| {
+                        let topic = ["A", "B"][rng.below(2)];
+                        let part = (rng.below(10) >= 6).then(|| 1 + rng.below(3));
+                        (format!("same{}", rng.below(texts)), topic, part)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut logs: Vec<Vec<(String, usize, bool)>> = vec![Vec::new(); shards.len()];
+        let mut acks: Vec<String> = vec![String::new(); acked.len()];
+        let mut next = vec![0; acked.len()];
+        let mut round_robin = vec![[0usize; 2]; acked.len()];
+        loop {
+            let live: Vec<usize> = (0..acked.len()).filter(|&p| next[p] < lines).collect();
+            let Some(&p) = live.get(rng.below(live.len().max(1))) else {
+                break;
+            };
+            let (text, topic, part) = &sent[p][next[p]];
+            next[p] += 1;
+            let t = usize::from(*topic == "B");
+            let part = part.unwrap_or_else(|| {
+                round_robin[p][t] += 1;
+                1 + round_robin[p][t] % 3
+            });
+            let shard = 3 * t + part - 1;
+            let offset = base[shard] + logs[shard].len();
+            logs[shard].push((text.clone(), p, acked[p]));
+            if acked[p] {
+                writeln!(acks[p], "{} {offset} {text}", shards[shard]).unwrap();
+            }
+        }
+        for (p, records) in sent.iter().enumerate() {
+            let mut file = String::new();
+            for (text, topic, part) in records {
+                let part = part.map_or("*".to_string(), |n| format!("P{n}"));
+                writeln!(file, "10:00:00 {text} {part} {topic}").unwrap();
+            }
+            write(dir, &format!("producer_{}.txt", p + 1), &file);
+            if acked[p] {
+                write(dir, &format!("producer_{}.acked", p + 1), &acks[p]);
+            }
+        }
+        let consumers = CLUSTER_SUBS
+            .iter()
+            .map(|(_, subs)| {
+                let mut cursors: Vec<(usize, usize)> = subs
+                    .split(',')
+                    .flat_map(|sub| {
+                        let sub: ShardSpec = sub.parse().unwrap();
+                        (0..shards.len())
+                            .filter(|&k| sub.covers(&shards[k].parse().unwrap()))
+                            .collect::<Vec<_>>()
+                    })
+                    .map(|k| (k, 0))
+                    .collect();
+                let mut out = Vec::new();
+                loop {
+                    cursors.retain(|&(k, c)| c < logs[k].len());
+                    if cursors.is_empty() {
+                        break out;
+                    }
+                    let j = rng.below(cursors.len());
+                    let (k, c) = cursors[j];
+                    cursors[j].1 += 1;
+                    let (text, p, pinned) = &logs[k][c];
+                    out.push((shards[k].clone(), text.clone(), *p, *pinned));
+                }
+            })
+            .collect();
+        let run = Cluster { consumers };
+        write_cluster_consumers(dir, &run);
+        run
+    }
+
+    fn write_cluster_consumers(dir: &Path, run: &Cluster) {
+        for (c, lines) in run.consumers.iter().enumerate() {
+            let mut file = String::new();
+            for (shard, text, _, _) in lines {
+                writeln!(file, "{shard}     {text}").unwrap();
+            }
+            write(dir, &format!("consumer_{}.txt", c + 1), &file);
+        }
+    }
+
+    // The tester's heavy repeats: 3 producers x 400 records over 3 texts, 60% to `T:*`, two with
+    // ack logs. The ack logs place most records at their offsets; matching those first leaves
+    // only the third producer's records to deal out, which is decided at once.
+    #[test]
+    fn heavy_repeats_with_ack_logs_pass_fast_and_corruptions_fail() {
+        let d = tempfile::tempdir().unwrap();
+        let acked = [true, true, false];
+        for seed in 1..=3 {
+            cluster(d.path(), seed, 400, 3, &acked);
+            let start = std::time::Instant::now();
+            let r = verify(&spec(d.path(), &CLUSTER_SUBS)).unwrap();
+            let took = start.elapsed();
+            assert!(r.passed(), "seed {seed}\n{}", r.render());
+            assert!(took.as_secs_f64() < 2.0, "seed {seed} took {took:?}");
+        }
+        let run = cluster(d.path(), 7, 400, 3, &acked);
+        // Each corruption must fail: with a small budget, so the full search cannot decide and
+        // what decides is the reading of the shards at their acknowledged offsets.
+        let check = |run: &Cluster, what: &str| {
+            write_cluster_consumers(d.path(), run);
+            let r = verify_with_budget(&spec(d.path(), &CLUSTER_SUBS), 10_000).unwrap();
+            assert!(!r.passed(), "{what}: should fail\n{}", r.render());
+            r
+        };
+        let decided = |r: &VerifyReport, what: &str| {
+            assert!(
+                r.consumers.iter().all(|c| c.undecided.is_empty()),
+                "{what}: should be decided\n{}",
+                r.render()
+            );
+        };
+        let pinned_at = |lines: &[(String, String, usize, bool)], shard: &str| -> Vec<usize> {
+            (0..lines.len())
+                .filter(|&j| lines[j].0 == shard && lines[j].3)
+                .collect()
+        };
+        // Consumer 2 loses an acknowledged record.
+        let mut bad = Cluster {
+            consumers: run.consumers.clone(),
+        };
+        let j = pinned_at(&bad.consumers[1], "A:P1")[10];
+        bad.consumers[1].remove(j);
+        let r = check(&bad, "drop");
+        decided(&r, "drop");
+        // The counts cannot tell (the text's `*` copies may account for it); the reading of
+        // A:P1 at the acknowledged offsets can.
+        let c = &r.consumers[1];
+        assert_eq!(c.missing.len() + c.out_of_order.len(), 1, "{}", r.render());
+        // Consumer 1 loses a record of the producer without an ack log.
+        let mut bad = Cluster {
+            consumers: run.consumers.clone(),
+        };
+        let j = (0..bad.consumers[0].len())
+            .find(|&j| bad.consumers[0][j].2 == 2 && j > 100)
+            .unwrap();
+        bad.consumers[0].remove(j);
+        let r = check(&bad, "drop unpinned");
+        // Counted missing; the order is left to the search (undecided with this budget).
+        assert!(!r.consumers[0].missing.is_empty(), "{}", r.render());
+        // Consumer 1 gets a line twice.
+        let mut bad = Cluster {
+            consumers: run.consumers.clone(),
+        };
+        let line = bad.consumers[0][200].clone();
+        bad.consumers[0].insert(230, line);
+        let r = check(&bad, "duplicate");
+        assert!(!r.consumers[0].duplicates.is_empty(), "{}", r.render());
+        // Two acknowledged records of different texts swap places, on each consumer of A:P1.
+        let mut bad = Cluster {
+            consumers: run.consumers.clone(),
+        };
+        for c in [0, 1] {
+            let lines = &mut bad.consumers[c];
+            let at = pinned_at(lines, "A:P1");
+            let (a, b) = at
+                .windows(2)
+                .map(|w| (w[0], w[1]))
+                .find(|&(a, b)| a > 20 && lines[a].1 != lines[b].1)
+                .unwrap();
+            let (ta, tb) = (lines[a].1.clone(), lines[b].1.clone());
+            lines[a].1 = tb;
+            lines[b].1 = ta;
+        }
+        let r = check(&bad, "swap");
+        decided(&r, "swap");
+        for c in [0, 1] {
+            let c = &r.consumers[c];
+            assert_eq!(c.out_of_order.len(), 1, "{}", r.render());
+            assert!(c.out_of_order[0].contains("A:P1"), "{}", r.render());
+        }
+        assert!(r.consumers[2].ok(), "{}", r.render());
+        // A line no producer sent.
+        let mut bad = Cluster {
+            consumers: run.consumers.clone(),
+        };
+        bad.consumers[2].insert(50, ("B:P2".into(), "other".into(), 0, false));
+        let r = check(&bad, "foreign");
+        assert_eq!(r.consumers[2].unexpected.len(), 1, "{}", r.render());
+    }
+
+    // Larger runs like the tester's: 3000 records per producer over 3 and over 50 texts.
+    #[test]
+    fn long_heavy_repeat_runs_with_ack_logs_pass() {
+        let d = tempfile::tempdir().unwrap();
+        for texts in [3, 50] {
+            cluster(d.path(), 11, 3000, texts, &[true, true, false]);
+            let r = verify(&spec(d.path(), &CLUSTER_SUBS)).unwrap();
+            assert!(r.passed(), "{texts} texts\n{}", r.render());
+        }
+    }
+
+    // Without ack logs, one producer's records over 3 texts, 60% to `T:*`: dealing them out
+    // over the shards in order decides what a search over which shard took which `*` cannot.
+    #[test]
+    fn one_producer_without_ack_log_and_heavy_repeats_is_decided() {
+        let d = tempfile::tempdir().unwrap();
+        let run = cluster(d.path(), 5, 600, 3, &[false]);
+        let start = std::time::Instant::now();
+        let r = verify(&spec(d.path(), &CLUSTER_SUBS)).unwrap();
+        let took = start.elapsed();
+        assert!(r.passed(), "{}", r.render());
+        assert!(took.as_secs_f64() < 2.0, "took {took:?}");
+        // Consumer 1 gets A:P2's lines in reverse: definitely not the order sent.
+        let mut bad = Cluster {
+            consumers: run.consumers.clone(),
+        };
+        let at: Vec<usize> = (0..bad.consumers[0].len())
+            .filter(|&j| bad.consumers[0][j].0 == "A:P2")
+            .collect();
+        let texts: Vec<String> = at.iter().map(|&j| bad.consumers[0][j].1.clone()).collect();
+        for (&j, t) in at.iter().zip(texts.into_iter().rev()) {
+            bad.consumers[0][j].1 = t;
+        }
+        write_cluster_consumers(d.path(), &bad);
+        let r = verify(&spec(d.path(), &CLUSTER_SUBS)).unwrap();
+        let c = &r.consumers[0];
+        assert_eq!(c.out_of_order.len(), 1, "{}", r.render());
+        assert!(c.undecided.is_empty(), "{}", r.render());
     }
 }
