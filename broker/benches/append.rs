@@ -1,6 +1,6 @@
 //! In-process append throughput: produce requests of 1,000 x 100 B records straight into the
-//! broker's request handler (no socket), under `--fsync never` and `--fsync always` (one at a time,
-//! and 8 in flight to show group commit). Run with `cargo bench -p shardq-broker --bench append`.
+//! broker's request handler (no socket), under `--fsync never`, the default `interval=100` (write-ahead
+//! file) and `--fsync always` (one at a time, and 8 in flight to show group commit). Run with `cargo bench -p shardq-broker --bench append`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,6 +83,13 @@ fn bench_policy(c: &mut Criterion, name: &str, fsync: FsyncPolicy, in_flight: us
 
 fn appends(c: &mut Criterion) {
     bench_policy(c, "fsync_never_1000x100B", FsyncPolicy::Never, 1);
+    // The default: the write-ahead file (one write() per append) and a flush every 100 ms.
+    bench_policy(
+        c,
+        "fsync_interval100_1000x100B",
+        FsyncPolicy::Interval(Duration::from_millis(100)),
+        1,
+    );
     bench_policy(c, "fsync_always_1000x100B", FsyncPolicy::Always, 1);
     bench_policy(
         c,
