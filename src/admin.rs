@@ -406,20 +406,23 @@ pub async fn wait_drained(bootstrap: &str, id: u32, timeout: std::time::Duration
             })
             .count();
         if broker.status == BrokerStatus::Down {
+            // The router refuses to start a drain of a broker that is down, so this one went
+            // down after its leave was recorded: the leave stays.
             let what = if owned > 0 {
                 format!(
-                    "its {owned} shard(s) cannot be copied to other brokers until it returns \
-                     (it keeps draining then)"
+                    "its {owned} shard(s) cannot be copied to other brokers until it returns; \
+                     its leave stays recorded, so it keeps draining then"
                 )
             } else {
                 "it owns no shard any more, but its old copies are deleted and it is removed \
-                 only once it returns"
+                 only once it returns (its leave stays recorded)"
                     .to_string()
             };
             bail!(
-                "broker {id} is DOWN: {what}. Restart it, then run `shardq broker remove {id}` \
-                 again to watch the drain; or `shardq broker remove {id} --force` removes it now \
-                 and DISCARDS the data of the shards it still holds"
+                "broker {id} went DOWN while draining: {what}. Restart it, then run \
+                 `shardq broker remove {id}` again to watch the drain; or \
+                 `shardq broker remove {id} --force` removes it now and DISCARDS the data of the \
+                 shards it still holds"
             );
         }
         let line = format!("broker {id}: {owned} shard(s) left, {moving} moving");

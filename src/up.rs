@@ -1,18 +1,23 @@
 //! `shardq up`: a local cluster of child processes (one router, N brokers) for trying shardq on
 //! one machine. Prints where each listens, writes `DATA/cluster.json` for scripts, restarts a broker
-//! process that dies, and stops everything on Ctrl-C / SIGTERM.
+//! process that dies, and stops everything on Ctrl-C / SIGTERM. A broker the router removed from
+//! the cluster is not restarted: it exits with `shardq_broker::EXIT_REMOVED` (removed while
+//! running, or refused at start because its id was removed earlier, e.g. it was killed right
+//! after its drain ended), and its id is never given to a new broker.
 //!
 //! Run again on the same data directory, it restarts the cluster as it was: the router keeps the
 //! membership in `DATA/router`, so the brokers started are exactly its members (brokers added
 //! with `shardq broker add` included, removed ones not), each on its own `broker-N` data dir;
 //! `--brokers` only sizes a new cluster.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use shardq_broker::EXIT_REMOVED;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
@@ -68,6 +73,29 @@ fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
         .with_context(|| format!("cannot open log file for {name} in {}", dir.display()))
 }
 
+/// [`spawn`] failed because the broker exited with [`EXIT_REMOVED`]: the router refused it, its
+/// id was removed from the cluster.
+#[derive(Debug)]
+struct Refused {
+    name: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} was removed from the cluster: the router refuses its id (exit code {EXIT_REMOVED})",
+            self.name
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn refused(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Refused>().is_some()
+}
+
 /// Starts `shardq <args>` and waits for its "... listening on ADDR" line.
 async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, String)> {
     let exe = std::env::current_exe().context("cannot find the shardq executable")?;
@@ -98,10 +126,19 @@ async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, Strin
                     break addr.trim().to_string();
                 }
             }
-            None => bail!(
-                "{name} exited during start-up (see {}/{name}.log)",
-                logs.display()
-            ),
+            None => {
+                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                if matches!(&status, Ok(Ok(s)) if s.code() == Some(EXIT_REMOVED)) {
+                    return Err(Refused {
+                        name: name.to_string(),
+                    }
+                    .into());
+                }
+                bail!(
+                    "{name} exited during start-up (see {}/{name}.log)",
+                    logs.display()
+                )
+            }
         }
     };
     // Keep draining stdout into the log so the child never blocks on a full pipe.
@@ -149,6 +186,37 @@ async fn add_broker(args: &UpArgs, router: &str, id: u32, logs: &Path) -> Result
         restarts: 0,
         started: Instant::now(),
     })
+}
+
+/// Starts a broker with a new id: one above every id in use (a process, a data directory, or an
+/// id known to be removed). An id the router refuses (removed earlier, though `up` did not know:
+/// its data directory was deleted, say) is added to `retired` and the next one is tried.
+async fn add_new_broker(
+    args: &UpArgs,
+    router: &str,
+    procs: &[Proc],
+    retired: &mut BTreeSet<u32>,
+    logs: &Path,
+) -> Result<(u32, Proc)> {
+    for _ in 0..10 {
+        let id = procs
+            .iter()
+            .filter_map(|p| p.name.strip_prefix("broker-")?.parse::<u32>().ok())
+            .chain(used_ids(&args.data))
+            .chain(retired.iter().copied())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        match add_broker(args, router, id, logs).await {
+            Ok(p) => return Ok((id, p)),
+            Err(e) if refused(&e) => {
+                println!("broker id {id} was removed from the cluster earlier; trying the next id");
+                retired.insert(id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    bail!("the router refused 10 new broker ids in a row")
 }
 
 /// Broker ids whose data directories exist: a new broker never reuses one (its old data would
@@ -303,8 +371,20 @@ pub async fn run(args: UpArgs) -> Result<()> {
             ids
         }
     };
+    // Ids the router refused: removed from the cluster, never started again.
+    let mut retired = BTreeSet::new();
     for &id in &ids {
-        let p = add_broker(&args, &router_addr, id, &logs).await?;
+        let (id, p) = match add_broker(&args, &router_addr, id, &logs).await {
+            Ok(p) => (id, p),
+            Err(e) if refused(&e) => {
+                // A member is never refused; this is a new cluster on a data directory whose
+                // brokers were all removed: start new ones under new ids.
+                println!("broker id {id} was removed from the cluster earlier; using a new id");
+                retired.insert(id);
+                add_new_broker(&args, &router_addr, &procs, &mut retired, &logs).await?
+            }
+            Err(e) => return Err(e),
+        };
         println!("broker {id} listening on {}", p.addr);
         procs.push(p);
     }
@@ -327,23 +407,17 @@ pub async fn run(args: UpArgs) -> Result<()> {
             _ = tick.tick() => {}
         }
         for req in pending_requests(&control) {
-            let id = procs
-                .iter()
-                .filter_map(|p| p.name.strip_prefix("broker-")?.parse::<u32>().ok())
-                .chain(used_ids(&args.data))
-                .max()
-                .unwrap_or(0)
-                + 1;
-            let answer = match add_broker(&args, &router_addr, id, &logs).await {
-                Ok(p) => {
-                    println!("broker {id} listening on {} (added)", p.addr);
-                    let line = format!("{id} {}", p.addr);
-                    procs.push(p);
-                    write_cluster_file(&args.data, &procs)?;
-                    line
-                }
-                Err(e) => format!("error {e:#}"),
-            };
+            let answer =
+                match add_new_broker(&args, &router_addr, &procs, &mut retired, &logs).await {
+                    Ok((id, p)) => {
+                        println!("broker {id} listening on {} (added)", p.addr);
+                        let line = format!("{id} {}", p.addr);
+                        procs.push(p);
+                        write_cluster_file(&args.data, &procs)?;
+                        line
+                    }
+                    Err(e) => format!("error {e:#}"),
+                };
             let _ = std::fs::write(req.with_extension("done"), answer);
             let _ = std::fs::remove_file(&req);
         }
@@ -352,11 +426,28 @@ pub async fn run(args: UpArgs) -> Result<()> {
             let Ok(Some(status)) = p.child.try_wait() else {
                 continue;
             };
-            if status.success() && p.name != "router" {
-                // A broker exits 0 only after the router removed it (graceful leave): done.
-                println!("{} left the cluster", p.name);
-                left.push(i);
-                continue;
+            if p.name != "router" {
+                if status.code() == Some(EXIT_REMOVED) {
+                    println!(
+                        "{} was removed from the cluster and exited (code {EXIT_REMOVED}); not \
+                         restarting it: its id is retired",
+                        p.name
+                    );
+                    info!("{} removed from the cluster; not restarting it", p.name);
+                    retired.extend(
+                        p.name
+                            .strip_prefix("broker-")
+                            .and_then(|n| n.parse::<u32>().ok()),
+                    );
+                    left.push(i);
+                    continue;
+                }
+                if status.success() {
+                    // Stopped on purpose (SIGTERM or Ctrl-C sent to it alone).
+                    println!("{} stopped ({status}); not restarting it", p.name);
+                    left.push(i);
+                    continue;
+                }
             }
             warn!("{} exited ({status}); restarting", p.name);
             println!("{} exited ({status}); restarting", p.name);
@@ -380,6 +471,18 @@ pub async fn run(args: UpArgs) -> Result<()> {
                     p.addr = addr;
                     p.started = Instant::now();
                     println!("{} restarted on {}", p.name, p.addr);
+                }
+                Err(e) if refused(&e) => {
+                    // It was removed (a drain ended, or a forced removal) before it died, too
+                    // late to notice: the router refuses it, so it stays down for good.
+                    println!("{e}; not restarting it");
+                    warn!("{e}; not restarting it");
+                    retired.extend(
+                        p.name
+                            .strip_prefix("broker-")
+                            .and_then(|n| n.parse::<u32>().ok()),
+                    );
+                    left.push(i);
                 }
                 Err(e) => eprintln!("cannot restart {}: {e:#}", p.name),
             }

@@ -1,6 +1,7 @@
 //! The `shardq broker` command: parse options, start a broker, say where it listens, run until
-//! Ctrl-C, SIGTERM or its removal from the cluster by the router (then it exits with success, so
-//! supervisors do not restart it), and shut down cleanly (flushing the database).
+//! Ctrl-C, SIGTERM or its removal from the cluster by the router, and shut down cleanly (flushing
+//! the database). A removed broker (removed while running, or refused at start because the router
+//! removed its id earlier) exits with [`EXIT_REMOVED`], which means "removed: do not restart".
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,9 +11,10 @@ use anyhow::Context;
 use shardq_protocol::{
     with_default_port, BrokerId, DEFAULT_BROKER_PORT, DEFAULT_MAX_FRAME, DEFAULT_ROUTER_PORT,
 };
-use tracing::info;
+use tracing::{error, info};
 
 use crate::config::{BrokerConfig, FsyncPolicy, DEFAULT_MAX_RECORD_BYTES};
+use crate::{RemovedFromCluster, EXIT_REMOVED};
 
 /// Options of `shardq broker`.
 #[derive(clap::Args, Debug, Clone)]
@@ -107,13 +109,40 @@ async fn stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a broker until Ctrl-C, SIGTERM or its removal from the cluster (all return `Ok`).
+/// How [`run_until_stopped`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Ctrl-C or SIGTERM.
+    Signal,
+    /// The router removed this broker from the cluster (now, or earlier: it refused it at start).
+    Removed,
+}
+
+/// Runs a broker until Ctrl-C, SIGTERM or its removal from the cluster; a broker removed from
+/// the cluster then exits the process with [`EXIT_REMOVED`] (after a clean shutdown), so that
+/// supervisors such as `shardq up` know not to restart it.
 pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
+    match run_until_stopped(args).await? {
+        Stopped::Signal => Ok(()),
+        Stopped::Removed => std::process::exit(EXIT_REMOVED),
+    }
+}
+
+/// [`run`] without exiting the process.
+pub async fn run_until_stopped(args: BrokerArgs) -> anyhow::Result<Stopped> {
     let config = args.config();
     let id = config.id;
-    let handle = crate::start(config)
-        .await
-        .with_context(|| format!("broker {id} failed to start"))?;
+    let handle = match crate::start(config).await {
+        Ok(h) => h,
+        Err(e) => {
+            if let Some(removed) = e.downcast_ref::<RemovedFromCluster>() {
+                error!(id, "{removed}");
+                eprintln!("error: {removed} (exit code {EXIT_REMOVED}: removed, do not restart)");
+                return Ok(Stopped::Removed);
+            }
+            return Err(e.context(format!("broker {id} failed to start")));
+        }
+    };
     info!(id, addr = %handle.addr(), "broker listening");
     // `shardq up` and scripts read this line to learn the bound address.
     let mut out = std::io::stdout().lock();
@@ -122,10 +151,10 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
         .context("cannot write to stdout")?;
     drop(out);
     let stopped = tokio::select! {
-        s = stop_signal() => s,
+        s = stop_signal() => s.map(|()| Stopped::Signal),
         () = handle.removed() => {
-            info!(id, "broker removed from the cluster by the router; exiting");
-            Ok(())
+            info!(id, code = EXIT_REMOVED, "broker removed from the cluster by the router; exiting (do not restart it)");
+            Ok(Stopped::Removed)
         }
     };
     info!(id, "stopping broker");

@@ -2,7 +2,8 @@
 //! (idempotent, group-committed), long-poll fetch and group offsets for the shards the router
 //! assigned it, exports and fences shards for migration, forwards router-only requests to the
 //! router, registers and heartbeats with the router, imports shards for live migration, and
-//! shuts itself down when the router removes it from the cluster.
+//! shuts itself down when the router removes it from the cluster (a broker whose id the router
+//! removed earlier does not start at all: see [`RemovedFromCluster`]).
 //!
 //! [`start`] runs a broker inside the current tokio runtime and returns a [`BrokerHandle`];
 //! [`cli`] is the `shardq broker` command.
@@ -24,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use shardq_protocol::batch::RECORD_OVERHEAD;
-use shardq_protocol::{serve, BrokerId, CancellationToken, ServerConfig};
+use shardq_protocol::{serve, BrokerId, CancellationToken, ErrorKind, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::{BrokerConfig, FsyncPolicy, ParseFsyncError, DEFAULT_MAX_RECORD_BYTES};
 pub use service::Broker;
@@ -36,6 +37,20 @@ pub use shard::MAX_ENTRY_BYTES;
 use durability::Durability;
 use membership::Membership;
 use router_link::RouterLink;
+
+/// Exit code of a `shardq broker` process that the router removed from the cluster (drained and
+/// removed, or force-removed, or refused at start because its id was removed earlier): the id
+/// is retired, so supervisors must not restart it (`shardq up` does not). A new broker needs a
+/// new id and an empty data directory.
+pub const EXIT_REMOVED: i32 = 10;
+
+/// [`start`] failed because the router refused this broker's registration: its id was removed
+/// from the cluster. Nothing was served. (`anyhow::Error::downcast_ref` finds it.)
+#[derive(Debug, thiserror::Error)]
+#[error("{}", ErrorKind::RemovedBroker { id: *id })]
+pub struct RemovedFromCluster {
+    pub id: BrokerId,
+}
 
 /// A running broker. Dropping it without [`BrokerHandle::shutdown`] stops its tasks too, but does
 /// not wait for them.
@@ -66,7 +81,8 @@ impl BrokerHandle {
     }
 
     /// Resolves once the router has removed this broker from the cluster (it answered a
-    /// heartbeat with `UnknownBroker`); the broker has then stopped serving. Call
+    /// heartbeat with `RemovedBroker` or `UnknownBroker`, or a registration with
+    /// `RemovedBroker`); the broker has then stopped serving. Call
     /// [`BrokerHandle::shutdown`] afterwards to flush and release the data directory.
     pub async fn removed(&self) {
         self.removed.cancelled().await
@@ -235,6 +251,34 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         })?,
     );
 
+    let mut membership = router.as_ref().map(|router| Membership {
+        broker: broker.clone(),
+        router: router.clone(),
+        advertise: advertise.clone(),
+        weight: config.weight,
+        heartbeat: config.heartbeat,
+        removed: removed.clone(),
+        registered: false,
+    });
+    if let Some(m) = membership.as_mut() {
+        // Before serving anything: a broker whose id the router removed (killed before it
+        // noticed, or force-removed while down and back with its old data) must not serve, nor
+        // offer, the shard copies it still holds. A router that cannot be reached does not hold
+        // the start up: held shards are served and the membership task keeps trying.
+        match m.register_once().await {
+            Ok(_) => m.registered = true,
+            Err(ErrorKind::RemovedBroker { id }) => {
+                shutdown.cancel();
+                if let Some(r) = &router {
+                    r.close().await;
+                }
+                warn!(id, "the router refused this broker: its id was removed from the cluster; not serving");
+                return Err(RemovedFromCluster { id }.into());
+            }
+            Err(e) => debug!("first registration attempt failed: {e}"),
+        }
+    }
+
     let mut tasks = Vec::new();
     let server_config = ServerConfig {
         max_frame: config.max_frame,
@@ -249,15 +293,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         }
     }));
     tasks.push(tokio::spawn(durability.run(shutdown.clone())));
-    if let Some(router) = &router {
-        let membership = Membership {
-            broker: broker.clone(),
-            router: router.clone(),
-            advertise: advertise.clone(),
-            weight: config.weight,
-            heartbeat: config.heartbeat,
-            removed: removed.clone(),
-        };
+    if let Some(membership) = membership {
         tasks.push(tokio::spawn(membership.run(shutdown.clone())));
     }
     info!(

@@ -1,14 +1,16 @@
 //! The broker's membership task: register with the router (retrying with backoff while it is
 //! away), then heartbeat every interval with a report of the shards held, and reconcile the
-//! complete assignment each answer carries. An `UnknownBroker` answer to a heartbeat means the
-//! router removed this broker from the cluster (it persists its members, so a mere restart of
-//! either side never causes it): the broker then shuts itself down.
+//! complete assignment each answer carries. A `RemovedBroker` answer (to a registration or a
+//! heartbeat), or an `UnknownBroker` answer to a heartbeat, means the router removed this broker
+//! from the cluster (it persists its members and the ids it removed, so a mere restart of either
+//! side never causes it): the broker then shuts itself down, and its process exits with
+//! [`crate::EXIT_REMOVED`] so that supervisors do not restart it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardq_protocol::{CancellationToken, ErrorKind, Request, Response};
-use tracing::{info, warn};
+use shardq_protocol::{CancellationToken, Epoch, ErrorKind, Request, Response};
+use tracing::{error, info, warn};
 
 use crate::router_link::RouterLink;
 use crate::service::Broker;
@@ -24,6 +26,8 @@ pub struct Membership {
     pub heartbeat: Duration,
     /// Cancelled when the router removes this broker; `BrokerHandle::removed` waits on it.
     pub removed: CancellationToken,
+    /// Already registered (by [`crate::start`], before serving): go straight to heartbeats.
+    pub registered: bool,
 }
 
 impl Membership {
@@ -39,30 +43,50 @@ impl Membership {
         (self.heartbeat * 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
     }
 
-    /// Registers, retrying until the router answers. Returns false on shutdown.
+    /// One registration attempt: the routing epoch, or why not (`RemovedBroker`: this id was
+    /// removed from the cluster for good).
+    pub async fn register_once(&self) -> Result<Epoch, ErrorKind> {
+        let req = Request::RegisterBroker {
+            id: self.broker.id(),
+            addr: self.advertise.clone(),
+            weight: self.weight,
+        };
+        match self.router.request(req, self.rpc_timeout()).await? {
+            Response::Registered { epoch } => {
+                self.broker.observe_epoch(epoch);
+                info!(router = %self.router.addr(), epoch, addr = %self.advertise, "registered with the router");
+                Ok(epoch)
+            }
+            other => Err(ErrorKind::Internal {
+                reason: format!("router answered registration with {}", other.name()),
+            }),
+        }
+    }
+
+    /// The router removed this broker: stop everything; the process exits "removed".
+    fn removed(&self, shutdown: &CancellationToken, why: &ErrorKind) {
+        error!(id = self.broker.id(), router = %self.router.addr(),
+            "removed from the cluster by the router ({why}); shutting down for good");
+        self.removed.cancel();
+        shutdown.cancel();
+    }
+
+    /// Registers, retrying until the router answers. Returns false on shutdown (or removal).
     async fn register(&self, shutdown: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(100);
         let mut warned = false;
         loop {
-            let req = Request::RegisterBroker {
-                id: self.broker.id(),
-                addr: self.advertise.clone(),
-                weight: self.weight,
-            };
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return false,
-                r = self.router.request(req, self.rpc_timeout()) => r,
+                r = self.register_once() => r,
             };
             match outcome {
-                Ok(Response::Registered { epoch }) => {
-                    self.broker.observe_epoch(epoch);
-                    info!(router = %self.router.addr(), epoch, addr = %self.advertise, "registered with the router");
-                    return true;
+                Ok(_) => return true,
+                Err(e @ ErrorKind::RemovedBroker { .. }) => {
+                    self.removed(shutdown, &e);
+                    return false;
                 }
-                Ok(other) => warn!(
-                    "router answered registration with {}; retrying",
-                    other.name()
-                ),
+                Err(e @ ErrorKind::Internal { .. }) => warn!("{e}; retrying"),
                 Err(e) if !warned => {
                     warn!(router = %self.router.addr(), "cannot register yet ({e}); retrying with backoff while serving held shards");
                     warned = true;
@@ -79,7 +103,7 @@ impl Membership {
     /// Runs until `shutdown`, or until the router removes this broker (then it cancels
     /// `shutdown` itself, stopping the whole broker).
     pub async fn run(self, shutdown: CancellationToken) {
-        if !self.register(&shutdown).await {
+        if !self.registered && !self.register(&shutdown).await {
             return;
         }
         let mut failing = false;
@@ -104,11 +128,8 @@ impl Membership {
                     self.broker.reconcile(epoch, &assignments);
                 }
                 Ok(other) => warn!("router answered a heartbeat with {}", other.name()),
-                Err(ErrorKind::UnknownBroker { .. }) => {
-                    info!(id = self.broker.id(), router = %self.router.addr(),
-                        "removed from the cluster by the router; shutting down");
-                    self.removed.cancel();
-                    shutdown.cancel();
+                Err(e @ (ErrorKind::UnknownBroker { .. } | ErrorKind::RemovedBroker { .. })) => {
+                    self.removed(&shutdown, &e);
                     return;
                 }
                 Err(e) => {

@@ -1,6 +1,8 @@
 //! The broker against a stand-in router: it registers, heartbeats with reports, takes and gives
 //! up shards as the heartbeat answers say (keeping the data), forwards router-only requests, and
-//! shuts itself down once the router answers `UnknownBroker` (it was removed from the cluster).
+//! shuts itself down once the router answers `UnknownBroker` or `RemovedBroker` (it was removed
+//! from the cluster), and does not start at all, serving nothing, when the router refuses its
+//! registration because its id was removed earlier.
 
 mod common;
 
@@ -8,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use shardq_broker::{start, FsyncPolicy};
+use shardq_broker::cli::{run_until_stopped, BrokerArgs, Stopped};
+use shardq_broker::{start, FsyncPolicy, RemovedFromCluster};
 use shardq_protocol::{
     serve, CancellationToken, ErrorKind, Request, Response, RoutingTable, ServerConfig, Service,
     ServiceFuture, ShardAssignment, ShardId, ShardReport, TopicInfo,
@@ -213,4 +216,127 @@ async fn an_unreachable_router_is_unavailable_and_shards_keep_serving() {
         0
     );
     handle.shutdown().await;
+}
+
+/// A router that removed the ids in `removed`: it refuses their registrations and
+/// heartbeats with `RemovedBroker`, and accepts any other id.
+#[derive(Default)]
+struct TombstoningRouter {
+    removed: Mutex<Vec<u32>>,
+    registrations: Mutex<Vec<u32>>,
+}
+
+impl Service for TombstoningRouter {
+    fn name(&self) -> String {
+        "router".into()
+    }
+
+    fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
+        let refused = |id: u32| self.removed.lock().unwrap().contains(&id);
+        let result = match request {
+            Request::RegisterBroker { id, .. } => {
+                self.registrations.lock().unwrap().push(id);
+                if refused(id) {
+                    Err(ErrorKind::RemovedBroker { id })
+                } else {
+                    Ok(Response::Registered { epoch: 5 })
+                }
+            }
+            Request::Heartbeat { id, .. } if refused(id) => Err(ErrorKind::RemovedBroker { id }),
+            Request::Heartbeat { .. } => Ok(Response::HeartbeatAck {
+                epoch: 5,
+                assignments: Vec::new(),
+            }),
+            other => Err(ErrorKind::Unsupported {
+                request: other.name().into(),
+            }),
+        };
+        Box::pin(std::future::ready(result))
+    }
+}
+
+#[tokio::test]
+async fn a_broker_whose_id_was_removed_does_not_start_and_never_serves_its_old_data() {
+    let router = Arc::new(TombstoningRouter::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router_addr = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(
+        listener,
+        router.clone(),
+        ServerConfig::default(),
+        stop.clone(),
+    ));
+
+    // Broker 1 holds a shard with data (as a force-removed broker's disk would).
+    let dir = tempfile::tempdir().unwrap();
+    let shard = ShardId::new("t", 1);
+    {
+        let handle = start(config(dir.path(), FsyncPolicy::Always))
+            .await
+            .unwrap();
+        let conn = connect(&handle).await;
+        assign(&conn, &shard, 1).await;
+        produce(&conn, &shard, batch_of(&[b"stale"]), None)
+            .await
+            .unwrap();
+        handle.shutdown().await;
+    }
+
+    // The router removed it meanwhile: it comes back with that data and is refused before it
+    // serves anything.
+    router.removed.lock().unwrap().push(1);
+    let mut cfg = config(dir.path(), FsyncPolicy::Always);
+    cfg.router = Some(router_addr.clone());
+    let err = match start(cfg).await {
+        Ok(_) => panic!("a removed broker must not start"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.downcast_ref::<RemovedFromCluster>().map(|r| r.id),
+        Some(1),
+        "{err:#}"
+    );
+    assert!(
+        err.to_string()
+            .contains("start a new broker with a new id and an empty data dir"),
+        "{err:#}"
+    );
+    assert_eq!(*router.registrations.lock().unwrap(), vec![1]);
+
+    // The command says so with its own outcome (the process exits with EXIT_REMOVED on it).
+    let args = BrokerArgs {
+        id: 1,
+        listen: "127.0.0.1:0".into(),
+        advertise: None,
+        data: dir.path().to_path_buf(),
+        router: router_addr.clone(),
+        weight: 1,
+        fsync: FsyncPolicy::Always,
+        heartbeat_ms: 50,
+        max_frame_bytes: shardq_protocol::DEFAULT_MAX_FRAME,
+        max_record_bytes: shardq_broker::DEFAULT_MAX_RECORD_BYTES,
+        move_max_mbps: 0.0,
+    };
+    assert_eq!(run_until_stopped(args).await.unwrap(), Stopped::Removed);
+    assert_ne!(shardq_broker::EXIT_REMOVED, 0);
+    assert_ne!(shardq_broker::EXIT_REMOVED, 1);
+
+    // A broker removed while running is told so by its next heartbeat and shuts down.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir2.path(), FsyncPolicy::Never);
+    cfg.id = 2;
+    cfg.router = Some(router_addr);
+    cfg.heartbeat = Duration::from_millis(30);
+    let handle = start(cfg).await.unwrap();
+    assert!(!handle.is_removed());
+    router.removed.lock().unwrap().push(2);
+    tokio::time::timeout(Duration::from_secs(10), handle.removed())
+        .await
+        .expect("the broker notices its removal");
+    // It registered once (before serving) and never again.
+    assert_eq!(*router.registrations.lock().unwrap(), vec![1, 1, 2]);
+    handle.shutdown().await;
+    stop.cancel();
+    server.await.unwrap().unwrap();
 }

@@ -56,6 +56,19 @@ pub enum ErrorKind {
     ShuttingDown,
     #[error("internal error: {reason}")]
     Internal { reason: String },
+    /// The broker id was removed from the cluster (drained or forced): the router keeps it
+    /// retired and refuses its registration and heartbeats, whatever data it comes back with.
+    #[error("broker {id} was removed from the cluster; start a new broker with a new id and an empty data dir")]
+    RemovedBroker { id: u32 },
+    /// A graceful removal of a broker that is down: its shards cannot drain until it returns, so
+    /// nothing was recorded.
+    #[error(
+        "broker {id} is DOWN: its {shards} shard(s) cannot drain to other brokers until it \
+         returns, so nothing was changed. Restart it and run `shardq broker remove {id}` again, \
+         or run `shardq broker remove {id} --force` to remove it now, which DISCARDS the data of \
+         the shards it holds (they are re-created empty on other brokers)"
+    )]
+    BrokerDown { id: u32, shards: u32 },
 }
 
 impl ErrorKind {

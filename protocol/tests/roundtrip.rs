@@ -377,9 +377,11 @@ fn error_variant(e: &ErrorKind) -> usize {
         ErrorKind::UnknownBroker { .. } => 15,
         ErrorKind::ShuttingDown => 16,
         ErrorKind::Internal { .. } => 17,
+        ErrorKind::RemovedBroker { .. } => 18,
+        ErrorKind::BrokerDown { .. } => 19,
     }
 }
-const ERROR_VARIANTS: usize = 18;
+const ERROR_VARIANTS: usize = 20;
 
 fn sample_errors() -> Vec<ErrorKind> {
     vec![
@@ -443,6 +445,8 @@ fn sample_errors() -> Vec<ErrorKind> {
         ErrorKind::Internal {
             reason: "expected a produced response, got ok".into(),
         },
+        ErrorKind::RemovedBroker { id: 2 },
+        ErrorKind::BrokerDown { id: 3, shards: 23 },
     ]
 }
 
@@ -674,6 +678,8 @@ fn arb_error() -> impl Strategy<Value = ErrorKind> {
         any::<u32>().prop_map(|id| ErrorKind::UnknownBroker { id }),
         Just(ErrorKind::ShuttingDown),
         s().prop_map(|reason| ErrorKind::Internal { reason }),
+        any::<u32>().prop_map(|id| ErrorKind::RemovedBroker { id }),
+        (any::<u32>(), any::<u32>()).prop_map(|(id, shards)| ErrorKind::BrokerDown { id, shards }),
     ]
 }
 

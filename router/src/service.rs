@@ -93,7 +93,12 @@ impl Shared {
         };
         let (epoch, was, unchanged) = match result {
             Ok(r) => r,
-            Err(e) => return done(Err(e)),
+            Err(e) => {
+                if matches!(e, ErrorKind::RemovedBroker { .. }) {
+                    warn!(broker = id, %addr, "registration refused: this broker id was removed from the cluster");
+                }
+                return done(Err(e));
+            }
         };
         // A new broker, or one back from Down: the desired placement may now be reachable.
         if was
@@ -118,7 +123,17 @@ impl Shared {
     }
 
     fn heartbeat(&self, id: BrokerId, report: BrokerReport) -> Result<Response, ErrorKind> {
-        let (epoch, assignments, revived) = self.state().heartbeat(id, report, Instant::now())?;
+        let (epoch, assignments, revived) = self
+            .state()
+            .heartbeat(id, report, Instant::now())
+            .inspect_err(|e| {
+                if matches!(e, ErrorKind::RemovedBroker { .. }) {
+                    warn!(
+                        broker = id,
+                        "heartbeat refused: this broker id was removed from the cluster"
+                    );
+                }
+            })?;
         if revived {
             self.kick_rebalancer();
             info!(
@@ -162,7 +177,12 @@ impl Shared {
         };
         let leaving = match result {
             Ok(l) => l,
-            Err(e) => return done(Err(e)),
+            Err(e) => {
+                if matches!(e, ErrorKind::BrokerDown { .. }) {
+                    info!(broker = id, "graceful removal refused: the broker is down");
+                }
+                return done(Err(e));
+            }
         };
         if leaving.removed {
             info!(broker = id, "broker removed (it owned no shards)");

@@ -4,7 +4,7 @@
 //! (which moves the rebalancer starts, the owner flip, the history, pending drops). No I/O here: every mutating operation returns
 //! the [`Op`]s to persist, and the caller persists them before (or while) the change is visible.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use shardq_protocol::{
     validate_topic, BrokerAddr, BrokerId, BrokerInfo, BrokerReport, BrokerStatus, ClusterStatus,
@@ -106,6 +106,11 @@ pub struct State {
     pub epoch: Epoch,
     pub ring: RingConfig,
     pub members: BTreeMap<BrokerId, Member>,
+    /// Ids of brokers removed from the cluster (persisted tombstones): their registrations and
+    /// heartbeats are refused with `RemovedBroker`, so a removed broker that comes back (killed
+    /// before it noticed, restarted by a supervisor, or force-removed while down with its old
+    /// data) never rejoins, never gets shards back and never offers its stale copies.
+    pub removed: BTreeSet<BrokerId>,
     pub topics: BTreeMap<String, u32>,
     pub owners: BTreeMap<ShardId, BrokerId>,
     /// Moves in flight, by id.
@@ -152,6 +157,7 @@ impl State {
             epoch: snap.epoch,
             ring,
             members,
+            removed: snap.removed,
             topics: snap.topics,
             owners: snap.owners,
             moves: moves.into_iter().map(|m| (m.move_id, m)).collect(),
@@ -177,6 +183,9 @@ impl State {
         weight: u32,
         now: Instant,
     ) -> Result<Vec<Op>, ErrorKind> {
+        if self.removed.contains(&id) {
+            return Err(ErrorKind::RemovedBroker { id });
+        }
         if addr.trim().is_empty() {
             return Err(ErrorKind::BadRequest {
                 reason: format!("broker {id} registered with an empty address"),
@@ -219,6 +228,9 @@ impl State {
         report: BrokerReport,
         now: Instant,
     ) -> Result<(Epoch, Vec<ShardAssignment>, bool), ErrorKind> {
+        if self.removed.contains(&id) {
+            return Err(ErrorKind::RemovedBroker { id });
+        }
         let member = self
             .members
             .get_mut(&id)
@@ -426,7 +438,7 @@ impl State {
         if shards.is_empty() {
             let ops = vec![Op::DeleteMember(id)];
             persist(&ops)?;
-            self.members.remove(&id);
+            self.retire(id);
             return Ok(Removed {
                 shards,
                 pushes: Vec::new(),
@@ -470,7 +482,7 @@ impl State {
         }));
         persist(&ops)?;
         self.epoch = epoch;
-        self.members.remove(&id);
+        self.retire(id);
         self.owners.extend(moved.iter().cloned());
         let pushes = self.pushes_for(moved.iter().map(|(_, o)| *o));
         Ok(Removed {
@@ -478,6 +490,12 @@ impl State {
             pushes,
             dropped_from,
         })
+    }
+
+    /// Forgets a member and tombstones its id (what [`Op::DeleteMember`] persists).
+    fn retire(&mut self, id: BrokerId) {
+        self.members.remove(&id);
+        self.removed.insert(id);
     }
 
     fn owned_by(&self, id: BrokerId) -> Vec<ShardId> {
@@ -493,8 +511,10 @@ impl State {
     }
 
     /// Graceful leave: marks the broker Leaving (persisted) so the rebalancer drains it, or
-    /// removes it at once when it owns nothing and takes part in no move. Refused when nobody
-    /// else is up to take its shards.
+    /// removes it at once when it owns nothing and takes part in no move. Refused, with nothing
+    /// recorded, when nobody else is up to take its shards, or when the broker is down (its
+    /// shards cannot drain until it returns: `BrokerDown`). A broker already leaving that went
+    /// down keeps its recorded leave: asking again answers as before.
     pub fn leave(
         &mut self,
         id: BrokerId,
@@ -507,10 +527,16 @@ impl State {
         let shards = self.owned_by(id);
         if shards.is_empty() && !self.in_moves(id) {
             persist(&[Op::DeleteMember(id)])?;
-            self.members.remove(&id);
+            self.retire(id);
             return Ok(Leaving {
                 shards,
                 removed: true,
+            });
+        }
+        if member.status == BrokerStatus::Down && !member.leaving {
+            return Err(ErrorKind::BrokerDown {
+                id,
+                shards: u32::try_from(shards.len()).unwrap_or(u32::MAX),
             });
         }
         let others_up = self
@@ -565,7 +591,7 @@ impl State {
         let ops: Vec<Op> = done.iter().map(|id| Op::DeleteMember(*id)).collect();
         persist(&ops)?;
         for id in &done {
-            self.members.remove(id);
+            self.retire(*id);
         }
         Ok(done)
     }
@@ -1428,6 +1454,7 @@ mod tests {
                 .iter()
                 .map(|(id, m)| (*id, m.record(*id)))
                 .collect(),
+            removed: s.removed.clone(),
             topics: s.topics.clone(),
             owners: s.owners.clone(),
             moves: BTreeMap::new(),
@@ -1486,6 +1513,156 @@ mod tests {
         mv.move_id = 999;
         s.moves.insert(999, mv);
         assert!(s.stale_fences().is_empty());
+    }
+
+    #[test]
+    fn a_removed_broker_id_is_refused_for_good() {
+        let mut s = state(&[1, 2, 3, 4]);
+        s.create_topic("t", 8, ok).unwrap();
+        let t0 = Instant::now();
+        let owner = s.owners[&ShardId::new("t", 1)];
+        // Every way out of the cluster tombstones the id, persisted with the member's deletion.
+        let mut persisted = Vec::new();
+        s.remove_broker(owner, true, |ops| {
+            persisted.extend(ops.iter().cloned());
+            Ok(())
+        })
+        .unwrap();
+        assert!(persisted
+            .iter()
+            .any(|op| matches!(op, Op::DeleteMember(id) if *id == owner)));
+        let idle = (1..=4)
+            .find(|id| *id != owner && s.owned_by(*id).is_empty())
+            .unwrap_or_else(|| {
+                s.register(5, "127.0.0.1:9005".into(), 1, t0).unwrap();
+                5
+            });
+        assert!(s.leave(idle, ok).unwrap().removed);
+        let drained = s.members.keys().copied().find(|id| *id != owner).unwrap();
+        s.leave(drained, ok).unwrap();
+        for _ in 0..16 {
+            for m in s.plan_moves(4, t0, 1, ok).unwrap() {
+                s.flip(m.move_id, ok).unwrap();
+                s.finish(m.move_id, MovePhase::Done, None, 2, None, ok)
+                    .unwrap();
+            }
+        }
+        assert_eq!(s.reap_leavers(ok).unwrap(), vec![drained]);
+
+        for id in [owner, idle, drained] {
+            assert!(!s.members.contains_key(&id));
+            // Neither a registration (a restart, with its old data or an empty one) nor a
+            // heartbeat (a process that never noticed) brings it back.
+            assert_eq!(
+                s.register(id, format!("127.0.0.1:{}", 9100 + id), 1, t0)
+                    .unwrap_err(),
+                ErrorKind::RemovedBroker { id }
+            );
+            assert_eq!(
+                s.heartbeat(id, BrokerReport::default(), t0).unwrap_err(),
+                ErrorKind::RemovedBroker { id }
+            );
+            assert!(!s.members.contains_key(&id));
+            assert!(s.owners.values().all(|o| *o != id));
+            assert!(s.desired(&[]).unwrap().values().all(|o| *o != id));
+            // Removing it again: it is not a member.
+            assert_eq!(
+                s.remove_broker(id, true, ok).unwrap_err(),
+                ErrorKind::UnknownBroker { id }
+            );
+        }
+        assert!(
+            ErrorKind::RemovedBroker { id: 2 }
+                .to_string()
+                .contains("start a new broker with a new id and an empty data dir"),
+            "{}",
+            ErrorKind::RemovedBroker { id: 2 }
+        );
+
+        // The tombstones are part of the persisted state: a restored router refuses them too.
+        let snap = Snapshot {
+            removed: [owner, idle, drained].into_iter().collect(),
+            ..Snapshot::default()
+        };
+        let mut restored = State::restore(snap, RingConfig::default(), t0);
+        assert_eq!(
+            restored
+                .register(owner, "127.0.0.1:9999".into(), 1, t0)
+                .unwrap_err(),
+            ErrorKind::RemovedBroker { id: owner }
+        );
+        assert!(restored
+            .register(42, "127.0.0.1:9042".into(), 1, t0)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_down_broker_cannot_start_draining_and_nothing_is_recorded() {
+        let mut s = state(&[1, 2, 3]);
+        s.create_topic("t", 12, ok).unwrap();
+        let t0 = Instant::now();
+        let on_3 = s.owned_by(3).len();
+        assert!(on_3 > 0);
+        // Broker 3 goes silent; the others keep heartbeating.
+        let later = t0 + Duration::from_secs(10);
+        for id in [1, 2] {
+            s.heartbeat(id, BrokerReport::default(), later).unwrap();
+        }
+        assert_eq!(s.expire(later, Duration::from_secs(3)), vec![3]);
+
+        let refused = s
+            .leave(3, |_| panic!("a refused removal must persist nothing"))
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            ErrorKind::BrokerDown {
+                id: 3,
+                shards: on_3 as u32
+            }
+        );
+        let text = refused.to_string();
+        assert!(
+            text.contains("DOWN") && text.contains("--force") && text.contains("until it returns"),
+            "{text}"
+        );
+        assert!(!s.members[&3].leaving);
+        // When it returns it is an ordinary member again, not draining.
+        s.heartbeat(3, BrokerReport::default(), later).unwrap();
+        assert_eq!(
+            s.brokers(later)
+                .iter()
+                .find(|b| b.addr.id == 3)
+                .unwrap()
+                .status,
+            BrokerStatus::Up
+        );
+        assert!(s.desired(&[]).unwrap().values().any(|o| *o == 3));
+
+        // A broker already draining that then goes down keeps its recorded leave; asking again
+        // answers as before (nothing new to record).
+        s.leave(3, ok).unwrap();
+        let much_later = later + Duration::from_secs(10);
+        for id in [1, 2] {
+            s.heartbeat(id, BrokerReport::default(), much_later)
+                .unwrap();
+        }
+        assert_eq!(s.expire(much_later, Duration::from_secs(3)), vec![3]);
+        let again = s.leave(3, |_| panic!("already recorded")).unwrap();
+        assert_eq!((again.shards.len(), again.removed), (on_3, false));
+        assert!(s.members[&3].leaving);
+
+        // A down broker that owns nothing has nothing to drain: removed at once.
+        s.register(4, "127.0.0.1:9004".into(), 1, much_later)
+            .unwrap();
+        let gone = much_later + Duration::from_secs(10);
+        for id in [1, 2] {
+            s.heartbeat(id, BrokerReport::default(), gone).unwrap();
+        }
+        s.expire(gone, Duration::from_secs(3));
+        assert_eq!(s.members[&4].status, BrokerStatus::Down);
+        assert!(s.leave(4, ok).unwrap().removed);
+        // Forced removal of a down broker still works (and discards its shards' data).
+        assert!(!s.remove_broker(3, true, ok).unwrap().shards.is_empty());
     }
 
     #[test]

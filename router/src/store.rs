@@ -1,12 +1,13 @@
 //! The router's durable metadata in sled: members, topics, the shard -> broker assignment, the
 //! routing epoch and the ring parameters last used, so that a router restart loses nothing.
 //!
-//! Layout: one tree, keys prefixed by kind (`member/<id BE>`, `topic/<name>`, `shard/<T:Pn>`,
-//! `move/<id BE>`, `drop/<broker BE><T:Pn>`, `epoch`, `ring`, `move-seq`), values encoded with the protocol's bincode codec. Everything one admin
+//! Layout: one tree, keys prefixed by kind (`member/<id BE>`, `removed/<id BE>`, `topic/<name>`,
+//! `shard/<T:Pn>`, `move/<id BE>`, `drop/<broker BE><T:Pn>`, `epoch`, `ring`, `move-seq`), values
+//! encoded with the protocol's bincode codec. Everything one admin
 //! operation changes goes in one `sled::Batch`, which sled applies atomically, so a crash never
 //! leaves a topic without its shards or an epoch behind its assignment.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,8 @@ const RING: &[u8] = b"ring";
 const MOVE: &[u8] = b"move/";
 const DROP: &[u8] = b"drop/";
 const MOVE_SEQ: &[u8] = b"move-seq";
+/// Tombstones of removed brokers: their ids are never admitted again.
+const REMOVED: &[u8] = b"removed/";
 
 /// What can go wrong with the router's metadata store.
 #[derive(Debug, Error)]
@@ -112,6 +115,9 @@ pub enum Op {
     Epoch(Epoch),
     Ring(RingConfig),
     PutMember(MemberRecord),
+    /// Removes a member for good: its record goes and its id is tombstoned in the same batch, so
+    /// the router refuses it ever after (a removed broker that restarts, or a new one reusing
+    /// the id, would otherwise rejoin and get shards, or offer its stale copies, back).
     DeleteMember(BrokerId),
     PutTopic {
         name: String,
@@ -138,6 +144,8 @@ pub struct Snapshot {
     pub epoch: Epoch,
     pub ring: Option<RingConfig>,
     pub members: BTreeMap<BrokerId, MemberRecord>,
+    /// Ids of removed brokers (tombstones).
+    pub removed: BTreeSet<BrokerId>,
     pub topics: BTreeMap<String, u32>,
     pub owners: BTreeMap<ShardId, BrokerId>,
     pub moves: BTreeMap<u64, MoveRecord>,
@@ -187,6 +195,9 @@ impl Store {
             } else if key.starts_with(MEMBER) {
                 let m: MemberRecord = decode(&value).map_err(corrupt)?;
                 snap.members.insert(m.id, m);
+            } else if key.starts_with(REMOVED) {
+                let id: BrokerId = decode(&value).map_err(corrupt)?;
+                snap.removed.insert(id);
             } else if key.starts_with(TOPIC) {
                 let (name, partitions): (String, u32) = decode(&value).map_err(corrupt)?;
                 snap.topics.insert(name, partitions);
@@ -213,7 +224,10 @@ impl Store {
                 Op::Epoch(e) => batch.insert(EPOCH, &e.to_be_bytes()),
                 Op::Ring(r) => batch.insert(RING, enc(r)?),
                 Op::PutMember(m) => batch.insert(member_key(m.id), enc(m)?),
-                Op::DeleteMember(id) => batch.remove(member_key(*id)),
+                Op::DeleteMember(id) => {
+                    batch.remove(member_key(*id));
+                    batch.insert(key(REMOVED, &id.to_be_bytes()), enc(id)?);
+                }
                 Op::PutTopic { name, partitions } => {
                     batch.insert(key(TOPIC, name.as_bytes()), enc(&(name, partitions))?)
                 }
@@ -312,6 +326,8 @@ mod tests {
         assert_eq!(snap.epoch, 7);
         assert_eq!(snap.ring, Some(RingConfig::default()));
         assert_eq!(snap.members.keys().copied().collect::<Vec<_>>(), vec![2]);
+        // The removed member is tombstoned, for good.
+        assert_eq!(snap.removed.iter().copied().collect::<Vec<_>>(), vec![1]);
         assert!(snap.members[&2].leaving);
         assert_eq!(snap.topics.get("T1"), Some(&2));
         assert_eq!(snap.owners.get(&ShardId::new("T1", 1)), Some(&2));

@@ -503,3 +503,106 @@ async fn garbage_closes_only_its_connection() {
     ));
     router.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_down_broker_cannot_start_draining_and_removed_ids_stay_refused_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = router(dir.path(), Duration::from_millis(300)).await;
+    let b1 = FakeBroker::start(1, first.addr()).await;
+    let mut b2 = FakeBroker::start(2, first.addr()).await;
+    let mut b3 = FakeBroker::start(3, first.addr()).await;
+    let c = client(first.addr()).await;
+    await_up(&c, &[1, 2, 3]).await;
+    create(&c, "D", 9).await.unwrap();
+    let on_3 = b3.owned().len();
+    assert!(on_3 > 0);
+
+    // Broker 3 is down: a graceful removal is refused, and nothing is recorded.
+    b3.pause_heartbeats().await;
+    eventually("broker 3 down", || async {
+        (brokers(&c).await.get(&3) == Some(&BrokerStatus::Down)).then_some(())
+    })
+    .await;
+    let epoch = routing(&c, &[]).await.epoch;
+    match ask(
+        &c,
+        Request::RemoveBroker {
+            id: 3,
+            force: false,
+        },
+    )
+    .await
+    {
+        Err(ErrorKind::BrokerDown { id: 3, shards }) => assert_eq!(shards as usize, on_3),
+        other => panic!("{other:?}"),
+    }
+    // When it comes back it is an ordinary member: not leaving, no move out of it.
+    b3.resume_heartbeats();
+    await_up(&c, &[1, 2, 3]).await;
+    let st = match ask(&c, Request::Status).await {
+        Ok(Response::Status(st)) => st,
+        other => panic!("{other:?}"),
+    };
+    assert!(st.moves.is_empty(), "{:?}", st.moves);
+    assert_eq!(st.epoch, epoch);
+    assert_eq!(brokers(&c).await.get(&3), Some(&BrokerStatus::Up));
+
+    // Broker 2 is force-removed while stopped; it comes back (old data or not): refused.
+    b2.pause_heartbeats().await;
+    assert!(matches!(
+        ask(&c, Request::RemoveBroker { id: 2, force: true }).await,
+        Ok(Response::BrokerRemoved {
+            id: 2,
+            forced: true,
+            ..
+        })
+    ));
+    let register = Request::RegisterBroker {
+        id: 2,
+        addr: b2.addr.clone(),
+        weight: 1,
+    };
+    let heartbeat = Request::Heartbeat {
+        id: 2,
+        report: Default::default(),
+    };
+    assert_eq!(
+        ask(&c, register.clone()).await,
+        Err(ErrorKind::RemovedBroker { id: 2 })
+    );
+    assert_eq!(
+        ask(&c, heartbeat.clone()).await,
+        Err(ErrorKind::RemovedBroker { id: 2 })
+    );
+    assert!(!brokers(&c).await.contains_key(&2));
+
+    // The tombstone survives a router restart.
+    drop(c);
+    first.shutdown().await;
+    let second = router(dir.path(), Duration::from_secs(3)).await;
+    let c = client(second.addr()).await;
+    let err = ask(&c, register).await.unwrap_err();
+    assert_eq!(err, ErrorKind::RemovedBroker { id: 2 });
+    assert!(
+        err.to_string()
+            .contains("start a new broker with a new id and an empty data dir"),
+        "{err}"
+    );
+    assert_eq!(
+        ask(&c, heartbeat).await,
+        Err(ErrorKind::RemovedBroker { id: 2 })
+    );
+    assert_eq!(
+        brokers(&c).await.keys().copied().collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+    assert!(routing(&c, &["D"])
+        .await
+        .shards
+        .iter()
+        .all(|r| r.owner.as_ref().is_none_or(|o| o.id != 2)));
+    for b in [b1, b2, b3] {
+        b.stop().await;
+    }
+    second.shutdown().await;
+}
