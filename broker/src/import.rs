@@ -48,7 +48,8 @@ fn chunk_bytes(rate_limit: Option<u64>) -> u32 {
 }
 /// Fence the source once fewer records than this are left to copy...
 const FENCE_LAG_RECORDS: u64 = 2_000;
-/// ...or (estimated from the last chunk) fewer bytes than this.
+/// ...and (estimated from the last chunk) fewer bytes than this: what is left is copied during
+/// the write pause, so both bound it (2,000 large records would be far too much to copy then).
 const FENCE_LAG_BYTES: u64 = 1 << 20;
 /// Flush before fencing when more than this was written since the last flush, so the flush
 /// inside the write pause stays small.
@@ -569,7 +570,7 @@ async fn copy_from(
         }
         let remaining = end - from;
         let per_record = bytes.checked_div(records).unwrap_or(0);
-        if remaining >= FENCE_LAG_RECORDS && remaining.saturating_mul(per_record) >= FENCE_LAG_BYTES
+        if remaining >= FENCE_LAG_RECORDS || remaining.saturating_mul(per_record) >= FENCE_LAG_BYTES
         {
             continue;
         }
