@@ -106,28 +106,33 @@ impl Durability {
     /// Flushes everything written so far, off the async threads.
     pub async fn flush_now(&self) -> Result<(), ErrorKind> {
         let target = self.current();
-        // Every write before the rotation is covered by the flush below; its segment can go then.
-        let closed = match &self.wal {
-            Some(wal) => Some(wal.rotate()?),
-            None => None,
-        };
-        let db = self.db.clone();
-        let res = tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| ErrorKind::Internal {
-                reason: format!("flush task failed: {e}"),
-            })?;
+        let (db, wal) = (self.db.clone(), self.wal.clone());
+        // All of it is blocking file work (a file create or delete can wait for a journal commit
+        // of another flush): none of it on the async threads. Every write before the rotation is
+        // covered by the flush; the closed segments can go once it is done.
+        let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let closed = wal
+                .as_ref()
+                .map(|w| w.rotate())
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            db.flush().map_err(|e| e.to_string())?;
+            if let (Some(wal), Some(closed)) = (&wal, closed) {
+                wal.release(closed);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ErrorKind::Internal {
+            reason: format!("flush task failed: {e}"),
+        })?;
         match res {
-            Ok(_) => {
-                if let (Some(wal), Some(closed)) = (&self.wal, closed) {
-                    wal.release(closed);
-                }
+            Ok(()) => {
                 self.progress
                     .send_modify(|p| p.flushed = p.flushed.max(target));
                 Ok(())
             }
-            Err(e) => {
-                let reason = e.to_string();
+            Err(reason) => {
                 self.progress
                     .send_modify(|p| p.failed = Some((target, reason.clone())));
                 Err(ErrorKind::Storage {

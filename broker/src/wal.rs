@@ -44,6 +44,9 @@ struct Segment {
 pub struct Wal {
     dir: PathBuf,
     current: Mutex<Segment>,
+    /// Held through a rotation, so rotations keep segment numbers in write order while the next
+    /// segment is created without holding up appends.
+    rotating: Mutex<()>,
 }
 
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -254,6 +257,7 @@ impl Wal {
         Ok(Wal {
             dir,
             current: Mutex::new(current),
+            rotating: Mutex::new(()),
         })
     }
 
@@ -272,15 +276,18 @@ impl Wal {
     }
 
     /// Closes the current segment and starts the next; returns the closed one's number. A flush
-    /// that starts after this covers every write in it and before it.
+    /// that starts after this covers every write in it and before it. Blocking file work: call
+    /// off the async threads. The new file is created before appends are held up, as creating a
+    /// file can wait for another flush's journal commit.
     pub fn rotate(&self) -> Result<u64, ErrorKind> {
-        let mut cur = self.lock();
-        let next = create_segment(&self.dir, cur.number + 1)
-            .map_err(|e| storage("cannot create a segment", e))?;
-        Ok(std::mem::replace(&mut *cur, next).number)
+        let _rotation = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
+        let number = self.lock().number + 1;
+        let next =
+            create_segment(&self.dir, number).map_err(|e| storage("cannot create a segment", e))?;
+        Ok(std::mem::replace(&mut *self.lock(), next).number)
     }
 
-    /// Deletes the closed segments up to `upto` (their writes are flushed).
+    /// Deletes the closed segments up to `upto` (their writes are flushed). Blocking file work.
     pub fn release(&self, upto: u64) {
         let current = self.lock().number;
         let Ok(numbers) = segments(&self.dir) else {
