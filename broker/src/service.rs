@@ -569,10 +569,11 @@ impl Broker {
             let appended = shard.append(&p.batch, p.producer, self.epoch())?;
             Ok((shard, appended))
         });
-        let (shard, appended) = match result {
+        let (shard, mut appended) = match result {
             Ok(a) => a,
             Err(e) => return ready_result(Err(e)),
         };
+        let written = appended.written.take();
         let response = Response::Produced {
             base_offset: appended.base_offset,
             count: appended.count,
@@ -604,6 +605,9 @@ impl Broker {
             return ready_result(Ok(response));
         }
         Box::pin(async move {
+            if let Some(w) = written {
+                w.done().await?;
+            }
             made_durable.await?;
             Ok(response)
         })
@@ -666,9 +670,15 @@ impl Broker {
             .shard(shard, Access::Write)
             .and_then(|s| s.commit(group, offset, self.epoch()));
         match result {
-            Ok(()) => {
+            Ok(written) => {
                 let ticket = self.durability.note_write();
-                self.wait_durable(ticket, Response::Committed)
+                let durable = self.wait_durable(ticket, Response::Committed);
+                Box::pin(async move {
+                    if let Some(w) = written {
+                        w.done().await?;
+                    }
+                    durable.await
+                })
             }
             Err(e) => ready_result(Err(e)),
         }
