@@ -118,6 +118,9 @@ impl UpCluster {
             .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            // Its own process group: dropping the cluster (a failed assertion) kills `shardq up`
+            // and the router and brokers it started, not only `shardq up`.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("shardq up starts");
@@ -175,6 +178,16 @@ impl UpCluster {
             matches!(status, Ok(Ok(s)) if s.success()),
             "shardq up did not stop cleanly: {status:?}"
         );
+    }
+}
+
+impl Drop for UpCluster {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
     }
 }
 
