@@ -569,11 +569,10 @@ impl Broker {
             let appended = shard.append(&p.batch, p.producer, self.epoch())?;
             Ok((shard, appended))
         });
-        let (shard, mut appended) = match result {
+        let (shard, appended) = match result {
             Ok(a) => a,
             Err(e) => return ready_result(Err(e)),
         };
-        let written = appended.written.take();
         let response = Response::Produced {
             base_offset: appended.base_offset,
             count: appended.count,
@@ -605,9 +604,6 @@ impl Broker {
             return ready_result(Ok(response));
         }
         Box::pin(async move {
-            if let Some(w) = written {
-                w.done().await?;
-            }
             made_durable.await?;
             Ok(response)
         })
@@ -670,15 +666,9 @@ impl Broker {
             .shard(shard, Access::Write)
             .and_then(|s| s.commit(group, offset, self.epoch()));
         match result {
-            Ok(written) => {
+            Ok(()) => {
                 let ticket = self.durability.note_write();
-                let durable = self.wait_durable(ticket, Response::Committed);
-                Box::pin(async move {
-                    if let Some(w) = written {
-                        w.done().await?;
-                    }
-                    durable.await
-                })
+                self.wait_durable(ticket, Response::Committed)
             }
             Err(e) => ready_result(Err(e)),
         }

@@ -32,7 +32,7 @@ use shardq_protocol::{
 };
 use tokio::sync::{watch, Notify};
 
-use crate::wal::{Wal, WalWrite};
+use crate::wal::Wal;
 
 const LOG: u8 = 0x00;
 const PRODUCER: u8 = 0x01;
@@ -129,13 +129,11 @@ impl Ownership {
 }
 
 /// What a produce call achieved.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
     pub base_offset: Offset,
     pub count: u32,
     pub duplicate: bool,
-    /// Under `fsync interval`: the write-ahead write to wait for before acknowledging.
-    pub written: Option<WalWrite>,
 }
 
 struct Inner {
@@ -289,14 +287,11 @@ impl Shard {
             if let Some(st) = inner.producers.get(&p.producer_id) {
                 if p.sequence <= st.last_sequence {
                     // A retry of the last batch (or an even older one, whose exact offsets are no
-                    // longer known): acknowledge again, append nothing, but not before the
-                    // original's write-ahead write (it may still be on its way).
-                    let written = self.wal.as_ref().map(|w| w.barrier()).transpose()?;
+                    // longer known): acknowledge again, append nothing.
                     return Ok(Appended {
                         base_offset: st.base_offset,
                         count: st.count,
                         duplicate: true,
-                        written,
                     });
                 }
                 if p.sequence != st.last_sequence + 1 {
@@ -334,7 +329,7 @@ impl Shard {
         }
         let bytes = inner.bytes + added;
         ops.push((STATS_BYTES.into(), bytes.to_be_bytes().as_slice().into()));
-        let written = self.apply(&ops, "append failed")?;
+        self.apply(&ops, "append failed")?;
         inner.next_offset = offset;
         inner.bytes = bytes;
         if let Some(st) = state {
@@ -345,7 +340,6 @@ impl Shard {
             base_offset,
             count: batch.count,
             duplicate: false,
-            written,
         })
     }
 
@@ -449,14 +443,9 @@ impl Shard {
         Ok((out, end))
     }
 
-    /// Applies inserts atomically to the tree, then hands them to the write-ahead file if there is
-    /// one (in that order, under the shard lock: see [`crate::wal`]); the caller acknowledges once
-    /// the returned write is done.
-    fn apply(
-        &self,
-        ops: &[(sled::IVec, sled::IVec)],
-        what: &str,
-    ) -> Result<Option<WalWrite>, ErrorKind> {
+    /// Applies inserts atomically to the tree, then to the write-ahead file if there is one (in
+    /// that order, under the shard lock: see [`crate::wal`]).
+    fn apply(&self, ops: &[(sled::IVec, sled::IVec)], what: &str) -> Result<(), ErrorKind> {
         let mut batch = sled::Batch::default();
         for (k, v) in ops {
             batch.insert(k.clone(), v.clone());
@@ -464,21 +453,16 @@ impl Shard {
         self.tree
             .apply_batch(batch)
             .map_err(|e| storage(&self.id, what, e))?;
-        let Some(wal) = &self.wal else {
-            return Ok(None);
-        };
-        let ops: Vec<crate::wal::Op<'_>> =
-            ops.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
-        wal.append(&self.id, &ops).map(Some)
+        if let Some(wal) = &self.wal {
+            let ops: Vec<crate::wal::Op<'_>> =
+                ops.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+            wal.append(&self.id, &ops)?;
+        }
+        Ok(())
     }
 
     /// Commits a group's offset (synchronously; the caller waits for durability).
-    pub fn commit(
-        &self,
-        group: &str,
-        offset: Offset,
-        known_epoch: Epoch,
-    ) -> Result<Option<WalWrite>, ErrorKind> {
+    pub fn commit(&self, group: &str, offset: Offset, known_epoch: Epoch) -> Result<(), ErrorKind> {
         let mut inner = self.lock();
         self.check(&inner, Access::Write, known_epoch)?;
         if offset > inner.next_offset {
@@ -493,9 +477,9 @@ impl Shard {
             group_key(group).into(),
             offset.to_be_bytes().as_slice().into(),
         );
-        let written = self.apply(&[op], "commit failed")?;
+        self.apply(&[op], "commit failed")?;
         inner.groups.insert(group.to_string(), offset);
-        Ok(written)
+        Ok(())
     }
 
     pub fn group_offset(&self, group: &str) -> Option<Offset> {

@@ -13,25 +13,14 @@
 //! segment it covers is deleted ([`Wal::release`]). On start, [`replay`] re-applies what is left
 //! (idempotent: the same keys get the same values, in the original order), flushes and deletes it.
 //!
-//! Order matters for correctness: a write is applied to sled first and handed to this file second,
-//! both under the shard's lock; its acknowledgement waits until the frame reached the OS. A
-//! rotation between the two puts the entry in the next segment (replayed harmlessly); a rotation
-//! after both closes a segment whose writes the following flush covers.
-//!
-//! One writer thread per broker does the `write()`s, in the order the frames were handed over,
-//! several queued frames in one call. A `write()` can wait (for a journal commit of a flush, for
-//! dirty-page throttling): it then holds up the appends that wait for it, not an async worker with
-//! every other request on it, and not the shard's lock. Rotations go through the same queue, so
-//! they fall between appends exactly where they were asked for.
+//! Order matters for correctness: a write is applied to sled first and to this file second, both
+//! under the shard's lock. A rotation between the two puts the entry in the next segment (replayed
+//! harmlessly); a rotation after both closes a segment whose writes the following flush covers.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
-
-use tokio::sync::oneshot;
+use std::sync::{Mutex, MutexGuard};
 
 use shardq_protocol::{ErrorKind, ShardId};
 use tracing::{info, warn};
@@ -42,8 +31,6 @@ const SUFFIX: &str = ".wal";
 const HEADER: usize = 12;
 /// A frame larger than this is garbage (an append is at most one frame of the protocol).
 const MAX_FRAME: usize = 1 << 30;
-/// The writer gathers queued frames into one `write()` up to about this many bytes.
-const GATHER_BYTES: usize = 8 << 20;
 
 /// One sled insert: key and value.
 pub type Op<'a> = (&'a [u8], &'a [u8]);
@@ -53,95 +40,13 @@ struct Segment {
     file: File,
 }
 
-/// What the writer thread is asked to do, in order.
-enum Cmd {
-    /// Write a frame (empty: a barrier that completes once everything before it is written).
-    Append {
-        frame: Vec<u8>,
-        done: oneshot::Sender<Result<(), String>>,
-    },
-    /// Close the current segment, start the next; answers the closed one's number.
-    Rotate {
-        done: mpsc::Sender<Result<u64, String>>,
-    },
-}
-
 /// The broker's write-ahead file (present only under `fsync interval=MS`).
 pub struct Wal {
     dir: PathBuf,
-    queue: Option<mpsc::Sender<Cmd>>,
-    /// The number of the segment being written.
-    current: Arc<AtomicU64>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// A write handed to the writer thread; [`WalWrite::done`] once it reached the OS.
-#[derive(Debug)]
-pub struct WalWrite(oneshot::Receiver<Result<(), String>>);
-
-impl WalWrite {
-    pub async fn done(self) -> Result<(), ErrorKind> {
-        match self.0.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(storage("cannot write", e)),
-            Err(_) => Err(storage("cannot write", "the writer thread stopped")),
-        }
-    }
-
-    #[cfg(test)]
-    fn wait(self) -> Result<(), ErrorKind> {
-        match self.0.blocking_recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(storage("cannot write", e)),
-            Err(_) => Err(storage("cannot write", "the writer thread stopped")),
-        }
-    }
-}
-
-type Waiter = oneshot::Sender<Result<(), String>>;
-
-/// Writes what `buf` gathered to the segment and tells its waiters how it went.
-fn write_out(seg: &mut Segment, buf: &mut Vec<u8>, waiters: &mut Vec<Waiter>) {
-    let result = if buf.is_empty() {
-        Ok(())
-    } else {
-        seg.file.write_all(buf).map_err(|e| e.to_string())
-    };
-    buf.clear();
-    for w in waiters.drain(..) {
-        let _ = w.send(result.clone());
-    }
-}
-
-/// The writer thread: takes commands in order; writes every queued frame up to a rotation (or
-/// about [`GATHER_BYTES`]) in one call, then tells their waiters.
-fn write_loop(dir: PathBuf, mut seg: Segment, queue: mpsc::Receiver<Cmd>, current: Arc<AtomicU64>) {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut waiters: Vec<Waiter> = Vec::new();
-    while let Ok(first) = queue.recv() {
-        let mut next = Some(first);
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Cmd::Append { frame, done } => {
-                    buf.extend_from_slice(&frame);
-                    waiters.push(done);
-                    if buf.len() >= GATHER_BYTES {
-                        write_out(&mut seg, &mut buf, &mut waiters);
-                    }
-                }
-                Cmd::Rotate { done } => {
-                    write_out(&mut seg, &mut buf, &mut waiters);
-                    let rotated = create_segment(&dir, seg.number + 1)
-                        .map(|new| std::mem::replace(&mut seg, new).number)
-                        .map_err(|e| e.to_string());
-                    current.store(seg.number, Ordering::Release);
-                    let _ = done.send(rotated);
-                }
-            }
-            next = queue.try_recv().ok();
-        }
-        write_out(&mut seg, &mut buf, &mut waiters);
-    }
+    current: Mutex<Segment>,
+    /// Held through a rotation, so rotations keep segment numbers in write order while the next
+    /// segment is created without holding up appends.
+    rotating: Mutex<()>,
 }
 
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -347,63 +252,44 @@ impl Wal {
             .map_err(|e| storage("cannot list segments", e))?
             .last()
             .map_or(0, |n| n + 1);
-        let seg = create_segment(&dir, next).map_err(|e| storage("cannot create a segment", e))?;
-        let current = Arc::new(AtomicU64::new(seg.number));
-        let (tx, rx) = mpsc::channel();
-        let writer = {
-            let (dir, current) = (dir.clone(), current.clone());
-            std::thread::Builder::new()
-                .name("wal-writer".into())
-                .spawn(move || write_loop(dir, seg, rx, current))
-                .map_err(|e| storage("cannot start the writer thread", e))?
-        };
+        let current =
+            create_segment(&dir, next).map_err(|e| storage("cannot create a segment", e))?;
         Ok(Wal {
             dir,
-            queue: Some(tx),
-            current,
-            writer: Mutex::new(Some(writer)),
+            current: Mutex::new(current),
+            rotating: Mutex::new(()),
         })
     }
 
-    fn send(&self, cmd: Cmd) -> Result<(), ErrorKind> {
-        self.queue
-            .as_ref()
-            .and_then(|q| q.send(cmd).ok())
-            .ok_or_else(|| storage("cannot write", "the writer thread stopped"))
+    fn lock(&self) -> MutexGuard<'_, Segment> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands one entry to the writer (which writes it to the OS, no fsync). Call after sled
-    /// applied the same inserts, under the shard's lock; acknowledge once the write is done.
-    pub fn append(&self, shard: &ShardId, ops: &[Op<'_>]) -> Result<WalWrite, ErrorKind> {
-        self.push(encode(shard, ops))
+    /// Writes one entry to the operating system (no fsync). Call after sled applied the same
+    /// inserts, under the shard's lock.
+    pub fn append(&self, shard: &ShardId, ops: &[Op<'_>]) -> Result<(), ErrorKind> {
+        let frame = encode(shard, ops);
+        self.lock()
+            .file
+            .write_all(&frame)
+            .map_err(|e| storage("cannot write", e))
     }
 
-    /// Completes once every entry handed over before it is written (for a retried produce whose
-    /// original may still be on its way).
-    pub fn barrier(&self) -> Result<WalWrite, ErrorKind> {
-        self.push(Vec::new())
-    }
-
-    fn push(&self, frame: Vec<u8>) -> Result<WalWrite, ErrorKind> {
-        let (done, rx) = oneshot::channel();
-        self.send(Cmd::Append { frame, done })?;
-        Ok(WalWrite(rx))
-    }
-
-    /// Closes the current segment (after writing everything handed over before) and starts the
-    /// next; returns the closed one's number. A flush that starts after this covers every write
-    /// in it and before it. Blocks: call off the async threads.
+    /// Closes the current segment and starts the next; returns the closed one's number. A flush
+    /// that starts after this covers every write in it and before it. Blocking file work: call
+    /// off the async threads. The new file is created before appends are held up, as creating a
+    /// file can wait for another flush's journal commit.
     pub fn rotate(&self) -> Result<u64, ErrorKind> {
-        let (done, rx) = mpsc::channel();
-        self.send(Cmd::Rotate { done })?;
-        rx.recv()
-            .map_err(|_| storage("cannot rotate", "the writer thread stopped"))?
-            .map_err(|e| storage("cannot create a segment", e))
+        let _rotation = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
+        let number = self.lock().number + 1;
+        let next =
+            create_segment(&self.dir, number).map_err(|e| storage("cannot create a segment", e))?;
+        Ok(std::mem::replace(&mut *self.lock(), next).number)
     }
 
     /// Deletes the closed segments up to `upto` (their writes are flushed). Blocking file work.
     pub fn release(&self, upto: u64) {
-        let current = self.current.load(Ordering::Acquire);
+        let current = self.lock().number;
         let Ok(numbers) = segments(&self.dir) else {
             return;
         };
@@ -420,17 +306,6 @@ impl Wal {
     }
 }
 
-impl Drop for Wal {
-    /// Lets the writer finish what was handed over, then joins it.
-    fn drop(&mut self) {
-        self.queue = None;
-        let writer = self.writer.lock().map(|mut w| w.take()).unwrap_or(None);
-        if let Some(w) = writer {
-            let _ = w.join();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,14 +315,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path()).unwrap();
         let shard = ShardId::new("w", 1);
-        wal.append(&shard, &[(b"k1", b"v1"), (b"k2", b"")])
-            .unwrap()
-            .wait()
-            .unwrap();
-        wal.append(&shard, &[(b"k3", &[7u8; 1000][..])])
-            .unwrap()
-            .wait()
-            .unwrap();
+        wal.append(&shard, &[(b"k1", b"v1"), (b"k2", b"")]).unwrap();
+        wal.append(&shard, &[(b"k3", &[7u8; 1000][..])]).unwrap();
         let path = segment_path(&dir.path().join(DIR), 0);
         let (entries, whole) = read_segment(&path).unwrap();
         assert!(whole);
@@ -486,7 +355,6 @@ mod tests {
             .unwrap();
         {
             let wal = Wal::open(dir.path()).unwrap();
-            // Not waited for: dropping the file lets the writer finish what was handed over.
             wal.append(&held, &[(b"a", b"1")]).unwrap();
             wal.append(&gone, &[(b"a", b"2")]).unwrap();
             wal.rotate().unwrap();
@@ -508,7 +376,7 @@ mod tests {
         assert!(segments(&dir.path().join(DIR)).unwrap().is_empty());
         // A new file starts after a replay.
         let wal = Wal::open(dir.path()).unwrap();
-        wal.append(&held, &[(b"c", b"5")]).unwrap().wait().unwrap();
+        wal.append(&held, &[(b"c", b"5")]).unwrap();
         let closed = wal.rotate().unwrap();
         wal.release(closed);
         assert_eq!(segments(&dir.path().join(DIR)).unwrap(), vec![closed + 1]);
