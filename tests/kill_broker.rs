@@ -12,8 +12,47 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shardq_consumer::{Consumer, ConsumerConfig};
-use shardq_producer::{Producer, ProducerConfig};
+use shardq_producer::{Delivery, Producer, ProducerConfig, ProducerError};
 use shardq_protocol::{ShardId, ShardSpec};
+
+/// Sends `total` records `{prefix}{i}` to `topic:*` as a steady stream (about 2,000 records/s, not
+/// one burst: at a kill some acknowledged records are always younger than the last flush), counting
+/// acknowledgements in `acked`; the task ends with every record's outcome, in send order.
+fn paced_send(
+    producer: Arc<Producer>,
+    topic: &'static str,
+    prefix: &'static str,
+    total: u64,
+    acked: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Vec<(u64, Result<Delivery, ProducerError>)>> {
+    tokio::spawn(async move {
+        let mut deliveries = Vec::new();
+        for i in 0..total {
+            let d = producer
+                .send(
+                    &ShardSpec::All(topic.into()),
+                    None,
+                    Bytes::from(format!("{prefix}{i}")),
+                )
+                .await
+                .unwrap();
+            let acked = acked.clone();
+            deliveries.push(tokio::spawn(async move {
+                let r = d.await;
+                acked.fetch_add(1, Ordering::Relaxed);
+                (i, r)
+            }));
+            if i % 4 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let mut out = Vec::new();
+        for d in deliveries {
+            out.push(d.await.unwrap());
+        }
+        out
+    })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_sigkill_of_a_broker_fsync_always() {
@@ -43,39 +82,8 @@ async fn acknowledged_records_survive_sigkill(broker_args: &[&str]) {
     cfg.delivery_timeout = Duration::from_secs(60);
     let producer = Arc::new(Producer::connect(cfg).await.unwrap());
     let acked = Arc::new(AtomicU64::new(0));
-    // A steady stream (about 2,000 records/s), not one burst: at the kill some acknowledged
-    // records are always younger than the last flush, which is what the policy must survive.
     let total = 8_000u64;
-    let send = {
-        let (producer, acked) = (producer.clone(), acked.clone());
-        tokio::spawn(async move {
-            let mut deliveries = Vec::new();
-            for i in 0..total {
-                let d = producer
-                    .send(
-                        &ShardSpec::All("K".into()),
-                        None,
-                        Bytes::from(format!("r{i}")),
-                    )
-                    .await
-                    .unwrap();
-                let acked = acked.clone();
-                deliveries.push(tokio::spawn(async move {
-                    let r = d.await;
-                    acked.fetch_add(1, Ordering::Relaxed);
-                    (i, r)
-                }));
-                if i % 4 == 0 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            let mut out = Vec::new();
-            for d in deliveries {
-                out.push(d.await.unwrap());
-            }
-            out
-        })
-    };
+    let send = paced_send(producer.clone(), "K", "r", total, acked.clone());
     // Kill broker 1 once a good part is acknowledged: mid-stream, not before or after.
     common::wait_until(Duration::from_secs(60), "first acknowledgements", || {
         let n = acked.load(Ordering::Relaxed);
@@ -203,36 +211,7 @@ async fn a_live_consumer_skips_nothing_when_a_crash_loses_records_under_fsync_ne
     let producer = Arc::new(Producer::connect(cfg).await.unwrap());
     let acked = Arc::new(AtomicU64::new(0));
     let total = 8_000u64;
-    let send = {
-        let (producer, acked) = (producer.clone(), acked.clone());
-        tokio::spawn(async move {
-            let mut deliveries = Vec::new();
-            for i in 0..total {
-                let d = producer
-                    .send(
-                        &ShardSpec::All("N".into()),
-                        None,
-                        Bytes::from(format!("n{i}")),
-                    )
-                    .await
-                    .unwrap();
-                let acked = acked.clone();
-                deliveries.push(tokio::spawn(async move {
-                    let r = d.await;
-                    acked.fetch_add(1, Ordering::Relaxed);
-                    r.is_ok()
-                }));
-                if i % 4 == 0 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            let mut ok = 0u64;
-            for d in deliveries {
-                ok += u64::from(d.await.unwrap());
-            }
-            ok
-        })
-    };
+    let send = paced_send(producer.clone(), "N", "n", total, acked.clone());
     common::wait_until(Duration::from_secs(60), "first acknowledgements", || {
         let n = acked.load(Ordering::Relaxed);
         async move { n >= 2_500 }
@@ -240,7 +219,12 @@ async fn a_live_consumer_skips_nothing_when_a_crash_loses_records_under_fsync_ne
     .await;
     paused.store(true, Ordering::Release);
     common::kill9(broker1_pid);
-    let delivered = send.await.unwrap();
+    let delivered = send
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .count() as u64;
     assert_eq!(
         delivered, total,
         "records failed after the broker came back"
