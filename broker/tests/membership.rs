@@ -13,8 +13,8 @@ use common::*;
 use shardq_broker::cli::{run_until_stopped, BrokerArgs, Stopped};
 use shardq_broker::{start, FsyncPolicy, RemovedFromCluster};
 use shardq_protocol::{
-    serve, CancellationToken, ErrorKind, Request, Response, RoutingTable, ServerConfig, Service,
-    ServiceFuture, ShardAssignment, ShardId, ShardReport, TopicInfo,
+    CancellationToken, ErrorKind, Request, Response, RoutingTable, Service, ServiceFuture,
+    ShardAssignment, ShardId, ShardReport, TopicInfo,
 };
 
 #[derive(Default)]
@@ -85,15 +85,8 @@ async fn heartbeats_reconcile_assignments_and_requests_are_forwarded() {
         shard: shard.clone(),
         epoch: 5,
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let router_addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(serve(
-        listener,
-        router.clone(),
-        ServerConfig::default(),
-        stop.clone(),
-    ));
+    let (router_addr, server) = serve_fake(router.clone(), &stop).await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), FsyncPolicy::Never);
@@ -258,15 +251,8 @@ impl Service for TombstoningRouter {
 #[tokio::test]
 async fn a_broker_whose_id_was_removed_does_not_start_and_never_serves_its_old_data() {
     let router = Arc::new(TombstoningRouter::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let router_addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(serve(
-        listener,
-        router.clone(),
-        ServerConfig::default(),
-        stop.clone(),
-    ));
+    let (router_addr, server) = serve_fake(router.clone(), &stop).await;
 
     // Broker 1 holds a shard with data (as a force-removed broker's disk would).
     let dir = tempfile::tempdir().unwrap();

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use shardq_broker::{start, BrokerConfig, BrokerHandle, FsyncPolicy};
 use shardq_protocol::{
-    serve, BatchBuilder, BrokerAddr, CancellationToken, ClientError, Connection, ErrorKind,
-    MovePhase, MoveProgress, Offset, ProducerSeq, Record, Request, Response, ServerConfig, Service,
-    ServiceFuture, ShardId,
+    BatchBuilder, BrokerAddr, CancellationToken, ClientError, Connection, ErrorKind, MovePhase,
+    MoveProgress, Offset, ProducerSeq, Record, Request, Response, Service, ServiceFuture, ShardId,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -646,15 +645,8 @@ impl Service for RemovingRouter {
 #[tokio::test]
 async fn a_broker_removed_by_the_router_shuts_itself_down() {
     let router = Arc::new(RemovingRouter::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let router_addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(serve(
-        listener,
-        router.clone(),
-        ServerConfig::default(),
-        stop.clone(),
-    ));
+    let (router_addr, server) = serve_fake(router.clone(), &stop).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = broker_config(4, dir.path());
     cfg.router = Some(router_addr);

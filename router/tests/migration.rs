@@ -343,6 +343,35 @@ async fn a_router_restarted_mid_move_finishes_it() {
     router.shutdown().await;
 }
 
+/// Registers a fake broker 2 at `addr` with the router and heartbeats for it until `stop`.
+fn fake_broker_2_heartbeats(
+    raddr: &str,
+    addr: &str,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (stop, raddr, addr) = (stop.clone(), raddr.to_string(), addr.to_string());
+    tokio::spawn(async move {
+        let conn = client(&raddr).await;
+        let register = Request::RegisterBroker {
+            id: 2,
+            addr,
+            weight: 1,
+        };
+        ask(&conn, register).await.expect("registered");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            let beat = Request::Heartbeat {
+                id: 2,
+                report: BrokerReport::default(),
+            };
+            let _ = conn.request(beat).await;
+        }
+    })
+}
+
 /// What a fake destination answers to MoveStatus: a move stuck in `phase`, nothing copied.
 fn frozen_move(move_id: u64, phase: MovePhase, lag: u64) -> Response {
     Response::Move(MoveProgress {
@@ -432,29 +461,7 @@ async fn a_dead_destination_past_the_move_timeout_rolls_the_move_back() {
         ServerConfig::default(),
         stop.clone(),
     ));
-    let beats = {
-        let (stop, raddr, addr) = (stop.clone(), raddr.clone(), addr.clone());
-        tokio::spawn(async move {
-            let conn = client(&raddr).await;
-            let register = Request::RegisterBroker {
-                id: 2,
-                addr,
-                weight: 1,
-            };
-            ask(&conn, register).await.expect("registered");
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                }
-                let beat = Request::Heartbeat {
-                    id: 2,
-                    report: BrokerReport::default(),
-                };
-                let _ = conn.request(beat).await;
-            }
-        })
-    };
+    let beats = fake_broker_2_heartbeats(&raddr, &addr, &stop);
 
     let fenced = eventually("a move to reach the fence", || async {
         let s = status(&c).await;
@@ -611,29 +618,7 @@ async fn a_move_without_progress_past_the_move_timeout_rolls_back() {
         ServerConfig::default(),
         stop.clone(),
     ));
-    let beats = {
-        let (stop, raddr) = (stop.clone(), raddr.clone());
-        tokio::spawn(async move {
-            let conn = client(&raddr).await;
-            let register = Request::RegisterBroker {
-                id: 2,
-                addr,
-                weight: 1,
-            };
-            ask(&conn, register).await.expect("registered");
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                }
-                let beat = Request::Heartbeat {
-                    id: 2,
-                    report: BrokerReport::default(),
-                };
-                let _ = conn.request(beat).await;
-            }
-        })
-    };
+    let beats = fake_broker_2_heartbeats(&raddr, &addr, &stop);
 
     let rolled = eventually("a stuck move to be rolled back", || async {
         status(&c)

@@ -144,3 +144,20 @@ pub fn server_error(e: ClientError) -> shardq_protocol::ErrorKind {
         other => panic!("expected a server error, got {other}"),
     }
 }
+
+/// Serves a fake peer (a router, a source broker) on an ephemeral 127.0.0.1 port until `stop`:
+/// its address and the serving task.
+pub async fn serve_fake<S: shardq_protocol::Service>(
+    service: std::sync::Arc<S>,
+    stop: &shardq_protocol::CancellationToken,
+) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(shardq_protocol::serve(
+        listener,
+        service,
+        shardq_protocol::ServerConfig::default(),
+        stop.clone(),
+    ));
+    (addr, server)
+}
