@@ -31,6 +31,8 @@ start_cluster() {
         return 1
     fi
     ROUTER=$(sed -n 's/.*"router": *"\([^"]*\)".*/\1/p' "$dir/cluster.json")
+    # Every command below proves the cluster's secret, which `shardq up` wrote here.
+    export SHARDQ_TOKEN_FILE="$dir/cluster.token"
     echo "local cluster up: router $ROUTER, $brokers broker(s), data in $dir"
 }
 

@@ -5,12 +5,27 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Context, Result};
 use shardq_protocol::cluster::ClusterClient;
 use shardq_protocol::{
-    BrokerStatus, ClusterStatus, ConnectionConfig, MovePhase, Request, Response, TopicDescription,
+    BrokerStatus, ClusterStatus, ConnectionConfig, MovePhase, Request, Response, Secret,
+    TopicDescription,
 };
+
+/// The cluster secret admin commands prove, set once from `--token-file` before they run.
+static SECRET: std::sync::OnceLock<Option<Secret>> = std::sync::OnceLock::new();
+
+/// Sets the secret every admin connection of this process proves (the first call wins).
+pub fn use_secret(secret: Option<Secret>) {
+    let _ = SECRET.set(secret);
+}
+
+/// The secret set with [`use_secret`], for the other clients this process opens.
+pub fn secret() -> Option<Secret> {
+    SECRET.get().cloned().flatten()
+}
 
 pub async fn client(bootstrap: &str) -> Result<ClusterClient> {
     let cfg = ConnectionConfig {
         client_name: "shardq-cli".into(),
+        secret: SECRET.get().cloned().flatten(),
         ..ConnectionConfig::default()
     };
     ClusterClient::connect(bootstrap, cfg)

@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// Measure a running cluster at this router/broker address instead of starting one.
     #[arg(long)]
     pub cluster: Option<String>,
+    /// The running cluster's secret (with --cluster).
+    #[command(flatten)]
+    pub token: shardq_protocol::cli_args::TokenArgs,
     /// Broker durability policy for the local cluster: always | interval=MS | never.
     #[arg(long, default_value = "interval=100")]
     pub fsync: String,
@@ -90,14 +93,19 @@ struct LocalCluster {
 
 async fn start_local(brokers: u32, fsync: &str) -> Result<LocalCluster> {
     let dir = tempfile::tempdir().context("cannot create a temp dir")?;
+    // Measured as users run it: with a cluster secret, every connection authenticated.
+    let secret = shardq_protocol::Secret::generate();
+    crate::admin::use_secret(Some(secret.clone()));
     let mut rc = shardq_router::RouterConfig::new(dir.path().join("router"));
     rc.listen = "127.0.0.1:0".into();
+    rc.listener.secret = Some(secret.clone());
     let router = shardq_router::start(rc).await?;
     let mut handles = Vec::new();
     for id in 1..=brokers {
         let mut bc = shardq_broker::BrokerConfig::new(id, dir.path().join(format!("broker-{id}")));
         bc.listen = "127.0.0.1:0".into();
         bc.router = Some(router.addr().to_string());
+        bc.listener.secret = Some(secret.clone());
         bc.fsync = fsync
             .parse()
             .map_err(|e| anyhow::anyhow!("--fsync {fsync:?}: {e}"))?;
@@ -169,6 +177,7 @@ async fn start_consumers(
             .map(|p| ShardSpec::One(ShardId::new(&topic, p)))
             .collect();
         let mut cfg = ConsumerConfig::new(bootstrap, "bench", subs);
+        cfg.connection.secret = crate::admin::secret();
         cfg.from = StartFrom::Earliest;
         cfg.max_wait = Duration::from_millis(200);
         let (consumed, lat, last, ready) =
@@ -232,6 +241,7 @@ async fn throughput(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) ->
             per
         };
         let mut cfg = ProducerConfig::new(bootstrap);
+        cfg.connection.secret = crate::admin::secret();
         cfg.linger = Duration::from_millis(args.linger_ms);
         cfg.acks = Acks::Durable;
         let producer = Producer::connect(cfg).await?;
@@ -287,6 +297,7 @@ async fn latency(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) -> Re
         ..
     } = start_consumers(args, bootstrap, "l", total).await?;
     let mut cfg = ProducerConfig::new(bootstrap);
+    cfg.connection.secret = crate::admin::secret();
     cfg.linger = Duration::ZERO;
     let producer = Arc::new(Producer::connect(cfg).await?);
     let ack_lat = Arc::new(Mutex::new(hist()));
@@ -355,7 +366,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         m => bail!("--mode {m:?}: expected throughput, latency or all"),
     };
     let local = match &args.cluster {
-        Some(_) => None,
+        Some(_) => {
+            crate::admin::use_secret(args.token.secret()?);
+            None
+        }
         None => Some(start_local(args.brokers, &args.fsync).await?),
     };
     let bootstrap = match (&args.cluster, &local) {

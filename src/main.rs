@@ -23,6 +23,10 @@ struct Target {
     /// Router (or any broker) address, HOST or HOST:PORT (default port 7400).
     #[arg(long, short = 'b', default_value = "127.0.0.1:7400", global = true)]
     broker: String,
+    /// File holding the cluster secret (`shardq up` writes DATA/cluster.token; found without
+    /// this flag in ./shardq-data).
+    #[arg(long, env = shardq_protocol::auth::TOKEN_ENV, value_name = "PATH", global = true)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,6 +90,12 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Benchmark a local cluster: throughput and latency of produce and end-to-end.
     Bench(bench::BenchArgs),
+    /// The cluster secret: `shardq token create PATH` writes a new one (mode 0600) for clusters
+    /// not started with `shardq up` (which makes its own in DATA/cluster.token).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// Summarize `shardq bench --json` result files (one per configuration) as a table of medians.
     BenchReport {
         /// JSON-lines files written by `shardq bench --json`.
@@ -149,6 +159,12 @@ enum TopicCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Write a new random cluster secret to PATH (refuses to overwrite an existing file).
+    Create { path: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
 enum RingCmd {
     /// Balance and movement of ring placements over ranges of brokers, vnodes, hashes and modes.
     Analyze(AnalyzeArgs),
@@ -204,7 +220,31 @@ fn init_tracing(server: bool) {
         .init();
 }
 
+impl Cmd {
+    /// The cluster an admin command talks to.
+    fn target(&self) -> Option<&Target> {
+        match self {
+            Cmd::Topic { target, .. }
+            | Cmd::Status { target, .. }
+            | Cmd::Watch { target, .. }
+            | Cmd::Moves { target }
+            | Cmd::WaitBalanced { target, .. } => Some(target),
+            Cmd::Broker(BrokerCmd {
+                admin: Some(BrokerAdmin::List { target } | BrokerAdmin::Remove { target, .. }),
+                ..
+            }) => Some(target),
+            _ => None,
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(target) = cli.cmd.target() {
+        let token = shardq_protocol::cli_args::TokenArgs {
+            token_file: target.token_file.clone(),
+        };
+        admin::use_secret(token.secret()?);
+    }
     match cli.cmd {
         Cmd::Router(args) => shardq_router::cli::run(args).await?,
         Cmd::Broker(BrokerCmd { admin: Some(a), .. }) => match a {
@@ -314,10 +354,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Cmd::Token {
+            cmd: TokenCmd::Create { path },
+        } => {
+            shardq_protocol::Secret::write_new(&path)?;
+            println!(
+                "wrote a new cluster secret to {} (mode 0600); give it to the router, the \
+                 brokers and clients with --token-file or SHARDQ_TOKEN_FILE",
+                path.display()
+            );
+        }
         Cmd::Bench(args) => bench::run(args).await?,
         Cmd::BenchReport { files } => print!("{}", bench::report(&files)?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Servers hold a socket per connection: lift the soft limit on open files to the hard one, so
+/// `--max-connections` (not a default of 1,024 descriptors) is what bounds them.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("could not raise the open-file limit");
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -327,6 +395,9 @@ fn main() -> ExitCode {
         Cmd::Router(_) | Cmd::Up(_) | Cmd::Broker(BrokerCmd { run: Some(_), .. })
     );
     init_tracing(server);
+    if server {
+        raise_fd_limit();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

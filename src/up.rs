@@ -43,6 +43,40 @@ pub struct UpArgs {
     /// Extra arguments passed to the router.
     #[arg(long = "router-arg", allow_hyphen_values = true)]
     pub router_args: Vec<String>,
+    /// Let clients without the cluster secret produce, fetch and read metadata (control and
+    /// admin still need DATA/cluster.token).
+    #[arg(long)]
+    pub open_data_plane: bool,
+}
+
+/// The cluster secret of the cluster in `data`: `DATA/cluster.token`, created (mode 0600) on
+/// the first start. Returns its path and the secret.
+fn cluster_secret(data: &Path) -> Result<(PathBuf, shardq_protocol::Secret)> {
+    let path = data.join(shardq_protocol::auth::TOKEN_FILE_NAME);
+    let secret = if path.exists() {
+        shardq_protocol::Secret::load(&path)?
+    } else {
+        let s = shardq_protocol::Secret::write_new(&path)?;
+        info!(path = %path.display(), "created the cluster secret");
+        s
+    };
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
+    Ok((path, secret))
+}
+
+/// The flags every node of this cluster gets: its secret, and the data plane's openness.
+fn auth_args(args: &UpArgs) -> Vec<String> {
+    let mut v = vec![
+        "--token-file".to_string(),
+        args.data
+            .join(shardq_protocol::auth::TOKEN_FILE_NAME)
+            .display()
+            .to_string(),
+    ];
+    if args.open_data_plane {
+        v.push("--open-data-plane".into());
+    }
+    v
 }
 
 /// `DATA/cluster.json`: where everything listens, for scripts and tests.
@@ -174,6 +208,7 @@ async fn add_broker(args: &UpArgs, router: &str, id: u32, logs: &Path) -> Result
         "--fsync".into(),
         args.fsync.clone(),
     ];
+    bargs.extend(auth_args(args));
     bargs.extend(args.broker_args.iter().cloned());
     let name = format!("broker-{id}");
     let (child, addr) = spawn(&name, &bargs, logs).await?;
@@ -338,6 +373,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     let logs = args.data.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let (token_path, secret) = cluster_secret(&args.data)?;
+    crate::admin::use_secret(Some(secret));
     let mut router_args: Vec<String> = vec![
         "router".into(),
         "--listen".into(),
@@ -345,6 +382,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         "--data".into(),
         args.data.join("router").display().to_string(),
     ];
+    router_args.extend(auth_args(&args));
     router_args.extend(args.router_args.iter().cloned());
     let (child, router_addr) = spawn("router", &router_args, &logs).await?;
     pin_listen(&mut router_args, &router_addr);
@@ -393,6 +431,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         "cluster up: {} broker(s); logs in {}; Ctrl-C stops it",
         ids.len(),
         logs.display()
+    );
+    println!(
+        "cluster secret in {} (mode 0600): commands find it there when run from the directory \
+         that holds ./shardq-data; elsewhere: export SHARDQ_TOKEN_FILE={}",
+        token_path.display(),
+        token_path.display()
     );
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

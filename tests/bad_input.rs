@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use clap::Parser;
-use shardq_producer::{Producer, ProducerConfig};
+use shardq_producer::Producer;
 use shardq_protocol::{ErrorKind, Request, Response, ShardId, ShardSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,7 +25,9 @@ async fn bad_input_gets_clear_errors_and_produces_nothing() {
                 "2",
                 "--broker",
                 &cluster.addr(),
+                "--token-file",
             ])
+            .arg(cluster.endpoint().token)
             .output()
             .unwrap();
         assert!(!out.status.success(), "topic {bad:?} was accepted");
@@ -54,7 +56,7 @@ async fn bad_input_gets_clear_errors_and_produces_nothing() {
         matches!(err.kind(), Some(ErrorKind::UnknownTopic { topic }) if topic == "Nope"),
         "{err}"
     );
-    let producer = Producer::connect(ProducerConfig::new(cluster.addr()))
+    let producer = Producer::connect(cluster.endpoint().producer_config())
         .await
         .unwrap();
     let e = producer
@@ -100,8 +102,11 @@ async fn bad_input_gets_clear_errors_and_produces_nothing() {
     .unwrap();
     let dir = logs.path().display().to_string();
     let addr = cluster.addr();
+    let token = cluster.endpoint().token.display().to_string();
     let args = shardq_producer::cli::Args::try_parse_from([
         "runproduce",
+        "--token-file",
+        &token,
         "--id",
         "7",
         "--broker",

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shardq_consumer::{Consumer, ConsumerConfig};
-use shardq_producer::{Delivery, Producer, ProducerConfig, ProducerError};
+use shardq_consumer::Consumer;
+use shardq_producer::{Delivery, Producer, ProducerError};
 use shardq_protocol::{ShardId, ShardSpec};
 
 /// Sends `total` records `{prefix}{i}` to `topic:*` as a steady stream (about 2,000 records/s, not
@@ -66,10 +66,10 @@ async fn acknowledged_records_survive_sigkill_of_a_broker_at_the_default_policy(
 
 async fn acknowledged_records_survive_sigkill(broker_args: &[&str]) {
     let up = common::UpCluster::start(2, broker_args).await;
-    let router = up.router.clone();
+    let at = up.endpoint();
     let broker1_pid = up.broker_pid(1).expect("broker 1 running");
 
-    let admin = shardq::admin::client(&router).await.unwrap();
+    let admin = at.client().await;
     admin
         .admin(shardq_protocol::Request::CreateTopic {
             name: "K".into(),
@@ -78,7 +78,7 @@ async fn acknowledged_records_survive_sigkill(broker_args: &[&str]) {
         .await
         .unwrap();
 
-    let mut cfg = ProducerConfig::new(router.clone());
+    let mut cfg = at.producer_config();
     cfg.delivery_timeout = Duration::from_secs(60);
     let producer = Arc::new(Producer::connect(cfg).await.unwrap());
     let acked = Arc::new(AtomicU64::new(0));
@@ -114,13 +114,10 @@ async fn acknowledged_records_survive_sigkill(broker_args: &[&str]) {
         "broker 1 was not restarted"
     );
 
-    let mut consumer = Consumer::connect(ConsumerConfig::new(
-        router.clone(),
-        "check",
-        vec![ShardSpec::All("K".into())],
-    ))
-    .await
-    .unwrap();
+    let mut consumer =
+        Consumer::connect(at.consumer_config("check", vec![ShardSpec::All("K".into())]))
+            .await
+            .unwrap();
     let mut seen: HashMap<String, (ShardId, u64)> = HashMap::new();
     let mut per_shard: BTreeMap<ShardId, Vec<u64>> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -159,9 +156,9 @@ async fn acknowledged_records_survive_sigkill(broker_args: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_consumer_skips_nothing_when_a_crash_loses_records_under_fsync_never() {
     let up = common::UpCluster::start(2, &["--fsync", "never"]).await;
-    let router = up.router.clone();
+    let at = up.endpoint();
     let broker1_pid = up.broker_pid(1).expect("broker 1 running");
-    let admin = shardq::admin::client(&router).await.unwrap();
+    let admin = at.client().await;
     admin
         .admin(shardq_protocol::Request::CreateTopic {
             name: "N".into(),
@@ -177,14 +174,11 @@ async fn a_live_consumer_skips_nothing_when_a_crash_loses_records_under_fsync_ne
     let stop = shardq_protocol::CancellationToken::new();
     let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let live = {
-        let (router, stop, paused) = (router.clone(), stop.clone(), paused.clone());
-        let mut consumer = Consumer::connect(ConsumerConfig::new(
-            router,
-            "live",
-            vec![ShardSpec::All("N".into())],
-        ))
-        .await
-        .unwrap();
+        let (stop, paused) = (stop.clone(), paused.clone());
+        let mut consumer =
+            Consumer::connect(at.consumer_config("live", vec![ShardSpec::All("N".into())]))
+                .await
+                .unwrap();
         tokio::spawn(async move {
             let mut got: Vec<(ShardId, u64, String)> = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -206,7 +200,7 @@ async fn a_live_consumer_skips_nothing_when_a_crash_loses_records_under_fsync_ne
         })
     };
 
-    let mut cfg = ProducerConfig::new(router.clone());
+    let mut cfg = at.producer_config();
     cfg.delivery_timeout = Duration::from_secs(60);
     let producer = Arc::new(Producer::connect(cfg).await.unwrap());
     let acked = Arc::new(AtomicU64::new(0));
@@ -233,13 +227,10 @@ async fn a_live_consumer_skips_nothing_when_a_crash_loses_records_under_fsync_ne
     paused.store(false, Ordering::Release);
 
     // What the shards finally hold, read from the start by a fresh group.
-    let mut check = Consumer::connect(ConsumerConfig::new(
-        router.clone(),
-        "check",
-        vec![ShardSpec::All("N".into())],
-    ))
-    .await
-    .unwrap();
+    let mut check =
+        Consumer::connect(at.consumer_config("check", vec![ShardSpec::All("N".into())]))
+            .await
+            .unwrap();
     let mut ends: BTreeMap<ShardId, u64> = BTreeMap::new();
     for p in 1..=4 {
         let shard = ShardId::new("N", p);
@@ -276,7 +267,7 @@ async fn a_live_consumer_skips_nothing_when_a_crash_loses_records_under_fsync_ne
     );
 
     // The live consumer catches up with the ends (its committed offsets reach them), then stops.
-    let client = shardq::admin::client(&router).await.unwrap();
+    let client = at.client().await;
     common::wait_until(Duration::from_secs(60), "the live consumer caught up", || {
         let (client, ends) = (client.clone(), ends.clone());
         async move {

@@ -115,12 +115,12 @@ async fn join_join_leave_under_load_loses_nothing_and_moves_exactly_the_diff() {
         }
         std::fs::write(logs.path().join(format!("producer_{p}.txt")), text).unwrap();
     }
-    let (addr, dir) = (cluster.addr(), logs.path());
-    let c1 = common::spawn_consumer(&addr, dir, 1, &["M1:*", "M2:*"], 8);
-    let c2 = common::spawn_consumer(&addr, dir, 2, &["M2:*", "M1:P3"], 8);
+    let (at, dir) = (cluster.endpoint(), logs.path());
+    let c1 = common::spawn_consumer(&at, dir, 1, &["M1:*", "M2:*"], 8);
+    let c2 = common::spawn_consumer(&at, dir, 2, &["M2:*", "M1:P3"], 8);
     let extra = ["--rate", "500", "--timeout-secs", "60"];
     let producers: Vec<_> = (1..=2)
-        .map(|p| common::spawn_producer(&addr, dir, p, &["M1:*", "M2:*"], &extra))
+        .map(|p| common::spawn_producer(&at, dir, p, &["M1:*", "M2:*"], &extra))
         .collect();
     let consumed = logs.path().join("consumer_1.txt");
     common::wait_until(Duration::from_secs(30), "records flowing", || {
@@ -137,7 +137,8 @@ async fn join_join_leave_under_load_loses_nothing_and_moves_exactly_the_diff() {
         let mut bc =
             shardq_broker::BrokerConfig::new(id, cluster.dir.path().join(format!("broker-{id}")));
         bc.listen = "127.0.0.1:0".into();
-        bc.router = Some(addr.clone());
+        bc.router = Some(at.addr.clone());
+        bc.listener.secret = Some(cluster.secret.clone());
         cluster
             .brokers
             .push(shardq_broker::start(bc).await.unwrap());

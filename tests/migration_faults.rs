@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::UpCluster;
-use shardq_consumer::{Consumer, ConsumerConfig};
-use shardq_producer::{Producer, ProducerConfig};
+use shardq_consumer::Consumer;
+use shardq_producer::Producer;
 use shardq_protocol::cluster::ClusterClient;
 use shardq_protocol::{
-    ClusterStatus, Connection, ConnectionConfig, MovePhase, Request, Response, ShardId, ShardSpec,
+    ClusterStatus, Connection, MovePhase, Request, Response, ShardId, ShardSpec,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -43,9 +43,8 @@ const BIG_RECORDS: u64 = 12_000;
 async fn scenario(victim: Victim) {
     // Moves are throttled to 4 MB/s so a 3 MB shard takes long enough to be caught mid-copy.
     let up = UpCluster::start(2, &["--broker-arg=--move-max-mbps=4"]).await;
-    let client = ClusterClient::connect(&up.router, ConnectionConfig::default())
-        .await
-        .unwrap();
+    let at = up.endpoint();
+    let client = at.client().await;
     for (t, p) in [("Big", 4), ("F", 8)] {
         client
             .admin(Request::CreateTopic {
@@ -56,7 +55,7 @@ async fn scenario(victim: Victim) {
             .unwrap();
     }
     // Preload: ~12 MB over Big's 4 partitions.
-    let mut cfg = ProducerConfig::new(up.router.clone());
+    let mut cfg = at.producer_config();
     cfg.delivery_timeout = Duration::from_secs(60);
     let producer = Producer::connect(cfg).await.unwrap();
     let mut acks = Vec::new();
@@ -90,13 +89,13 @@ async fn scenario(victim: Victim) {
             .collect();
         std::fs::write(logs.path().join(format!("producer_{p}.txt")), text).unwrap();
     }
-    let (addr, dir) = (up.router.clone(), logs.path());
+    let dir = logs.path();
     let consumers = [
-        common::spawn_consumer(&addr, dir, 1, &["F:*"], 10),
-        common::spawn_consumer(&addr, dir, 2, &["F:P2", "F:P5"], 10),
+        common::spawn_consumer(&at, dir, 1, &["F:*"], 10),
+        common::spawn_consumer(&at, dir, 2, &["F:P2", "F:P5"], 10),
     ];
     let extra = ["--rate", "250", "--timeout-secs", "90"];
-    let producers = [1, 2].map(|p| common::spawn_producer(&addr, dir, p, &["F:*"], &extra));
+    let producers = [1, 2].map(|p| common::spawn_producer(&at, dir, p, &["F:*"], &extra));
 
     // Broker 3 joins; wait for a move of a Big shard to it to be copying, then kill the victim.
     let (id, _) = shardq::up::request_broker(up.dir.path()).await.unwrap();
@@ -178,9 +177,7 @@ async fn scenario(victim: Victim) {
     for (route, _) in &st.shards {
         let mut owners = Vec::new();
         for (id, baddr) in &brokers {
-            let conn = Connection::connect(baddr, ConnectionConfig::default())
-                .await
-                .unwrap();
+            let conn = Connection::connect(baddr, at.connection()).await.unwrap();
             let r = conn
                 .request(Request::ListOffsets {
                     shard: route.shard.clone(),
@@ -212,13 +209,10 @@ async fn scenario(victim: Victim) {
     assert_eq!(report.produced, 5000);
 
     // The preloaded data is all there, once, at dense offsets.
-    let mut consumer = Consumer::connect(ConsumerConfig::new(
-        up.router.clone(),
-        "check",
-        vec![ShardSpec::All("Big".into())],
-    ))
-    .await
-    .unwrap();
+    let mut consumer =
+        Consumer::connect(at.consumer_config("check", vec![ShardSpec::All("Big".into())]))
+            .await
+            .unwrap();
     let mut seen = vec![false; BIG_RECORDS as usize];
     let mut next: std::collections::BTreeMap<ShardId, u64> = Default::default();
     let mut n = 0;

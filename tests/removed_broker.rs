@@ -73,9 +73,12 @@ async fn up_does_not_restart_a_removed_broker_nor_reuse_its_id() {
         .as_str()
         .unwrap()
         .to_string();
-    let client = ClusterClient::connect(&router, ConnectionConfig::default())
-        .await
-        .unwrap();
+    let secret = shardq_protocol::Secret::load(&dir.path().join("cluster.token")).unwrap();
+    let config = ConnectionConfig {
+        secret: Some(secret),
+        ..ConnectionConfig::default()
+    };
+    let client = ClusterClient::connect(&router, config).await.unwrap();
     wait_until(Duration::from_secs(20), "3 members", || {
         let client = client.clone();
         async move { members(&client).await.len() == 3 }

@@ -13,11 +13,11 @@ async fn two_producers_two_consumers_pass_the_verifier() {
     for p in ["producer_1.txt", "producer_2.txt"] {
         std::fs::copy(format!("{root}/scripts/logs/{p}"), logs.path().join(p)).unwrap();
     }
-    let (addr, dir) = (cluster.addr(), logs.path());
-    let c1 = common::spawn_consumer(&addr, dir, 1, &["T1:P1", "T2:P1", "T1:P2", "T2:P2"], 3);
-    let c2 = common::spawn_consumer(&addr, dir, 2, &["T1:*", "T2:*"], 3);
-    let p1 = common::spawn_producer(&addr, dir, 1, &["T1:P1", "T2:P1", "T1:P2", "T2:P2"], &[]);
-    let p2 = common::spawn_producer(&addr, dir, 2, &["T1:*", "T2:*"], &[]);
+    let (at, dir) = (cluster.endpoint(), logs.path());
+    let c1 = common::spawn_consumer(&at, dir, 1, &["T1:P1", "T2:P1", "T1:P2", "T2:P2"], 3);
+    let c2 = common::spawn_consumer(&at, dir, 2, &["T1:*", "T2:*"], 3);
+    let p1 = common::spawn_producer(&at, dir, 1, &["T1:P1", "T2:P1", "T1:P2", "T2:P2"], &[]);
+    let p2 = common::spawn_producer(&at, dir, 2, &["T1:*", "T2:*"], &[]);
     for p in [p1, p2] {
         let summary = p.await.unwrap().expect("producer runs");
         assert!(summary.ok(), "{summary}");

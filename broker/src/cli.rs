@@ -13,6 +13,8 @@ use shardq_protocol::{
 };
 use tracing::{error, info};
 
+use shardq_protocol::cli_args::ListenerArgs;
+
 use crate::config::{BrokerConfig, FsyncPolicy, DEFAULT_MAX_RECORD_BYTES};
 use crate::{RemovedFromCluster, EXIT_REMOVED};
 
@@ -20,7 +22,9 @@ use crate::{RemovedFromCluster, EXIT_REMOVED};
 #[derive(clap::Args, Debug, Clone)]
 pub struct BrokerArgs {
     /// This broker's id, unique in the cluster; a restarted broker keeps its id (and its shards).
-    #[arg(long)]
+    // Named in the struct's own group: clap leaves the group of a struct with a flattened part
+    // empty, and `Option<BrokerArgs>` (in `shardq broker`) is Some only when the group is present.
+    #[arg(long, group = "BrokerArgs")]
     pub id: BrokerId,
 
     /// Address to listen on, HOST:PORT (port 0 picks a free one).
@@ -65,16 +69,19 @@ pub struct BrokerArgs {
     /// and disk for producers and consumers while shards migrate.
     #[arg(long, default_value_t = 0.0)]
     pub move_max_mbps: f64,
+
+    #[command(flatten)]
+    pub listener: ListenerArgs,
 }
 
 impl BrokerArgs {
-    /// The configuration these options describe.
-    pub fn config(&self) -> BrokerConfig {
+    /// The configuration these options describe (reading the token file).
+    pub fn config(&self) -> anyhow::Result<BrokerConfig> {
         let router = match self.router.trim() {
             "" | "none" => None,
             r => Some(with_default_port(r, DEFAULT_ROUTER_PORT)),
         };
-        BrokerConfig {
+        Ok(BrokerConfig {
             id: self.id,
             listen: self.listen.clone(),
             advertise: self.advertise.clone(),
@@ -87,7 +94,8 @@ impl BrokerArgs {
             max_record_bytes: self.max_record_bytes,
             move_rate_limit: (self.move_max_mbps > 0.0)
                 .then(|| (self.move_max_mbps * 1e6).max(1.0) as u64),
-        }
+            listener: self.listener.listener().map_err(anyhow::Error::msg)?,
+        })
     }
 }
 
@@ -130,7 +138,7 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
 
 /// [`run`] without exiting the process.
 pub async fn run_until_stopped(args: BrokerArgs) -> anyhow::Result<Stopped> {
-    let config = args.config();
+    let config = args.config()?;
     let id = config.id;
     let handle = match crate::start(config).await {
         Ok(h) => h,
@@ -194,18 +202,28 @@ mod tests {
             "localhost",
             "--fsync",
             "always",
+            "--insecure-no-auth",
         ])
         .unwrap();
-        let cfg = cmd.run.unwrap().config();
+        let cfg = cmd.run.unwrap().config().unwrap();
         assert_eq!(cfg.id, 3);
         assert_eq!(cfg.router.as_deref(), Some("localhost:7400"));
         assert_eq!(cfg.fsync, FsyncPolicy::Always);
         assert_eq!(cfg.listen, "127.0.0.1:7401");
         assert_eq!(cfg.heartbeat, Duration::from_millis(500));
 
-        let cmd = Cmd::try_parse_from(["broker", "--id", "1", "--data", "d", "--router", "none"])
-            .unwrap();
-        assert_eq!(cmd.run.unwrap().config().router, None);
+        let cmd = Cmd::try_parse_from([
+            "broker",
+            "--id",
+            "1",
+            "--data",
+            "d",
+            "--router",
+            "none",
+            "--insecure-no-auth",
+        ])
+        .unwrap();
+        assert_eq!(cmd.run.unwrap().config().unwrap().router, None);
 
         let cmd = Cmd::try_parse_from(["broker", "list"]).unwrap();
         assert!(matches!(cmd.admin, Some(Admin::List)));

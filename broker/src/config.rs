@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use shardq_protocol::cli_args::Listener;
 use shardq_protocol::{BrokerId, DEFAULT_MAX_FRAME};
 
 /// When appended data is flushed to disk, and so what an acknowledgement promises.
@@ -95,6 +96,9 @@ pub struct BrokerConfig {
     pub max_record_bytes: usize,
     /// Bytes per second one incoming shard move may copy (None: unthrottled).
     pub move_rate_limit: Option<u64>,
+    /// The cluster secret, the open data plane and the connection limits of the listener; the
+    /// secret is also what this broker proves to the router and to other brokers.
+    pub listener: Listener,
 }
 
 impl BrokerConfig {
@@ -112,6 +116,7 @@ impl BrokerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             move_rate_limit: None,
+            listener: Listener::default(),
         }
     }
 }

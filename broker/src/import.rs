@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use shardq_protocol::codec::{decode, encode};
 use shardq_protocol::{
     BrokerAddr, CancellationToken, ClientError, Connection, ConnectionConfig, Epoch, ErrorKind,
-    MovePhase, MoveProgress, Offset, Request, Response, ShardId, StoredBatch,
+    MovePhase, MoveProgress, Offset, Request, Response, Secret, ShardId, StoredBatch,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -311,6 +311,8 @@ pub struct ImportCtx {
     pub broker_id: u32,
     /// Bytes per second this import may copy (None: unthrottled).
     pub rate_limit: Option<u64>,
+    /// Proven to the source broker (an export needs it).
+    pub secret: Option<Secret>,
 }
 
 /// Starts `job`'s copy task, once the tasks of `superseded` moves of the same shard have ended
@@ -509,6 +511,7 @@ async fn copy(job: &Arc<Job>, ctx: &ImportCtx, tx: &mpsc::Sender<WriterMsg>) -> 
         client_name: format!("broker-{}-import", ctx.broker_id),
         connect_timeout: Duration::from_secs(2),
         request_timeout: SOURCE_TIMEOUT,
+        secret: ctx.secret.clone(),
         ..ConnectionConfig::default()
     };
     let conn = tokio::select! {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use shardq_protocol::batch::RECORD_OVERHEAD;
-use shardq_protocol::{serve, BrokerId, CancellationToken, ErrorKind, ServerConfig};
+use shardq_protocol::{serve, BrokerId, CancellationToken, ErrorKind};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -227,6 +227,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             r.clone(),
             format!("broker-{}", config.id),
             config.max_frame,
+            config.listener.secret.clone(),
         ))
     });
     let durability = Durability::new(config.fsync, db.clone(), wal);
@@ -242,7 +243,10 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             config.max_frame,
             shutdown.clone(),
         )
-        .map(|b| b.with_move_rate_limit(config.move_rate_limit))
+        .map(|b| {
+            b.with_move_rate_limit(config.move_rate_limit)
+                .with_secret(config.listener.secret.clone())
+        })
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot load the shards in {}: {e}",
@@ -280,10 +284,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     }
 
     let mut tasks = Vec::new();
-    let server_config = ServerConfig {
-        max_frame: config.max_frame,
-        ..ServerConfig::default()
-    };
+    let server_config = config.listener.server_config(config.max_frame);
     tasks.push(tokio::spawn({
         let (broker, token) = (broker.clone(), shutdown.clone());
         async move {

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardq_protocol::{ClientError, Connection, ConnectionConfig, ErrorKind, Request, Response};
+use shardq_protocol::{
+    ClientError, Connection, ConnectionConfig, ErrorKind, Request, Response, Secret,
+};
 use tokio::sync::Mutex;
 use tracing::debug;
 
@@ -17,13 +19,19 @@ pub struct RouterLink {
 }
 
 impl RouterLink {
-    pub fn new(addr: String, client_name: String, max_frame: usize) -> Self {
+    pub fn new(
+        addr: String,
+        client_name: String,
+        max_frame: usize,
+        secret: Option<Secret>,
+    ) -> Self {
         RouterLink {
             addr,
             config: ConnectionConfig {
                 max_frame,
                 client_name,
                 connect_timeout: Duration::from_secs(2),
+                secret,
                 ..ConnectionConfig::default()
             },
             conn: Mutex::new(None),

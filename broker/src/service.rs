@@ -13,8 +13,8 @@ use std::time::Duration;
 use shardq_protocol::batch::RECORD_OVERHEAD;
 use shardq_protocol::{
     Acks, BrokerAddr, BrokerId, BrokerReport, CancellationToken, Epoch, ErrorKind, FetchRequest,
-    MovePhase, MoveProgress, Offset, ProduceRequest, Request, Response, Service, ServiceFuture,
-    ShardAssignment, ShardId, ShardReport, ShardState,
+    MovePhase, MoveProgress, Offset, ProduceRequest, Request, Response, Secret, Service,
+    ServiceFuture, ShardAssignment, ShardId, ShardReport, ShardState,
 };
 use tracing::{info, warn};
 
@@ -53,6 +53,7 @@ pub struct Broker {
     move_rate_limit: Option<u64>,
     /// New at every start of the process; sent with every fetch answer (see `stable_end`).
     incarnation: u64,
+    secret: Option<Secret>,
 }
 
 fn ready_result(r: Result<Response, ErrorKind>) -> ServiceFuture {
@@ -116,7 +117,14 @@ impl Broker {
             shutdown,
             move_rate_limit: None,
             incarnation: new_incarnation(),
+            secret: None,
         })
+    }
+
+    /// The cluster secret this broker proves to the brokers it imports shards from.
+    pub(crate) fn with_secret(mut self, secret: Option<Secret>) -> Self {
+        self.secret = secret;
+        self
     }
 
     /// Throttles imports so a migration leaves bandwidth and disk for clients.
@@ -528,6 +536,7 @@ impl Broker {
             max_frame: self.max_frame,
             broker_id: self.id,
             rate_limit: self.move_rate_limit,
+            secret: self.secret.clone(),
         };
         import::spawn(job, ctx, superseded);
         Ok(Response::Ok)
@@ -832,9 +841,12 @@ impl Service for Broker {
             ),
             Request::FenceShard { shard, move_id } => self.fence(&shard, move_id),
             Request::UnfenceShard { shard, move_id } => ready_result(self.unfence(&shard, move_id)),
-            Request::Handshake { .. } => ready_result(Err(ErrorKind::BadRequest {
-                reason: "handshake is only valid as the first frame".into(),
-            })),
+            Request::Handshake { .. } | Request::Authenticate { .. } => {
+                ready_result(Err(ErrorKind::BadRequest {
+                    reason: "handshake and authentication are only valid when a connection opens"
+                        .into(),
+                }))
+            }
             Request::ImportShard {
                 move_id,
                 shard,

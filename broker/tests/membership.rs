@@ -303,6 +303,10 @@ async fn a_broker_whose_id_was_removed_does_not_start_and_never_serves_its_old_d
         max_frame_bytes: shardq_protocol::DEFAULT_MAX_FRAME,
         max_record_bytes: shardq_broker::DEFAULT_MAX_RECORD_BYTES,
         move_max_mbps: 0.0,
+        listener: shardq_protocol::cli_args::ListenerArgs {
+            insecure_no_auth: true,
+            ..Default::default()
+        },
     };
     assert_eq!(run_until_stopped(args).await.unwrap(), Stopped::Removed);
     assert_ne!(shardq_broker::EXIT_REMOVED, 0);

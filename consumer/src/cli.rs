@@ -3,6 +3,7 @@
 //! before the offsets are committed, so a record committed is a record written. The binary is a
 //! thin `main` over [`run`], so tests drive the same code in-process.
 
+use shardq_protocol::cli_args::TokenArgs;
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{BufWriter, Write};
@@ -32,6 +33,8 @@ Exit status: 0 when it stopped that way, 1 on an error, 130 on a second Ctrl-C.
 RUST_LOG sets the log level (default warn)."
 )]
 pub struct Args {
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// Consumer id N: writes DIR/consumer_N.txt; the group is consumer-N unless --group says
     /// otherwise.
     #[arg(long)]
@@ -106,11 +109,12 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
     let file = open_output(&path, args.id)?;
     let mut out = BufWriter::with_capacity(256 * 1024, file);
 
-    let config = ConsumerConfig {
+    let mut config = ConsumerConfig {
         from: args.from,
         max_wait: Duration::from_millis(args.max_wait_ms.max(1)),
         ..ConsumerConfig::new(args.broker.clone(), args.group(), args.topics.clone())
     };
+    config.connection.secret = args.token.secret()?;
     let mut consumer = tokio::select! {
         c = Consumer::connect(config) => c.with_context(|| format!("cannot start a consumer against {}", args.broker))?,
         _ = stop.cancelled() => return Ok(Summary { records: 0, elapsed: Duration::ZERO, errors: 0, stopped: true }),

@@ -2,6 +2,7 @@
 //! reports what was acknowledged. The binary is a thin `main` over [`run`], so tests drive the
 //! same code in-process.
 
+use shardq_protocol::cli_args::TokenArgs;
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{BufWriter, Write};
@@ -54,6 +55,8 @@ sent; 1 on any other error or failed record.
 RUST_LOG sets the log level (default warn)."
 )]
 pub struct Args {
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// Producer id N: reads DIR/producer_N.txt (and writes DIR/producer_N.acked with --ack-log).
     #[arg(long)]
     pub id: u32,
@@ -267,7 +270,7 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
     };
 
     let delivery_timeout = Duration::from_secs(args.timeout_secs.max(1));
-    let config = ProducerConfig {
+    let mut config = ProducerConfig {
         linger: Duration::from_millis(args.linger_ms),
         max_batch_bytes: args.batch_bytes.max(1),
         delivery_timeout,
@@ -275,6 +278,7 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
         partitioner: args.partitioner.clone(),
         ..ProducerConfig::new(args.broker.clone())
     };
+    config.connection.secret = args.token.secret()?;
     let connected = tokio::select! {
         p = Producer::connect(config) => p,
         _ = stop.cancelled() => bail!("interrupted before connecting; nothing was sent"),

@@ -418,10 +418,6 @@ mod tests {
 
         fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
             let res = match request {
-                Request::Handshake { version, .. } => Ok(Response::Handshake {
-                    version,
-                    server: "fake".into(),
-                }),
                 Request::Metadata { .. } => {
                     self.metadata_calls.fetch_add(1, Ordering::SeqCst);
                     let owner = self.owner.clone().unwrap_or_else(|| self.addr.clone());

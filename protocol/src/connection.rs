@@ -16,9 +16,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Encoder, FramedRead};
 
+use crate::auth::{random_bytes, Secret, NONCE_LEN};
 use crate::codec::{FrameCodec, DEFAULT_MAX_FRAME};
 use crate::error::{ClientError, ErrorKind};
-use crate::message::{Request, RequestEnvelope, Response, ResponseEnvelope};
+use crate::message::{OpenTo, Request, RequestEnvelope, Response, ResponseEnvelope};
 use crate::PROTOCOL_VERSION;
 
 #[derive(Clone, Debug)]
@@ -31,6 +32,9 @@ pub struct ConnectionConfig {
     pub connect_timeout: Duration,
     /// Sent in the handshake, for the server's logs.
     pub client_name: String,
+    /// The cluster secret: proven in the handshake, and required of the server in turn. None:
+    /// the connection may use only what the server leaves open.
+    pub secret: Option<Secret>,
 }
 
 impl Default for ConnectionConfig {
@@ -41,6 +45,7 @@ impl Default for ConnectionConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             client_name: "shardq-client".into(),
+            secret: None,
         }
     }
 }
@@ -80,6 +85,10 @@ pub struct Connection {
     shared: Arc<Shared>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+    /// What the server leaves open to connections that did not prove the secret.
+    open: OpenTo,
+    /// This connection proved the cluster secret.
+    authenticated: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -129,21 +138,70 @@ impl Connection {
             shared,
             reader,
             writer,
+            open: OpenTo::Nothing,
+            authenticated: false,
         };
+        let hs_timeout = conn.config.connect_timeout;
+        let client_nonce = random_bytes::<NONCE_LEN>().to_vec();
         let hello = Request::Handshake {
             version: PROTOCOL_VERSION,
             client: conn.config.client_name.clone(),
+            nonce: client_nonce.clone(),
+            authenticate: conn.config.secret.is_some(),
         };
-        match conn
-            .request_with_timeout(hello, conn.config.connect_timeout)
-            .await?
-        {
-            Response::Handshake { server, .. } => conn.server = server,
+        let protocol_err = |reason: String| ClientError::Protocol {
+            addr: addr.to_string(),
+            reason,
+        };
+        let (server_nonce, proof) = match conn.request_with_timeout(hello, hs_timeout).await? {
+            Response::Handshake {
+                server,
+                nonce,
+                proof,
+                open,
+                ..
+            } => {
+                conn.server = server;
+                conn.open = open;
+                (nonce, proof)
+            }
             other => {
-                return Err(ClientError::Protocol {
-                    addr: addr.to_string(),
-                    reason: format!("expected a handshake answer, got {}", other.name()),
-                })
+                return Err(protocol_err(format!(
+                    "expected a handshake answer, got {}",
+                    other.name()
+                )))
+            }
+        };
+        if let Some(secret) = conn.config.secret.clone() {
+            // Mutual: a node that cannot prove the secret is not part of this cluster, whatever
+            // it says, so nothing is sent to it (nor taken from it).
+            match proof {
+                None => {
+                    return Err(protocol_err(format!(
+                        "{} runs without a cluster secret, but this client holds one; refusing                          a node that cannot prove it",
+                        conn.server
+                    )))
+                }
+                Some(p) if !secret.verify_server(&client_nonce, &server_nonce, &p) => {
+                    return Err(protocol_err(format!(
+                        "{} holds another cluster secret than this client's token file",
+                        conn.server
+                    )))
+                }
+                Some(_) => {}
+            }
+            let proof = secret.client_proof(&client_nonce, &server_nonce);
+            match conn
+                .request_with_timeout(Request::Authenticate { proof }, hs_timeout)
+                .await?
+            {
+                Response::Authenticated => conn.authenticated = true,
+                other => {
+                    return Err(protocol_err(format!(
+                        "expected an authentication answer, got {}",
+                        other.name()
+                    )))
+                }
             }
         }
         Ok(conn)
@@ -160,6 +218,16 @@ impl Connection {
 
     pub fn config(&self) -> &ConnectionConfig {
         &self.config
+    }
+
+    /// Whether this connection proved the cluster secret.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// What the server lets connections without the secret do.
+    pub fn server_open_to(&self) -> OpenTo {
+        self.open
     }
 
     pub fn is_closed(&self) -> bool {
@@ -253,7 +321,7 @@ async fn write_loop(
     mut codec: FrameCodec<()>,
     shared: Arc<Shared>,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::new();
     while let Some(env) = rx.recv().await {
         let mut next = Some(env);
         // Coalesce whatever is queued into one write.

@@ -69,6 +69,16 @@ pub enum ErrorKind {
          the shards it holds (they are re-created empty on other brokers)"
     )]
     BrokerDown { id: u32, shards: u32 },
+    /// The request needs a connection that proved the cluster secret.
+    #[error("unauthorized: {request} {reason}")]
+    Unauthorized { request: String, reason: String },
+    /// The node holds as many connections as it may; authenticated peers still have a reserve.
+    #[error("{node} refused the connection: it holds its limit of {limit} connections{}", if *reserved > 0 { format!(" ({reserved} more are kept for peers that hold the cluster secret)") } else { String::new() })]
+    TooManyConnections {
+        node: String,
+        limit: u32,
+        reserved: u32,
+    },
 }
 
 impl ErrorKind {
@@ -81,6 +91,7 @@ impl ErrorKind {
                 | ErrorKind::Unavailable { .. }
                 | ErrorKind::Timeout { .. }
                 | ErrorKind::ShuttingDown
+                | ErrorKind::TooManyConnections { .. }
         )
     }
 }

@@ -5,7 +5,10 @@
 //! Everything that crosses a socket is defined here, so the broker, router and clients can only
 //! disagree about behaviour, never about bytes.
 
+pub mod auth;
 pub mod batch;
+#[cfg(feature = "cli")]
+pub mod cli_args;
 pub mod cluster;
 pub mod codec;
 pub mod connection;
@@ -14,6 +17,7 @@ pub mod message;
 pub mod server;
 pub mod types;
 
+pub use auth::Secret;
 pub use batch::{BatchBuilder, Record, RecordBatch, StoredBatch};
 pub use cluster::ClusterClient;
 pub use codec::{FrameCodec, DEFAULT_MAX_FRAME};
@@ -25,7 +29,7 @@ pub use tokio_util::sync::CancellationToken;
 pub use types::*;
 
 /// Bumped on any incompatible change to the messages below; the handshake refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Default TCP port of the router (the address clients pass as `--broker HOST`).
 pub const DEFAULT_ROUTER_PORT: u16 = 7400;

@@ -230,6 +230,16 @@ pub enum Request {
     Handshake {
         version: u32,
         client: String,
+        /// A fresh random nonce ([`crate::auth::NONCE_LEN`] bytes) the server's proof covers.
+        nonce: Vec<u8>,
+        /// The client holds the cluster secret and sends `Authenticate` next. Such a client may
+        /// take a connection slot kept for authenticated peers, and must then prove it.
+        authenticate: bool,
+    },
+    /// Second frame, from a client holding the cluster secret: its proof over both nonces.
+    /// A client without the secret skips it and may use only what the server leaves open.
+    Authenticate {
+        proof: Vec<u8>,
     },
 
     // ---- data plane (broker; proxied by the router) ----
@@ -339,6 +349,7 @@ impl Request {
     pub fn name(&self) -> &'static str {
         match self {
             Request::Handshake { .. } => "handshake",
+            Request::Authenticate { .. } => "authenticate",
             Request::Produce(_) => "produce",
             Request::Fetch(_) => "fetch",
             Request::CommitOffset { .. } => "commit-offset",
@@ -365,6 +376,39 @@ impl Request {
         }
     }
 
+    /// Who may send this request. The server checks it before the request reaches a handler.
+    pub fn access(&self) -> Access {
+        match self {
+            Request::Handshake { .. } | Request::Authenticate { .. } => Access::Handshake,
+            Request::Produce(_)
+            | Request::Fetch(_)
+            | Request::CommitOffset { .. }
+            | Request::FetchOffset { .. }
+            | Request::ListOffsets { .. }
+            | Request::Metadata { .. }
+            | Request::ListTopics
+            | Request::DescribeTopic { .. }
+            | Request::ListBrokers
+            | Request::Status => Access::Data,
+            // Everything that changes membership, placement or topics, moves or deletes data, or
+            // hands a shard's contents to the asker. Listed in full, so that a new request is
+            // a compile error here instead of silently open.
+            Request::CreateTopic { .. }
+            | Request::RemoveBroker { .. }
+            | Request::RegisterBroker { .. }
+            | Request::Heartbeat { .. }
+            | Request::LeaveBroker { .. }
+            | Request::AssignShards { .. }
+            | Request::ImportShard { .. }
+            | Request::DropShard { .. }
+            | Request::MoveStatus { .. }
+            | Request::ExportShard { .. }
+            | Request::ExportMeta { .. }
+            | Request::FenceShard { .. }
+            | Request::UnfenceShard { .. } => Access::Control,
+        }
+    }
+
     /// The shard this request addresses, if any (for routing and proxying).
     pub fn shard(&self) -> Option<&ShardId> {
         match self {
@@ -378,12 +422,44 @@ impl Request {
     }
 }
 
+/// What a server lets connections that did not prove the cluster secret do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpenTo {
+    /// The server has no secret: every request is allowed.
+    Everything,
+    /// `--open-data-plane`: data-plane requests only.
+    DataPlane,
+    /// Nothing but the handshake.
+    Nothing,
+}
+
+/// Which peers may send a request (see [`Request::access`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Opening a connection: anyone.
+    Handshake,
+    /// Produce, fetch, offsets, metadata and read-only views: peers that proved the cluster
+    /// secret, or anyone where the node runs with an open data plane.
+    Data,
+    /// Control, admin and transfer: only peers that proved the cluster secret.
+    Control,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     Handshake {
         version: u32,
         server: String,
+        /// The server's nonce, which the client's proof must cover.
+        nonce: Vec<u8>,
+        /// The server's proof over both nonces, when it holds a cluster secret (clients that
+        /// hold one refuse a server that cannot prove it).
+        proof: Option<Vec<u8>>,
+        /// What this server lets an unauthenticated connection do.
+        open: OpenTo,
     },
+    /// The client's proof checked out: every request is allowed on this connection.
+    Authenticated,
     /// The batch holds offsets `base_offset .. base_offset + count`. `duplicate` is true when
     /// this was a retry of a batch already appended (nothing was appended this time).
     Produced {
@@ -452,6 +528,7 @@ impl Response {
     pub fn name(&self) -> &'static str {
         match self {
             Response::Handshake { .. } => "handshake",
+            Response::Authenticated => "authenticated",
             Response::Produced { .. } => "produced",
             Response::Fetched { .. } => "fetched",
             Response::Committed => "committed",

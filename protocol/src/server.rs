@@ -1,6 +1,9 @@
-//! The request server every shardq node runs: an accept loop bounded by a semaphore, one task per
-//! connection, a versioned handshake, pipelined requests whose responses go back as they complete,
-//! and a shutdown token. A garbage or oversize frame closes only the connection that sent it.
+//! The request server every shardq node runs: an accept loop, one task per connection, a versioned
+//! handshake with the cluster secret's challenge-response, pipelined requests whose responses go
+//! back as they complete, and a shutdown token. A garbage or oversize frame closes only the
+//! connection that sent it; so does a frame that stalls, an idle connection, or a peer that stops
+//! reading. Connection slots are capped, with a reserve only authenticated peers may use, and
+//! every request is checked against what the connection proved before a handler sees it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,17 +15,19 @@ use std::panic::AssertUnwindSafe;
 
 use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::auth::{random_bytes, Secret, NONCE_LEN};
 use crate::codec::{FrameCodec, DEFAULT_MAX_FRAME};
 use crate::error::ErrorKind;
-use crate::message::{Request, RequestEnvelope, Response, ResponseEnvelope};
+use crate::message::{Access, OpenTo, Request, RequestEnvelope, Response, ResponseEnvelope};
 use crate::PROTOCOL_VERSION;
 
 pub type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response, ErrorKind>> + Send>>;
@@ -41,19 +46,106 @@ pub trait Service: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub max_frame: usize,
+    /// Connections held at once (after their handshake). Past `max_connections -
+    /// reserved_connections`, only peers that prove the cluster secret are let in; past
+    /// `max_connections`, nobody: the newcomer gets a typed `TooManyConnections` answer.
     pub max_connections: usize,
+    /// Slots only authenticated peers (brokers, admin commands, clients holding the token) may
+    /// take, so a flood of other clients never locks out `status` or heartbeats.
+    pub reserved_connections: usize,
+    /// Connections still in their handshake at once; past it new connections are closed at once
+    /// (instead of waiting unseen in the kernel's backlog).
+    pub max_pending_handshakes: usize,
     /// Requests one connection may have in flight; past it the server stops reading that
     /// connection until answers go out (backpressure instead of unbounded memory).
     pub max_in_flight: usize,
+    /// A connection with nothing in flight and nothing arriving for this long is closed.
+    pub idle_timeout: Duration,
+    /// A frame (the handshake included) must arrive whole within this long of its first byte,
+    /// and an answer must be taken by the peer within as long; otherwise the connection is closed.
+    pub frame_timeout: Duration,
+    /// The cluster secret. None: no authentication, every request is allowed.
+    pub secret: Option<Secret>,
+    /// With a secret: let unauthenticated connections use the data plane (produce, fetch,
+    /// offsets, metadata and read-only views). Control, admin and transfer always need the secret.
+    pub open_data_plane: bool,
 }
+
+/// Default of [`ServerConfig::idle_timeout`] (as Kafka's `connections.max.idle.ms`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default of [`ServerConfig::frame_timeout`].
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`ServerConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default of [`ServerConfig::reserved_connections`].
+pub const DEFAULT_RESERVED_CONNECTIONS: usize = 256;
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
-            max_connections: 4096,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            reserved_connections: DEFAULT_RESERVED_CONNECTIONS,
+            max_pending_handshakes: 1024,
             max_in_flight: 4096,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            secret: None,
+            open_data_plane: false,
         }
+    }
+}
+
+impl ServerConfig {
+    /// What an unauthenticated connection may do here.
+    pub fn open_to(&self) -> OpenTo {
+        match (&self.secret, self.open_data_plane) {
+            (None, _) => OpenTo::Everything,
+            (Some(_), true) => OpenTo::DataPlane,
+            (Some(_), false) => OpenTo::Nothing,
+        }
+    }
+}
+
+/// Connection slots: at most `max` held, of which at most `max - reserved` by connections that
+/// did not prove the secret, so `reserved` slots always remain for those that did.
+struct Slots {
+    /// (all held, held without the secret)
+    held: std::sync::Mutex<(usize, usize)>,
+    max: usize,
+    reserved: usize,
+}
+
+/// A held slot; dropping it frees the slot.
+struct Slot {
+    slots: Arc<Slots>,
+    authenticated: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().expect("poisoned");
+        held.0 -= 1;
+        if !self.authenticated {
+            held.1 -= 1;
+        }
+    }
+}
+
+impl Slots {
+    fn take(self: &Arc<Self>, authenticated: bool) -> Option<Slot> {
+        let mut held = self.held.lock().expect("poisoned");
+        if held.0 >= self.max || (!authenticated && held.1 >= self.max - self.reserved) {
+            return None;
+        }
+        held.0 += 1;
+        if !authenticated {
+            held.1 += 1;
+        }
+        Some(Slot {
+            slots: self.clone(),
+            authenticated,
+        })
     }
 }
 
@@ -65,14 +157,17 @@ pub async fn serve<S: Service>(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let max = config.max_connections.max(1);
+    let slots = Arc::new(Slots {
+        held: std::sync::Mutex::new((0, 0)),
+        max,
+        reserved: config.reserved_connections.min(max - 1),
+    });
+    let pending = Arc::new(Semaphore::new(config.max_pending_handshakes.max(1)));
+    let config = Arc::new(config);
     let mut conns = JoinSet::new();
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => p.expect("never closed"),
-        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             a = listener.accept() => a,
@@ -81,17 +176,24 @@ pub async fn serve<S: Service>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                let Ok(handshake) = pending.clone().try_acquire_owned() else {
+                    // Closing at once tells the peer now; leaving it in the backlog would make
+                    // every client, legitimate or not, wait for its connect timeout.
+                    debug!(%peer, "too many connections in their handshake; closed");
+                    drop(stream);
+                    continue;
+                };
                 debug!(%peer, "accepted connection");
-                let svc = service.clone();
-                let token = shutdown.child_token();
-                let (max_frame, max_in_flight) = (config.max_frame, config.max_in_flight);
+                let conn = Conn {
+                    service: service.clone(),
+                    config: config.clone(),
+                    slots: slots.clone(),
+                    shutdown: shutdown.child_token(),
+                };
                 conns.spawn(async move {
-                    if let Err(reason) =
-                        handle_connection(stream, svc, max_frame, max_in_flight, token).await
-                    {
+                    if let Err(reason) = conn.run(stream, handshake).await {
                         warn!(%peer, "closed connection: {reason}");
                     }
-                    drop(permit);
                 });
             }
             Err(e) => {
@@ -107,101 +209,268 @@ pub async fn serve<S: Service>(
     Ok(())
 }
 
-async fn handle_connection<S: Service>(
-    stream: TcpStream,
+/// One connection's task.
+struct Conn<S> {
     service: Arc<S>,
-    max_frame: usize,
-    max_in_flight: usize,
+    config: Arc<ServerConfig>,
+    slots: Arc<Slots>,
     shutdown: CancellationToken,
-) -> Result<(), String> {
-    stream.set_nodelay(true).ok();
-    let (rd, wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, FrameCodec::<RequestEnvelope>::new(max_frame));
-    // Bounded: a request's task ends only once its response is queued, so a client that sends
-    // and never reads stops being read (`max_in_flight`) instead of piling up responses here.
-    let (tx, rx) = mpsc::channel::<ResponseEnvelope>(max_in_flight.max(1));
-    let writer = tokio::spawn(write_loop(wr, rx, FrameCodec::<()>::new(max_frame)));
+}
 
-    // The handshake comes first and names a version we speak.
-    let first = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        f = tokio::time::timeout(Duration::from_secs(10), frames.next()) => f,
-    };
-    let hello = match first {
-        Err(_) => return Err("no handshake within 10 s".into()),
-        Ok(None) => return Ok(()),
-        Ok(Some(Err(e))) => return Err(e.to_string()),
-        Ok(Some(Ok(env))) => env,
-    };
-    let refusal = match hello.request {
-        Request::Handshake { version, .. } if version == PROTOCOL_VERSION => None,
-        Request::Handshake { version, .. } => Some(ErrorKind::VersionMismatch {
-            client: version,
-            server: PROTOCOL_VERSION,
-        }),
-        other => Some(ErrorKind::BadRequest {
-            reason: format!("the first frame must be a handshake, got {}", other.name()),
-        }),
-    };
-    let refused = refusal.as_ref().map(|e| e.to_string());
-    let _ = tx.try_send(ResponseEnvelope {
-        correlation_id: hello.correlation_id,
-        result: match refusal {
-            None => Ok(Response::Handshake {
-                version: PROTOCOL_VERSION,
-                server: service.name(),
-            }),
-            Some(e) => Err(e),
-        },
-    });
-    if let Some(reason) = refused {
+type Frames = FramedRead<OwnedReadHalf, FrameCodec<RequestEnvelope>>;
+
+/// Waits for the next frame until `deadline`.
+async fn next_frame(
+    frames: &mut Frames,
+    deadline: Instant,
+    what: &str,
+) -> Result<Option<RequestEnvelope>, String> {
+    match tokio::time::timeout_at(deadline, frames.next()).await {
+        Err(_) => Err(format!("no {what} in time")),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(e))) => Err(e.to_string()),
+        Ok(Some(Ok(env))) => Ok(Some(env)),
+    }
+}
+
+impl<S: Service> Conn<S> {
+    async fn run(self, stream: TcpStream, handshake: OwnedSemaphorePermit) -> Result<(), String> {
+        stream.set_nodelay(true).ok();
+        let (rd, wr) = stream.into_split();
+        let cfg = self.config.clone();
+        let mut frames = FramedRead::new(rd, FrameCodec::<RequestEnvelope>::new(cfg.max_frame));
+        // Bounded: a request's task ends only once its response is queued, so a client that sends
+        // and never reads stops being read (`max_in_flight`) instead of piling up responses here.
+        let (tx, rx) = mpsc::channel::<ResponseEnvelope>(cfg.max_in_flight.max(1));
+        // The writer cancels this when the peer stops taking answers, which ends the connection.
+        let writer_gone = self.shutdown.child_token();
+        let writer = tokio::spawn(write_loop(
+            wr,
+            rx,
+            FrameCodec::<()>::new(cfg.max_frame),
+            cfg.frame_timeout,
+            writer_gone.clone(),
+        ));
+        let result = tokio::select! {
+            _ = self.shutdown.cancelled() => Ok(()),
+            r = self.converse(&mut frames, &tx, handshake, &writer_gone) => r,
+        };
         drop(tx);
         let _ = writer.await;
-        return Err(reason);
+        result
     }
 
-    let mut in_flight = JoinSet::new();
-    let max_in_flight = max_in_flight.max(1);
-    let result = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            frame = frames.next(), if in_flight.len() < max_in_flight => match frame {
-                None => break Ok(()),
-                Some(Err(e)) => break Err(e.to_string()),
-                Some(Ok(env)) => {
-                    let name = env.request.name();
-                    let fut = service.call(env.request);
-                    let tx = tx.clone();
-                    in_flight.spawn(async move {
-                        // A bug in one handler answers that request with an error instead of
-                        // leaving the client waiting for its timeout.
-                        let result = AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|_| {
-                            Err(ErrorKind::Internal { reason: format!("the {name} handler failed") })
-                        });
-                        let _ = tx.send(ResponseEnvelope { correlation_id: env.correlation_id, result }).await;
-                    });
+    /// The handshake, admission, then requests until the peer leaves, idles or misbehaves.
+    async fn converse(
+        &self,
+        frames: &mut Frames,
+        tx: &mpsc::Sender<ResponseEnvelope>,
+        handshake: OwnedSemaphorePermit,
+        writer_gone: &CancellationToken,
+    ) -> Result<(), String> {
+        let cfg = &self.config;
+        let answer = |correlation_id, result| ResponseEnvelope {
+            correlation_id,
+            result,
+        };
+        let handshake_deadline = Instant::now() + cfg.frame_timeout.min(Duration::from_secs(10));
+        let Some(hello) = next_frame(frames, handshake_deadline, "handshake").await? else {
+            return Ok(());
+        };
+        let (client_nonce, wants_auth) = match hello.request {
+            Request::Handshake {
+                version,
+                nonce,
+                authenticate,
+                ..
+            } if version == PROTOCOL_VERSION => (nonce, authenticate),
+            Request::Handshake { version, .. } => {
+                let e = ErrorKind::VersionMismatch {
+                    client: version,
+                    server: PROTOCOL_VERSION,
+                };
+                let reason = e.to_string();
+                let _ = tx.try_send(answer(hello.correlation_id, Err(e)));
+                return Err(reason);
+            }
+            other => {
+                let e = ErrorKind::BadRequest {
+                    reason: format!("the first frame must be a handshake, got {}", other.name()),
+                };
+                let reason = e.to_string();
+                let _ = tx.try_send(answer(hello.correlation_id, Err(e)));
+                return Err(reason);
+            }
+        };
+        // Admission: a peer that says it will authenticate may take a reserved slot; it must
+        // then prove the secret within the handshake deadline or lose it.
+        let auth_off = cfg.secret.is_none();
+        let Some(slot) = self.slots.take(auth_off || wants_auth) else {
+            let e = ErrorKind::TooManyConnections {
+                node: self.service.name(),
+                limit: self.slots.max as u32,
+                reserved: if auth_off {
+                    0
+                } else {
+                    self.slots.reserved as u32
+                },
+            };
+            let reason = e.to_string();
+            let _ = tx.try_send(answer(hello.correlation_id, Err(e)));
+            return Err(reason);
+        };
+        let server_nonce = random_bytes::<NONCE_LEN>().to_vec();
+        let proof = cfg
+            .secret
+            .as_ref()
+            .map(|s| s.server_proof(&client_nonce, &server_nonce));
+        let _ = tx.try_send(answer(
+            hello.correlation_id,
+            Ok(Response::Handshake {
+                version: PROTOCOL_VERSION,
+                server: self.service.name(),
+                nonce: server_nonce.clone(),
+                proof,
+                open: cfg.open_to(),
+            }),
+        ));
+        let mut authenticated = auth_off;
+        if wants_auth {
+            let Some(env) = next_frame(frames, handshake_deadline, "authentication").await? else {
+                return Ok(());
+            };
+            let Request::Authenticate { proof } = env.request else {
+                return Err(format!(
+                    "expected the authentication frame, got {}",
+                    env.request.name()
+                ));
+            };
+            match &cfg.secret {
+                None => {}
+                Some(secret) if secret.verify_client(&client_nonce, &server_nonce, &proof) => {
+                    authenticated = true
+                }
+                Some(_) => {
+                    let e = ErrorKind::Unauthorized {
+                        request: "authentication".into(),
+                        reason: "failed: the client holds another cluster secret than this \
+                                 node (check --token-file / SHARDQ_TOKEN_FILE)"
+                            .into(),
+                    };
+                    let reason = e.to_string();
+                    let _ = tx.try_send(answer(env.correlation_id, Err(e)));
+                    return Err(reason);
                 }
             }
+            let _ = tx.try_send(answer(env.correlation_id, Ok(Response::Authenticated)));
         }
-    };
-    // Finish what was asked before EOF (a client may half-close after sending); on error or
-    // shutdown drop the rest.
-    if result.is_ok() && !shutdown.is_cancelled() {
-        while in_flight.join_next().await.is_some() {}
+        drop(handshake);
+        let _slot = slot;
+        let data_open = authenticated || cfg.open_data_plane;
+
+        let mut in_flight = JoinSet::new();
+        let max_in_flight = cfg.max_in_flight.max(1);
+        let mut last_activity = Instant::now();
+        // With nothing else to wake it, the loop still looks every half frame timeout whether a
+        // frame started arriving and stalled.
+        let check_every = (cfg.frame_timeout / 2).max(Duration::from_millis(1));
+        let result = loop {
+            let now = Instant::now();
+            let wake = match frames.decoder().partial_since() {
+                Some(since) => since + cfg.frame_timeout,
+                None if in_flight.is_empty() => {
+                    (last_activity + cfg.idle_timeout).min(now + check_every)
+                }
+                None => now + check_every,
+            };
+            tokio::select! {
+                _ = writer_gone.cancelled() => break Err("the peer stopped taking answers".to_string()),
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => last_activity = Instant::now(),
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if let Some(since) = frames.decoder().partial_since() {
+                        if now >= since + cfg.frame_timeout {
+                            break Err(format!(
+                                "a frame did not arrive whole within {} ms of its first byte",
+                                cfg.frame_timeout.as_millis()
+                            ));
+                        }
+                    } else if in_flight.is_empty() && now >= last_activity + cfg.idle_timeout {
+                        debug!("closing a connection idle for {} ms", cfg.idle_timeout.as_millis());
+                        break Ok(());
+                    }
+                }
+                frame = frames.next(), if in_flight.len() < max_in_flight => match frame {
+                    None => break Ok(()),
+                    Some(Err(e)) => break Err(e.to_string()),
+                    Some(Ok(env)) => {
+                        last_activity = Instant::now();
+                        let name = env.request.name();
+                        let refusal = match env.request.access() {
+                            Access::Handshake => Some(ErrorKind::BadRequest {
+                                reason: format!("{name} is only valid when a connection opens"),
+                            }),
+                            Access::Data if !data_open => Some(unauthorized(name, cfg.open_data_plane)),
+                            Access::Control if !authenticated => Some(unauthorized(name, cfg.open_data_plane)),
+                            _ => None,
+                        };
+                        if let Some(e) = refusal {
+                            let tx = tx.clone();
+                            in_flight.spawn(async move { let _ = tx.send(answer(env.correlation_id, Err(e))).await; });
+                            continue;
+                        }
+                        let fut = self.service.call(env.request);
+                        let tx = tx.clone();
+                        in_flight.spawn(async move {
+                            // A bug in one handler answers that request with an error instead of
+                            // leaving the client waiting for its timeout.
+                            let result = AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|_| {
+                                Err(ErrorKind::Internal { reason: format!("the {name} handler failed") })
+                            });
+                            let _ = tx.send(answer(env.correlation_id, result)).await;
+                        });
+                    }
+                }
+            }
+        };
+        // Finish what was asked before EOF (a client may half-close after sending); on error or
+        // shutdown drop the rest.
+        if result.is_ok() && !self.shutdown.is_cancelled() {
+            while in_flight.join_next().await.is_some() {}
+        }
+        in_flight.shutdown().await;
+        result
     }
-    in_flight.shutdown().await;
-    drop(tx);
-    let _ = writer.await;
-    result
+}
+
+/// The refusal of a request that needs the secret on a connection that did not prove it.
+fn unauthorized(request: &str, open_data_plane: bool) -> ErrorKind {
+    let scope = if open_data_plane {
+        "needs the cluster secret (this node opens only produce, fetch, offsets and metadata \
+         to clients without it)"
+    } else {
+        "needs the cluster secret"
+    };
+    ErrorKind::Unauthorized {
+        request: request.to_string(),
+        reason: format!(
+            "{scope}, and this connection did not prove it: give the command the cluster's \
+             token file with --token-file PATH or SHARDQ_TOKEN_FILE=PATH (`shardq up` writes \
+             DATA/cluster.token)"
+        ),
+    }
 }
 
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<ResponseEnvelope>,
     mut codec: FrameCodec<()>,
+    write_timeout: Duration,
+    gone: CancellationToken,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Allocated on first use and given back after a large answer: an idle connection holds no
+    // write buffer worth counting.
+    let mut buf = BytesMut::new();
     while let Some(env) = rx.recv().await {
         let mut next = Some(env);
         while let Some(env) = next.take() {
@@ -214,6 +483,7 @@ async fn write_loop(
                     }),
                 };
                 if codec.encode(&fallback, &mut buf).is_err() {
+                    gone.cancel();
                     return;
                 }
             }
@@ -221,10 +491,21 @@ async fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
-        if wr.write_all(&buf).await.is_err() {
-            return;
+        match tokio::time::timeout(write_timeout, wr.write_all(&buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                gone.cancel();
+                return;
+            }
         }
-        buf.clear();
+        if buf.capacity() > KEEP_WRITE_BUFFER {
+            buf = BytesMut::new();
+        } else {
+            buf.clear();
+        }
     }
     let _ = wr.shutdown().await;
 }
+
+/// Largest write buffer a connection keeps between answers.
+const KEEP_WRITE_BUFFER: usize = 256 * 1024;

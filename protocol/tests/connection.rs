@@ -195,6 +195,8 @@ async fn raw_handshake(framed: &mut Framed<TcpStream, FrameCodec<ResponseEnvelop
         request: Request::Handshake {
             version: PROTOCOL_VERSION,
             client: "raw".into(),
+            nonce: vec![1; 32],
+            authenticate: false,
         },
     };
     framed.send(&hello).await.expect("send handshake");
@@ -397,6 +399,8 @@ async fn version_mismatch_is_refused_and_closed() {
         request: Request::Handshake {
             version: 999,
             client: "from-the-future".into(),
+            nonce: vec![],
+            authenticate: false,
         },
     };
     framed.send(&hello).await.expect("send");

@@ -321,8 +321,9 @@ fn huge_length_inside_a_small_frame_is_refused() {
         request: Request::DescribeTopic { name: "x".into() },
     };
     let mut body = encode(&msg).expect("encode");
-    // Layout: varint correlation id (1), variant tag (9), varint string length (1), "x".
-    assert_eq!(body, vec![1, 9, 1, b'x']);
+    // Layout: varint correlation id (1), variant tag, varint string length (1), "x".
+    assert_eq!(body.len(), 4);
+    assert_eq!((body[0], body[2], body[3]), (1, 1, b'x'));
     body.truncate(2);
     body.push(252); // varint marker: u32 follows
     body.extend_from_slice(&(1u32 << 29).to_le_bytes());

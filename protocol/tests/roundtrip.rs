@@ -124,15 +124,21 @@ fn request_variant(r: &Request) -> usize {
         Request::ExportMeta { .. } => 21,
         Request::FenceShard { .. } => 22,
         Request::UnfenceShard { .. } => 23,
+        Request::Authenticate { .. } => 24,
     }
 }
-const REQUEST_VARIANTS: usize = 24;
+const REQUEST_VARIANTS: usize = 25;
 
 fn sample_requests() -> Vec<Request> {
     vec![
         Request::Handshake {
             version: 7,
             client: "producer-3".into(),
+            nonce: vec![7; 32],
+            authenticate: true,
+        },
+        Request::Authenticate {
+            proof: vec![0xab; 32],
         },
         Request::Produce(ProduceRequest {
             shard: shard("orders", 2),
@@ -259,15 +265,19 @@ fn response_variant(r: &Response) -> usize {
         Response::Exported { .. } => 17,
         Response::Meta(_) => 18,
         Response::Fenced { .. } => 19,
+        Response::Authenticated => 20,
     }
 }
-const RESPONSE_VARIANTS: usize = 20;
+const RESPONSE_VARIANTS: usize = 21;
 
 fn sample_responses() -> Vec<Response> {
     vec![
         Response::Handshake {
             version: 7,
             server: "broker-2".into(),
+            nonce: vec![9; 32],
+            proof: Some(vec![3; 32]),
+            open: OpenTo::DataPlane,
         },
         Response::Produced {
             base_offset: 1_000,
@@ -353,6 +363,7 @@ fn sample_responses() -> Vec<Response> {
             }],
         }),
         Response::Fenced { end_offset: 3_333 },
+        Response::Authenticated,
     ]
 }
 
@@ -379,9 +390,11 @@ fn error_variant(e: &ErrorKind) -> usize {
         ErrorKind::Internal { .. } => 17,
         ErrorKind::RemovedBroker { .. } => 18,
         ErrorKind::BrokerDown { .. } => 19,
+        ErrorKind::Unauthorized { .. } => 20,
+        ErrorKind::TooManyConnections { .. } => 21,
     }
 }
-const ERROR_VARIANTS: usize = 20;
+const ERROR_VARIANTS: usize = 22;
 
 fn sample_errors() -> Vec<ErrorKind> {
     vec![
@@ -447,6 +460,15 @@ fn sample_errors() -> Vec<ErrorKind> {
         },
         ErrorKind::RemovedBroker { id: 2 },
         ErrorKind::BrokerDown { id: 3, shards: 23 },
+        ErrorKind::Unauthorized {
+            request: "drop-shard".into(),
+            reason: "needs the cluster secret".into(),
+        },
+        ErrorKind::TooManyConnections {
+            node: "router".into(),
+            limit: 4096,
+            reserved: 256,
+        },
     ]
 }
 
@@ -680,6 +702,14 @@ fn arb_error() -> impl Strategy<Value = ErrorKind> {
         s().prop_map(|reason| ErrorKind::Internal { reason }),
         any::<u32>().prop_map(|id| ErrorKind::RemovedBroker { id }),
         (any::<u32>(), any::<u32>()).prop_map(|(id, shards)| ErrorKind::BrokerDown { id, shards }),
+        (s(), s()).prop_map(|(request, reason)| ErrorKind::Unauthorized { request, reason }),
+        (s(), any::<u32>(), any::<u32>()).prop_map(|(node, limit, reserved)| {
+            ErrorKind::TooManyConnections {
+                node,
+                limit,
+                reserved,
+            }
+        }),
     ]
 }
 

@@ -10,6 +10,8 @@ use shardq_protocol::DEFAULT_MAX_FRAME;
 use shardq_ring::{HashFn, PlacementMode, RingConfig, DEFAULT_VNODES};
 use tracing::info;
 
+use shardq_protocol::cli_args::ListenerArgs;
+
 use crate::{start, RouterConfig, DEFAULT_LISTEN, DEFAULT_MAX_MOVES};
 
 /// Run the routing front: broker membership, topics, shard placement, metadata and a proxy for
@@ -51,6 +53,9 @@ pub struct RouterArgs {
     /// progress for as long, is rolled back (its source is unfenced and keeps the shard).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub move_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub listener: ListenerArgs,
 }
 
 fn parse_frame(s: &str) -> Result<usize, String> {
@@ -70,8 +75,9 @@ fn parse_frame(s: &str) -> Result<usize, String> {
 }
 
 impl RouterArgs {
-    pub fn config(&self) -> RouterConfig {
-        RouterConfig {
+    /// The configuration these options describe (reading the token file).
+    pub fn config(&self) -> anyhow::Result<RouterConfig> {
+        Ok(RouterConfig {
             listen: self.listen.clone(),
             ring: RingConfig {
                 vnodes: self.vnodes,
@@ -84,15 +90,16 @@ impl RouterArgs {
             // Bounded to 1..=1000 by the parser.
             max_moves: usize::try_from(self.max_moves).unwrap_or(DEFAULT_MAX_MOVES),
             move_timeout: Duration::from_millis(self.move_timeout_ms),
+            listener: self.listener.listener().map_err(anyhow::Error::msg)?,
             ..RouterConfig::new(self.data.clone())
-        }
+        })
     }
 }
 
 /// Starts the router, prints `router listening on ADDR` on stdout (scripts and `shardq up` wait
 /// for that line) and runs until Ctrl-C or SIGTERM.
 pub async fn run(args: RouterArgs) -> anyhow::Result<()> {
-    let handle = start(args.config()).await?;
+    let handle = start(args.config()?).await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "router listening on {}", handle.addr()).context("writing to stdout")?;
@@ -155,7 +162,10 @@ mod tests {
 
     #[test]
     fn defaults_and_parsing() {
-        let c = Cli::parse_from(["x"]).args.config();
+        let c = Cli::parse_from(["x", "--insecure-no-auth"])
+            .args
+            .config()
+            .unwrap();
         assert_eq!(c.listen, "127.0.0.1:7400");
         assert_eq!(c.ring, RingConfig::default());
         assert_eq!(c.broker_timeout, Duration::from_secs(3));
@@ -175,9 +185,11 @@ mod tests {
             "5",
             "--move-timeout-ms",
             "1500",
+            "--insecure-no-auth",
         ])
         .args
-        .config();
+        .config()
+        .unwrap();
         assert_eq!(c.ring.mode, PlacementMode::Plain);
         assert_eq!(c.ring.hash, HashFn::Fnv1a);
         assert_eq!(c.ring.vnodes, 16);

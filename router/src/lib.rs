@@ -25,9 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
-use shardq_protocol::{
-    serve, CancellationToken, ConnectionConfig, ServerConfig, DEFAULT_MAX_FRAME,
-};
+use shardq_protocol::cli_args::Listener;
+use shardq_protocol::{serve, CancellationToken, ConnectionConfig, DEFAULT_MAX_FRAME};
 use shardq_ring::RingConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -73,6 +72,9 @@ pub struct RouterConfig {
     /// unregistered) longer than this, or whose destination reports no progress for this long,
     /// is rolled back (the source is unfenced and keeps the shard).
     pub move_timeout: Duration,
+    /// The cluster secret, the open data plane and the connection limits of the listener; the
+    /// secret is also what the router proves to brokers.
+    pub listener: Listener,
 }
 
 impl RouterConfig {
@@ -87,6 +89,7 @@ impl RouterConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_moves: DEFAULT_MAX_MOVES,
             move_timeout: DEFAULT_MOVE_TIMEOUT,
+            listener: Listener::default(),
         }
     }
 }
@@ -201,6 +204,7 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         request_timeout: config.request_timeout,
         connect_timeout: config.broker_timeout,
         client_name: "router".into(),
+        secret: config.listener.secret.clone(),
     });
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
@@ -211,10 +215,10 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         dropping: rebalance::Dropping::default(),
         config,
     });
-    let server_config = ServerConfig {
-        max_frame: shared.config.max_frame,
-        ..ServerConfig::default()
-    };
+    let server_config = shared
+        .config
+        .listener
+        .server_config(shared.config.max_frame);
     let server = tokio::spawn(serve(
         listener,
         shared.clone(),

@@ -321,7 +321,7 @@ mod tests {
             .unwrap();
             s.flush().await.unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path()).await;
         let snap = s.load().unwrap();
         assert_eq!(snap.epoch, 7);
         assert_eq!(snap.ring, Some(RingConfig::default()));
@@ -376,7 +376,7 @@ mod tests {
             .unwrap();
             s.flush().await.unwrap();
         }
-        let snap = Store::open(dir.path()).unwrap().load().unwrap();
+        let snap = reopen(dir.path()).await.load().unwrap();
         assert_eq!(snap.next_move_id, 4);
         assert_eq!(snap.epoch, 0);
         assert_eq!(snap.moves.get(&3), Some(&record));
@@ -390,5 +390,20 @@ mod tests {
         s.tree.insert(b"topic/T1", &b"\xff\xff\xff"[..]).unwrap();
         let e = s.load().unwrap_err().to_string();
         assert!(e.contains("topic/T1") && e.contains("corrupt"), "{e}");
+    }
+
+    /// Opens the store again once the previous handle's sled threads have let go of its lock
+    /// (they can hold it for a moment after the handle is dropped).
+    async fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(s) => return s,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("cannot reopen the store: {e}"),
+            }
+        }
     }
 }

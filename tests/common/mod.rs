@@ -3,22 +3,73 @@
 
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use shardq_protocol::cluster::ClusterClient;
-use shardq_protocol::{ConnectionConfig, Request, Response};
+use shardq_protocol::{ConnectionConfig, Request, Response, Secret};
+
+/// Where a test cluster listens and the secret its clients prove (as a token file too, for the
+/// command-line clients).
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: String,
+    pub token: PathBuf,
+    pub secret: Secret,
+}
+
+impl Endpoint {
+    pub fn connection(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            secret: Some(self.secret.clone()),
+            ..ConnectionConfig::default()
+        }
+    }
+
+    pub async fn client(&self) -> ClusterClient {
+        ClusterClient::connect(&self.addr, self.connection())
+            .await
+            .expect("client connects")
+    }
+
+    pub fn producer_config(&self) -> shardq_producer::ProducerConfig {
+        let mut c = shardq_producer::ProducerConfig::new(self.addr.clone());
+        c.connection.secret = Some(self.secret.clone());
+        c
+    }
+
+    pub fn consumer_config(
+        &self,
+        group: &str,
+        subs: Vec<shardq_protocol::ShardSpec>,
+    ) -> shardq_consumer::ConsumerConfig {
+        let mut c = shardq_consumer::ConsumerConfig::new(self.addr.clone(), group, subs);
+        c.connection.secret = Some(self.secret.clone());
+        c
+    }
+}
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub router: shardq_router::RouterHandle,
     pub brokers: Vec<shardq_broker::BrokerHandle>,
+    pub secret: Secret,
 }
 
 impl Cluster {
     pub async fn start(brokers: u32, fsync: &str) -> Cluster {
+        Self::start_with(brokers, fsync, false).await
+    }
+
+    /// With `open_data_plane`, clients without the secret may produce and fetch.
+    pub async fn start_with(brokers: u32, fsync: &str, open_data_plane: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        // Authentication on, as every real cluster runs.
+        let secret = Secret::write_new(&dir.path().join("cluster.token")).expect("token file");
         let mut rc = shardq_router::RouterConfig::new(dir.path().join("router"));
         rc.listen = "127.0.0.1:0".into();
+        rc.listener.secret = Some(secret.clone());
+        rc.listener.open_data_plane = open_data_plane;
         let router = shardq_router::start(rc).await.expect("router starts");
         let mut handles = Vec::new();
         for id in 1..=brokers {
@@ -27,12 +78,15 @@ impl Cluster {
             bc.listen = "127.0.0.1:0".into();
             bc.router = Some(router.addr().to_string());
             bc.fsync = fsync.parse().expect("fsync policy");
+            bc.listener.secret = Some(secret.clone());
+            bc.listener.open_data_plane = open_data_plane;
             handles.push(shardq_broker::start(bc).await.expect("broker starts"));
         }
         let c = Cluster {
             dir,
             router,
             brokers: handles,
+            secret,
         };
         let want = brokers as usize;
         let client = c.client().await;
@@ -51,10 +105,16 @@ impl Cluster {
         self.router.addr().to_string()
     }
 
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            addr: self.addr(),
+            token: self.dir.path().join("cluster.token"),
+            secret: self.secret.clone(),
+        }
+    }
+
     pub async fn client(&self) -> ClusterClient {
-        ClusterClient::connect(&self.addr(), ConnectionConfig::default())
-            .await
-            .expect("client connects")
+        self.endpoint().client().await
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32) {
@@ -139,6 +199,16 @@ impl UpCluster {
         }
     }
 
+    /// The router's address and the secret `shardq up` created.
+    pub fn endpoint(&self) -> Endpoint {
+        let token = self.dir.path().join("cluster.token");
+        Endpoint {
+            addr: self.router.clone(),
+            secret: Secret::load(&token).expect("shardq up wrote its token file"),
+            token,
+        }
+    }
+
     pub fn info(&self) -> serde_json::Value {
         read_cluster(self.dir.path()).expect("cluster.json readable")
     }
@@ -204,24 +274,27 @@ pub fn kill9(pid: i32) {
 
 /// Runs `runconsume --id ID --topics ...` (in process) against `addr`, writing into `dir`.
 pub fn spawn_consumer(
-    addr: &str,
+    at: &Endpoint,
     dir: &std::path::Path,
     id: u32,
     topics: &[&str],
     idle_secs: u32,
 ) -> tokio::task::JoinHandle<anyhow::Result<shardq_consumer::cli::Summary>> {
     use clap::Parser;
-    let (id, idle, dir) = (
+    let (id, idle, dir, token) = (
         id.to_string(),
         idle_secs.to_string(),
         dir.display().to_string(),
+        at.token.display().to_string(),
     );
     let mut argv = vec![
         "runconsume",
+        "--token-file",
+        &token,
         "--id",
         &id,
         "--broker",
-        addr,
+        &at.addr,
         "--log_loc",
         &dir,
         "--idle-timeout",
@@ -238,20 +311,26 @@ pub fn spawn_consumer(
 
 /// Runs `runproduce --id ID --ack-log --topics ... EXTRA...` (in process) on `dir/producer_ID.txt`.
 pub fn spawn_producer(
-    addr: &str,
+    at: &Endpoint,
     dir: &std::path::Path,
     id: u32,
     topics: &[&str],
     extra: &[&str],
 ) -> tokio::task::JoinHandle<anyhow::Result<shardq_producer::cli::Summary>> {
     use clap::Parser;
-    let (id, dir) = (id.to_string(), dir.display().to_string());
+    let (id, dir, token) = (
+        id.to_string(),
+        dir.display().to_string(),
+        at.token.display().to_string(),
+    );
     let mut argv = vec![
         "runproduce",
+        "--token-file",
+        &token,
         "--id",
         &id,
         "--broker",
-        addr,
+        &at.addr,
         "--log_loc",
         &dir,
         "--ack-log",
@@ -287,4 +366,30 @@ pub fn verify_passes(
     let report = shardq::verify::verify(&spec).expect("verifier reads the files");
     assert!(report.passed(), "{}", report.render());
     report
+}
+
+/// Resident memory of process `pid` in KiB (from /proc).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+/// Lifts this process's soft limit on open files to the hard one (tests that hold thousands of
+/// sockets).
+pub fn raise_fd_limit() -> u64 {
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur
+    }
 }
