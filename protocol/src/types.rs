@@ -16,7 +16,9 @@ pub const MAX_TOPIC_LEN: usize = 128;
 /// Most partitions one topic may have.
 pub const MAX_PARTITIONS: u32 = 10_000;
 
-/// Checks a topic name against `[A-Za-z0-9_.-]{1,128}`; the error says what is wrong.
+/// Checks a topic name against `[A-Za-z0-9_.-]{1,128}`, not `.` or `..` and not starting with `-`;
+/// the error says what is wrong. Every path that takes a topic name (topic create, produce and
+/// consume specs, the verifier) checks it here.
 pub fn validate_topic(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("topic name is empty".into());
@@ -33,6 +35,19 @@ pub fn validate_topic(name: &str) -> Result<(), String> {
     {
         return Err(format!(
             "topic name {name:?} contains {c:?}; allowed are A-Z a-z 0-9 _ . -"
+        ));
+    }
+    // Within the allowed set, these would name the current or parent directory wherever a
+    // topic becomes a path, or read as an option on the command lines that take a topic.
+    if name == "." || name == ".." {
+        return Err(format!(
+            "topic name {name:?} is reserved (it names a directory); pick another name"
+        ));
+    }
+    if name.starts_with('-') {
+        return Err(format!(
+            "topic name {name:?} starts with '-', which reads as a command-line option; \
+             start it with a letter, digit, '_' or '.'"
         ));
     }
     Ok(())
@@ -209,6 +224,12 @@ mod tests {
         assert!(validate_topic(&"x".repeat(128)).is_ok());
         assert!(validate_topic(&"x".repeat(129)).is_err());
         assert!(validate_topic("a/b").unwrap_err().contains("'/'"));
+        for bad in [".", "..", "-x", "-", "--partitions"] {
+            assert!(validate_topic(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["...", ".a", "a.", "a-", "_-", "a..b", "x-1"] {
+            assert!(validate_topic(good).is_ok(), "{good:?} refused");
+        }
     }
 
     #[test]
