@@ -17,7 +17,15 @@ async fn bad_input_gets_clear_errors_and_produces_nothing() {
     // Invalid topic names, through the CLI binary: non-zero exit and a message naming the fault.
     // `.` and `..` would name the current or parent directory wherever a topic becomes a path,
     // and `-x` reads as an option on every command line that takes a topic.
-    for bad in ["bad/name", "", &"x".repeat(129), ".", "..", "-x", "--partitions"] {
+    for bad in [
+        "bad/name",
+        "",
+        &"x".repeat(129),
+        ".",
+        "..",
+        "-x",
+        "--partitions",
+    ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
             .args([
                 "topic",

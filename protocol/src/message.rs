@@ -278,10 +278,19 @@ pub enum Request {
         id: BrokerId,
         addr: String,
         weight: u32,
+        /// The broker process's identity: created once in its data directory. The router binds
+        /// `id` to the first UUID that registers it and refuses any other (`IdentityConflict`).
+        uuid: String,
+        /// The cluster id its data directory belongs to; None for a fresh one (the router's
+        /// answer then tells it which cluster it joined). Another cluster's is `WrongCluster`.
+        cluster: Option<String>,
     },
     Heartbeat {
         id: BrokerId,
         report: BrokerReport,
+        /// Same as in `RegisterBroker`: a heartbeat from another process than the one bound to
+        /// `id` is refused, so it cannot keep `id` looking alive.
+        uuid: String,
     },
     /// The broker asks to leave gracefully (same as RemoveBroker without force).
     LeaveBroker {
@@ -332,6 +341,13 @@ pub enum Request {
         shard: ShardId,
         move_id: u64,
     },
+
+    // ---- admin (router), continued ----
+    /// Let a new process (a new UUID, an empty data dir) take over the id of broker `id`, whose
+    /// disk was lost. Refused while it is up. Its shards start empty on the new process.
+    ReplaceBroker {
+        id: BrokerId,
+    },
 }
 
 impl Request {
@@ -362,6 +378,7 @@ impl Request {
             Request::ExportMeta { .. } => "export-meta",
             Request::FenceShard { .. } => "fence-shard",
             Request::UnfenceShard { .. } => "unfence-shard",
+            Request::ReplaceBroker { .. } => "replace-broker",
         }
     }
 
@@ -426,6 +443,8 @@ pub enum Response {
     },
     Registered {
         epoch: Epoch,
+        /// The router's cluster id: a broker with a fresh data directory records it there.
+        cluster: String,
     },
     HeartbeatAck {
         epoch: Epoch,
@@ -445,6 +464,12 @@ pub enum Response {
     Meta(ShardMeta),
     Fenced {
         end_offset: Offset,
+    },
+    /// Broker `id` may now be registered by a new process; `shards` are the ones it owns, which
+    /// start empty there (their data was on the lost disk).
+    BrokerReplaced {
+        id: BrokerId,
+        shards: Vec<ShardId>,
     },
 }
 
@@ -471,6 +496,7 @@ impl Response {
             Response::Exported { .. } => "exported",
             Response::Meta(_) => "meta",
             Response::Fenced { .. } => "fenced",
+            Response::BrokerReplaced { .. } => "broker-replaced",
         }
     }
 }

@@ -186,6 +186,36 @@ pub fn with_default_port(addr: &str, default_port: u16) -> String {
     }
 }
 
+/// A random (version 4) UUID in its usual text form, from the OS's randomness: broker and
+/// cluster identities must differ between any two data directories, so no clock or counter.
+pub fn random_uuid() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
+/// Whether `s` is a UUID in the text form [`random_uuid`] writes (any version; lower or upper
+/// case hex).
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +259,17 @@ mod tests {
         }
         for good in ["...", ".a", "a.", "a-", "_-", "a..b", "x-1"] {
             assert!(validate_topic(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn uuids_are_random_and_well_formed() {
+        let (a, b) = (random_uuid().unwrap(), random_uuid().unwrap());
+        assert_ne!(a, b);
+        assert!(is_uuid(&a) && is_uuid(&b), "{a} {b}");
+        assert_eq!(&a[14..15], "4");
+        for bad in ["", "x", "0123456789abcdef0123456789abcdef0123", &a[1..]] {
+            assert!(!is_uuid(bad), "{bad}");
         }
     }
 

@@ -124,9 +124,10 @@ fn request_variant(r: &Request) -> usize {
         Request::ExportMeta { .. } => 21,
         Request::FenceShard { .. } => 22,
         Request::UnfenceShard { .. } => 23,
+        Request::ReplaceBroker { .. } => 24,
     }
 }
-const REQUEST_VARIANTS: usize = 24;
+const REQUEST_VARIANTS: usize = 25;
 
 fn sample_requests() -> Vec<Request> {
     vec![
@@ -184,6 +185,8 @@ fn sample_requests() -> Vec<Request> {
             id: 5,
             addr: "127.0.0.1:7405".into(),
             weight: 200,
+            uuid: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
+            cluster: Some("c0ffee00-1111-4222-8333-444455556666".into()),
         },
         Request::Heartbeat {
             id: 5,
@@ -191,6 +194,7 @@ fn sample_requests() -> Vec<Request> {
                 shards: vec![sample_report()],
                 imports: vec![sample_move()],
             },
+            uuid: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
         },
         Request::LeaveBroker { id: 6 },
         Request::AssignShards {
@@ -233,6 +237,7 @@ fn sample_requests() -> Vec<Request> {
             shard: shard("orders", 2),
             move_id: 13,
         },
+        Request::ReplaceBroker { id: 4 },
     ]
 }
 
@@ -259,9 +264,10 @@ fn response_variant(r: &Response) -> usize {
         Response::Exported { .. } => 17,
         Response::Meta(_) => 18,
         Response::Fenced { .. } => 19,
+        Response::BrokerReplaced { .. } => 20,
     }
 }
-const RESPONSE_VARIANTS: usize = 20;
+const RESPONSE_VARIANTS: usize = 21;
 
 fn sample_responses() -> Vec<Response> {
     vec![
@@ -328,7 +334,10 @@ fn sample_responses() -> Vec<Response> {
             shards: vec![shard("orders", 1), shard("events", 7)],
             forced: true,
         },
-        Response::Registered { epoch: 46 },
+        Response::Registered {
+            epoch: 46,
+            cluster: "c0ffee00-1111-4222-8333-444455556666".into(),
+        },
         Response::HeartbeatAck {
             epoch: 47,
             assignments: vec![ShardAssignment {
@@ -353,6 +362,10 @@ fn sample_responses() -> Vec<Response> {
             }],
         }),
         Response::Fenced { end_offset: 3_333 },
+        Response::BrokerReplaced {
+            id: 4,
+            shards: vec![shard("orders", 1), shard("orders", 3)],
+        },
     ]
 }
 
@@ -379,9 +392,12 @@ fn error_variant(e: &ErrorKind) -> usize {
         ErrorKind::Internal { .. } => 17,
         ErrorKind::RemovedBroker { .. } => 18,
         ErrorKind::BrokerDown { .. } => 19,
+        ErrorKind::BrokerUp { .. } => 20,
+        ErrorKind::IdentityConflict { .. } => 21,
+        ErrorKind::WrongCluster { .. } => 22,
     }
 }
-const ERROR_VARIANTS: usize = 20;
+const ERROR_VARIANTS: usize = 23;
 
 fn sample_errors() -> Vec<ErrorKind> {
     vec![
@@ -447,6 +463,20 @@ fn sample_errors() -> Vec<ErrorKind> {
         },
         ErrorKind::RemovedBroker { id: 2 },
         ErrorKind::BrokerDown { id: 3, shards: 23 },
+        ErrorKind::BrokerUp {
+            id: 3,
+            reason: "use a plain remove".into(),
+        },
+        ErrorKind::IdentityConflict {
+            id: 1,
+            bound: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
+            offered: "c0ffee00-1111-4222-8333-444455556666".into(),
+        },
+        ErrorKind::WrongCluster {
+            id: 1,
+            data_cluster: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
+            router_cluster: "c0ffee00-1111-4222-8333-444455556666".into(),
+        },
     ]
 }
 
@@ -680,6 +710,19 @@ fn arb_error() -> impl Strategy<Value = ErrorKind> {
         s().prop_map(|reason| ErrorKind::Internal { reason }),
         any::<u32>().prop_map(|id| ErrorKind::RemovedBroker { id }),
         (any::<u32>(), any::<u32>()).prop_map(|(id, shards)| ErrorKind::BrokerDown { id, shards }),
+        (any::<u32>(), ".*").prop_map(|(id, reason)| ErrorKind::BrokerUp { id, reason }),
+        (any::<u32>(), ".*", ".*").prop_map(|(id, bound, offered)| ErrorKind::IdentityConflict {
+            id,
+            bound,
+            offered
+        }),
+        (any::<u32>(), ".*", ".*").prop_map(|(id, data_cluster, router_cluster)| {
+            ErrorKind::WrongCluster {
+                id,
+                data_cluster,
+                router_cluster,
+            }
+        }),
     ]
 }
 
