@@ -90,6 +90,13 @@ impl Identities {
     }
 }
 
+/// Who a registering process says it is: its data dir's UUID and cluster (None: a fresh dir).
+#[derive(Clone, Copy, Debug)]
+pub struct Claim<'a> {
+    pub uuid: &'a str,
+    pub cluster: Option<&'a str>,
+}
+
 /// Applies a binding `admit` asked for, once it is persisted.
 fn bound(state: &mut State, ops: &[Op]) {
     for op in ops {
@@ -100,7 +107,7 @@ fn bound(state: &mut State, ops: &[Op]) {
 }
 
 impl State {
-    /// [`State::register`] for the process `uuid` (of cluster `cluster`): refused, with nothing
+    /// [`State::register`] for the process that makes `claim`: refused, with nothing
     /// about the member changed, when `id` is bound to another process or the data dir is of
     /// another cluster; binds `id` when it is not bound yet. A removed id stays `RemovedBroker`.
     pub fn register_process(
@@ -108,15 +115,14 @@ impl State {
         id: BrokerId,
         addr: String,
         weight: u32,
-        uuid: &str,
-        cluster: Option<&str>,
+        claim: Claim<'_>,
         now: Instant,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<bool, ErrorKind> {
         if self.removed.contains(&id) {
             return Err(ErrorKind::RemovedBroker { id });
         }
-        let bind = self.identities.admit(id, uuid, cluster)?;
+        let bind = self.identities.admit(id, claim.uuid, claim.cluster)?;
         let mut ops = self.register(id, addr, weight, now)?;
         ops.extend(bind);
         persist(&ops)?;
@@ -212,6 +218,10 @@ mod tests {
         Ok(())
     }
 
+    fn claim<'a>(uuid: &'a str, cluster: Option<&'a str>) -> Claim<'a> {
+        Claim { uuid, cluster }
+    }
+
     fn state() -> State {
         let snap = Snapshot {
             cluster: Some(C.into()),
@@ -225,7 +235,7 @@ mod tests {
         let mut s = state();
         let t0 = Instant::now();
         let mut persisted = Vec::new();
-        s.register_process(1, "h:1".into(), 1, U1, None, t0, |ops| {
+        s.register_process(1, "h:1".into(), 1, claim(U1, None), t0, |ops| {
             persisted.extend(ops.iter().cloned());
             Ok(())
         })
@@ -238,7 +248,7 @@ mod tests {
         // A rogue with id 1 and a fresh data dir, while broker 1 is up: refused, and broker 1's
         // address is untouched (clients are never pointed at the rogue).
         let e = s
-            .register_process(1, "h:99".into(), 1, U2, None, t0, |_| {
+            .register_process(1, "h:99".into(), 1, claim(U2, None), t0, |_| {
                 panic!("a refused registration persists nothing")
             })
             .unwrap_err();
@@ -268,11 +278,11 @@ mod tests {
 
         // Down, the id is still bound: the rogue is refused again; the real broker comes back.
         assert!(matches!(
-            s.register_process(1, "h:99".into(), 1, U2, None, later, ok),
+            s.register_process(1, "h:99".into(), 1, claim(U2, None), later, ok),
             Err(ErrorKind::IdentityConflict { .. })
         ));
         assert_eq!(s.members[&1].status, BrokerStatus::Down);
-        s.register_process(1, "h:2".into(), 1, U1, Some(C), later, ok)
+        s.register_process(1, "h:2".into(), 1, claim(U1, Some(C)), later, ok)
             .unwrap();
         assert_eq!(s.members[&1].status, BrokerStatus::Up);
         assert!(s
@@ -285,7 +295,7 @@ mod tests {
         let mut s = state();
         let now = Instant::now();
         assert_eq!(
-            s.register_process(1, "h:1".into(), 1, U1, Some(OTHER), now, ok)
+            s.register_process(1, "h:1".into(), 1, claim(U1, Some(OTHER)), now, ok)
                 .unwrap_err(),
             ErrorKind::WrongCluster {
                 id: 1,
@@ -294,7 +304,7 @@ mod tests {
             }
         );
         assert!(matches!(
-            s.register_process(1, "h:1".into(), 1, "", None, now, ok),
+            s.register_process(1, "h:1".into(), 1, claim("", None), now, ok),
             Err(ErrorKind::BadRequest { .. })
         ));
         assert!(s.members.is_empty());
@@ -328,7 +338,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.identities.uuid_of(1), Some(U1));
         assert_eq!(persisted.len(), 1);
-        s.register_process(2, "h:2".into(), 1, U2, None, now, ok)
+        s.register_process(2, "h:2".into(), 1, claim(U2, None), now, ok)
             .unwrap();
         assert_eq!(s.identities.uuid_of(2), Some(U2));
         assert!(matches!(
@@ -342,7 +352,7 @@ mod tests {
         let mut s = state();
         let t0 = Instant::now();
         for (id, u) in [(1, U1), (2, U2)] {
-            s.register_process(id, format!("h:{id}"), 1, u, None, t0, ok)
+            s.register_process(id, format!("h:{id}"), 1, claim(u, None), t0, ok)
                 .unwrap();
         }
         s.create_topic("t", 6, ok).unwrap();
@@ -374,13 +384,13 @@ mod tests {
         assert_eq!(shards, on_1);
         assert!(matches!(persisted[..], [Op::Unbind(1)]));
         let fresh = "33333333-3333-4333-8333-333333333333";
-        s.register_process(1, "h:3".into(), 1, fresh, Some(C), later, ok)
+        s.register_process(1, "h:3".into(), 1, claim(fresh, Some(C)), later, ok)
             .unwrap();
         assert_eq!(s.identities.uuid_of(1), Some(fresh));
         // It keeps the id's shards (they start empty there) and the old process is now refused.
         assert_eq!(s.owned_by(1), on_1);
         assert!(matches!(
-            s.register_process(1, "h:1".into(), 1, U1, Some(C), later, ok),
+            s.register_process(1, "h:1".into(), 1, claim(U1, Some(C)), later, ok),
             Err(ErrorKind::IdentityConflict { .. })
         ));
     }

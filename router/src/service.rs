@@ -18,6 +18,7 @@ use shardq_protocol::{
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::identity::Claim;
 use crate::pool::BrokerPool;
 use crate::state::{Created, Pushes};
 use crate::store::{Op, StoreError};
@@ -106,8 +107,10 @@ impl Shared {
                 id,
                 addr.clone(),
                 weight,
-                &uuid,
-                cluster.as_deref(),
+                Claim {
+                    uuid: &uuid,
+                    cluster: cluster.as_deref(),
+                },
                 Instant::now(),
                 |ops| self.persist(ops),
             )
