@@ -330,6 +330,47 @@ pub async fn broker_remove(bootstrap: &str, id: u32, force: bool) -> Result<()> 
     }
 }
 
+/// `shardq broker replace ID`: lets a new process (an empty data dir) take broker `id`'s place.
+/// There is no replication yet, so the shards it owned start empty on the new process; the text
+/// says so, and lists them.
+pub async fn broker_replace(bootstrap: &str, id: u32, json: bool) -> Result<()> {
+    match ask(bootstrap, Request::ReplaceBroker { id }).await? {
+        Response::BrokerReplaced { id, shards } => {
+            if json {
+                let v = serde_json::json!({
+                    "id": id,
+                    "shards_start_empty": shards.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", render_replaced(id, &shards));
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer {}", other.name()),
+    }
+}
+
+fn render_replaced(id: u32, shards: &[shardq_protocol::ShardId]) -> String {
+    let list = if shards.is_empty() {
+        "none".to_string()
+    } else {
+        shards
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "broker {id} can now be taken over: the next broker process to register with --id {id} \
+         (start it on an empty data dir) becomes broker {id}.\n\
+         Its {} shard(s) START EMPTY on the new process: shardq has no replication yet, so the \
+         records of the lost disk are gone (once replication exists they will be copied back).\n\
+         shards that start empty: {list}\n",
+        shards.len()
+    )
+}
+
 /// `#12  T1:P3  2 -> 4  Copying   `: which move, of what, where, and how far.
 fn move_head(m: &shardq_protocol::MoveProgress) -> String {
     format!(

@@ -33,7 +33,7 @@ struct Target {
 enum Cmd {
     /// Run the routing front (membership, topics, placement, metadata, proxy).
     Router(shardq_router::cli::RouterArgs),
-    /// Run a broker node, or administer brokers (`shardq broker list|add|remove`).
+    /// Run a broker node, or administer brokers (`shardq broker list|add|remove|replace`).
     Broker(BrokerCmd),
     /// Start a local cluster (router + N brokers as child processes) and keep it running.
     Up(up::UpArgs),
@@ -122,9 +122,12 @@ enum BrokerAdmin {
     },
     /// Remove a broker: drain its shards to their new owners (waits and shows progress; fails
     /// at once if the broker is down, since its shards cannot drain until it returns); with
-    /// --force, give up a dead broker's data (says what it discards).
+    /// --force, give up a dead broker's data (says what it discards; refused while the broker
+    /// is up: drain it with a plain remove instead).
     Remove {
         id: u32,
+        /// Only for a broker that is down: DISCARD the data of its shards (re-created empty on
+        /// other brokers) and remove it now.
         #[arg(long)]
         force: bool,
         /// Return once the drain has started instead of waiting for it to finish.
@@ -133,6 +136,19 @@ enum BrokerAdmin {
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Let a new broker process take over the id of broker ID whose disk was lost (refused while
+    /// it is up). The router binds every broker id to the UUID of its data dir and refuses any
+    /// other process with that id; after this, the next process to register ID (on an empty data
+    /// dir) takes it. Its shards START EMPTY there: there is no replication yet, so their records
+    /// are gone (once replication exists, they will be copied back).
+    Replace {
+        id: u32,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -265,6 +281,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     )
                     .await?;
                 }
+            }
+            BrokerAdmin::Replace { id, json, target } => {
+                admin::broker_replace(&target.broker, id, json).await?
             }
             BrokerAdmin::Add { data } => {
                 let (id, addr) = up::request_broker(&data).await?;

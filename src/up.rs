@@ -3,7 +3,9 @@
 //! process that dies, and stops everything on Ctrl-C / SIGTERM. A broker the router removed from
 //! the cluster is not restarted: it exits with `shardq_broker::EXIT_REMOVED` (removed while
 //! running, or refused at start because its id was removed earlier, e.g. it was killed right
-//! after its drain ended), and its id is never given to a new broker.
+//! after its drain ended), and its id is never given to a new broker. Nor is a broker the router
+//! refused as the process of its id (`shardq_broker::EXIT_REFUSED`: another data dir is bound
+//! to that id, or its data dir is another cluster's): it would be refused again, forever.
 //!
 //! Run again on the same data directory, it restarts the cluster as it was: the router keeps the
 //! membership in `DATA/router`, so the brokers started are exactly its members (brokers added
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use shardq_broker::EXIT_REMOVED;
+use shardq_broker::{EXIT_REFUSED, EXIT_REMOVED};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
@@ -130,6 +132,27 @@ fn refused(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Refused>().is_some()
 }
 
+/// [`spawn`] failed because the broker exited with [`EXIT_REFUSED`]: the router does not accept
+/// this process as the broker of its id. Its id is not retired (the process bound to it keeps
+/// it), but restarting this one is pointless.
+#[derive(Debug)]
+struct IdentityRefused {
+    name: String,
+}
+
+impl std::fmt::Display for IdentityRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} was refused by the router (exit code {EXIT_REFUSED}): another process is bound \
+             to its broker id, or its data dir belongs to another cluster (its log says which)",
+            self.name
+        )
+    }
+}
+
+impl std::error::Error for IdentityRefused {}
+
 /// Starts `shardq <args>` and waits for its "... listening on ADDR" line.
 async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, String)> {
     let exe = std::env::current_exe().context("cannot find the shardq executable")?;
@@ -164,6 +187,12 @@ async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, Strin
                 let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
                 if matches!(&status, Ok(Ok(s)) if s.code() == Some(EXIT_REMOVED)) {
                     return Err(Refused {
+                        name: name.to_string(),
+                    }
+                    .into());
+                }
+                if matches!(&status, Ok(Ok(s)) if s.code() == Some(EXIT_REFUSED)) {
+                    return Err(IdentityRefused {
                         name: name.to_string(),
                     }
                     .into());
@@ -486,6 +515,15 @@ pub async fn run(args: UpArgs) -> Result<()> {
                     left.push(i);
                     continue;
                 }
+                if status.code() == Some(EXIT_REFUSED) {
+                    let e = IdentityRefused {
+                        name: p.name.clone(),
+                    };
+                    println!("{e}; not restarting it");
+                    warn!("{e}; not restarting it");
+                    left.push(i);
+                    continue;
+                }
                 if status.success() {
                     // Stopped on purpose (SIGTERM or Ctrl-C sent to it alone).
                     println!("{} stopped ({status}); not restarting it", p.name);
@@ -526,6 +564,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
                             .strip_prefix("broker-")
                             .and_then(|n| n.parse::<u32>().ok()),
                     );
+                    left.push(i);
+                }
+                Err(e) if e.downcast_ref::<IdentityRefused>().is_some() => {
+                    println!("{e}; not restarting it");
+                    warn!("{e}; not restarting it");
                     left.push(i);
                 }
                 Err(e) => eprintln!("cannot restart {}: {e:#}", p.name),

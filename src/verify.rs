@@ -233,8 +233,10 @@ fn split_shard(line: &str) -> Option<(ShardId, &str)> {
     Some((shard.parse().ok()?, rest.trim_start()))
 }
 
-/// One line of `producer_N.acked` (`runproduce --ack-log`): `T:P OFFSET MESSAGE`, one per
-/// acknowledged record, in send order; a record whose produce failed has no line.
+/// One line of `producer_N.acked` (`runproduce --ack-log`), one per acknowledged record (a
+/// record whose produce failed has no line): `T:P OFFSET RECORD MESSAGE` in ack order under the
+/// `# shardq ack log v2` header line, where RECORD is the record's 1-based position in the input;
+/// or, in logs without that header, `T:P OFFSET MESSAGE` in send order.
 struct Ack {
     line: usize,
     shard: ShardId,
@@ -242,21 +244,58 @@ struct Ack {
     msg: String,
 }
 
+/// The ack log's records in send order (a v2 log is sorted by its RECORD field).
 fn parse_ack_log(path: &Path) -> Result<Vec<Ack>> {
     let mut out = Vec::new();
-    for (i, line) in read(path)?.lines().enumerate() {
-        if line.trim().is_empty() {
+    let text = read(path)?;
+    let v2 = text.starts_with("# shardq ack log v2");
+    let mut numbered = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || (v2 && line.starts_with('#')) {
             continue;
         }
-        let bad = || format!("{}:{}: not `T:P OFFSET MESSAGE`", path.display(), i + 1);
+        let bad = || {
+            format!(
+                "{}:{}: not `T:P OFFSET {}MESSAGE`",
+                path.display(),
+                i + 1,
+                if v2 { "RECORD " } else { "" }
+            )
+        };
         let (shard, rest) = split_shard(line).with_context(bad)?;
-        let (offset, msg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-        out.push(Ack {
+        let (offset, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let (record, msg) = if v2 {
+            let (n, msg) = rest
+                .trim_start()
+                .split_once(char::is_whitespace)
+                .unwrap_or((rest.trim_start(), ""));
+            (Some(n.parse::<u64>().ok().with_context(bad)?), msg)
+        } else {
+            (None, rest)
+        };
+        let ack = Ack {
             line: i + 1,
             shard,
             offset: offset.parse().ok().with_context(bad)?,
             msg: msg.trim().to_string(),
-        });
+        };
+        match record {
+            Some(n) => numbered.push((n, ack)),
+            None => out.push(ack),
+        }
+    }
+    if v2 {
+        numbered.sort_by_key(|(n, _)| *n);
+        if let Some(w) = numbered.windows(2).find(|w| w[0].0 == w[1].0) {
+            bail!(
+                "{}:{}: record {} is acknowledged twice (also on line {})",
+                path.display(),
+                w[1].1.line,
+                w[1].0,
+                w[0].1.line
+            );
+        }
+        out = numbered.into_iter().map(|(_, a)| a).collect();
     }
     Ok(out)
 }
@@ -1712,6 +1751,44 @@ mod tests {
                 .map(|(id, subs)| (*id, subs.split(',').map(|s| s.parse().unwrap()).collect()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn an_ack_log_in_ack_order_is_read_in_send_order_by_its_record_numbers() {
+        let d = tempfile::tempdir().unwrap();
+        // Record 2 (on a broker that was paused) is acknowledged after records 3 and 4.
+        write(
+            d.path(),
+            "producer_1.txt",
+            "1 A1 * T1\n2 A2 * T1\n3 A3 * T1\n4 A1 * T1\n",
+        );
+        write(
+            d.path(),
+            "producer_1.acked",
+            "# shardq ack log v2: SHARD OFFSET RECORD MESSAGE\n\
+             T1:P1 0 1 A1\nT1:P1 1 3 A3\nT1:P1 2 4 A1\nT1:P2 0 2 A2\n",
+        );
+        write(
+            d.path(),
+            "consumer_1.txt",
+            "T1:P1     A1\nT1:P2     A2\nT1:P1     A3\nT1:P1     A1\n",
+        );
+        let r = verify(&spec(d.path(), &[(1, "T1:*")])).unwrap();
+        assert!(r.passed(), "{}", r.render());
+        assert_eq!((r.failed, r.unresolved), (0, 0));
+        // A record acknowledged twice is a broken log, said so with its line.
+        write(
+            d.path(),
+            "producer_1.acked",
+            "# shardq ack log v2\nT1:P1 0 1 A1\nT1:P2 0 1 A1\n",
+        );
+        let e = verify(&spec(d.path(), &[(1, "T1:*")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("producer_1.acked:3") && e.contains("twice"),
+            "{e}"
+        );
     }
 
     #[test]

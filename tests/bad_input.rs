@@ -15,12 +15,21 @@ async fn bad_input_gets_clear_errors_and_produces_nothing() {
     let client = cluster.client().await;
 
     // Invalid topic names, through the CLI binary: non-zero exit and a message naming the fault.
-    for bad in ["bad/name", "", &"x".repeat(129)] {
+    // `.` and `..` would name the current or parent directory wherever a topic becomes a path,
+    // and `-x` reads as an option on every command line that takes a topic.
+    for bad in [
+        "bad/name",
+        "",
+        &"x".repeat(129),
+        ".",
+        "..",
+        "-x",
+        "--partitions",
+    ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
             .args([
                 "topic",
                 "create",
-                bad,
                 "--partitions",
                 "2",
                 "--broker",
@@ -28,6 +37,7 @@ async fn bad_input_gets_clear_errors_and_produces_nothing() {
                 "--token-file",
             ])
             .arg(cluster.endpoint().token)
+            .args(["--", bad])
             .output()
             .unwrap();
         assert!(!out.status.success(), "topic {bad:?} was accepted");

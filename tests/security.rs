@@ -149,6 +149,8 @@ async fn peers_without_the_secret_cannot_drop_export_or_force_remove_and_data_st
                 id: 77,
                 addr: "127.0.0.1:1".into(),
                 weight: 100,
+                uuid: "00000000-0000-4000-8000-000000000077".into(),
+                cluster: None,
             })
             .await,
         "RegisterBroker",

@@ -1,7 +1,9 @@
 //! The `shardq broker` command: parse options, start a broker, say where it listens, run until
 //! Ctrl-C, SIGTERM or its removal from the cluster by the router, and shut down cleanly (flushing
 //! the database). A removed broker (removed while running, or refused at start because the router
-//! removed its id earlier) exits with [`EXIT_REMOVED`], which means "removed: do not restart".
+//! removed its id earlier) exits with [`EXIT_REMOVED`], which means "removed: do not restart". A
+//! process the router refuses as the broker of its `--id` (another data dir is bound to that id,
+//! or this data dir is another cluster's) exits with [`EXIT_REFUSED`]: do not restart either.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use tracing::{error, info};
 use shardq_protocol::cli_args::ListenerArgs;
 
 use crate::config::{BrokerConfig, FsyncPolicy, DEFAULT_MAX_RECORD_BYTES};
-use crate::{RemovedFromCluster, EXIT_REMOVED};
+use crate::{RefusedByRouter, RemovedFromCluster, EXIT_REFUSED, EXIT_REMOVED};
 
 /// Options of `shardq broker`.
 #[derive(clap::Args, Debug, Clone)]
@@ -124,6 +126,8 @@ pub enum Stopped {
     Signal,
     /// The router removed this broker from the cluster (now, or earlier: it refused it at start).
     Removed,
+    /// The router refused this process as the broker of its id (at start or later).
+    Refused,
 }
 
 /// Runs a broker until Ctrl-C, SIGTERM or its removal from the cluster; a broker removed from
@@ -133,6 +137,7 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
     match run_until_stopped(args).await? {
         Stopped::Signal => Ok(()),
         Stopped::Removed => std::process::exit(EXIT_REMOVED),
+        Stopped::Refused => std::process::exit(EXIT_REFUSED),
     }
 }
 
@@ -148,6 +153,11 @@ pub async fn run_until_stopped(args: BrokerArgs) -> anyhow::Result<Stopped> {
                 eprintln!("error: {removed} (exit code {EXIT_REMOVED}: removed, do not restart)");
                 return Ok(Stopped::Removed);
             }
+            if let Some(refused) = e.downcast_ref::<RefusedByRouter>() {
+                error!("{refused}");
+                eprintln!("error: {refused} (exit code {EXIT_REFUSED}: refused, do not restart)");
+                return Ok(Stopped::Refused);
+            }
             return Err(e.context(format!("broker {id} failed to start")));
         }
     };
@@ -160,9 +170,15 @@ pub async fn run_until_stopped(args: BrokerArgs) -> anyhow::Result<Stopped> {
     drop(out);
     let stopped = tokio::select! {
         s = stop_signal() => s.map(|()| Stopped::Signal),
-        () = handle.removed() => {
-            info!(id, code = EXIT_REMOVED, "broker removed from the cluster by the router; exiting (do not restart it)");
-            Ok(Stopped::Removed)
+        () = handle.removed() => match handle.refusal() {
+            Some(refused) => {
+                eprintln!("error: {refused} (exit code {EXIT_REFUSED}: refused, do not restart)");
+                Ok(Stopped::Refused)
+            }
+            None => {
+                info!(id, code = EXIT_REMOVED, "broker removed from the cluster by the router; exiting (do not restart it)");
+                Ok(Stopped::Removed)
+            }
         }
     };
     info!(id, "stopping broker");

@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod config;
 mod durability;
+pub mod identity;
 mod import;
 mod membership;
 mod router_link;
@@ -19,8 +20,8 @@ mod shard;
 pub mod wal;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -44,6 +45,22 @@ use router_link::RouterLink;
 /// new id and an empty data directory.
 pub const EXIT_REMOVED: i32 = 10;
 
+/// Exit code of a `shardq broker` process that the router refused as the broker of its `--id`:
+/// another process (another data dir) is bound to that id, or its data dir belongs to another
+/// cluster. Restarting it would only be refused again, so supervisors must not (`shardq up`
+/// does not); the id itself stays with the process bound to it.
+pub const EXIT_REFUSED: i32 = 11;
+
+/// [`start`] failed, or the broker stopped, because the router refused this process as broker
+/// `id` (`IdentityConflict` or `WrongCluster`). Nothing was served.
+#[derive(Debug, thiserror::Error)]
+#[error("the router refused this process as broker {id} (data dir {}): {kind}", data_dir.display())]
+pub struct RefusedByRouter {
+    pub id: BrokerId,
+    pub kind: ErrorKind,
+    pub data_dir: PathBuf,
+}
+
 /// [`start`] failed because the router refused this broker's registration: its id was removed
 /// from the cluster. Nothing was served. (`anyhow::Error::downcast_ref` finds it.)
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +77,11 @@ pub struct BrokerHandle {
     broker: Arc<Broker>,
     router: Option<Arc<RouterLink>>,
     shutdown: CancellationToken,
-    /// Cancelled when the router removed this broker from the cluster.
+    /// Cancelled when the router removed this broker from the cluster, or refused it.
     removed: CancellationToken,
+    /// Set when the router refused this process as the broker of its id.
+    refusal: Arc<OnceLock<ErrorKind>>,
+    data_dir: PathBuf,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -82,7 +102,8 @@ impl BrokerHandle {
 
     /// Resolves once the router has removed this broker from the cluster (it answered a
     /// heartbeat with `RemovedBroker` or `UnknownBroker`, or a registration with
-    /// `RemovedBroker`); the broker has then stopped serving. Call
+    /// `RemovedBroker`), or refused this process as the broker of its id (see
+    /// [`BrokerHandle::refusal`]); the broker has then stopped serving. Call
     /// [`BrokerHandle::shutdown`] afterwards to flush and release the data directory.
     pub async fn removed(&self) {
         self.removed.cancelled().await
@@ -90,7 +111,16 @@ impl BrokerHandle {
 
     /// Whether the router has removed this broker (see [`BrokerHandle::removed`]).
     pub fn is_removed(&self) -> bool {
-        self.removed.is_cancelled()
+        self.removed.is_cancelled() && self.refusal.get().is_none()
+    }
+
+    /// Why the router refused this process as the broker of its id, once it did.
+    pub fn refusal(&self) -> Option<RefusedByRouter> {
+        self.refusal.get().map(|kind| RefusedByRouter {
+            id: self.id,
+            kind: kind.clone(),
+            data_dir: self.data_dir.clone(),
+        })
     }
 
     /// Stops accepting, ends connections, imports and background tasks, and flushes the database.
@@ -195,6 +225,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         )
     })?;
     let db = open_db(&config.data_dir).await?;
+    // After the database lock: two processes on one data dir never create two identities.
+    let identity = identity::Identity::load_or_create(&config.data_dir)?;
     // Whatever the policy now, writes a crash left only in the write-ahead file go back first.
     wal::replay(&db, &config.data_dir).map_err(|e| {
         anyhow::anyhow!(
@@ -233,6 +265,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     let durability = Durability::new(config.fsync, db.clone(), wal);
     let shutdown = CancellationToken::new();
     let removed = CancellationToken::new();
+    let refusal = Arc::new(OnceLock::new());
+    let uuid = identity.uuid.clone();
     let broker = Arc::new(
         Broker::open(
             config.id,
@@ -262,6 +296,9 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         weight: config.weight,
         heartbeat: config.heartbeat,
         removed: removed.clone(),
+        refusal: refusal.clone(),
+        identity: Mutex::new(identity),
+        data_dir: config.data_dir.clone(),
         registered: false,
     });
     if let Some(m) = membership.as_mut() {
@@ -278,6 +315,21 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
                 }
                 warn!(id, "the router refused this broker: its id was removed from the cluster; not serving");
                 return Err(RemovedFromCluster { id }.into());
+            }
+            // Another process is this id, or the data dir is another cluster's: serving the
+            // shards held here (or empty ones) would answer for data that lives elsewhere.
+            Err(kind @ (ErrorKind::IdentityConflict { .. } | ErrorKind::WrongCluster { .. })) => {
+                shutdown.cancel();
+                if let Some(r) = &router {
+                    r.close().await;
+                }
+                let refused = RefusedByRouter {
+                    id: config.id,
+                    kind,
+                    data_dir: config.data_dir.clone(),
+                };
+                warn!("{refused}; not serving");
+                return Err(refused.into());
             }
             Err(e) => debug!("first registration attempt failed: {e}"),
         }
@@ -299,6 +351,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     }
     info!(
         id = config.id,
+        %uuid,
         %addr,
         advertise = %advertise,
         data = %config.data_dir.display(),
@@ -314,6 +367,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         router,
         shutdown,
         removed,
+        refusal,
+        data_dir: config.data_dir.clone(),
         tasks,
     })
 }

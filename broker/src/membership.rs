@@ -5,13 +5,20 @@
 //! from the cluster (it persists its members and the ids it removed, so a mere restart of either
 //! side never causes it): the broker then shuts itself down, and its process exits with
 //! [`crate::EXIT_REMOVED`] so that supervisors do not restart it.
+//!
+//! Registrations and heartbeats carry this data dir's UUID (see [`crate::identity`]). An
+//! `IdentityConflict` (another process is bound to this id) or `WrongCluster` (the data dir is
+//! another cluster's) answer stops the broker too, and its process exits with
+//! [`crate::EXIT_REFUSED`]: restarting it would only be refused again.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use shardq_protocol::{CancellationToken, Epoch, ErrorKind, Request, Response};
 use tracing::{error, info, warn};
 
+use crate::identity::Identity;
 use crate::router_link::RouterLink;
 use crate::service::Broker;
 
@@ -24,8 +31,14 @@ pub struct Membership {
     pub advertise: String,
     pub weight: u32,
     pub heartbeat: Duration,
-    /// Cancelled when the router removes this broker; `BrokerHandle::removed` waits on it.
+    /// Cancelled when the router removes or refuses this broker; `BrokerHandle::removed` waits
+    /// on it.
     pub removed: CancellationToken,
+    /// Why the router refused this process (set before `removed` is cancelled), if it did.
+    pub refusal: Arc<OnceLock<ErrorKind>>,
+    /// This data dir's identity; its cluster is recorded at the first registration.
+    pub identity: Mutex<Identity>,
+    pub data_dir: PathBuf,
     /// Already registered (by [`crate::start`], before serving): go straight to heartbeats.
     pub registered: bool,
 }
@@ -43,16 +56,39 @@ impl Membership {
         (self.heartbeat * 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
     }
 
+    fn identity(&self) -> Identity {
+        self.identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// One registration attempt: the routing epoch, or why not (`RemovedBroker`: this id was
-    /// removed from the cluster for good).
+    /// removed from the cluster for good; `IdentityConflict` / `WrongCluster`: this process is
+    /// not broker `id` for the router).
     pub async fn register_once(&self) -> Result<Epoch, ErrorKind> {
+        let identity = self.identity();
         let req = Request::RegisterBroker {
             id: self.broker.id(),
             addr: self.advertise.clone(),
             weight: self.weight,
+            uuid: identity.uuid.clone(),
+            cluster: identity.cluster.clone(),
         };
         match self.router.request(req, self.rpc_timeout()).await? {
-            Response::Registered { epoch } => {
+            Response::Registered { epoch, cluster } => {
+                match &identity.cluster {
+                    // The router checked ours; a different answer means it is not that router.
+                    Some(ours) if *ours != cluster => {
+                        return Err(ErrorKind::WrongCluster {
+                            id: self.broker.id(),
+                            data_cluster: ours.clone(),
+                            router_cluster: cluster,
+                        })
+                    }
+                    Some(_) => {}
+                    None => self.record_cluster(identity, cluster)?,
+                }
                 self.broker.observe_epoch(epoch);
                 info!(router = %self.router.addr(), epoch, addr = %self.advertise, "registered with the router");
                 Ok(epoch)
@@ -61,6 +97,30 @@ impl Membership {
                 reason: format!("router answered registration with {}", other.name()),
             }),
         }
+    }
+
+    /// A fresh data dir joined the router's cluster: record it, so that it is never registered
+    /// with another cluster's router by mistake.
+    fn record_cluster(&self, mut identity: Identity, cluster: String) -> Result<(), ErrorKind> {
+        identity.cluster = Some(cluster.clone());
+        identity
+            .save(&self.data_dir)
+            .map_err(|e| ErrorKind::Storage {
+                reason: e.to_string(),
+            })?;
+        info!(%cluster, data = %self.data_dir.display(), "this data dir joined the cluster");
+        *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = identity;
+        Ok(())
+    }
+
+    /// The router refused this process as broker `id` (another process is bound to the id, or
+    /// the data dir is another cluster's): stop everything; the process exits "refused".
+    fn refused(&self, shutdown: &CancellationToken, why: ErrorKind) {
+        error!(id = self.broker.id(), router = %self.router.addr(), data = %self.data_dir.display(),
+            "refused by the router: {why}; shutting down");
+        let _ = self.refusal.set(why);
+        self.removed.cancel();
+        shutdown.cancel();
     }
 
     /// The router removed this broker: stop everything; the process exits "removed".
@@ -84,6 +144,10 @@ impl Membership {
                 Ok(_) => return true,
                 Err(e @ ErrorKind::RemovedBroker { .. }) => {
                     self.removed(shutdown, &e);
+                    return false;
+                }
+                Err(e @ (ErrorKind::IdentityConflict { .. } | ErrorKind::WrongCluster { .. })) => {
+                    self.refused(shutdown, e);
                     return false;
                 }
                 Err(e @ ErrorKind::Internal { .. }) => warn!("{e}; retrying"),
@@ -114,6 +178,7 @@ impl Membership {
             let req = Request::Heartbeat {
                 id: self.broker.id(),
                 report: self.broker.report(),
+                uuid: self.identity().uuid,
             };
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -130,6 +195,12 @@ impl Membership {
                 Ok(other) => warn!("router answered a heartbeat with {}", other.name()),
                 Err(e @ (ErrorKind::UnknownBroker { .. } | ErrorKind::RemovedBroker { .. })) => {
                     self.removed(&shutdown, &e);
+                    return;
+                }
+                // Another process took this id (`shardq broker replace` while this one was cut
+                // off): serving on would be split brain.
+                Err(e @ ErrorKind::IdentityConflict { .. }) => {
+                    self.refused(&shutdown, e);
                     return;
                 }
                 Err(e) => {

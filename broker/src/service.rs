@@ -819,7 +819,8 @@ impl Service for Broker {
             | Request::DescribeTopic { .. }
             | Request::ListBrokers
             | Request::Status
-            | Request::RemoveBroker { .. }) => self.forward(r),
+            | Request::RemoveBroker { .. }
+            | Request::ReplaceBroker { .. }) => self.forward(r),
             Request::AssignShards { epoch, shards } => {
                 self.observe_epoch(epoch);
                 let result = shards

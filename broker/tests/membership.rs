@@ -17,6 +17,9 @@ use shardq_protocol::{
     ShardAssignment, ShardId, ShardReport, TopicInfo,
 };
 
+/// The cluster id the fake routers answer registrations with.
+const FAKE_CLUSTER: &str = "cccccccc-cccc-4ccc-8ccc-cccccccccccc";
+
 #[derive(Default)]
 struct FakeRouter {
     assignments: Mutex<Vec<ShardAssignment>>,
@@ -35,9 +38,12 @@ impl Service for FakeRouter {
         let result = match request {
             Request::RegisterBroker { addr, .. } => {
                 self.registrations.lock().unwrap().push(addr);
-                Ok(Response::Registered { epoch: 5 })
+                Ok(Response::Registered {
+                    epoch: 5,
+                    cluster: FAKE_CLUSTER.into(),
+                })
             }
-            Request::Heartbeat { id, report } => {
+            Request::Heartbeat { id, report, .. } => {
                 *self.reports.lock().unwrap() = report.shards;
                 if std::mem::take(&mut *self.forget.lock().unwrap()) {
                     Err(ErrorKind::UnknownBroker { id })
@@ -232,7 +238,10 @@ impl Service for TombstoningRouter {
                 if refused(id) {
                     Err(ErrorKind::RemovedBroker { id })
                 } else {
-                    Ok(Response::Registered { epoch: 5 })
+                    Ok(Response::Registered {
+                        epoch: 5,
+                        cluster: FAKE_CLUSTER.into(),
+                    })
                 }
             }
             Request::Heartbeat { id, .. } if refused(id) => Err(ErrorKind::RemovedBroker { id }),

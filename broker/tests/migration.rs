@@ -21,6 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The cluster id the fake routers answer registrations with.
+const FAKE_CLUSTER: &str = "cccccccc-cccc-4ccc-8ccc-cccccccccccc";
+
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn broker_config(id: u32, dir: &std::path::Path) -> BrokerConfig {
@@ -629,7 +632,10 @@ impl Service for RemovingRouter {
 
     fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
         let result = match request {
-            Request::RegisterBroker { .. } => Ok(Response::Registered { epoch: 3 }),
+            Request::RegisterBroker { .. } => Ok(Response::Registered {
+                epoch: 3,
+                cluster: FAKE_CLUSTER.into(),
+            }),
             Request::Heartbeat { id, .. } => {
                 self.heartbeats.fetch_add(1, Ordering::AcqRel);
                 Err(ErrorKind::UnknownBroker { id })

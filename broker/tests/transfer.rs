@@ -214,6 +214,7 @@ async fn unsupported_and_standalone_requests_are_answered() {
         conn.request(Request::Heartbeat {
             id: 1,
             report: Default::default(),
+            uuid: String::new(),
         })
         .await
         .unwrap_err(),

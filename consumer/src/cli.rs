@@ -27,8 +27,9 @@ Each record is appended to DIR/consumer_N.txt as a line `T1:P1     MESSAGE` (sha
 message), in shard order. Lines are flushed as they arrive and offsets are committed only after
 their lines are written, so a rerun with the same --id (group) continues where this one stopped.
 Only one runconsume at a time may write a given consumer_N.txt; a second one exits with an error.
-Stops after --idle-timeout seconds without a new record, or on Ctrl-C (after writing and committing
-what it has; a second Ctrl-C quits at once).
+Stops once the brokers have answered \"nothing new\" for --idle-timeout seconds (fetches that fail
+or time out are retried and do not count, nor does time the process was stopped, e.g. by SIGSTOP),
+or on Ctrl-C (after writing and committing what it has; a second Ctrl-C quits at once).
 Exit status: 0 when it stopped that way, 1 on an error, 130 on a second Ctrl-C.
 RUST_LOG sets the log level (default warn)."
 )]
@@ -54,7 +55,8 @@ pub struct Args {
     /// Where a group with no committed offset starts: earliest or latest.
     #[arg(long, default_value = "earliest")]
     pub from: StartFrom,
-    /// Stop after this many seconds without a new record (fractions allowed).
+    /// Stop after the brokers answered "nothing new" for this many seconds (fractions allowed);
+    /// failed or timed-out fetches and time stopped do not count.
     #[arg(long = "idle-timeout", default_value_t = 20.0, value_name = "SECS")]
     pub idle_timeout: f64,
     /// How long one fetch waits on the broker for new records, in milliseconds.
@@ -121,7 +123,6 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
     };
     let idle = Duration::from_secs_f64(args.idle_timeout.max(0.0));
     let start = Instant::now();
-    let mut last_record = Instant::now();
     let mut summary = Summary {
         records: 0,
         elapsed: Duration::ZERO,
@@ -153,7 +154,6 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
                 out.flush()
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 summary.records += records.len() as u64;
-                last_record = Instant::now();
                 if let Err(e) = consumer.commit().await {
                     summary.errors += 1;
                     warn!(error = %e, "commit failed; will retry with the next one");
@@ -165,7 +165,9 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
                 warn!(error = %e, "poll failed; retrying");
             }
         }
-        if last_record.elapsed() >= idle {
+        // Idle is what the brokers said ("nothing new"), not time passed: a consumer paused or
+        // cut off for longer than the timeout must not give up while records wait.
+        if consumer.idle() >= idle {
             break;
         }
     }

@@ -125,6 +125,8 @@ struct ShardCursor {
     retry_at: Option<Instant>,
     /// The incarnation of the broker process the last records came from.
     incarnation: Option<u64>,
+    /// Its broker answered "nothing new" since the current idle round began.
+    answered_empty: bool,
 }
 
 /// Reads its shards for one group. Not `Sync`: one task polls it.
@@ -136,6 +138,10 @@ pub struct Consumer {
     done_rx: mpsc::UnboundedReceiver<FetchDone>,
     /// An error seen while records were also ready: reported by the next `poll`.
     deferred: Option<ConsumerError>,
+    /// See [`Consumer::idle`].
+    idle: Duration,
+    /// When the current idle round began: it ends once every shard answered "nothing new".
+    round_start: Instant,
 }
 
 /// Pause before re-fetching a shard whose fetch failed.
@@ -195,6 +201,7 @@ impl Consumer {
                 fetch: None,
                 retry_at: None,
                 incarnation: None,
+                answered_empty: false,
             });
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -205,7 +212,39 @@ impl Consumer {
             done_tx,
             done_rx,
             deferred: None,
+            idle: Duration::ZERO,
+            round_start: Instant::now(),
         })
+    }
+
+    /// How long, since the last record was handed out, the brokers have been answering that
+    /// nothing new is there. It grows only by rounds in which every shard's long poll answered
+    /// "nothing new", and a round counts for at most one long-poll wait (`max_wait`): time in
+    /// which a fetch failed, timed out or was still unanswered, or in which this process was
+    /// not running (SIGSTOP, a suspended laptop), is never taken for idleness.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// A shard answered "nothing new": the round ends once every shard did.
+    fn answered_empty(&mut self, idx: usize) {
+        if let Some(c) = self.shards.get_mut(idx) {
+            c.answered_empty = true;
+        }
+        if self.shards.iter().all(|c| c.answered_empty) {
+            let now = Instant::now();
+            self.idle += now
+                .saturating_duration_since(self.round_start)
+                .min(self.config.max_wait);
+            self.new_round(now);
+        }
+    }
+
+    fn new_round(&mut self, now: Instant) {
+        self.round_start = now;
+        for c in &mut self.shards {
+            c.answered_empty = false;
+        }
     }
 
     /// The shards this consumer reads, in subscription order.
@@ -345,7 +384,20 @@ impl Consumer {
                     incarnation,
                     stable_end,
                 };
-                if let Err(at) = take_fetched(c, served, &batches, out) {
+                let (handed, position) = (out.len(), c.position);
+                let taken = take_fetched(c, served, &batches, out);
+                if taken.is_ok() {
+                    if out.len() > handed || c.position != position {
+                        // Records (or a rewind to re-read some): not idle.
+                        self.idle = Duration::ZERO;
+                        self.new_round(Instant::now());
+                    } else if high_watermark <= c.position {
+                        self.answered_empty(idx);
+                    }
+                    return;
+                }
+                let c = &mut self.shards[idx];
+                if let Err(at) = taken {
                     // Data exists past the position but none could be read: a damaged batch.
                     // Pausing avoids spinning on it; the error names the shard.
                     c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
@@ -750,6 +802,7 @@ mod tests {
             fetch: None,
             retry_at: None,
             incarnation: None,
+            answered_empty: false,
         }
     }
 

@@ -7,13 +7,14 @@ use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::pin::pin;
-use std::task::Poll;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use shardq_protocol::batch::encoded_record_size;
 use shardq_protocol::{Acks, CancellationToken, ConnectionConfig, ShardSpec};
 use tokio::sync::mpsc;
@@ -99,8 +100,10 @@ pub struct Args {
     /// Keep it at most the brokers' --max-record-bytes (default 1048576 there too).
     #[arg(long = "max-record-bytes", default_value_t = DEFAULT_MAX_RECORD_BYTES, value_name = "BYTES")]
     pub max_record_bytes: usize,
-    /// Write DIR/producer_N.acked (needs --log_loc): `T:P OFFSET MESSAGE` per acknowledged record,
-    /// in ack order. Only one runproduce at a time may write a given ack log.
+    /// Write DIR/producer_N.acked (needs --log_loc): after a header line, `T:P OFFSET RECORD
+    /// MESSAGE` per acknowledged record, in the order the acknowledgements arrive (RECORD is the
+    /// record's 1-based position in the input). Only one runproduce at a time may write a given
+    /// ack log.
     #[arg(long = "ack-log")]
     pub ack_log: bool,
 }
@@ -334,6 +337,7 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
         start,
         acks: &ack_tx,
         stop: &stop,
+        sent: AtomicU64::new(0),
     };
     let outcome = match args.count {
         Some(n) => send_synthetic(&sender, &args, n).await,
@@ -415,7 +419,13 @@ fn open_ack_log(path: &Path, id: u32) -> Result<File> {
     Ok(file)
 }
 
-type Pending = (DeliveryFuture, Bytes);
+/// A record's delivery, its value, and its 1-based position in the input (send order).
+type Pending = (DeliveryFuture, Bytes, u64);
+
+/// First line of an ack log: says its lines are in ack order and carry each record's position
+/// in the input, which the verifier sorts them by.
+pub const ACK_LOG_HEADER: &str =
+    "# shardq ack log v2: SHARD OFFSET RECORD MESSAGE per acknowledged record, in ack order; RECORD is its 1-based position in the input";
 
 /// What the send loop needs besides the records.
 struct Sender<'a> {
@@ -424,6 +434,8 @@ struct Sender<'a> {
     start: Instant,
     acks: &'a mpsc::UnboundedSender<Pending>,
     stop: &'a CancellationToken,
+    /// Records sent so far (numbers them for the ack log).
+    sent: AtomicU64,
 }
 
 /// How a send loop ended.
@@ -462,8 +474,9 @@ impl Sender<'_> {
                 f.map_err(|e| format!("cannot send to {target}: {e}"))?
             }
         };
+        let seq = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
         // The tracker only goes away if it failed; its error is reported instead.
-        let _ = self.acks.send((fut, value));
+        let _ = self.acks.send((fut, value, seq));
         Ok(true)
     }
 }
@@ -534,9 +547,22 @@ struct AckReport {
     errors: Vec<String>,
 }
 
-/// Awaits deliveries in send order (per shard that is ack order) and writes the ack log. Each
-/// line goes to the file in one piece, and the file is flushed whenever the tracker would wait,
-/// so the log on disk is always whole lines and close behind the acknowledgements. Stops
+/// A record's delivery outcome, with its value and position (one future type for the set).
+async fn delivered(
+    (fut, value, seq): Pending,
+) -> (
+    std::result::Result<crate::producer::Delivery, crate::producer::ProducerError>,
+    Bytes,
+    u64,
+) {
+    (fut.await, value, seq)
+}
+
+/// Writes each acknowledgement to the ack log as it arrives (ack order: one record waiting on a
+/// paused broker does not hold back the lines of records other brokers acknowledged meanwhile),
+/// each line with the record's position in the input so the verifier can restore send order.
+/// Each line goes to the file in one piece, and the file is flushed whenever the tracker would
+/// wait, so the log on disk is always whole lines and close behind the acknowledgements. Stops
 /// waiting when `give_up` is cancelled.
 async fn track_acks(
     mut rx: mpsc::UnboundedReceiver<Pending>,
@@ -544,60 +570,75 @@ async fn track_acks(
     give_up: CancellationToken,
 ) -> Result<AckReport> {
     let mut log = log.map(|f| BufWriter::with_capacity(64 * 1024, f));
-    fn flush(log: &mut Option<BufWriter<File>>) -> Result<()> {
-        if let Some(w) = log.as_mut() {
-            w.flush().context("cannot write the ack log")?;
-        }
-        Ok(())
+    if let Some(w) = log.as_mut() {
+        writeln!(w, "{ACK_LOG_HEADER}").context("cannot write the ack log")?;
     }
     let mut report = AckReport {
         acknowledged: 0,
         errors: Vec::new(),
     };
     let mut line = Vec::with_capacity(256);
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    let mut unflushed = false;
     loop {
-        let (fut, value) = match rx.try_recv() {
-            Ok(p) => p,
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                flush(&mut log)?;
-                match rx.recv().await {
-                    Some(p) => p,
-                    None => break,
-                }
+        // Take everything already sent or already acknowledged without waiting.
+        while open {
+            match rx.try_recv() {
+                Ok(p) => pending.push(delivered(p)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
-        };
-        let mut fut = pin!(fut);
-        let delivered = match futures::poll!(fut.as_mut()) {
-            Poll::Ready(d) => d,
-            Poll::Pending => {
-                flush(&mut log)?;
-                tokio::select! {
-                    d = fut => d,
-                    _ = give_up.cancelled() => break,
-                }
+        }
+        let mut done = Vec::new();
+        while let Some(Some(d)) = pending.next().now_or_never() {
+            done.push(d);
+        }
+        let waiting = done.is_empty();
+        if waiting {
+            if !open && pending.is_empty() {
+                break;
             }
-        };
-        match delivered {
-            Ok(d) => {
-                report.acknowledged += 1;
+            if unflushed {
                 if let Some(w) = log.as_mut() {
-                    line.clear();
-                    write!(line, "{} {} ", d.shard, d.offset).expect("writing to a Vec");
-                    line.extend_from_slice(String::from_utf8_lossy(&value).as_bytes());
-                    line.push(b'\n');
-                    w.write_all(&line).context("cannot write the ack log")?;
+                    w.flush().context("cannot write the ack log")?;
                 }
+                unflushed = false;
             }
-            Err(e) => {
-                let e = e.to_string();
-                if report.errors.len() < MAX_REPORTED_ERRORS && !report.errors.contains(&e) {
-                    report.errors.push(e);
+            tokio::select! {
+                _ = give_up.cancelled() => break,
+                p = rx.recv(), if open => match p {
+                    Some(p) => pending.push(delivered(p)),
+                    None => open = false,
+                },
+                Some(d) = pending.next(), if !pending.is_empty() => done.push(d),
+            }
+        }
+        for (delivered, value, seq) in done {
+            match delivered {
+                Ok(d) => {
+                    report.acknowledged += 1;
+                    if let Some(w) = log.as_mut() {
+                        line.clear();
+                        write!(line, "{} {} {seq} ", d.shard, d.offset).expect("writing to a Vec");
+                        line.extend_from_slice(String::from_utf8_lossy(&value).as_bytes());
+                        line.push(b'\n');
+                        w.write_all(&line).context("cannot write the ack log")?;
+                        unflushed = true;
+                    }
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    if report.errors.len() < MAX_REPORTED_ERRORS && !report.errors.contains(&e) {
+                        report.errors.push(e);
+                    }
                 }
             }
         }
     }
-    flush(&mut log)?;
+    if let Some(w) = log.as_mut() {
+        w.flush().context("cannot write the ack log")?;
+    }
     Ok(report)
 }
 

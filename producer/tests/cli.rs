@@ -223,16 +223,22 @@ async fn ctrl_c_stops_sending_waits_for_acks_and_reports() {
         "truncated last line: {:?}",
         log.lines().last()
     );
+    assert!(
+        log.starts_with(shardq_producer::cli::ACK_LOG_HEADER),
+        "{log:.200}"
+    );
     let mut next = std::collections::HashMap::new();
-    for l in log.lines() {
+    let mut records = std::collections::BTreeSet::new();
+    for l in log.lines().skip(1) {
         let f: Vec<&str> = l.split(' ').collect();
-        assert_eq!(f.len(), 3, "{l}");
-        assert!(f[2].starts_with("p3-"), "{l}");
+        assert_eq!(f.len(), 4, "{l}");
+        assert!(f[3].starts_with("p3-"), "{l}");
         let want = next.entry(f[0].to_string()).or_insert(0u64);
         assert_eq!(f[1].parse::<u64>().ok(), Some(*want), "{l}");
         *want += 1;
+        assert!(records.insert(f[2].parse::<u64>().unwrap()), "{l}");
     }
-    assert_eq!(log.lines().count() as u64, acked);
+    assert_eq!(log.lines().count() as u64 - 1, acked);
     let ends = cluster.end_offsets("S", 2).await;
     assert_eq!(
         ends.iter().sum::<u64>(),

@@ -79,6 +79,32 @@ pub enum ErrorKind {
         limit: u32,
         reserved: u32,
     },
+    /// An admin action that is only for a broker that is down (a forced removal, a replacement)
+    /// asked about one that is up; nothing was changed.
+    #[error("broker {id} is UP: {reason}; nothing was changed")]
+    BrokerUp { id: u32, reason: String },
+    /// Another process (another UUID) registered or heartbeated as broker `id`: two processes
+    /// would otherwise serve the same shards, one of them with empty logs.
+    #[error(
+        "broker {id} is bound to UUID {bound}; this process has UUID {offered}. Another process \
+         is broker {id}: give this one its own --id and data dir. If broker {id}'s disk was lost, \
+         run `shardq broker replace {id}` (its shards then start empty on this process)"
+    )]
+    IdentityConflict {
+        id: u32,
+        bound: String,
+        offered: String,
+    },
+    /// The broker's data directory belongs to another cluster than this router's.
+    #[error(
+        "broker {id}'s data dir belongs to cluster {data_cluster}, but this router runs cluster \
+         {router_cluster}: point it at its own cluster's router, or start it on an empty data dir"
+    )]
+    WrongCluster {
+        id: u32,
+        data_cluster: String,
+        router_cluster: String,
+    },
 }
 
 impl ErrorKind {

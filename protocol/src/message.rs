@@ -288,10 +288,19 @@ pub enum Request {
         id: BrokerId,
         addr: String,
         weight: u32,
+        /// The broker process's identity: created once in its data directory. The router binds
+        /// `id` to the first UUID that registers it and refuses any other (`IdentityConflict`).
+        uuid: String,
+        /// The cluster id its data directory belongs to; None for a fresh one (the router's
+        /// answer then tells it which cluster it joined). Another cluster's is `WrongCluster`.
+        cluster: Option<String>,
     },
     Heartbeat {
         id: BrokerId,
         report: BrokerReport,
+        /// Same as in `RegisterBroker`: a heartbeat from another process than the one bound to
+        /// `id` is refused, so it cannot keep `id` looking alive.
+        uuid: String,
     },
     /// The broker asks to leave gracefully (same as RemoveBroker without force).
     LeaveBroker {
@@ -342,6 +351,13 @@ pub enum Request {
         shard: ShardId,
         move_id: u64,
     },
+
+    // ---- admin (router), continued ----
+    /// Let a new process (a new UUID, an empty data dir) take over the id of broker `id`, whose
+    /// disk was lost. Refused while it is up. Its shards start empty on the new process.
+    ReplaceBroker {
+        id: BrokerId,
+    },
 }
 
 impl Request {
@@ -373,6 +389,7 @@ impl Request {
             Request::ExportMeta { .. } => "export-meta",
             Request::FenceShard { .. } => "fence-shard",
             Request::UnfenceShard { .. } => "unfence-shard",
+            Request::ReplaceBroker { .. } => "replace-broker",
         }
     }
 
@@ -405,7 +422,8 @@ impl Request {
             | Request::ExportShard { .. }
             | Request::ExportMeta { .. }
             | Request::FenceShard { .. }
-            | Request::UnfenceShard { .. } => Access::Control,
+            | Request::UnfenceShard { .. }
+            | Request::ReplaceBroker { .. } => Access::Control,
         }
     }
 
@@ -502,6 +520,8 @@ pub enum Response {
     },
     Registered {
         epoch: Epoch,
+        /// The router's cluster id: a broker with a fresh data directory records it there.
+        cluster: String,
     },
     HeartbeatAck {
         epoch: Epoch,
@@ -521,6 +541,12 @@ pub enum Response {
     Meta(ShardMeta),
     Fenced {
         end_offset: Offset,
+    },
+    /// Broker `id` may now be registered by a new process; `shards` are the ones it owns, which
+    /// start empty there (their data was on the lost disk).
+    BrokerReplaced {
+        id: BrokerId,
+        shards: Vec<ShardId>,
     },
 }
 
@@ -548,6 +574,7 @@ impl Response {
             Response::Exported { .. } => "exported",
             Response::Meta(_) => "meta",
             Response::Fenced { .. } => "fenced",
+            Response::BrokerReplaced { .. } => "broker-replaced",
         }
     }
 }

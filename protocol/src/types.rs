@@ -16,7 +16,9 @@ pub const MAX_TOPIC_LEN: usize = 128;
 /// Most partitions one topic may have.
 pub const MAX_PARTITIONS: u32 = 10_000;
 
-/// Checks a topic name against `[A-Za-z0-9_.-]{1,128}`; the error says what is wrong.
+/// Checks a topic name against `[A-Za-z0-9_.-]{1,128}`, not `.` or `..` and not starting with `-`;
+/// the error says what is wrong. Every path that takes a topic name (topic create, produce and
+/// consume specs, the verifier) checks it here.
 pub fn validate_topic(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("topic name is empty".into());
@@ -33,6 +35,19 @@ pub fn validate_topic(name: &str) -> Result<(), String> {
     {
         return Err(format!(
             "topic name {name:?} contains {c:?}; allowed are A-Z a-z 0-9 _ . -"
+        ));
+    }
+    // Within the allowed set, these would name the current or parent directory wherever a
+    // topic becomes a path, or read as an option on the command lines that take a topic.
+    if name == "." || name == ".." {
+        return Err(format!(
+            "topic name {name:?} is reserved (it names a directory); pick another name"
+        ));
+    }
+    if name.starts_with('-') {
+        return Err(format!(
+            "topic name {name:?} starts with '-', which reads as a command-line option; \
+             start it with a letter, digit, '_' or '.'"
         ));
     }
     Ok(())
@@ -171,6 +186,36 @@ pub fn with_default_port(addr: &str, default_port: u16) -> String {
     }
 }
 
+/// A random (version 4) UUID in its usual text form, from the OS's randomness: broker and
+/// cluster identities must differ between any two data directories, so no clock or counter.
+pub fn random_uuid() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
+/// Whether `s` is a UUID in the text form [`random_uuid`] writes (any version; lower or upper
+/// case hex).
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +254,23 @@ mod tests {
         assert!(validate_topic(&"x".repeat(128)).is_ok());
         assert!(validate_topic(&"x".repeat(129)).is_err());
         assert!(validate_topic("a/b").unwrap_err().contains("'/'"));
+        for bad in [".", "..", "-x", "-", "--partitions"] {
+            assert!(validate_topic(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["...", ".a", "a.", "a-", "_-", "a..b", "x-1"] {
+            assert!(validate_topic(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn uuids_are_random_and_well_formed() {
+        let (a, b) = (random_uuid().unwrap(), random_uuid().unwrap());
+        assert_ne!(a, b);
+        assert!(is_uuid(&a) && is_uuid(&b), "{a} {b}");
+        assert_eq!(&a[14..15], "4");
+        for bad in ["", "x", "0123456789abcdef0123456789abcdef0123", &a[1..]] {
+            assert!(!is_uuid(bad), "{bad}");
+        }
     }
 
     #[test]

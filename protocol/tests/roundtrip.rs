@@ -125,9 +125,10 @@ fn request_variant(r: &Request) -> usize {
         Request::FenceShard { .. } => 22,
         Request::UnfenceShard { .. } => 23,
         Request::Authenticate { .. } => 24,
+        Request::ReplaceBroker { .. } => 25,
     }
 }
-const REQUEST_VARIANTS: usize = 25;
+const REQUEST_VARIANTS: usize = 26;
 
 fn sample_requests() -> Vec<Request> {
     vec![
@@ -190,6 +191,8 @@ fn sample_requests() -> Vec<Request> {
             id: 5,
             addr: "127.0.0.1:7405".into(),
             weight: 200,
+            uuid: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
+            cluster: Some("c0ffee00-1111-4222-8333-444455556666".into()),
         },
         Request::Heartbeat {
             id: 5,
@@ -197,6 +200,7 @@ fn sample_requests() -> Vec<Request> {
                 shards: vec![sample_report()],
                 imports: vec![sample_move()],
             },
+            uuid: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
         },
         Request::LeaveBroker { id: 6 },
         Request::AssignShards {
@@ -239,6 +243,7 @@ fn sample_requests() -> Vec<Request> {
             shard: shard("orders", 2),
             move_id: 13,
         },
+        Request::ReplaceBroker { id: 4 },
     ]
 }
 
@@ -266,9 +271,10 @@ fn response_variant(r: &Response) -> usize {
         Response::Meta(_) => 18,
         Response::Fenced { .. } => 19,
         Response::Authenticated => 20,
+        Response::BrokerReplaced { .. } => 21,
     }
 }
-const RESPONSE_VARIANTS: usize = 21;
+const RESPONSE_VARIANTS: usize = 22;
 
 fn sample_responses() -> Vec<Response> {
     vec![
@@ -338,7 +344,10 @@ fn sample_responses() -> Vec<Response> {
             shards: vec![shard("orders", 1), shard("events", 7)],
             forced: true,
         },
-        Response::Registered { epoch: 46 },
+        Response::Registered {
+            epoch: 46,
+            cluster: "c0ffee00-1111-4222-8333-444455556666".into(),
+        },
         Response::HeartbeatAck {
             epoch: 47,
             assignments: vec![ShardAssignment {
@@ -364,6 +373,10 @@ fn sample_responses() -> Vec<Response> {
         }),
         Response::Fenced { end_offset: 3_333 },
         Response::Authenticated,
+        Response::BrokerReplaced {
+            id: 4,
+            shards: vec![shard("orders", 1), shard("orders", 3)],
+        },
     ]
 }
 
@@ -392,9 +405,12 @@ fn error_variant(e: &ErrorKind) -> usize {
         ErrorKind::BrokerDown { .. } => 19,
         ErrorKind::Unauthorized { .. } => 20,
         ErrorKind::TooManyConnections { .. } => 21,
+        ErrorKind::BrokerUp { .. } => 22,
+        ErrorKind::IdentityConflict { .. } => 23,
+        ErrorKind::WrongCluster { .. } => 24,
     }
 }
-const ERROR_VARIANTS: usize = 22;
+const ERROR_VARIANTS: usize = 25;
 
 fn sample_errors() -> Vec<ErrorKind> {
     vec![
@@ -468,6 +484,20 @@ fn sample_errors() -> Vec<ErrorKind> {
             node: "router".into(),
             limit: 4096,
             reserved: 256,
+        },
+        ErrorKind::BrokerUp {
+            id: 3,
+            reason: "use a plain remove".into(),
+        },
+        ErrorKind::IdentityConflict {
+            id: 1,
+            bound: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
+            offered: "c0ffee00-1111-4222-8333-444455556666".into(),
+        },
+        ErrorKind::WrongCluster {
+            id: 1,
+            data_cluster: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
+            router_cluster: "c0ffee00-1111-4222-8333-444455556666".into(),
         },
     ]
 }
@@ -708,6 +738,19 @@ fn arb_error() -> impl Strategy<Value = ErrorKind> {
                 node,
                 limit,
                 reserved,
+            }
+        }),
+        (any::<u32>(), ".*").prop_map(|(id, reason)| ErrorKind::BrokerUp { id, reason }),
+        (any::<u32>(), ".*", ".*").prop_map(|(id, bound, offered)| ErrorKind::IdentityConflict {
+            id,
+            bound,
+            offered
+        }),
+        (any::<u32>(), ".*", ".*").prop_map(|(id, data_cluster, router_cluster)| {
+            ErrorKind::WrongCluster {
+                id,
+                data_cluster,
+                router_cluster,
             }
         }),
     ]

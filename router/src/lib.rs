@@ -12,6 +12,7 @@
 //! a broker that really is gone turns `Down` one timeout later. Liveness is never persisted.
 
 pub mod cli;
+mod identity;
 mod liveness;
 mod pool;
 mod rebalance;
@@ -184,8 +185,23 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
             );
         }
     }
-    store.apply(&[Op::Ring(config.ring.clone())])?;
+    let mut snap = snap;
+    let mut ops = vec![Op::Ring(config.ring.clone())];
+    if snap.cluster.is_none() {
+        // A new store, or one from before cluster ids: this router's cluster gets its id now,
+        // once; brokers record it in their data dirs when they register.
+        let id = shardq_protocol::random_uuid().context("cannot create a cluster id")?;
+        info!(cluster = %id, "created the cluster id");
+        ops.push(Op::ClusterId(id.clone()));
+        snap.cluster = Some(id);
+    }
+    store.apply(&ops)?;
+    if ops.len() > 1 {
+        // On disk before any broker can record it: a crash must not give the cluster another id.
+        store.flush().await?;
+    }
     let state = State::restore(snap, config.ring.clone(), tokio::time::Instant::now());
+    let cluster = state.identities.cluster().to_string();
     let (epoch, members, topics, moves) = (
         state.epoch,
         state.members.len(),
@@ -227,7 +243,7 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
     ));
     let liveness = tokio::spawn(liveness::liveness_task(shared.clone()));
     let rebalancer = tokio::spawn(rebalance::rebalancer_task(shared.clone()));
-    info!(%addr, epoch, members, topics, moves, "router started");
+    info!(%addr, %cluster, epoch, members, topics, moves, "router started");
     Ok(RouterHandle {
         addr,
         shutdown,

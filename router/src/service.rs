@@ -18,6 +18,7 @@ use shardq_protocol::{
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::identity::Claim;
 use crate::pool::BrokerPool;
 use crate::state::{Created, Pushes};
 use crate::store::{Op, StoreError};
@@ -65,8 +66,15 @@ impl Service for Shared {
             Request::RemoveBroker { id, force: false } | Request::LeaveBroker { id } => {
                 self.leave(id)
             }
-            Request::RegisterBroker { id, addr, weight } => self.register(id, addr, weight),
-            Request::Heartbeat { id, report } => done(self.heartbeat(id, report)),
+            Request::RegisterBroker {
+                id,
+                addr,
+                weight,
+                uuid,
+                cluster,
+            } => self.register(id, addr, weight, uuid, cluster),
+            Request::Heartbeat { id, report, uuid } => done(self.heartbeat(id, &uuid, report)),
+            Request::ReplaceBroker { id } => self.replace(id),
             other => done(Err(ErrorKind::Unsupported {
                 request: other.name().to_string(),
             })),
@@ -84,18 +92,41 @@ impl Shared {
         self.store.apply(ops).map_err(storage)
     }
 
-    fn register(self: &Arc<Self>, id: BrokerId, addr: String, weight: u32) -> ServiceFuture {
+    fn register(
+        self: &Arc<Self>,
+        id: BrokerId,
+        addr: String,
+        weight: u32,
+        uuid: String,
+        cluster: Option<String>,
+    ) -> ServiceFuture {
         let result = {
             let mut st = self.state();
             let was = st.members.get(&id).map(|m| (m.addr.clone(), m.status));
-            st.register(id, addr.clone(), weight, Instant::now())
-                .and_then(|ops| self.persist(&ops).map(|()| (st.epoch, was, ops.is_empty())))
+            st.register_process(
+                id,
+                addr.clone(),
+                weight,
+                Claim {
+                    uuid: &uuid,
+                    cluster: cluster.as_deref(),
+                },
+                Instant::now(),
+                |ops| self.persist(ops),
+            )
+            .map(|changed| (st.epoch, was, !changed, st.identities.cluster().to_string()))
         };
-        let (epoch, was, unchanged) = match result {
+        let (epoch, was, unchanged, cluster) = match result {
             Ok(r) => r,
             Err(e) => {
-                if matches!(e, ErrorKind::RemovedBroker { .. }) {
-                    warn!(broker = id, %addr, "registration refused: this broker id was removed from the cluster");
+                match e {
+                    ErrorKind::RemovedBroker { .. } => {
+                        warn!(broker = id, %addr, "registration refused: this broker id was removed from the cluster")
+                    }
+                    ErrorKind::IdentityConflict { .. } | ErrorKind::WrongCluster { .. } => {
+                        warn!(broker = id, %addr, %uuid, "registration refused: {e}")
+                    }
+                    _ => {}
                 }
                 return done(Err(e));
             }
@@ -118,21 +149,30 @@ impl Shared {
             if !unchanged {
                 shared.store.flush().await.map_err(storage)?;
             }
-            Ok(Response::Registered { epoch })
+            Ok(Response::Registered { epoch, cluster })
         })
     }
 
-    fn heartbeat(&self, id: BrokerId, report: BrokerReport) -> Result<Response, ErrorKind> {
+    fn heartbeat(
+        &self,
+        id: BrokerId,
+        uuid: &str,
+        report: BrokerReport,
+    ) -> Result<Response, ErrorKind> {
+        // A binding made here (a member from before identities) is applied to the store but not
+        // flushed: losing it in a crash only means the next contact binds again.
         let (epoch, assignments, revived) = self
             .state()
-            .heartbeat(id, report, Instant::now())
-            .inspect_err(|e| {
-                if matches!(e, ErrorKind::RemovedBroker { .. }) {
-                    warn!(
-                        broker = id,
-                        "heartbeat refused: this broker id was removed from the cluster"
-                    );
+            .heartbeat_process(id, uuid, report, Instant::now(), |ops| self.persist(ops))
+            .inspect_err(|e| match e {
+                ErrorKind::RemovedBroker { .. } => warn!(
+                    broker = id,
+                    "heartbeat refused: this broker id was removed from the cluster"
+                ),
+                ErrorKind::IdentityConflict { .. } => {
+                    warn!(broker = id, %uuid, "heartbeat refused: {e}")
                 }
+                _ => {}
             })?;
         if revived {
             self.kick_rebalancer();
@@ -262,6 +302,28 @@ impl Shared {
                 shards: removed.shards,
                 forced,
             })
+        })
+    }
+
+    /// `shardq broker replace ID`: the id is unbound (persisted before the answer), so the next
+    /// process to register it takes it, with the id's shards starting empty there.
+    fn replace(self: &Arc<Self>, id: BrokerId) -> ServiceFuture {
+        let result = self.state().replace(id, |ops| self.persist(ops));
+        let shards = match result {
+            Ok(s) => s,
+            Err(e) => return done(Err(e)),
+        };
+        warn!(
+            broker = id,
+            shards = shards.len(),
+            "broker replaced: the next process to register this id takes it; its shards start empty"
+        );
+        let shared = self.clone();
+        Box::pin(async move {
+            shared.store.flush().await.map_err(storage)?;
+            // The old process is gone; a connection to its address must not be reused.
+            shared.pool.evict(id);
+            Ok(Response::BrokerReplaced { id, shards })
         })
     }
 

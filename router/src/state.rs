@@ -14,6 +14,7 @@ use shardq_protocol::{
 use shardq_ring::{diff, Assignment, Member as RingMember, Ring, RingConfig};
 use tokio::time::Instant;
 
+use crate::identity::Identities;
 use crate::store::{MemberRecord, MoveRecord, Op, PendingDrop, Snapshot};
 
 /// Finished moves kept for status (and in the store).
@@ -126,6 +127,8 @@ pub struct State {
     /// Shards the rebalancer is unfencing right now (a fence no move accounts for): no move of
     /// them starts until the unfence is answered, so it cannot land after a new move's fence.
     pub unfencing: HashSet<ShardId>,
+    /// The cluster id and which process each broker id is (see `crate::identity`).
+    pub identities: Identities,
 }
 
 impl State {
@@ -171,6 +174,7 @@ impl State {
                 .collect(),
             retry_after: HashMap::new(),
             unfencing: HashSet::new(),
+            identities: Identities::new(snap.cluster.unwrap_or_default(), snap.uuids),
         }
     }
 
@@ -420,6 +424,18 @@ impl State {
             .members
             .get(&id)
             .ok_or(ErrorKind::UnknownBroker { id })?;
+        if force && member.status != BrokerStatus::Down {
+            // --force gives up the data of a broker that is gone; a live broker can drain it
+            // to the others instead, so discarding it would lose records for nothing.
+            return Err(ErrorKind::BrokerUp {
+                id,
+                reason: format!(
+                    "`--force` is only for a broker that is down, as it DISCARDS the data of the \
+                     shards the broker holds. Run `shardq broker remove {id}` without --force to \
+                     drain its shards to the other brokers (it leaves once they moved)"
+                ),
+            });
+        }
         let shards: Vec<ShardId> = self
             .owners
             .iter()
@@ -495,10 +511,11 @@ impl State {
     /// Forgets a member and tombstones its id (what [`Op::DeleteMember`] persists).
     fn retire(&mut self, id: BrokerId) {
         self.members.remove(&id);
+        self.identities.unbind(id);
         self.removed.insert(id);
     }
 
-    fn owned_by(&self, id: BrokerId) -> Vec<ShardId> {
+    pub(crate) fn owned_by(&self, id: BrokerId) -> Vec<ShardId> {
         self.owners
             .iter()
             .filter(|(_, o)| **o == id)
@@ -506,7 +523,7 @@ impl State {
             .collect()
     }
 
-    fn in_moves(&self, id: BrokerId) -> bool {
+    pub(crate) fn in_moves(&self, id: BrokerId) -> bool {
         self.moves.values().any(|m| m.from == id || m.to == id)
     }
 
@@ -1108,6 +1125,11 @@ mod tests {
         Ok(())
     }
 
+    /// Broker `id` missed its heartbeats.
+    fn down(s: &mut State, id: BrokerId) {
+        s.members.get_mut(&id).unwrap().status = BrokerStatus::Down;
+    }
+
     /// Flips a planned move and records it Done with the drop of the source's copy due; returns
     /// the new epoch.
     fn complete(s: &mut State, m: &MoveRecord) -> Epoch {
@@ -1234,11 +1256,28 @@ mod tests {
             s.remove_broker(owner, false, ok),
             Err(ErrorKind::BadRequest { .. })
         ));
+        // --force is for a broker that is down: a live one is refused, and nothing changes.
+        let refused = s
+            .remove_broker(owner, true, |_| panic!("refused: nothing persisted"))
+            .unwrap_err();
+        assert!(
+            matches!(&refused, ErrorKind::BrokerUp { id, .. } if *id == owner),
+            "{refused}"
+        );
+        let text = refused.to_string();
+        assert!(
+            text.contains("UP") && text.contains(&format!("shardq broker remove {owner}` without")),
+            "{text}"
+        );
+        assert_eq!(s.epoch, 1);
+        assert!(s.members.contains_key(&owner));
+        down(&mut s, owner);
         let r = s.remove_broker(owner, true, ok).unwrap();
         assert!(!r.shards.is_empty());
         assert!(s.owners.values().all(|o| *o == other));
         assert_eq!(s.epoch, 2);
         // The last broker cannot be force-removed while it owns shards: nobody could take them.
+        down(&mut s, other);
         assert!(matches!(
             s.remove_broker(other, true, ok),
             Err(ErrorKind::Unavailable { .. })
@@ -1269,7 +1308,9 @@ mod tests {
             Err(ErrorKind::BadRequest { .. })
         ));
         assert!(s.members.contains_key(&3));
-        // Forced: it goes, and the move can no longer flip to it (the driver rolls it back).
+        // Forced (once it is down): it goes, and the move can no longer flip to it (the driver
+        // rolls it back).
+        down(&mut s, 3);
         let r = s.remove_broker(3, true, ok).unwrap();
         assert!(r.shards.is_empty());
         assert!(s.flip(m.move_id, ok).is_err());
@@ -1460,6 +1501,7 @@ mod tests {
             moves: BTreeMap::new(),
             next_move_id: s.next_move_id,
             drops: Vec::new(),
+            ..Snapshot::default()
         };
         let now = Instant::now();
         let mut s = State::restore(snap, RingConfig::default(), now);
@@ -1523,6 +1565,7 @@ mod tests {
         let owner = s.owners[&ShardId::new("t", 1)];
         // Every way out of the cluster tombstones the id, persisted with the member's deletion.
         let mut persisted = Vec::new();
+        down(&mut s, owner);
         s.remove_broker(owner, true, |ops| {
             persisted.extend(ops.iter().cloned());
             Ok(())

@@ -2,7 +2,8 @@
 //! routing epoch and the ring parameters last used, so that a router restart loses nothing.
 //!
 //! Layout: one tree, keys prefixed by kind (`member/<id BE>`, `removed/<id BE>`, `topic/<name>`,
-//! `shard/<T:Pn>`, `move/<id BE>`, `drop/<broker BE><T:Pn>`, `epoch`, `ring`, `move-seq`), values
+//! `shard/<T:Pn>`, `move/<id BE>`, `drop/<broker BE><T:Pn>`, `uuid/<id BE>`, `epoch`, `ring`,
+//! `move-seq`, `cluster`), values
 //! encoded with the protocol's bincode codec. Everything one admin
 //! operation changes goes in one `sled::Batch`, which sled applies atomically, so a crash never
 //! leaves a topic without its shards or an epoch behind its assignment.
@@ -27,6 +28,10 @@ const DROP: &[u8] = b"drop/";
 const MOVE_SEQ: &[u8] = b"move-seq";
 /// Tombstones of removed brokers: their ids are never admitted again.
 const REMOVED: &[u8] = b"removed/";
+/// The cluster id, created at the router's first start (stores from before it get one then).
+const CLUSTER: &[u8] = b"cluster";
+/// The UUID each broker id is bound to (see `crate::identity`).
+const UUID: &[u8] = b"uuid/";
 
 /// What can go wrong with the router's metadata store.
 #[derive(Debug, Error)]
@@ -136,6 +141,15 @@ pub enum Op {
         broker: BrokerId,
         shard: ShardId,
     },
+    /// This router's cluster id (written once).
+    ClusterId(String),
+    /// Broker `id` is the process with this UUID from now on.
+    Bind {
+        id: BrokerId,
+        uuid: String,
+    },
+    /// Broker `id` is bound to no process: the next to register it takes it (`broker replace`).
+    Unbind(BrokerId),
 }
 
 /// Everything loaded back at start-up.
@@ -151,6 +165,10 @@ pub struct Snapshot {
     pub moves: BTreeMap<u64, MoveRecord>,
     pub next_move_id: u64,
     pub drops: Vec<PendingDrop>,
+    /// None in a new store, or in one written before cluster ids existed.
+    pub cluster: Option<String>,
+    /// Broker id -> the UUID of the process bound to it.
+    pub uuids: BTreeMap<BrokerId, String>,
 }
 
 pub struct Store {
@@ -190,6 +208,11 @@ impl Store {
                 } else {
                     snap.next_move_id = u64::from_be_bytes(bytes);
                 }
+            } else if key.as_ref() == CLUSTER {
+                snap.cluster = Some(decode(&value).map_err(corrupt)?);
+            } else if key.starts_with(UUID) {
+                let (id, uuid): (BrokerId, String) = decode(&value).map_err(corrupt)?;
+                snap.uuids.insert(id, uuid);
             } else if key.as_ref() == RING {
                 snap.ring = Some(decode(&value).map_err(corrupt)?);
             } else if key.starts_with(MEMBER) {
@@ -226,6 +249,7 @@ impl Store {
                 Op::PutMember(m) => batch.insert(member_key(m.id), enc(m)?),
                 Op::DeleteMember(id) => {
                     batch.remove(member_key(*id));
+                    batch.remove(key(UUID, &id.to_be_bytes()));
                     batch.insert(key(REMOVED, &id.to_be_bytes()), enc(id)?);
                 }
                 Op::PutTopic { name, partitions } => {
@@ -239,6 +263,11 @@ impl Store {
                 Op::MoveSeq(n) => batch.insert(MOVE_SEQ, &n.to_be_bytes()),
                 Op::PutDrop(d) => batch.insert(drop_key(d.broker, &d.shard), enc(d)?),
                 Op::DeleteDrop { broker, shard } => batch.remove(drop_key(*broker, shard)),
+                Op::ClusterId(c) => batch.insert(CLUSTER, enc(c)?),
+                Op::Bind { id, uuid } => {
+                    batch.insert(key(UUID, &id.to_be_bytes()), enc(&(id, uuid))?)
+                }
+                Op::Unbind(id) => batch.remove(key(UUID, &id.to_be_bytes())),
             }
         }
         self.tree.apply_batch(batch)?;
@@ -381,6 +410,41 @@ mod tests {
         assert_eq!(snap.epoch, 0);
         assert_eq!(snap.moves.get(&3), Some(&record));
         assert_eq!(snap.drops, vec![drop]);
+    }
+
+    #[tokio::test]
+    async fn the_cluster_id_and_bindings_survive_a_reopen_and_go_with_the_member() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            // A store from before identities: nothing of them in it.
+            let old = s.load().unwrap();
+            assert_eq!((old.cluster, old.uuids.len()), (None, 0));
+            s.apply(&[
+                Op::ClusterId("c-1".into()),
+                Op::Bind {
+                    id: 1,
+                    uuid: "u-1".into(),
+                },
+                Op::Bind {
+                    id: 2,
+                    uuid: "u-2".into(),
+                },
+                Op::Bind {
+                    id: 3,
+                    uuid: "u-3".into(),
+                },
+            ])
+            .unwrap();
+            s.apply(&[Op::Unbind(2), Op::DeleteMember(3)]).unwrap();
+            s.flush().await.unwrap();
+        }
+        let snap = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(snap.cluster.as_deref(), Some("c-1"));
+        assert_eq!(
+            snap.uuids.into_iter().collect::<Vec<_>>(),
+            vec![(1, "u-1".to_string())]
+        );
     }
 
     #[test]

@@ -356,6 +356,8 @@ fn fake_broker_2_heartbeats(
             id: 2,
             addr,
             weight: 1,
+            uuid: fake_uuid(2),
+            cluster: None,
         };
         ask(&conn, register).await.expect("registered");
         loop {
@@ -366,6 +368,7 @@ fn fake_broker_2_heartbeats(
             let beat = Request::Heartbeat {
                 id: 2,
                 report: BrokerReport::default(),
+                uuid: fake_uuid(2),
             };
             let _ = conn.request(beat).await;
         }

@@ -194,7 +194,8 @@ async fn bad_requests_get_typed_errors() {
             &c,
             Request::Heartbeat {
                 id: 42,
-                report: Default::default()
+                report: Default::default(),
+                uuid: fake_uuid(42),
             }
         )
         .await,
@@ -206,7 +207,9 @@ async fn bad_requests_get_typed_errors() {
             Request::RegisterBroker {
                 id: 9,
                 addr: "h:1".into(),
-                weight: 1_000_000
+                weight: 1_000_000,
+                uuid: fake_uuid(9),
+                cluster: None,
             }
         )
         .await,
@@ -406,8 +409,20 @@ async fn forced_removal_reassigns_shards_empty_and_draining_to_nobody_is_refused
     let on_2: Vec<ShardId> = b2.owned().into_iter().collect();
     assert!(!on_2.is_empty());
 
+    // While it is up, --force is refused (it would discard data a drain could keep).
+    match ask(&c, Request::RemoveBroker { id: 2, force: true }).await {
+        Err(ErrorKind::BrokerUp { id: 2, reason }) => {
+            assert!(reason.contains("without --force"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(routing(&c, &["R"]).await.epoch, 1);
     // The broker is stopped for good, then dropped with its data.
     b2.pause_heartbeats().await;
+    eventually("broker 2 down", || async {
+        (brokers(&c).await.get(&2) == Some(&BrokerStatus::Down)).then_some(())
+    })
+    .await;
     match ask(&c, Request::RemoveBroker { id: 2, force: true }).await {
         Ok(Response::BrokerRemoved {
             id: 2,
@@ -549,6 +564,10 @@ async fn a_down_broker_cannot_start_draining_and_removed_ids_stay_refused_after_
 
     // Broker 2 is force-removed while stopped; it comes back (old data or not): refused.
     b2.pause_heartbeats().await;
+    eventually("broker 2 down", || async {
+        (brokers(&c).await.get(&2) == Some(&BrokerStatus::Down)).then_some(())
+    })
+    .await;
     assert!(matches!(
         ask(&c, Request::RemoveBroker { id: 2, force: true }).await,
         Ok(Response::BrokerRemoved {
@@ -561,10 +580,13 @@ async fn a_down_broker_cannot_start_draining_and_removed_ids_stay_refused_after_
         id: 2,
         addr: b2.addr.clone(),
         weight: 1,
+        uuid: fake_uuid(2),
+        cluster: None,
     };
     let heartbeat = Request::Heartbeat {
         id: 2,
         report: Default::default(),
+        uuid: fake_uuid(2),
     };
     assert_eq!(
         ask(&c, register.clone()).await,

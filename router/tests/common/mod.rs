@@ -20,6 +20,11 @@ use tokio::task::JoinHandle;
 
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// The UUID fake broker `id` registers and heartbeats with (one process per id).
+pub fn fake_uuid(id: BrokerId) -> String {
+    format!("00000000-0000-4000-8000-{id:012x}")
+}
+
 pub async fn router(dir: &Path, broker_timeout: Duration) -> RouterHandle {
     let mut config = RouterConfig::new(dir);
     config.listen = "127.0.0.1:0".into();
@@ -234,6 +239,8 @@ impl FakeBroker {
                 id,
                 addr,
                 weight: 1,
+                uuid: fake_uuid(id),
+                cluster: None,
             };
             ask(&conn, register.clone()).await.expect("registered");
             loop {
@@ -244,6 +251,7 @@ impl FakeBroker {
                 let beat = Request::Heartbeat {
                     id,
                     report: BrokerReport::default(),
+                    uuid: fake_uuid(id),
                 };
                 match conn.request(beat).await {
                     Ok(Response::HeartbeatAck { assignments, .. }) => {
