@@ -237,7 +237,8 @@ fn init_tracing(server: bool) {
 }
 
 impl Cmd {
-    /// The cluster an admin command talks to.
+    /// The cluster an admin command talks to. Exhaustive on purpose: a new command must say
+    /// whether it talks to a cluster, or its connections would go without the secret.
     fn target(&self) -> Option<&Target> {
         match self {
             Cmd::Topic { target, .. }
@@ -245,11 +246,21 @@ impl Cmd {
             | Cmd::Watch { target, .. }
             | Cmd::Moves { target }
             | Cmd::WaitBalanced { target, .. } => Some(target),
-            Cmd::Broker(BrokerCmd {
-                admin: Some(BrokerAdmin::List { target } | BrokerAdmin::Remove { target, .. }),
-                ..
-            }) => Some(target),
-            _ => None,
+            Cmd::Broker(BrokerCmd { admin, .. }) => match admin.as_ref()? {
+                BrokerAdmin::List { target }
+                | BrokerAdmin::Remove { target, .. }
+                | BrokerAdmin::Replace { target, .. } => Some(target),
+                // Asks the local `shardq up` through its data directory, not the cluster.
+                BrokerAdmin::Add { .. } => None,
+            },
+            // Servers read their own secret; these need no cluster or bring their own.
+            Cmd::Router(_)
+            | Cmd::Up(_)
+            | Cmd::Ring { .. }
+            | Cmd::Verify(_)
+            | Cmd::Bench(_)
+            | Cmd::Token { .. }
+            | Cmd::BenchReport { .. } => None,
         }
     }
 }
