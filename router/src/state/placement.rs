@@ -1,0 +1,53 @@
+//! Placement from the ring: the ring over the Up brokers, the desired placement of every shard,
+//! and the shard keys the ring places.
+
+use shardq_protocol::{BrokerId, BrokerStatus, ErrorKind, ShardId};
+use shardq_ring::{Assignment, Member as RingMember, Ring};
+
+use super::State;
+
+impl State {
+    pub(super) fn up_ring(&self, except: Option<BrokerId>) -> Result<Ring, ErrorKind> {
+        let members: Vec<RingMember> = self
+            .members
+            .iter()
+            .filter(|(id, m)| m.status == BrokerStatus::Up && !m.leaving && Some(**id) != except)
+            .map(|(id, m)| RingMember {
+                id: *id,
+                weight: m.weight,
+            })
+            .collect();
+        self.ring_of(&members)
+    }
+
+    fn ring_of(&self, members: &[RingMember]) -> Result<Ring, ErrorKind> {
+        Ring::try_new(self.ring.clone(), members).map_err(|e| ErrorKind::Internal {
+            reason: format!("cannot build the ring: {e}"),
+        })
+    }
+
+    /// Where every shard (plus `extra`) should live: the ring over every member that is not
+    /// leaving, Up or Down (a Down broker keeps its place: its shards wait for it rather than
+    /// moving away).
+    pub fn desired(&self, extra: &[ShardId]) -> Result<Assignment, ErrorKind> {
+        let members: Vec<RingMember> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.leaving)
+            .map(|(id, m)| RingMember {
+                id: *id,
+                weight: m.weight,
+            })
+            .collect();
+        Ok(self.ring_of(&members)?.place(&self.all_keys(extra)))
+    }
+
+    /// Every shard key of every topic plus `extra`, for `Ring::place`.
+    pub(super) fn all_keys(&self, extra: &[ShardId]) -> Vec<String> {
+        self.topics
+            .iter()
+            .flat_map(|(t, &n)| (1..=n).map(move |p| ShardId::new(t.clone(), p).key()))
+            .chain(extra.iter().map(ShardId::key))
+            .collect()
+    }
+}
