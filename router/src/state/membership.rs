@@ -131,7 +131,8 @@ impl State {
             // shard to a non-member and drop the source's copy.
             return Err(ErrorKind::BadRequest {
                 reason: format!(
-                    "broker {id} takes part in a shard move in flight; remove it once the move                      has ended (see `shardq status`), or use --force (the move is rolled back)"
+                    "broker {id} takes part in a shard move in flight; remove it once the move \
+                     has ended (see `shardq status`), or use --force (the move is rolled back)"
                 ),
             });
         }
