@@ -13,9 +13,11 @@ pub mod config;
 mod durability;
 mod import;
 mod membership;
+mod recover;
 mod router_link;
 pub mod service;
 mod shard;
+mod storage;
 pub mod wal;
 
 use std::net::SocketAddr;
@@ -34,7 +36,7 @@ pub use config::{BrokerConfig, FsyncPolicy, ParseFsyncError, DEFAULT_MAX_RECORD_
 pub use service::Broker;
 pub use shard::MAX_ENTRY_BYTES;
 
-use durability::Durability;
+use durability::{Disk, Durability};
 use membership::Membership;
 use router_link::RouterLink;
 
@@ -148,7 +150,7 @@ fn check_config(config: &BrokerConfig) -> anyhow::Result<()> {
 /// spurious failure; a lock held by another live broker still fails after this.
 const DB_LOCK_WAIT: Duration = Duration::from_secs(3);
 
-fn lock_held(e: &sled::Error) -> bool {
+pub(crate) fn lock_held(e: &sled::Error) -> bool {
     // sled reports the file lock as an `Other` I/O error wrapping the OS `WouldBlock`.
     matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
         || io.to_string().contains("could not acquire lock"))
@@ -202,14 +204,20 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             config.data_dir.display()
         )
     })?;
+    let health = Arc::new(storage::Health::new(config.id));
     let wal = match config.fsync {
-        FsyncPolicy::Interval(_) => {
-            Some(Arc::new(wal::Wal::open(&config.data_dir).map_err(|e| {
-                anyhow::anyhow!("cannot start the write-ahead file: {e}")
-            })?))
-        }
+        FsyncPolicy::Interval(_) => Some(Arc::new(
+            wal::Wal::open(&config.data_dir, health.clone())
+                .map_err(|e| anyhow::anyhow!("cannot start the write-ahead file: {e}"))?,
+        )),
         FsyncPolicy::Always | FsyncPolicy::Never => None,
     };
+    let sync_files = storage::SyncFiles::open(&config.data_dir).with_context(|| {
+        format!(
+            "cannot open the database file in {} to sync it",
+            config.data_dir.display()
+        )
+    })?;
 
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -229,7 +237,13 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             config.max_frame,
         ))
     });
-    let durability = Durability::new(config.fsync, db.clone(), wal);
+    let durability = Durability::new(
+        config.fsync,
+        Disk::new(db.clone(), sync_files),
+        wal,
+        health,
+        config.data_dir.clone(),
+    );
     let shutdown = CancellationToken::new();
     let removed = CancellationToken::new();
     let broker = Arc::new(
@@ -292,7 +306,10 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             }
         }
     }));
-    tasks.push(tokio::spawn(durability.run(shutdown.clone())));
+    tasks.push(tokio::spawn({
+        let broker = broker.clone();
+        durability.run(move || broker.clone().recover_storage(), shutdown.clone())
+    }));
     if let Some(membership) = membership {
         tasks.push(tokio::spawn(membership.run(shutdown.clone())));
     }

@@ -69,6 +69,10 @@ pub enum ErrorKind {
          the shards it holds (they are re-created empty on other brokers)"
     )]
     BrokerDown { id: u32, shards: u32 },
+    /// The broker's disk is full: it refuses writes until space is freed, then resumes by itself
+    /// (nothing acknowledged is lost). Retriable: a client retries until its deadline.
+    #[error("broker {broker}: storage full ({reason}); free disk space on the broker, it resumes by itself")]
+    StorageFull { broker: u32, reason: String },
 }
 
 impl ErrorKind {
@@ -81,6 +85,7 @@ impl ErrorKind {
                 | ErrorKind::Unavailable { .. }
                 | ErrorKind::Timeout { .. }
                 | ErrorKind::ShuttingDown
+                | ErrorKind::StorageFull { .. }
         )
     }
 }

@@ -93,6 +93,7 @@ fn sample_broker_info() -> BrokerInfo {
         status: BrokerStatus::Leaving,
         last_seen_ms: 250,
         shards: 11,
+        degraded: Some("storage full: No space left on device".into()),
     }
 }
 
@@ -190,6 +191,7 @@ fn sample_requests() -> Vec<Request> {
             report: BrokerReport {
                 shards: vec![sample_report()],
                 imports: vec![sample_move()],
+                degraded: None,
             },
         },
         Request::LeaveBroker { id: 6 },
@@ -379,6 +381,7 @@ fn error_variant(e: &ErrorKind) -> usize {
         ErrorKind::Internal { .. } => 17,
         ErrorKind::RemovedBroker { .. } => 18,
         ErrorKind::BrokerDown { .. } => 19,
+        ErrorKind::StorageFull { .. } => 20,
     }
 }
 const ERROR_VARIANTS: usize = 20;
@@ -447,6 +450,10 @@ fn sample_errors() -> Vec<ErrorKind> {
         },
         ErrorKind::RemovedBroker { id: 2 },
         ErrorKind::BrokerDown { id: 3, shards: 23 },
+        ErrorKind::StorageFull {
+            broker: 2,
+            reason: "No space left on device (os error 28)".into(),
+        },
     ]
 }
 

@@ -1057,6 +1057,7 @@ impl State {
                 last_seen_ms: u64::try_from(now.saturating_duration_since(m.last_seen).as_millis())
                     .unwrap_or(u64::MAX),
                 shards: counts.get(id).copied().unwrap_or(0),
+                degraded: m.report.degraded.clone(),
             })
             .collect()
     }
@@ -1490,6 +1491,7 @@ mod tests {
                 groups: Vec::new(),
             }],
             imports: Vec::new(),
+            degraded: None,
         };
         let now = Instant::now();
         s.heartbeat(owner, report(ShardState::Active), now).unwrap();
