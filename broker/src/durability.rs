@@ -9,11 +9,10 @@
 //!
 //! A flush is sled's `flush()` followed by an `fdatasync` of sled's files ([`SyncFiles`]): sled's
 //! own flush only issues `sync_file_range`, which leaves the device cache and the file size
-//! unsynced. Tickets are taken under the shard lock that ordered the write, so a reopen of the
-//! database (after a full disk) can fail every ticket whose write went to the old instance.
+//! unsynced. Tickets are taken under the shard lock that ordered the write, so the tickets of
+//! every write before a given point can be failed exactly ([`Durability::fail_pending`]).
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -70,7 +69,6 @@ pub struct Durability {
     /// nothing acknowledged; each flush retires the segments it covers.
     wal: Option<Arc<Wal>>,
     health: Arc<Health>,
-    data_dir: PathBuf,
     written: AtomicU64,
     progress: watch::Sender<FlushProgress>,
     wake: Notify,
@@ -82,14 +80,12 @@ impl Durability {
         disk: Arc<Disk>,
         wal: Option<Arc<Wal>>,
         health: Arc<Health>,
-        data_dir: PathBuf,
     ) -> Arc<Self> {
         Arc::new(Durability {
             policy,
             disk: RwLock::new(Some(disk)),
             wal,
             health,
-            data_dir,
             written: AtomicU64::new(0),
             progress: watch::Sender::new(FlushProgress::default()),
             wake: Notify::new(),
@@ -105,10 +101,6 @@ impl Durability {
         &self.health
     }
 
-    pub fn data_dir(&self) -> &std::path::Path {
-        &self.data_dir
-    }
-
     /// The database instance in use, or why there is none right now.
     pub fn disk(&self) -> Result<Arc<Disk>, ErrorKind> {
         self.disk
@@ -121,11 +113,6 @@ impl Durability {
                     reason: "the database is being reopened; retry shortly".into(),
                 })
             })
-    }
-
-    /// Replaces the database instance (None: let go of the old one before a reopen).
-    pub fn set_disk(&self, disk: Option<Arc<Disk>>) {
-        *self.disk.write().unwrap_or_else(|p| p.into_inner()) = disk;
     }
 
     /// Whether consumers may only read flushed records: under `always` an acknowledgement means
@@ -200,21 +187,28 @@ impl Durability {
         let target = self.current();
         let disk = self.disk()?;
         let (wal, health) = (self.wal.clone(), self.health.clone());
+        let mut full = self.health.subscribe();
         // All of it is blocking file work (a file create or delete can wait for a journal commit
         // of another flush): none of it on the async threads. Every write before the rotation is
         // covered by the flush; the closed segments can go once it is synced, not before.
-        let res = tokio::task::spawn_blocking(move || -> Result<(), ErrorKind> {
+        let task = tokio::task::spawn_blocking(move || -> Result<(), ErrorKind> {
             let closed = wal.as_ref().map(|w| w.rotate()).transpose()?;
             disk.flush(&health)?;
             if let (Some(wal), Some(closed)) = (&wal, closed) {
                 wal.release(closed);
             }
             Ok(())
-        })
-        .await
-        .map_err(|e| ErrorKind::Internal {
-            reason: format!("flush task failed: {e}"),
-        })?;
+        });
+        // sled 0.34 can wait forever in a flush once a write of its failed for want of space
+        // (nobody wakes the waiter): stop waiting when the full state is entered elsewhere.
+        let res = tokio::select! {
+            r = task => r.map_err(|e| ErrorKind::Internal {
+                reason: format!("flush task failed: {e}"),
+            })?,
+            _ = full.wait_for(|s| s.is_some()) => Err(self.health.full_error().unwrap_or(
+                ErrorKind::Internal { reason: "storage full state lost".into() },
+            )),
+        };
         match res {
             Ok(()) => {
                 self.progress

@@ -111,11 +111,6 @@ impl ImportStore {
         })
     }
 
-    /// Points at `tree` (None: let go of the old database before a reopen).
-    pub fn set_tree(&self, tree: Option<sled::Tree>) {
-        *self.tree.write().unwrap_or_else(|p| p.into_inner()) = tree;
-    }
-
     fn tree(&self) -> Result<sled::Tree, ErrorKind> {
         self.tree
             .read()

@@ -13,7 +13,6 @@ pub mod config;
 mod durability;
 mod import;
 mod membership;
-mod recover;
 mod router_link;
 pub mod service;
 mod shard;
@@ -237,13 +236,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             config.max_frame,
         ))
     });
-    let durability = Durability::new(
-        config.fsync,
-        Disk::new(db.clone(), sync_files),
-        wal,
-        health,
-        config.data_dir.clone(),
-    );
+    let durability = Durability::new(config.fsync, Disk::new(db.clone(), sync_files), wal, health);
     let shutdown = CancellationToken::new();
     let removed = CancellationToken::new();
     let broker = Arc::new(
@@ -307,8 +300,22 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         }
     }));
     tasks.push(tokio::spawn({
-        let broker = broker.clone();
-        durability.run(move || broker.clone().recover_storage(), shutdown.clone())
+        let health = durability.health().clone();
+        // sled 0.34 cannot resume in-process after a failed write: its error is sticky until the
+        // database is opened again, and letting go of the old instance can hang for ever in its
+        // drop-time flush (a waiter nobody wakes) while a process-wide lock of sled stays taken,
+        // which then blocks the reopened instance too (seen under gdb). Until writes that cannot
+        // be made durable are kept from sled in the first place, the broker stays degraded and
+        // says a restart is needed; nothing acknowledged is lost either way.
+        let still_full = move || {
+            let e = health.full_error();
+            async move {
+                Err(e.unwrap_or(ErrorKind::Internal {
+                    reason: "storage full state lost".into(),
+                }))
+            }
+        };
+        durability.run(still_full, shutdown.clone())
     }));
     if let Some(membership) = membership {
         tasks.push(tokio::spawn(membership.run(shutdown.clone())));

@@ -20,9 +20,8 @@
 //! and lost in a crash would leave its offset to be reused by a different, acknowledged record,
 //! which a consumer (or a copy) that had read the lost one would then skip or hold twice.
 //!
-//! The tree handle lives under the same lock, so the recovery from a full disk can detach every
-//! shard from the old database instance ([`Shard::detach`]) and reload it from the reopened one
-//! ([`Shard::reload`]) between two writes.
+//! The tree handle lives under the same lock (a dropped shard lets go of it at once, so requests
+//! still holding the `Arc<Shard>` do not keep the database instance open).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -267,31 +266,6 @@ impl Shard {
                 dropped: false,
             }),
         })
-    }
-
-    /// Lets go of the tree (before the database is reopened); writes and reads fail until
-    /// [`Shard::reload`].
-    pub fn detach(&self) {
-        self.lock().tree = None;
-    }
-
-    /// Takes the shard's state from the reopened database, as a restarted broker would: what is
-    /// there is on disk, and a reader past its end learns that the log is shorter now.
-    pub fn reload(&self, db: &sled::Db) -> Result<(), ErrorKind> {
-        let (tree, loaded) = Loaded::read(db, &self.id)?;
-        let mut inner = self.lock();
-        inner.tree = Some(tree);
-        inner.next_offset = loaded.next_offset;
-        inner.durable = loaded.next_offset;
-        inner.stable_end = loaded.next_offset;
-        inner.bytes = loaded.bytes;
-        inner.producers = loaded.producers;
-        inner.groups = loaded.groups;
-        self.end.send_replace(loaded.next_offset);
-        self.durable.send_replace(loaded.next_offset);
-        drop(inner);
-        self.changed.notify_waiters();
-        Ok(())
     }
 
     /// The tree, or why it cannot be used now.

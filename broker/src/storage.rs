@@ -9,10 +9,10 @@
 //! later operation returns until the database is opened again (`Config::global_error`, reset only
 //! in `PageCache::start`). [`Health`] records that the broker is in that state, so writes are
 //! refused at once with [`ErrorKind::StorageFull`] instead of being handed to sled, and the broker
-//! tells the router; the recovery (reopen and replay, see `crate::recover`) clears it.
+//! tells the router. Leaving the state needs a restart for now (see `crate::start`).
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -79,7 +79,7 @@ impl Health {
         if first {
             warn!(
                 broker = self.broker,
-                "storage full: {reason}; refusing writes until space is freed (nothing acknowledged is lost)"
+                "storage full: {reason}; refusing writes (nothing acknowledged is lost); free space and restart the broker"
             );
         }
         self.full_error().unwrap_or(ErrorKind::StorageFull {
@@ -192,27 +192,6 @@ impl SyncFiles {
 /// `fsync` of a directory, so the entries created in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Size of the file [`probe_space`] writes: enough for sled to write its buffers and a
-/// snapshot, so a reopen right after the probe does not fail again at once.
-pub const PROBE_BYTES: usize = 4 << 20;
-
-/// Whether the disk has room again: writes [`PROBE_BYTES`] to a scratch file in `data_dir`,
-/// syncs it and deletes it. Blocking.
-pub fn probe_space(data_dir: &Path) -> io::Result<()> {
-    let path = data_dir.join("space-probe.tmp");
-    let res = (|| {
-        let mut f = File::create(&path)?;
-        let chunk = vec![0u8; 64 * 1024];
-        for _ in 0..PROBE_BYTES / chunk.len() {
-            f.write_all(&chunk)?;
-        }
-        f.sync_data()
-    })();
-    // Whatever happened, do not leave the probe taking space.
-    let _ = fs::remove_file(&path);
-    res
 }
 
 #[cfg(test)]

@@ -384,7 +384,7 @@ fn error_variant(e: &ErrorKind) -> usize {
         ErrorKind::StorageFull { .. } => 20,
     }
 }
-const ERROR_VARIANTS: usize = 20;
+const ERROR_VARIANTS: usize = 21;
 
 fn sample_errors() -> Vec<ErrorKind> {
     vec![
@@ -687,6 +687,7 @@ fn arb_error() -> impl Strategy<Value = ErrorKind> {
         s().prop_map(|reason| ErrorKind::Internal { reason }),
         any::<u32>().prop_map(|id| ErrorKind::RemovedBroker { id }),
         (any::<u32>(), any::<u32>()).prop_map(|(id, shards)| ErrorKind::BrokerDown { id, shards }),
+        (any::<u32>(), ".*").prop_map(|(broker, reason)| ErrorKind::StorageFull { broker, reason }),
     ]
 }
 

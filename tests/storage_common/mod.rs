@@ -107,7 +107,12 @@ impl TracedBroker {
             std::thread::sleep(Duration::from_millis(20));
         }
         let text = std::fs::read_to_string(&self.trace).expect("strace output");
-        parse(&text)
+        let calls = parse(&text);
+        assert!(
+            calls.iter().any(|c| c.is_socket_read()),
+            "no socket read parsed from the trace: the parser does not match strace's output"
+        );
+        calls
     }
 }
 
@@ -184,11 +189,20 @@ fn parse_time(t: &str) -> Option<u64> {
 /// Parses `strace -f -tt -o FILE` output (`PID HH:MM:SS.ffffff call`), joining calls that other
 /// threads interrupted (`<unfinished ...>` / `<... name resumed>`).
 pub fn parse(text: &str) -> Vec<Call> {
+    assert!(
+        !text.is_empty(),
+        "strace wrote nothing: was the broker traced at all?"
+    );
     let mut pending: HashMap<String, String> = HashMap::new();
     let mut calls = Vec::new();
     for line in text.lines() {
-        let mut it = line.splitn(3, ' ');
-        let (Some(pid), Some(time), Some(rest)) = (it.next(), it.next(), it.next()) else {
+        // strace pads the pid column: split on runs of spaces, not on each one.
+        let mut it = line.trim_start().splitn(2, ' ');
+        let (Some(pid), Some(tail)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let mut it = tail.trim_start().splitn(2, ' ');
+        let (Some(time), Some(rest)) = (it.next(), it.next()) else {
             continue;
         };
         let Some(at_us) = parse_time(time) else {
