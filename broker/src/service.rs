@@ -32,7 +32,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Broker {
     pub(crate) id: BrokerId,
     /// The database and its `shards` tree (shard key -> [`Ownership`]); `None` while the
-    /// database is being reopened after a full disk (see [`crate::recover`]).
+    /// database is being reopened (not done yet: sled 0.34 cannot be reopened in-process after
+    /// a failed write, see `crate::start`).
     pub(crate) store: RwLock<Option<Store>>,
     pub(crate) shards: RwLock<HashMap<ShardId, Arc<Shard>>>,
     pub(crate) durability: Arc<Durability>,
