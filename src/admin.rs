@@ -175,15 +175,24 @@ pub fn render_status(st: &ClusterStatus) -> String {
         "id", "address", "status", "weight", "shards", "last seen"
     ));
     for b in &st.brokers {
-        let status = match b.status {
+        let mut status = match b.status {
             BrokerStatus::Up => "up",
             BrokerStatus::Down => "DOWN",
             BrokerStatus::Leaving => "leaving",
-        };
+        }
+        .to_string();
+        if let Some(why) = &b.degraded {
+            // The short cause in the table ("storage full"), the whole reason below it.
+            let short = why.split(':').next().unwrap_or(why);
+            status = format!("{status} (degraded: {short})");
+        }
         s.push_str(&format!(
             "  {:<4} {:<22} {:<8} {:>6} {:>7} {:>8}ms\n",
             b.addr.id, b.addr.addr, status, b.weight, b.shards, b.last_seen_ms
         ));
+        if let Some(why) = &b.degraded {
+            s.push_str(&format!("       degraded: {why}\n"));
+        }
     }
     s.push_str(&format!("\ntopics: {}\n", st.topics.len()));
     for t in &st.topics {
@@ -267,6 +276,7 @@ fn status_json(st: &ClusterStatus) -> serde_json::Value {
         "brokers": st.brokers.iter().map(|b| serde_json::json!({
             "id": b.addr.id, "addr": b.addr.addr, "status": format!("{:?}", b.status),
             "weight": b.weight, "shards": b.shards, "last_seen_ms": b.last_seen_ms,
+            "degraded": b.degraded,
         })).collect::<Vec<_>>(),
         "topics": st.topics.iter().map(|t| serde_json::json!({"name": t.name, "partitions": t.partitions})).collect::<Vec<_>>(),
         "shards": st.shards.iter().map(|(r, rep)| serde_json::json!({
@@ -290,8 +300,16 @@ pub async fn broker_list(bootstrap: &str) -> Result<()> {
         Response::Brokers(bs) => {
             for b in bs {
                 println!(
-                    "broker {:<4} {:<22} {:?} weight {} shards {} last seen {} ms ago",
-                    b.addr.id, b.addr.addr, b.status, b.weight, b.shards, b.last_seen_ms
+                    "broker {:<4} {:<22} {:?}{} weight {} shards {} last seen {} ms ago",
+                    b.addr.id,
+                    b.addr.addr,
+                    b.status,
+                    b.degraded
+                        .as_ref()
+                        .map_or(String::new(), |d| format!(" (degraded: {d})")),
+                    b.weight,
+                    b.shards,
+                    b.last_seen_ms
                 );
             }
             Ok(())
@@ -641,6 +659,7 @@ mod tests {
             status,
             last_seen_ms: 0,
             shards: 1,
+            degraded: None,
         };
         let route = |p: u32, owner: u32| ShardRoute {
             shard: ShardId::new("T", p),

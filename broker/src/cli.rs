@@ -72,6 +72,13 @@ pub struct BrokerArgs {
     #[arg(long, default_value_t = 0.0)]
     pub move_max_mbps: f64,
 
+    /// Free space (bytes) kept on the data dir's filesystem: below it, writes are refused with
+    /// "storage full" while everything already accepted is still flushed, and they resume by
+    /// themselves once space is freed. 0 turns the reserve off (a disk filled to the last byte
+    /// then needs a broker restart).
+    #[arg(long, default_value_t = crate::storage::DEFAULT_MIN_FREE_BYTES)]
+    pub min_free_bytes: u64,
+
     #[command(flatten)]
     pub listener: ListenerArgs,
 }
@@ -96,6 +103,7 @@ impl BrokerArgs {
             max_record_bytes: self.max_record_bytes,
             move_rate_limit: (self.move_max_mbps > 0.0)
                 .then(|| (self.move_max_mbps * 1e6).max(1.0) as u64),
+            min_free_bytes: self.min_free_bytes,
             listener: self.listener.listener().map_err(anyhow::Error::msg)?,
         })
     }

@@ -96,6 +96,9 @@ pub struct BrokerConfig {
     pub max_record_bytes: usize,
     /// Bytes per second one incoming shard move may copy (None: unthrottled).
     pub move_rate_limit: Option<u64>,
+    /// Writes are refused (StorageFull) while the data dir's filesystem has less free space
+    /// than this, and resume by themselves once it is back; 0 turns the reserve off.
+    pub min_free_bytes: u64,
     /// The cluster secret, the open data plane and the connection limits of the listener; the
     /// secret is also what this broker proves to the router and to other brokers.
     pub listener: Listener,
@@ -116,6 +119,7 @@ impl BrokerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             move_rate_limit: None,
+            min_free_bytes: crate::storage::DEFAULT_MIN_FREE_BYTES,
             listener: Listener::default(),
         }
     }

@@ -6,9 +6,15 @@
 //! starts a flush and publishes it once the flush is done, so a waiter released by ticket `t` knows
 //! a flush that started after its write has completed; writes that arrive during a flush are all
 //! covered by the next one.
+//!
+//! A flush is sled's `flush()` followed by an `fdatasync` of sled's files ([`SyncFiles`]): sled's
+//! own flush only issues `sync_file_range`, which leaves the device cache and the file size
+//! unsynced. Tickets are taken under the shard lock that ordered the write, so the tickets of
+//! every write before a given point can be failed exactly ([`Durability::fail_pending`]).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use shardq_protocol::{CancellationToken, ErrorKind};
@@ -16,35 +22,70 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, warn};
 
 use crate::config::FsyncPolicy;
+use crate::storage::{Health, SyncFiles};
 use crate::wal::Wal;
+
+/// The longest wait between two attempts to recover from a full disk.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What the flusher has achieved so far.
 #[derive(Clone, Debug, Default)]
 struct FlushProgress {
     /// Every write with a ticket `<=` this is on disk.
     flushed: u64,
-    /// The last failed flush: the ticket it was meant to cover and why it failed.
-    failed: Option<(u64, String)>,
+    /// The last failure: every unflushed ticket `<=` it fails with its error.
+    failed: Option<(u64, ErrorKind)>,
+}
+
+/// One open instance of the database and the files to sync after flushing it.
+pub struct Disk {
+    pub db: sled::Db,
+    files: SyncFiles,
+}
+
+impl Disk {
+    pub fn new(db: sled::Db, files: SyncFiles) -> Arc<Disk> {
+        Arc::new(Disk { db, files })
+    }
+
+    /// Flushes sled's buffers, then makes them durable. Blocking.
+    fn flush(&self, health: &Health) -> Result<(), ErrorKind> {
+        self.db
+            .flush()
+            .map_err(|e| health.sled_error("flush to disk failed", &e))?;
+        self.files
+            .sync()
+            .map_err(|e| health.io_error("fdatasync of the database failed", &e))
+    }
 }
 
 /// Shared by the request handlers (who take tickets and wait) and the flusher task.
 pub struct Durability {
     policy: FsyncPolicy,
-    db: sled::Db,
+    /// The database; `None` while it is being reopened after a full disk.
+    disk: RwLock<Option<Arc<Disk>>>,
     /// Under `interval`: every write also goes here before its ack, so a process crash loses
     /// nothing acknowledged; each flush retires the segments it covers.
     wal: Option<Arc<Wal>>,
+    health: Arc<Health>,
     written: AtomicU64,
     progress: watch::Sender<FlushProgress>,
     wake: Notify,
 }
 
 impl Durability {
-    pub fn new(policy: FsyncPolicy, db: sled::Db, wal: Option<Arc<Wal>>) -> Arc<Self> {
+    pub fn new(
+        policy: FsyncPolicy,
+        disk: Arc<Disk>,
+        wal: Option<Arc<Wal>>,
+        health: Arc<Health>,
+    ) -> Arc<Self> {
         Arc::new(Durability {
             policy,
-            db,
+            disk: RwLock::new(Some(disk)),
             wal,
+            health,
             written: AtomicU64::new(0),
             progress: watch::Sender::new(FlushProgress::default()),
             wake: Notify::new(),
@@ -56,6 +97,26 @@ impl Durability {
         self.wal.clone()
     }
 
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// The database instance in use, or why there is none right now.
+    pub fn disk(&self) -> Result<Arc<Disk>, ErrorKind> {
+        self.disk
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                self.health
+                    .broken_error()
+                    .unwrap_or(ErrorKind::Unavailable {
+                        what: "storage".into(),
+                        reason: "the database is being reopened; retry shortly".into(),
+                    })
+            })
+    }
+
     /// Whether consumers may only read flushed records: under `always` an acknowledgement means
     /// "on disk", and a consumer must not see (and commit past) what a crash could still take back.
     /// Under the other policies a crash may lose the last unflushed records anyway, and fetches
@@ -64,7 +125,8 @@ impl Durability {
         self.policy == FsyncPolicy::Always
     }
 
-    /// Records that a write has been applied; call after the sled write returned.
+    /// Records that a write has been applied; call after the sled write returned, under the lock
+    /// that ordered it (see the module docs).
     pub fn note_write(&self) -> u64 {
         self.written.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -72,6 +134,16 @@ impl Durability {
     /// The newest ticket handed out (for duplicates: the retried write may still be unflushed).
     pub fn current(&self) -> u64 {
         self.written.load(Ordering::Acquire)
+    }
+
+    /// Fails every ticket handed out so far that is not flushed yet.
+    pub fn fail_pending(&self, error: ErrorKind) {
+        let upto = self.current();
+        self.progress.send_modify(|p| {
+            if p.flushed < upto {
+                p.failed = Some((upto, error));
+            }
+        });
     }
 
     /// Waits until write `ticket` is durable as the policy promises: under `always` until a flush
@@ -84,6 +156,10 @@ impl Durability {
         if rx.borrow().flushed >= ticket {
             return Ok(());
         }
+        // sled failed for want of space: no flush can make this write durable.
+        if let Some(e) = self.health.broken_error() {
+            return Err(e);
+        }
         self.wake.notify_one();
         let done = rx
             .wait_for(|p| {
@@ -94,91 +170,163 @@ impl Durability {
         if done.flushed >= ticket {
             return Ok(());
         }
-        let reason = done
-            .failed
-            .as_ref()
-            .map_or_else(String::new, |(_, r)| r.clone());
-        Err(ErrorKind::Storage {
-            reason: format!("flush to disk failed, the write may not be durable: {reason}"),
+        Err(match &done.failed {
+            Some((_, e @ ErrorKind::StorageFull { .. })) => e.clone(),
+            Some((_, e)) => ErrorKind::Storage {
+                reason: format!("the write may not be durable: {e}"),
+            },
+            None => ErrorKind::Internal {
+                reason: "flush progress lost".into(),
+            },
         })
     }
 
-    /// Flushes everything written so far, off the async threads.
+    /// Flushes everything written so far and syncs it, off the async threads.
     pub async fn flush_now(&self) -> Result<(), ErrorKind> {
+        // Below the free-space reserve flushes go on (that is what the reserve is for); only a
+        // failed write of sled's stops them.
+        if let Some(e) = self.health.broken_error() {
+            return Err(e);
+        }
         let target = self.current();
-        let (db, wal) = (self.db.clone(), self.wal.clone());
+        let disk = self.disk()?;
+        let (wal, health) = (self.wal.clone(), self.health.clone());
+        let mut full = self.health.subscribe();
         // All of it is blocking file work (a file create or delete can wait for a journal commit
         // of another flush): none of it on the async threads. Every write before the rotation is
-        // covered by the flush; the closed segments can go once it is done.
-        let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let closed = wal
-                .as_ref()
-                .map(|w| w.rotate())
-                .transpose()
-                .map_err(|e| e.to_string())?;
-            db.flush().map_err(|e| e.to_string())?;
+        // covered by the flush; the closed segments can go once it is synced, not before.
+        let task = tokio::task::spawn_blocking(move || -> Result<(), ErrorKind> {
+            let closed = wal.as_ref().map(|w| w.rotate()).transpose()?;
+            disk.flush(&health)?;
             if let (Some(wal), Some(closed)) = (&wal, closed) {
                 wal.release(closed);
             }
             Ok(())
-        })
-        .await
-        .map_err(|e| ErrorKind::Internal {
-            reason: format!("flush task failed: {e}"),
-        })?;
+        });
+        // sled 0.34 can wait forever in a flush once a write of its failed for want of space
+        // (nobody wakes the waiter): stop waiting when the full state is entered elsewhere.
+        let res = tokio::select! {
+            r = task => r.map_err(|e| ErrorKind::Internal {
+                reason: format!("flush task failed: {e}"),
+            })?,
+            _ = full.wait_for(|s| s.as_ref().is_some_and(|f| f.sticky)) => Err(self.health.full_error().unwrap_or(
+                ErrorKind::Internal { reason: "storage full state lost".into() },
+            )),
+        };
         match res {
             Ok(()) => {
                 self.progress
                     .send_modify(|p| p.flushed = p.flushed.max(target));
                 Ok(())
             }
-            Err(reason) => {
+            Err(e) => {
                 self.progress
-                    .send_modify(|p| p.failed = Some((target, reason.clone())));
-                Err(ErrorKind::Storage {
-                    reason: format!("flush to disk failed: {reason}"),
-                })
+                    .send_modify(|p| p.failed = Some((target, e.clone())));
+                Err(e)
             }
         }
     }
 
-    /// The background flusher: group commit (`always`) or periodic (`interval`); returns at once
-    /// for `never`. Runs until `shutdown`.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        match self.policy {
-            FsyncPolicy::Never => {}
-            FsyncPolicy::Always => loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = self.wake.notified() => {}
+    /// The background flusher: group commit (`always`) or periodic (`interval`); nothing for
+    /// `never`. Under every policy, while the disk is full it stops flushing (no write-ahead
+    /// segment is created) and calls `recover` with an exponential backoff until it succeeds.
+    /// Runs until `shutdown`.
+    pub async fn run<F, Fut>(self: Arc<Self>, recover: F, shutdown: CancellationToken)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(), ErrorKind>>,
+    {
+        let mut health = self.health.subscribe();
+        let every = match self.policy {
+            FsyncPolicy::Interval(every) => every,
+            // Unused: the tick only drives `interval`.
+            FsyncPolicy::Always | FsyncPolicy::Never => Duration::from_secs(3600),
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Some(e) = self.health.broken_error() {
+                self.fail_pending(e);
+                if !self.recover(&recover, &shutdown).await {
+                    return;
                 }
-                // Keep flushing while writes keep arriving: each round covers everything that was
-                // written while the previous one ran.
-                while self.current() > self.progress.borrow().flushed {
-                    if let Err(e) = self.flush_now().await {
-                        warn!("group commit: {e}");
-                        // Do not spin on a failing disk.
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                continue;
+            }
+            match self.policy {
+                FsyncPolicy::Never => tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = health.changed() => {}
+                },
+                FsyncPolicy::Always => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = health.changed() => continue,
+                        _ = self.wake.notified() => {}
+                    }
+                    // Keep flushing while writes keep arriving: each round covers everything that
+                    // was written while the previous one ran.
+                    while self.current() > self.progress.borrow().flushed
+                        && !self.health.is_broken()
+                    {
+                        if let Err(e) = self.flush_now().await {
+                            if self.health.is_broken() {
+                                break;
+                            }
+                            warn!("group commit: {e}");
+                            // Do not spin on a failing disk.
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = tokio::time::sleep(FIRST_BACKOFF) => {}
+                            }
                         }
                     }
                 }
-            },
-            FsyncPolicy::Interval(every) => {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
+                FsyncPolicy::Interval(_) => {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
+                        _ = health.changed() => continue,
                         _ = tick.tick() => {}
                     }
                     if self.current() > self.progress.borrow().flushed {
                         match self.flush_now().await {
                             Ok(()) => debug!("interval flush done"),
+                            // The full state logs itself once.
+                            Err(_) if self.health.is_broken() => {}
                             Err(e) => warn!("interval flush: {e}"),
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Retries `recover` with an exponential backoff until it succeeds (true) or the broker
+    /// shuts down (false).
+    async fn recover<F, Fut>(&self, recover: &F, shutdown: &CancellationToken) -> bool
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(), ErrorKind>>,
+    {
+        let mut delay = FIRST_BACKOFF;
+        let mut attempts = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            attempts += 1;
+            match recover().await {
+                Ok(()) => {
+                    self.health.set_recovered();
+                    return true;
+                }
+                Err(e) => {
+                    debug!(
+                        attempts,
+                        next_in_ms = delay.as_millis() as u64,
+                        "storage not recovered yet: {e}"
+                    );
+                    delay = (delay * 2).min(MAX_BACKOFF);
                 }
             }
         }

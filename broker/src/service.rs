@@ -30,12 +30,13 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A broker: its sled database, the shards it holds and its link to the router.
 pub struct Broker {
-    id: BrokerId,
-    db: sled::Db,
-    /// The `shards` tree: shard key -> [`Ownership`].
-    owners: sled::Tree,
-    shards: RwLock<HashMap<ShardId, Arc<Shard>>>,
-    durability: Arc<Durability>,
+    pub(crate) id: BrokerId,
+    /// The database and its `shards` tree (shard key -> [`Ownership`]); `None` while the
+    /// database is being reopened (not done yet: sled 0.34 cannot be reopened in-process after
+    /// a failed write, see `crate::start`).
+    pub(crate) store: RwLock<Option<Store>>,
+    pub(crate) shards: RwLock<HashMap<ShardId, Arc<Shard>>>,
+    pub(crate) durability: Arc<Durability>,
     /// The newest routing epoch this broker has seen (for `NotOwner` answers).
     epoch: AtomicU64,
     router: Option<Arc<RouterLink>>,
@@ -44,16 +45,25 @@ pub struct Broker {
     /// Most bytes of batches one answer may carry.
     read_limit: usize,
     /// Persisted state of imports (moves into this broker), one record per shard.
-    imports: Arc<ImportStore>,
+    pub(crate) imports: Arc<ImportStore>,
     /// Imports run or finished since this process started, by move id.
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
     /// The broker's shutdown; import tasks stop with it.
     shutdown: CancellationToken,
     /// Cap on the bytes per second one import copies (None: as fast as it goes).
     move_rate_limit: Option<u64>,
-    /// New at every start of the process; sent with every fetch answer (see `stable_end`).
-    incarnation: u64,
+    /// New at every start of the process, and at every reopen of the database after a full
+    /// disk; sent with every fetch answer (see `stable_end`).
+    pub(crate) incarnation: AtomicU64,
+    /// The cluster secret this broker proves to the brokers it imports shards from.
     secret: Option<Secret>,
+}
+
+/// One instance of the database and its `shards` tree.
+#[derive(Clone)]
+pub(crate) struct Store {
+    pub db: sled::Db,
+    pub owners: sled::Tree,
 }
 
 fn ready_result(r: Result<Response, ErrorKind>) -> ServiceFuture {
@@ -62,7 +72,7 @@ fn ready_result(r: Result<Response, ErrorKind>) -> ServiceFuture {
 
 /// A value that differs between two starts of a broker: the start time in nanoseconds, mixed
 /// with the process id (two starts within one clock tick are then still told apart).
-fn new_incarnation() -> u64 {
+pub(crate) fn new_incarnation() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -97,14 +107,13 @@ impl Broker {
                 )
             })?;
             epoch = epoch.max(own.epoch);
-            let shard = Shard::open(&db, own, durability.wal())?;
+            let shard = Shard::open(&db, own, durability.wal(), durability.health().clone())?;
             shards.insert(shard.id().clone(), Arc::new(shard));
         }
         let imports = ImportStore::open(&db, &|key| shards.keys().any(|s| s.key() == key))?;
         Ok(Broker {
             id,
-            db,
-            owners,
+            store: RwLock::new(Some(Store { db, owners })),
             shards: RwLock::new(shards),
             durability,
             epoch: AtomicU64::new(epoch),
@@ -116,7 +125,7 @@ impl Broker {
             jobs: Mutex::new(HashMap::new()),
             shutdown,
             move_rate_limit: None,
-            incarnation: new_incarnation(),
+            incarnation: AtomicU64::new(new_incarnation()),
             secret: None,
         })
     }
@@ -146,15 +155,46 @@ impl Broker {
         self.epoch.fetch_max(epoch, Ordering::AcqRel);
     }
 
-    fn shards_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ShardId, Arc<Shard>>> {
+    /// The database in use, or why there is none right now.
+    pub(crate) fn store(&self) -> Result<Store, ErrorKind> {
+        self.store
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                self.durability
+                    .disk()
+                    .err()
+                    .unwrap_or(ErrorKind::Unavailable {
+                        what: "storage".into(),
+                        reason: "the database is being reopened; retry shortly".into(),
+                    })
+            })
+    }
+
+    fn open_shard(&self, own: Ownership) -> Result<Arc<Shard>, ErrorKind> {
+        let store = self.store()?;
+        Ok(Arc::new(Shard::open(
+            &store.db,
+            own,
+            self.durability.wal(),
+            self.durability.health().clone(),
+        )?))
+    }
+
+    pub(crate) fn shards_read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<ShardId, Arc<Shard>>> {
         self.shards.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn shards_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ShardId, Arc<Shard>>> {
+    pub(crate) fn shards_write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<ShardId, Arc<Shard>>> {
         self.shards.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn jobs(&self) -> MutexGuard<'_, HashMap<u64, Arc<Job>>> {
+    pub(crate) fn jobs(&self) -> MutexGuard<'_, HashMap<u64, Arc<Job>>> {
         // Lock order: `shards` before `jobs`, never the other way round.
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -198,7 +238,15 @@ impl Broker {
             .map(|j| j.progress())
             .collect();
         imports.sort_by_key(|p| p.move_id);
-        BrokerReport { shards, imports }
+        BrokerReport {
+            shards,
+            imports,
+            degraded: self
+                .durability
+                .health()
+                .degraded()
+                .map(|reason| format!("storage full: {reason}")),
+        }
     }
 
     /// Own `shard` from `epoch` on, creating an empty log if none is held. An assignment older
@@ -211,7 +259,7 @@ impl Broker {
                 return self.activate_import(s, epoch);
             }
             let before = s.ownership();
-            let after = s.update_ownership(&self.owners, |o| {
+            let after = s.update_ownership(&self.store()?.owners, |o| {
                 if epoch >= o.epoch {
                     o.owned = true;
                     o.epoch = epoch;
@@ -228,11 +276,14 @@ impl Broker {
             epoch,
             owned: true,
         };
-        let opened = Arc::new(Shard::open(&self.db, own.clone(), self.durability.wal())?);
-        self.owners
+        let opened = self.open_shard(own.clone())?;
+        self.store()?
+            .owners
             .insert(shard.key().as_bytes(), own.encode()?)
-            .map_err(|e| ErrorKind::Storage {
-                reason: format!("{shard}: cannot record ownership: {e}"),
+            .map_err(|e| {
+                self.durability
+                    .health()
+                    .sled_error(&format!("{shard}: cannot record ownership"), &e)
             })?;
         info!(%shard, epoch, end_offset = opened.end_offset(), "shard assigned");
         shards.insert(shard.clone(), opened);
@@ -258,12 +309,14 @@ impl Broker {
                 continue;
             }
             let mut unassigned = false;
-            let res = s.update_ownership(&self.owners, |o| {
-                if o.owned && o.epoch <= epoch {
-                    o.owned = false;
-                    o.epoch = epoch;
-                    unassigned = true;
-                }
+            let res = self.store().and_then(|st| {
+                s.update_ownership(&st.owners, |o| {
+                    if o.owned && o.epoch <= epoch {
+                        o.owned = false;
+                        o.epoch = epoch;
+                        unassigned = true;
+                    }
+                })
             });
             match res {
                 Ok(_) if unassigned => {
@@ -315,9 +368,11 @@ impl Broker {
         // The log goes first: a crash in between leaves an ownership record over an empty tree,
         // which the router's retried drop removes, never an orphaned log a new assignment would
         // silently reuse.
-        self.db
+        let store = self.store()?;
+        store
+            .db
             .drop_tree(tree_name(shard))
-            .and_then(|_| self.owners.remove(shard.key().as_bytes()))
+            .and_then(|_| store.owners.remove(shard.key().as_bytes()))
             .map_err(|e| ErrorKind::Storage {
                 reason: format!("{shard}: cannot delete the local copy: {e}"),
             })?;
@@ -360,7 +415,7 @@ impl Broker {
                 }
             },
         };
-        s.update_ownership(&self.owners, |o| {
+        s.update_ownership(&self.store()?.owners, |o| {
             o.state = ShardState::Active;
             o.owned = true;
             o.epoch = o.epoch.max(epoch);
@@ -390,11 +445,14 @@ impl Broker {
             epoch,
             owned: false,
         };
-        let opened = Arc::new(Shard::open(&self.db, own.clone(), self.durability.wal())?);
-        self.owners
+        let opened = self.open_shard(own.clone())?;
+        self.store()?
+            .owners
             .insert(shard.key().as_bytes(), own.encode()?)
-            .map_err(|e| ErrorKind::Storage {
-                reason: format!("{shard}: cannot record the import: {e}"),
+            .map_err(|e| {
+                self.durability
+                    .health()
+                    .sled_error(&format!("{shard}: cannot record the import"), &e)
             })?;
         shards.insert(shard.clone(), opened.clone());
         Ok(opened)
@@ -575,7 +633,14 @@ impl Broker {
     fn produce(&self, p: ProduceRequest) -> ServiceFuture {
         let result = self.shard(&p.shard, Access::Write).and_then(|shard| {
             p.batch.validate(self.max_record_bytes)?;
-            let appended = shard.append(&p.batch, p.producer, self.epoch())?;
+            let d = &self.durability;
+            let appended = shard.append(
+                &p.batch,
+                p.producer,
+                self.epoch(),
+                &|| d.note_write(),
+                &|| d.current(),
+            )?;
             Ok((shard, appended))
         });
         let (shard, appended) = match result {
@@ -589,11 +654,7 @@ impl Broker {
         };
         // A retry may arrive while the original still waits for its flush: it waits for the
         // same (or a later) flush, never acknowledging less than the original would.
-        let ticket = if appended.duplicate {
-            self.durability.current()
-        } else {
-            self.durability.note_write()
-        };
+        let ticket = appended.ticket;
         // Once a flush that started after this append is done, everything up to its end is on
         // disk (appends to a shard are ordered, and a flush covers every write applied before it).
         let end = appended.base_offset + appended.count as u64;
@@ -634,7 +695,7 @@ impl Broker {
         let read_limit = self.read_limit;
         let max_bytes = (f.max_bytes as usize).min(read_limit);
         let durable_only = self.durability.reads_wait_for_flush();
-        let incarnation = self.incarnation;
+        let incarnation = self.incarnation.load(Ordering::Acquire);
         let end = self.visible_end(&shard);
         let answer = move |shard: &Shard| {
             let (batches, high_watermark) =
@@ -671,14 +732,12 @@ impl Broker {
     }
 
     fn commit(&self, shard: &ShardId, group: &str, offset: Offset) -> ServiceFuture {
+        let d = &self.durability;
         let result = self
             .shard(shard, Access::Write)
-            .and_then(|s| s.commit(group, offset, self.epoch()));
+            .and_then(|s| s.commit(group, offset, self.epoch(), &|| d.note_write()));
         match result {
-            Ok(()) => {
-                let ticket = self.durability.note_write();
-                self.wait_durable(ticket, Response::Committed)
-            }
+            Ok(ticket) => self.wait_durable(ticket, Response::Committed),
             Err(e) => ready_result(Err(e)),
         }
     }
@@ -729,7 +788,7 @@ impl Broker {
                 });
             }
             // Taking the shard lock orders the fence after every append already accepted.
-            s.update_ownership(&self.owners, |o| o.state = ShardState::Fenced)?;
+            s.update_ownership(&self.store()?.owners, |o| o.state = ShardState::Fenced)?;
             Ok(s.end_offset())
         });
         let end_offset = match result {
@@ -751,7 +810,7 @@ impl Broker {
 
     fn unfence(&self, shard: &ShardId, move_id: u64) -> Result<Response, ErrorKind> {
         let s = self.shard(shard, Access::Held)?;
-        let own = s.update_ownership(&self.owners, |o| {
+        let own = s.update_ownership(&self.store()?.owners, |o| {
             if o.state == ShardState::Fenced {
                 o.state = ShardState::Active;
             }

@@ -19,6 +19,9 @@
 //! and every export to a move's destination) stop there: otherwise a record read before its flush
 //! and lost in a crash would leave its offset to be reused by a different, acknowledged record,
 //! which a consumer (or a copy) that had read the lost one would then skip or hold twice.
+//!
+//! The tree handle lives under the same lock (a dropped shard lets go of it at once, so requests
+//! still holding the `Arc<Shard>` do not keep the database instance open).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +35,7 @@ use shardq_protocol::{
 };
 use tokio::sync::{watch, Notify};
 
+use crate::storage::Health;
 use crate::wal::Wal;
 
 const LOG: u8 = 0x00;
@@ -105,6 +109,57 @@ fn entry_to_batch(
     })
 }
 
+/// A shard's state as found in its tree.
+struct Loaded {
+    next_offset: Offset,
+    bytes: u64,
+    producers: HashMap<u64, ProducerState>,
+    groups: BTreeMap<String, Offset>,
+}
+
+impl Loaded {
+    fn read(db: &sled::Db, id: &ShardId) -> Result<(sled::Tree, Loaded), ErrorKind> {
+        let tree = db
+            .open_tree(tree_name(id))
+            .map_err(|e| storage(id, "cannot open tree", e))?;
+        let next_offset = match tree
+            .range(log_key(0)..=log_key(u64::MAX))
+            .next_back()
+            .transpose()
+            .map_err(|e| storage(id, "cannot read the log end", e))?
+        {
+            Some((k, v)) => entry_to_batch(id, &k, v)?.end_offset(),
+            None => 0,
+        };
+        let mut producers = HashMap::new();
+        for kv in tree.scan_prefix([PRODUCER]) {
+            let (_, v) = kv.map_err(|e| storage(id, "cannot read producer state", e))?;
+            let st: ProducerState =
+                decode(&v).map_err(|e| storage(id, "corrupt producer state", e))?;
+            producers.insert(st.producer_id, st);
+        }
+        let mut groups = BTreeMap::new();
+        for kv in tree.scan_prefix([GROUP]) {
+            let (k, v) = kv.map_err(|e| storage(id, "cannot read group offsets", e))?;
+            let group = String::from_utf8_lossy(&k[1..]).into_owned();
+            let off = be_u64(&v).ok_or_else(|| storage(id, "corrupt group offset", &group))?;
+            groups.insert(group, off);
+        }
+        let bytes = tree
+            .get(STATS_BYTES)
+            .map_err(|e| storage(id, "cannot read stats", e))?
+            .and_then(|v| be_u64(&v))
+            .unwrap_or(0);
+        let loaded = Loaded {
+            next_offset,
+            bytes,
+            producers,
+            groups,
+        };
+        Ok((tree, loaded))
+    }
+}
+
 /// Whether and how this broker holds the shard; persisted in the `shards` tree so a restarted
 /// broker serves at once.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,9 +189,13 @@ pub struct Appended {
     pub base_offset: Offset,
     pub count: u32,
     pub duplicate: bool,
+    /// The durability ticket of the write (see [`crate::durability`]).
+    pub ticket: u64,
 }
 
 struct Inner {
+    /// None while the database is being reopened.
+    tree: Option<sled::Tree>,
     own: Ownership,
     next_offset: Offset,
     /// Every offset below this is on disk (`<= next_offset`).
@@ -154,9 +213,9 @@ struct Inner {
 /// One shard held by this broker.
 pub struct Shard {
     id: ShardId,
-    tree: sled::Tree,
     /// Under `fsync interval`, every acknowledged write is also written here (see [`crate::wal`]).
     wal: Option<Arc<Wal>>,
+    health: Arc<Health>,
     inner: Mutex<Inner>,
     /// The shard's next offset, for long polls.
     end: watch::Sender<Offset>,
@@ -179,58 +238,57 @@ pub enum Access {
 
 impl Shard {
     /// Opens (or creates) the shard's tree and recovers its next offset, producer state and groups.
-    pub fn open(db: &sled::Db, own: Ownership, wal: Option<Arc<Wal>>) -> Result<Shard, ErrorKind> {
+    pub fn open(
+        db: &sled::Db,
+        own: Ownership,
+        wal: Option<Arc<Wal>>,
+        health: Arc<Health>,
+    ) -> Result<Shard, ErrorKind> {
         let id = own.shard.clone();
-        let tree = db
-            .open_tree(tree_name(&id))
-            .map_err(|e| storage(&id, "cannot open tree", e))?;
-        let next_offset = match tree
-            .range(log_key(0)..=log_key(u64::MAX))
-            .next_back()
-            .transpose()
-            .map_err(|e| storage(&id, "cannot read the log end", e))?
-        {
-            Some((k, v)) => entry_to_batch(&id, &k, v)?.end_offset(),
-            None => 0,
-        };
-        let mut producers = HashMap::new();
-        for kv in tree.scan_prefix([PRODUCER]) {
-            let (_, v) = kv.map_err(|e| storage(&id, "cannot read producer state", e))?;
-            let st: ProducerState =
-                decode(&v).map_err(|e| storage(&id, "corrupt producer state", e))?;
-            producers.insert(st.producer_id, st);
-        }
-        let mut groups = BTreeMap::new();
-        for kv in tree.scan_prefix([GROUP]) {
-            let (k, v) = kv.map_err(|e| storage(&id, "cannot read group offsets", e))?;
-            let group = String::from_utf8_lossy(&k[1..]).into_owned();
-            let off = be_u64(&v).ok_or_else(|| storage(&id, "corrupt group offset", &group))?;
-            groups.insert(group, off);
-        }
-        let bytes = tree
-            .get(STATS_BYTES)
-            .map_err(|e| storage(&id, "cannot read stats", e))?
-            .and_then(|v| be_u64(&v))
-            .unwrap_or(0);
+        let (tree, loaded) = Loaded::read(db, &id)?;
         Ok(Shard {
             id,
-            tree,
             wal,
-            end: watch::Sender::new(next_offset),
+            health,
+            end: watch::Sender::new(loaded.next_offset),
             // What a fresh open finds was on disk.
-            durable: watch::Sender::new(next_offset),
+            durable: watch::Sender::new(loaded.next_offset),
             changed: Notify::new(),
             inner: Mutex::new(Inner {
+                tree: Some(tree),
                 own,
-                next_offset,
-                durable: next_offset,
-                stable_end: next_offset,
-                bytes,
-                producers,
-                groups,
+                next_offset: loaded.next_offset,
+                durable: loaded.next_offset,
+                stable_end: loaded.next_offset,
+                bytes: loaded.bytes,
+                producers: loaded.producers,
+                groups: loaded.groups,
                 dropped: false,
             }),
         })
+    }
+
+    /// The tree, or why it cannot be used now.
+    fn tree(&self, inner: &Inner) -> Result<sled::Tree, ErrorKind> {
+        inner.tree.clone().ok_or_else(|| {
+            self.health
+                .full_error()
+                .unwrap_or_else(|| ErrorKind::Unavailable {
+                    what: self.id.to_string(),
+                    reason: "its storage is being reopened; retry shortly".into(),
+                })
+        })
+    }
+
+    /// The tree for a write: refused while the disk is full, so sled is not handed writes that
+    /// cannot be made durable.
+    fn writable_tree(&self, inner: &Inner) -> Result<sled::Tree, ErrorKind> {
+        self.health.check_space()?;
+        self.tree(inner)
+    }
+
+    fn sled_err(&self, what: &str, e: &sled::Error) -> ErrorKind {
+        self.health.sled_error(&format!("{}: {what}", self.id), e)
     }
 
     pub fn id(&self) -> &ShardId {
@@ -280,6 +338,8 @@ impl Shard {
         batch: &RecordBatch,
         producer: Option<ProducerSeq>,
         known_epoch: Epoch,
+        note_write: &dyn Fn() -> u64,
+        current: &dyn Fn() -> u64,
     ) -> Result<Appended, ErrorKind> {
         let mut inner = self.lock();
         self.check(&inner, Access::Write, known_epoch)?;
@@ -292,6 +352,7 @@ impl Shard {
                         base_offset: st.base_offset,
                         count: st.count,
                         duplicate: true,
+                        ticket: current(),
                     });
                 }
                 if p.sequence != st.last_sequence + 1 {
@@ -329,7 +390,8 @@ impl Shard {
         }
         let bytes = inner.bytes + added;
         ops.push((STATS_BYTES.into(), bytes.to_be_bytes().as_slice().into()));
-        self.apply(&ops, "append failed")?;
+        self.apply(&inner, &ops, "append failed")?;
+        let ticket = note_write();
         inner.next_offset = offset;
         inner.bytes = bytes;
         if let Some(st) = state {
@@ -340,6 +402,7 @@ impl Shard {
             base_offset,
             count: batch.count,
             duplicate: false,
+            ticket,
         })
     }
 
@@ -407,20 +470,20 @@ impl Shard {
         hard_max: usize,
         durable_only: bool,
     ) -> Result<(Vec<StoredBatch>, Offset), ErrorKind> {
-        let end = {
+        let (end, tree) = {
             let inner = self.lock();
-            if durable_only {
+            let end = if durable_only {
                 inner.durable
             } else {
                 inner.next_offset
-            }
+            };
+            (end, self.tree(&inner)?)
         };
         let mut out = Vec::new();
         if from >= end {
             return Ok((out, end));
         }
-        let start_key = match self
-            .tree
+        let start_key = match tree
             .range(log_key(0)..=log_key(from))
             .next_back()
             .transpose()
@@ -431,7 +494,7 @@ impl Shard {
         };
         let mut total = 0usize;
         // Only entries below `end` are complete from this reader's point of view.
-        for kv in self.tree.range(start_key..sled::IVec::from(&log_key(end))) {
+        for kv in tree.range(start_key..sled::IVec::from(&log_key(end))) {
             let (k, v) = kv.map_err(|e| storage(&self.id, "read failed", e))?;
             let size = v.len();
             if !out.is_empty() && (total >= max_bytes || total + size > hard_max) {
@@ -445,14 +508,19 @@ impl Shard {
 
     /// Applies inserts atomically to the tree, then to the write-ahead file if there is one (in
     /// that order, under the shard lock: see [`crate::wal`]).
-    fn apply(&self, ops: &[(sled::IVec, sled::IVec)], what: &str) -> Result<(), ErrorKind> {
+    fn apply(
+        &self,
+        inner: &Inner,
+        ops: &[(sled::IVec, sled::IVec)],
+        what: &str,
+    ) -> Result<(), ErrorKind> {
+        let tree = self.writable_tree(inner)?;
         let mut batch = sled::Batch::default();
         for (k, v) in ops {
             batch.insert(k.clone(), v.clone());
         }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| storage(&self.id, what, e))?;
+        tree.apply_batch(batch)
+            .map_err(|e| self.sled_err(what, &e))?;
         if let Some(wal) = &self.wal {
             let ops: Vec<crate::wal::Op<'_>> =
                 ops.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
@@ -462,7 +530,14 @@ impl Shard {
     }
 
     /// Commits a group's offset (synchronously; the caller waits for durability).
-    pub fn commit(&self, group: &str, offset: Offset, known_epoch: Epoch) -> Result<(), ErrorKind> {
+    /// Returns the write's durability ticket.
+    pub fn commit(
+        &self,
+        group: &str,
+        offset: Offset,
+        known_epoch: Epoch,
+        note_write: &dyn Fn() -> u64,
+    ) -> Result<u64, ErrorKind> {
         let mut inner = self.lock();
         self.check(&inner, Access::Write, known_epoch)?;
         if offset > inner.next_offset {
@@ -477,9 +552,10 @@ impl Shard {
             group_key(group).into(),
             offset.to_be_bytes().as_slice().into(),
         );
-        self.apply(&[op], "commit failed")?;
+        self.apply(&inner, &[op], "commit failed")?;
+        let ticket = note_write();
         inner.groups.insert(group.to_string(), offset);
-        Ok(())
+        Ok(ticket)
     }
 
     pub fn group_offset(&self, group: &str) -> Option<Offset> {
@@ -528,7 +604,7 @@ impl Shard {
         if own != inner.own {
             owners
                 .insert(self.id.key().as_bytes(), own.encode()?)
-                .map_err(|e| storage(&self.id, "cannot record ownership", e))?;
+                .map_err(|e| self.sled_err("cannot record ownership", &e))?;
             inner.own = own.clone();
             drop(inner);
             self.changed.notify_waiters();
@@ -579,11 +655,11 @@ impl Shard {
         if records == 0 {
             return Ok((0, 0));
         }
+        let tree = self.writable_tree(&inner)?;
         let bytes = inner.bytes + added;
         sled_batch.insert(STATS_BYTES, &bytes.to_be_bytes());
-        self.tree
-            .apply_batch(sled_batch)
-            .map_err(|e| storage(&self.id, "import write failed", e))?;
+        tree.apply_batch(sled_batch)
+            .map_err(|e| self.sled_err("import write failed", &e))?;
         inner.next_offset = next;
         inner.bytes = bytes;
         self.end.send_replace(next);
@@ -599,6 +675,7 @@ impl Shard {
                 reason: format!("{} is not being imported here any more", self.id),
             });
         }
+        let tree = self.writable_tree(&inner)?;
         let mut sled_batch = sled::Batch::default();
         for id in inner.producers.keys() {
             sled_batch.remove(&producer_key(*id));
@@ -613,9 +690,8 @@ impl Shard {
         for (g, o) in &meta.groups {
             sled_batch.insert(group_key(g), &o.to_be_bytes());
         }
-        self.tree
-            .apply_batch(sled_batch)
-            .map_err(|e| storage(&self.id, "cannot write the imported offsets", e))?;
+        tree.apply_batch(sled_batch)
+            .map_err(|e| self.sled_err("cannot write the imported offsets", &e))?;
         inner.producers = meta
             .producers
             .iter()
@@ -627,7 +703,13 @@ impl Shard {
 
     /// Marks the shard dropped (every later request is refused) and returns whether it was held.
     pub fn mark_dropped(&self) -> bool {
-        let was_held = !std::mem::replace(&mut self.lock().dropped, true);
+        let was_held = {
+            let mut inner = self.lock();
+            // In-flight requests may keep this shard alive: its tree must not keep the database
+            // instance open (a reopen after a full disk waits for every handle to go).
+            inner.tree = None;
+            !std::mem::replace(&mut inner.dropped, true)
+        };
         self.changed.notify_waiters();
         was_held
     }
@@ -647,6 +729,7 @@ mod tests {
                 owned: true,
             },
             None,
+            Arc::new(Health::new(1)),
         )
         .unwrap()
     }
@@ -677,8 +760,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let s = open_active(&db);
-        s.append(&batch(&["a", "b"]), None, 1).unwrap();
-        s.append(&batch(&["c"]), None, 1).unwrap();
+        s.append(&batch(&["a", "b"]), None, 1, &|| 0, &|| 0)
+            .unwrap();
+        s.append(&batch(&["c"]), None, 1, &|| 0, &|| 0).unwrap();
         // Nothing marked durable yet: a durable-only reader sees nothing, a plain one sees all.
         assert_eq!(offsets_read(&s, 0, true), (vec![], 0));
         assert_eq!(offsets_read(&s, 0, false), (vec![0, 1, 2], 3));
@@ -705,7 +789,8 @@ mod tests {
         {
             let db = sled::open(dir.path()).unwrap();
             let s = open_active(&db);
-            s.append(&batch(&["a", "b", "c"]), None, 1).unwrap();
+            s.append(&batch(&["a", "b", "c"]), None, 1, &|| 0, &|| 0)
+                .unwrap();
             db.flush().unwrap();
         }
         // sled lets go of its file lock shortly after the last handle is dropped.

@@ -20,11 +20,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use shardq_protocol::{ErrorKind, ShardId};
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_64;
+
+use crate::storage::Health;
 
 const DIR: &str = "wal";
 const SUFFIX: &str = ".wal";
@@ -38,11 +40,16 @@ pub type Op<'a> = (&'a [u8], &'a [u8]);
 struct Segment {
     number: u64,
     file: File,
+    /// Bytes of whole frames written so far.
+    len: u64,
+    /// A failed write could not be cut off again: nothing more may follow it in this segment.
+    broken: bool,
 }
 
 /// The broker's write-ahead file (present only under `fsync interval=MS`).
 pub struct Wal {
     dir: PathBuf,
+    health: Arc<Health>,
     current: Mutex<Segment>,
     /// Held through a rotation, so rotations keep segment numbers in write order while the next
     /// segment is created without holding up appends.
@@ -78,7 +85,12 @@ fn create_segment(dir: &Path, number: u64) -> io::Result<Segment> {
         .create_new(true)
         .append(true)
         .open(segment_path(dir, number))?;
-    Ok(Segment { number, file })
+    Ok(Segment {
+        number,
+        file,
+        len: 0,
+        broken: false,
+    })
 }
 
 fn storage(what: &str, e: impl std::fmt::Display) -> ErrorKind {
@@ -230,6 +242,10 @@ pub fn replay(db: &sled::Db, data_dir: &Path) -> Result<Replayed, ErrorKind> {
     }
     db.flush()
         .map_err(|e| storage("cannot flush the replayed entries", e))?;
+    // sled's flush does not reach the disk's platter: sync before the segments go.
+    crate::storage::SyncFiles::open(data_dir)
+        .and_then(|f| f.sync())
+        .map_err(|e| storage("cannot sync the replayed entries", e))?;
     for n in numbers {
         let path = segment_path(&dir, n);
         fs::remove_file(&path).map_err(|e| storage(&format!("{}", path.display()), e))?;
@@ -245,7 +261,7 @@ pub fn replay(db: &sled::Db, data_dir: &Path) -> Result<Replayed, ErrorKind> {
 
 impl Wal {
     /// Starts a new segment after any left over (call [`replay`] first).
-    pub fn open(data_dir: &Path) -> Result<Wal, ErrorKind> {
+    pub fn open(data_dir: &Path, health: Arc<Health>) -> Result<Wal, ErrorKind> {
         let dir = data_dir.join(DIR);
         fs::create_dir_all(&dir).map_err(|e| storage(&format!("{}", dir.display()), e))?;
         let next = segments(&dir)
@@ -256,6 +272,7 @@ impl Wal {
             create_segment(&dir, next).map_err(|e| storage("cannot create a segment", e))?;
         Ok(Wal {
             dir,
+            health,
             current: Mutex::new(current),
             rotating: Mutex::new(()),
         })
@@ -267,12 +284,31 @@ impl Wal {
 
     /// Writes one entry to the operating system (no fsync). Call after sled applied the same
     /// inserts, under the shard's lock.
+    ///
+    /// A failed write (a full disk) is cut off again, so the frames written after it (once space
+    /// is back) are not hidden behind a torn frame, where replay stops.
     pub fn append(&self, shard: &ShardId, ops: &[Op<'_>]) -> Result<(), ErrorKind> {
         let frame = encode(shard, ops);
-        self.lock()
-            .file
-            .write_all(&frame)
-            .map_err(|e| storage("cannot write", e))
+        let mut seg = self.lock();
+        if seg.broken {
+            return Err(self.health.full_error().unwrap_or_else(|| {
+                storage("cannot write", "the current segment ends in a failed write")
+            }));
+        }
+        match seg.file.write_all(&frame) {
+            Ok(()) => {
+                seg.len += frame.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let len = seg.len;
+                if let Err(cut) = seg.file.set_len(len) {
+                    warn!(segment = seg.number, "cannot cut a failed write-ahead write off: {cut}; starting a new segment at the next flush");
+                    seg.broken = true;
+                }
+                Err(self.health.io_error("write-ahead file: cannot write", &e))
+            }
+        }
     }
 
     /// Closes the current segment and starts the next; returns the closed one's number. A flush
@@ -282,9 +318,26 @@ impl Wal {
     pub fn rotate(&self) -> Result<u64, ErrorKind> {
         let _rotation = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
         let number = self.lock().number + 1;
-        let next =
-            create_segment(&self.dir, number).map_err(|e| storage("cannot create a segment", e))?;
+        let next = create_segment(&self.dir, number).map_err(|e| {
+            self.health
+                .io_error("write-ahead file: cannot create a segment", &e)
+        })?;
         Ok(std::mem::replace(&mut *self.lock(), next).number)
+    }
+
+    /// Re-applies every segment, the current one included, to a freshly reopened `db` (see
+    /// [`replay`]), and starts a new segment. For the recovery from a full disk: no write may
+    /// run meanwhile (the shards are detached from the database). Blocking file work.
+    pub fn replay_all(&self, db: &sled::Db, data_dir: &Path) -> Result<Replayed, ErrorKind> {
+        let _rotation = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
+        let done = replay(db, data_dir)?;
+        let number = self.lock().number + 1;
+        let next = create_segment(&self.dir, number).map_err(|e| {
+            self.health
+                .io_error("write-ahead file: cannot create a segment", &e)
+        })?;
+        *self.lock() = next;
+        Ok(done)
     }
 
     /// Deletes the closed segments up to `upto` (their writes are flushed). Blocking file work.
@@ -313,7 +366,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), Arc::new(Health::new(1))).unwrap();
         let shard = ShardId::new("w", 1);
         wal.append(&shard, &[(b"k1", b"v1"), (b"k2", b"")]).unwrap();
         wal.append(&shard, &[(b"k3", &[7u8; 1000][..])]).unwrap();
@@ -354,7 +407,7 @@ mod tests {
             .insert(held.key().as_bytes(), b"x")
             .unwrap();
         {
-            let wal = Wal::open(dir.path()).unwrap();
+            let wal = Wal::open(dir.path(), Arc::new(Health::new(1))).unwrap();
             wal.append(&held, &[(b"a", b"1")]).unwrap();
             wal.append(&gone, &[(b"a", b"2")]).unwrap();
             wal.rotate().unwrap();
@@ -375,7 +428,7 @@ mod tests {
         assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"shard/w:P2"));
         assert!(segments(&dir.path().join(DIR)).unwrap().is_empty());
         // A new file starts after a replay.
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = Wal::open(dir.path(), Arc::new(Health::new(1))).unwrap();
         wal.append(&held, &[(b"c", b"5")]).unwrap();
         let closed = wal.rotate().unwrap();
         wal.release(closed);

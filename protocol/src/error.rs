@@ -105,6 +105,10 @@ pub enum ErrorKind {
         data_cluster: String,
         router_cluster: String,
     },
+    /// The broker's disk is full: it refuses writes until space is freed, then resumes by itself
+    /// (nothing acknowledged is lost). Retriable: a client retries until its deadline.
+    #[error("broker {broker}: storage full ({reason}); free disk space on the broker, it resumes by itself")]
+    StorageFull { broker: u32, reason: String },
 }
 
 impl ErrorKind {
@@ -118,6 +122,7 @@ impl ErrorKind {
                 | ErrorKind::Timeout { .. }
                 | ErrorKind::ShuttingDown
                 | ErrorKind::TooManyConnections { .. }
+                | ErrorKind::StorageFull { .. }
         )
     }
 }

@@ -94,6 +94,8 @@ pub struct ShardReport {
 pub struct BrokerReport {
     pub shards: Vec<ShardReport>,
     pub imports: Vec<MoveProgress>,
+    /// Why the broker cannot take writes now (e.g. "storage full: ..."); it recovers by itself.
+    pub degraded: Option<String>,
 }
 
 /// Where one shard lives, as the router tells clients.
@@ -156,6 +158,8 @@ pub struct BrokerInfo {
     /// Milliseconds since the last heartbeat.
     pub last_seen_ms: u64,
     pub shards: u32,
+    /// The broker's own word, in its last heartbeat, on why it cannot take writes now.
+    pub degraded: Option<String>,
 }
 
 /// Router to broker: own `shard` at `epoch` (creating an empty log if none exists).

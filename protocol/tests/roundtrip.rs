@@ -93,6 +93,7 @@ fn sample_broker_info() -> BrokerInfo {
         status: BrokerStatus::Leaving,
         last_seen_ms: 250,
         shards: 11,
+        degraded: Some("storage full: No space left on device".into()),
     }
 }
 
@@ -199,6 +200,7 @@ fn sample_requests() -> Vec<Request> {
             report: BrokerReport {
                 shards: vec![sample_report()],
                 imports: vec![sample_move()],
+                degraded: None,
             },
             uuid: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
         },
@@ -408,9 +410,10 @@ fn error_variant(e: &ErrorKind) -> usize {
         ErrorKind::BrokerUp { .. } => 22,
         ErrorKind::IdentityConflict { .. } => 23,
         ErrorKind::WrongCluster { .. } => 24,
+        ErrorKind::StorageFull { .. } => 25,
     }
 }
-const ERROR_VARIANTS: usize = 25;
+const ERROR_VARIANTS: usize = 26;
 
 fn sample_errors() -> Vec<ErrorKind> {
     vec![
@@ -498,6 +501,10 @@ fn sample_errors() -> Vec<ErrorKind> {
             id: 1,
             data_cluster: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
             router_cluster: "c0ffee00-1111-4222-8333-444455556666".into(),
+        },
+        ErrorKind::StorageFull {
+            broker: 2,
+            reason: "No space left on device (os error 28)".into(),
         },
     ]
 }
@@ -753,6 +760,7 @@ fn arb_error() -> impl Strategy<Value = ErrorKind> {
                 router_cluster,
             }
         }),
+        (any::<u32>(), ".*").prop_map(|(broker, reason)| ErrorKind::StorageFull { broker, reason }),
     ]
 }
 

@@ -26,6 +26,7 @@ impl State {
                 last_seen_ms: u64::try_from(now.saturating_duration_since(m.last_seen).as_millis())
                     .unwrap_or(u64::MAX),
                 shards: counts.get(id).copied().unwrap_or(0),
+                degraded: m.report.degraded.clone(),
             })
             .collect()
     }

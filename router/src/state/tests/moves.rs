@@ -227,6 +227,7 @@ fn a_fence_without_a_move_is_reconciled_once_and_blocks_moves_meanwhile() {
             groups: Vec::new(),
         }],
         imports: Vec::new(),
+        degraded: None,
     };
     let now = Instant::now();
     s.heartbeat(owner, report(ShardState::Active), now).unwrap();
