@@ -235,6 +235,14 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             config.data_dir.display()
         )
     })?;
+    if config.min_free_bytes > 0 && config.min_free_bytes < 2 * config.max_frame as u64 {
+        warn!(
+            min_free_bytes = config.min_free_bytes,
+            max_frame = config.max_frame,
+            "--min-free-bytes is below two frames: one large batch (and its write-ahead copy) \
+             could fill the disk past the reserve, which then needs a restart"
+        );
+    }
     let health = Arc::new(storage::Health::with_reserve(
         config.id,
         &config.data_dir,

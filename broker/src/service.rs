@@ -66,6 +66,9 @@ pub(crate) struct Store {
     pub owners: sled::Tree,
 }
 
+/// The longest a fetch waits for data before answering with none.
+const MAX_LONG_POLL: Duration = Duration::from_secs(30);
+
 fn ready_result(r: Result<Response, ErrorKind>) -> ServiceFuture {
     Box::pin(ready(r))
 }
@@ -720,7 +723,9 @@ impl Broker {
             tokio::pin!(changed);
             changed.as_mut().enable();
             shard.ensure(Access::Read, epoch)?;
-            let wait = Duration::from_millis(f.max_wait_ms as u64);
+            // A long poll is bounded here whatever the client asked: an idle connection with a
+            // fetch parked for days would escape the idle timeout and hold its slot.
+            let wait = Duration::from_millis(f.max_wait_ms as u64).min(MAX_LONG_POLL);
             // Wakes on the first append past `offset`, or when the shard stops being served here.
             tokio::select! {
                 _ = tokio::time::timeout(wait, rx.wait_for(|end| *end > f.offset)) => {}

@@ -282,8 +282,8 @@ impl Shard {
 
     /// The tree for a write: refused while the disk is full, so sled is not handed writes that
     /// cannot be made durable.
-    fn writable_tree(&self, inner: &Inner) -> Result<sled::Tree, ErrorKind> {
-        self.health.check_space()?;
+    fn writable_tree(&self, inner: &Inner, bytes: u64) -> Result<sled::Tree, ErrorKind> {
+        self.health.check_space(bytes)?;
         self.tree(inner)
     }
 
@@ -514,7 +514,8 @@ impl Shard {
         ops: &[(sled::IVec, sled::IVec)],
         what: &str,
     ) -> Result<(), ErrorKind> {
-        let tree = self.writable_tree(inner)?;
+        let bytes = ops.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        let tree = self.writable_tree(inner, bytes)?;
         let mut batch = sled::Batch::default();
         for (k, v) in ops {
             batch.insert(k.clone(), v.clone());
@@ -655,7 +656,7 @@ impl Shard {
         if records == 0 {
             return Ok((0, 0));
         }
-        let tree = self.writable_tree(&inner)?;
+        let tree = self.writable_tree(&inner, added)?;
         let bytes = inner.bytes + added;
         sled_batch.insert(STATS_BYTES, &bytes.to_be_bytes());
         tree.apply_batch(sled_batch)
@@ -675,7 +676,7 @@ impl Shard {
                 reason: format!("{} is not being imported here any more", self.id),
             });
         }
-        let tree = self.writable_tree(&inner)?;
+        let tree = self.writable_tree(&inner, 0)?;
         let mut sled_batch = sled::Batch::default();
         for id in inner.producers.keys() {
             sled_batch.remove(&producer_key(*id));

@@ -55,8 +55,16 @@ const SPACE_CHECK_EVERY: Duration = Duration::from_millis(10);
 struct Reserve {
     dir: PathBuf,
     bytes: u64,
-    /// When the free space was last looked at.
-    checked: Mutex<Option<Instant>>,
+    /// The last look at the free space: when, how much was free, and how many bytes writes were
+    /// admitted with since (so a burst between two looks is counted, not missed).
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    at: Option<Instant>,
+    free: u64,
+    spent: u64,
 }
 
 /// The broker's storage state: healthy, or full (with why, for the error and the router).
@@ -83,7 +91,7 @@ impl Health {
             reserve: (min_free > 0).then(|| Reserve {
                 dir: dir.to_path_buf(),
                 bytes: min_free,
-                checked: Mutex::new(None),
+                seen: Mutex::new(Seen::default()),
             }),
             ..Health::new(broker)
         }
@@ -123,6 +131,7 @@ impl Health {
     /// Enters the sticky full state (logged once, on the change) and returns the error for the
     /// caller.
     pub fn set_full(&self, reason: String) -> ErrorKind {
+        let reason = format!("{reason}; free space, then restart the broker");
         let mut first = false;
         self.full.send_if_modified(|s| match s {
             Some(f) if f.sticky => false,
@@ -138,8 +147,8 @@ impl Health {
         if first {
             warn!(
                 broker = self.broker,
-                "storage full: {reason}; the database cannot take writes until the broker is \
-                 restarted (nothing acknowledged is lost); free space and restart it"
+                "storage full: {reason} (the database cannot take writes until the broker is \
+                 restarted; nothing acknowledged is lost)"
             );
         }
         self.full_error().unwrap_or(ErrorKind::StorageFull {
@@ -179,30 +188,58 @@ impl Health {
         }
     }
 
-    /// Looks at the free space (at most every 10 ms unless below the reserve, where every call
-    /// looks) and enters or leaves the "below the reserve" state. Call before a write: its error
-    /// is the refusal.
-    pub fn check_space(&self) -> Result<(), ErrorKind> {
+    /// Leaves the "below the reserve" state if that is the state (a sticky failure stays).
+    fn leave_low(&self) {
+        let left = self.full.send_if_modified(|s| {
+            if matches!(s, Some(f) if !f.sticky) {
+                *s = None;
+                true
+            } else {
+                false
+            }
+        });
+        if left {
+            info!(
+                broker = self.broker,
+                "storage recovered: space is available again; accepting writes"
+            );
+        }
+    }
+
+    /// Admits a write of about `bytes` (0: a state check only): looks at the free space when
+    /// the last look is over 10 ms old, when writes admitted since could have eaten into the
+    /// reserve, or while below it; enters or leaves the "below the reserve" state. Its error is
+    /// the refusal.
+    pub fn check_space(&self, bytes: u64) -> Result<(), ErrorKind> {
         if let Some(r) = &self.reserve {
-            let low = self.is_full() && !self.is_broken();
-            let due = {
-                let mut checked = r.checked.lock().unwrap_or_else(|p| p.into_inner());
-                let due = low || checked.is_none_or(|t| t.elapsed() >= SPACE_CHECK_EVERY);
-                if due {
-                    *checked = Some(Instant::now());
-                }
-                due
-            };
+            let low = self.full.borrow().as_ref().is_some_and(|f| !f.sticky);
+            let mut seen = r.seen.lock().unwrap_or_else(|p| p.into_inner());
+            // Under `interval` a write also goes to the write-ahead file: count it twice.
+            seen.spent = seen.spent.saturating_add(bytes.saturating_mul(2));
+            let due = low
+                || seen.at.is_none_or(|t| t.elapsed() >= SPACE_CHECK_EVERY)
+                || seen.free.saturating_sub(seen.spent) < r.bytes;
             if due {
                 match free_bytes(&r.dir) {
-                    Ok(free) if free < r.bytes => self.set_low(format!(
-                        "{} free on {}, below the reserve of {} (--min-free-bytes)",
-                        human(free),
-                        r.dir.display(),
-                        human(r.bytes)
-                    )),
-                    Ok(free) if low && free >= r.bytes + r.bytes / 8 => self.set_recovered(),
-                    Ok(_) => {}
+                    Ok(free) => {
+                        *seen = Seen {
+                            at: Some(Instant::now()),
+                            free,
+                            spent: 0,
+                        };
+                        drop(seen);
+                        if free < r.bytes {
+                            self.set_low(format!(
+                                "{} free on {}, below the reserve of {} (--min-free-bytes); \
+                                 writes resume once space is freed",
+                                human(free),
+                                r.dir.display(),
+                                human(r.bytes)
+                            ));
+                        } else if low && free >= r.bytes + r.bytes / 8 {
+                            self.leave_low();
+                        }
+                    }
                     Err(e) => debug!("cannot read the free space of {}: {e}", r.dir.display()),
                 }
             }
@@ -210,6 +247,21 @@ impl Health {
         match self.full_error() {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Like [`Health::io_error`] for a failed write that was cleanly undone (nothing of it is
+    /// left on disk): a full disk there is the "below the reserve" state, left when space
+    /// returns, not a sticky failure.
+    pub fn io_error_undone(&self, context: &str, e: &io::Error) -> ErrorKind {
+        if io_is_full(e) {
+            self.set_low(format!("{context}: {e}; writes resume once space is freed"));
+            self.full_error().unwrap_or(ErrorKind::StorageFull {
+                broker: self.broker,
+                reason: format!("{context}: {e}"),
+            })
+        } else {
+            self.io_error(context, e)
         }
     }
 
@@ -315,7 +367,7 @@ pub async fn watch_space(health: std::sync::Arc<Health>, shutdown: CancellationT
             _ = tick.tick() => {}
         }
         // The refusal, if any, is for writers; here only the state change matters.
-        let _ = health.check_space();
+        let _ = health.check_space(0);
     }
 }
 

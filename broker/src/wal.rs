@@ -302,11 +302,17 @@ impl Wal {
             }
             Err(e) => {
                 let len = seg.len;
-                if let Err(cut) = seg.file.set_len(len) {
-                    warn!(segment = seg.number, "cannot cut a failed write-ahead write off: {cut}; starting a new segment at the next flush");
-                    seg.broken = true;
+                match seg.file.set_len(len) {
+                    // Nothing of the write is left: once space returns, appends go on.
+                    Ok(()) => Err(self
+                        .health
+                        .io_error_undone("write-ahead file: cannot write", &e)),
+                    Err(cut) => {
+                        warn!(segment = seg.number, "cannot cut a failed write-ahead write off: {cut}; starting a new segment at the next flush");
+                        seg.broken = true;
+                        Err(self.health.io_error("write-ahead file: cannot write", &e))
+                    }
                 }
-                Err(self.health.io_error("write-ahead file: cannot write", &e))
             }
         }
     }

@@ -58,8 +58,9 @@ impl Secret {
         Secret(random_bytes::<SECRET_LEN>().to_vec().into())
     }
 
-    /// Reads a token file: its first line, trimmed, is the secret (64 hex digits as written by
-    /// [`Secret::write_new`]; any other text of at least 16 bytes is taken as it is).
+    /// Reads a token file: its first line, trimmed, is the secret: at least 32 hex digits (16
+    /// random bytes; [`Secret::write_new`] writes 64). Anything else is refused: a secret a
+    /// person chose could be guessed offline from one recorded handshake.
     pub fn load(path: &Path) -> Result<Secret, TokenError> {
         let text = std::fs::read(path).map_err(|e| TokenError::Read {
             path: path.to_path_buf(),
@@ -75,7 +76,13 @@ impl Secret {
         if line.is_empty() {
             return Err(invalid("is empty: line 1 should hold the secret".into()));
         }
-        let bytes = decode_hex(line).unwrap_or_else(|| line.as_bytes().to_vec());
+        let Some(bytes) = decode_hex(line) else {
+            return Err(invalid(
+                "line 1 is not hex digits: a cluster secret is random bytes written in hex \
+                 (`shardq token create PATH` writes one)"
+                    .into(),
+            ));
+        };
         if bytes.len() < MIN_SECRET_LEN {
             return Err(invalid(format!(
                 "line 1 holds a secret of {} bytes; at least {MIN_SECRET_LEN} are needed \
@@ -236,7 +243,12 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(Secret::write_new(&path).is_err(), "never overwrites");
-        std::fs::write(dir.path().join("short"), "abc\n").unwrap();
+        std::fs::write(dir.path().join("words"), "correct horse battery staple\n").unwrap();
+        let e = Secret::load(&dir.path().join("words"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not hex"), "{e}");
+        std::fs::write(dir.path().join("short"), "abcd\n").unwrap();
         let e = Secret::load(&dir.path().join("short"))
             .unwrap_err()
             .to_string();

@@ -10,6 +10,9 @@ use crate::server::{
     DEFAULT_RESERVED_CONNECTIONS,
 };
 
+/// Longest idle or frame timeout accepted (a day): beyond it a deadline could overflow.
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
 /// Where `shardq up` keeps its cluster by default; its `cluster.token` is found without a flag.
 pub const DEFAULT_DATA_DIR: &str = "./shardq-data";
 
@@ -62,12 +65,12 @@ pub struct ListenerArgs {
     pub reserved_connections: usize,
 
     /// Close a connection that has nothing in flight and sends nothing for this many ms.
-    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
     pub idle_timeout_ms: u64,
 
     /// Close a connection whose frame (or handshake) does not arrive whole within this many ms
     /// of its first byte, or that does not take an answer within as long.
-    #[arg(long, default_value_t = DEFAULT_FRAME_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_FRAME_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
     pub frame_timeout_ms: u64,
 }
 

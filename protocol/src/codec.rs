@@ -71,6 +71,11 @@ impl<D> FrameCodec<D> {
         self.max_frame
     }
 
+    /// Changes the largest frame accepted from now on (clamped to [`MAX_FRAME_LIMIT`]).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame.min(MAX_FRAME_LIMIT);
+    }
+
     /// Since when part of a frame sits in the read buffer waiting for the rest (None: the buffer
     /// ends on a frame boundary).
     pub fn partial_since(&self) -> Option<Instant> {

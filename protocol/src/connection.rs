@@ -178,7 +178,8 @@ impl Connection {
             match proof {
                 None => {
                     return Err(protocol_err(format!(
-                        "{} runs without a cluster secret, but this client holds one; refusing                          a node that cannot prove it",
+                        "{} runs without a cluster secret, but this client holds one; refusing \
+                         a node that cannot prove it",
                         conn.server
                     )))
                 }

@@ -107,7 +107,7 @@ pub enum ErrorKind {
     },
     /// The broker's disk is full: it refuses writes until space is freed, then resumes by itself
     /// (nothing acknowledged is lost). Retriable: a client retries until its deadline.
-    #[error("broker {broker}: storage full ({reason}); free disk space on the broker, it resumes by itself")]
+    #[error("broker {broker}: storage full ({reason})")]
     StorageFull { broker: u32, reason: String },
 }
 

@@ -192,7 +192,9 @@ pub async fn serve<S: Service>(
                 };
                 conns.spawn(async move {
                     if let Err(reason) = conn.run(stream, handshake).await {
-                        warn!(%peer, "closed connection: {reason}");
+                        // Peers cause these (garbage, stalls, refusals): a warning each would
+                        // let any peer fill the logs.
+                        debug!(%peer, "closed connection: {reason}");
                     }
                 });
             }
@@ -233,30 +235,57 @@ async fn next_frame(
     }
 }
 
+/// Aborts a task when dropped: the answer writer ends with its connection, even when the
+/// connection's task is itself aborted at shutdown.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Largest frame a connection may send before it proved the secret on a node that opens nothing
+/// to it: a handshake or an authentication is a few dozen bytes, and a request it sends is
+/// refused anyway, so it never gets to make the node buffer megabytes.
+const UNAUTHENTICATED_MAX_FRAME: usize = 64 * 1024;
+/// How long a connection may take to complete its handshake (and prove the secret).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A read buffer grown past this by a large frame is given back once it is empty.
+const KEEP_READ_BUFFER: usize = 1 << 20;
+
 impl<S: Service> Conn<S> {
     async fn run(self, stream: TcpStream, handshake: OwnedSemaphorePermit) -> Result<(), String> {
         stream.set_nodelay(true).ok();
         let (rd, wr) = stream.into_split();
         let cfg = self.config.clone();
-        let mut frames = FramedRead::new(rd, FrameCodec::<RequestEnvelope>::new(cfg.max_frame));
+        let mut frames = FramedRead::new(
+            rd,
+            FrameCodec::<RequestEnvelope>::new(cfg.max_frame.min(UNAUTHENTICATED_MAX_FRAME)),
+        );
         // Bounded: a request's task ends only once its response is queued, so a client that sends
         // and never reads stops being read (`max_in_flight`) instead of piling up responses here.
         let (tx, rx) = mpsc::channel::<ResponseEnvelope>(cfg.max_in_flight.max(1));
         // The writer cancels this when the peer stops taking answers, which ends the connection.
         let writer_gone = self.shutdown.child_token();
-        let writer = tokio::spawn(write_loop(
+        let mut writer = AbortOnDrop(tokio::spawn(write_loop(
             wr,
             rx,
             FrameCodec::<()>::new(cfg.max_frame),
             cfg.frame_timeout,
             writer_gone.clone(),
-        ));
+        )));
+        // The slot is held until the last answer is written, not only while requests are read.
+        let mut slot = None;
         let result = tokio::select! {
             _ = self.shutdown.cancelled() => Ok(()),
-            r = self.converse(&mut frames, &tx, handshake, &writer_gone) => r,
+            r = self.converse(&mut frames, &tx, handshake, &writer_gone, &mut slot) => r,
         };
         drop(tx);
-        let _ = writer.await;
+        // The answers queued go out (a refusal says why the connection ends); each write is
+        // bounded by the frame timeout, and shutdown aborts the writer with this task.
+        let _ = (&mut writer.0).await;
+        drop(slot);
         result
     }
 
@@ -267,13 +296,14 @@ impl<S: Service> Conn<S> {
         tx: &mpsc::Sender<ResponseEnvelope>,
         handshake: OwnedSemaphorePermit,
         writer_gone: &CancellationToken,
+        slot: &mut Option<Slot>,
     ) -> Result<(), String> {
         let cfg = &self.config;
         let answer = |correlation_id, result| ResponseEnvelope {
             correlation_id,
             result,
         };
-        let handshake_deadline = Instant::now() + cfg.frame_timeout.min(Duration::from_secs(10));
+        let handshake_deadline = Instant::now() + cfg.frame_timeout.min(HANDSHAKE_TIMEOUT);
         let Some(hello) = next_frame(frames, handshake_deadline, "handshake").await? else {
             return Ok(());
         };
@@ -290,7 +320,7 @@ impl<S: Service> Conn<S> {
                     server: PROTOCOL_VERSION,
                 };
                 let reason = e.to_string();
-                let _ = tx.try_send(answer(hello.correlation_id, Err(e)));
+                let _ = tx.send(answer(hello.correlation_id, Err(e))).await;
                 return Err(reason);
             }
             other => {
@@ -298,42 +328,49 @@ impl<S: Service> Conn<S> {
                     reason: format!("the first frame must be a handshake, got {}", other.name()),
                 };
                 let reason = e.to_string();
-                let _ = tx.try_send(answer(hello.correlation_id, Err(e)));
+                let _ = tx.send(answer(hello.correlation_id, Err(e))).await;
                 return Err(reason);
             }
         };
-        // Admission: a peer that says it will authenticate may take a reserved slot; it must
-        // then prove the secret within the handshake deadline or lose it.
         let auth_off = cfg.secret.is_none();
-        let Some(slot) = self.slots.take(auth_off || wants_auth) else {
-            let e = ErrorKind::TooManyConnections {
-                node: self.service.name(),
-                limit: self.slots.max as u32,
-                reserved: if auth_off {
-                    0
-                } else {
-                    self.slots.reserved as u32
-                },
-            };
-            let reason = e.to_string();
-            let _ = tx.try_send(answer(hello.correlation_id, Err(e)));
-            return Err(reason);
+        let too_many = |slots: &Slots| ErrorKind::TooManyConnections {
+            node: self.service.name(),
+            limit: slots.max as u32,
+            reserved: if auth_off { 0 } else { slots.reserved as u32 },
         };
+        // Admission. A peer that will prove the secret is admitted once it has (a mere claim
+        // takes no slot); the others now, to the slots not kept for authenticated peers.
+        if !wants_auth || auth_off {
+            match self.slots.take(auth_off) {
+                Some(s) => *slot = Some(s),
+                None => {
+                    let e = too_many(&self.slots);
+                    let reason = e.to_string();
+                    let _ = tx.send(answer(hello.correlation_id, Err(e))).await;
+                    return Err(reason);
+                }
+            }
+        }
         let server_nonce = random_bytes::<NONCE_LEN>().to_vec();
+        // Proven only to a peer that says it holds the secret: nobody else gets proofs to try
+        // guesses against.
         let proof = cfg
             .secret
             .as_ref()
+            .filter(|_| wants_auth)
             .map(|s| s.server_proof(&client_nonce, &server_nonce));
-        let _ = tx.try_send(answer(
-            hello.correlation_id,
-            Ok(Response::Handshake {
-                version: PROTOCOL_VERSION,
-                server: self.service.name(),
-                nonce: server_nonce.clone(),
-                proof,
-                open: cfg.open_to(),
-            }),
-        ));
+        let _ = tx
+            .send(answer(
+                hello.correlation_id,
+                Ok(Response::Handshake {
+                    version: PROTOCOL_VERSION,
+                    server: self.service.name(),
+                    nonce: server_nonce.clone(),
+                    proof,
+                    open: cfg.open_to(),
+                }),
+            ))
+            .await;
         let mut authenticated = auth_off;
         if wants_auth {
             let Some(env) = next_frame(frames, handshake_deadline, "authentication").await? else {
@@ -358,15 +395,30 @@ impl<S: Service> Conn<S> {
                             .into(),
                     };
                     let reason = e.to_string();
-                    let _ = tx.try_send(answer(env.correlation_id, Err(e)));
+                    let _ = tx.send(answer(env.correlation_id, Err(e))).await;
                     return Err(reason);
                 }
             }
-            let _ = tx.try_send(answer(env.correlation_id, Ok(Response::Authenticated)));
+            if slot.is_none() {
+                match self.slots.take(true) {
+                    Some(s) => *slot = Some(s),
+                    None => {
+                        let e = too_many(&self.slots);
+                        let reason = e.to_string();
+                        let _ = tx.send(answer(env.correlation_id, Err(e))).await;
+                        return Err(reason);
+                    }
+                }
+            }
+            let _ = tx
+                .send(answer(env.correlation_id, Ok(Response::Authenticated)))
+                .await;
         }
         drop(handshake);
-        let _slot = slot;
         let data_open = authenticated || cfg.open_data_plane;
+        if data_open {
+            frames.decoder_mut().set_max_frame(cfg.max_frame);
+        }
 
         let mut in_flight = JoinSet::new();
         let max_in_flight = cfg.max_in_flight.max(1);
@@ -376,7 +428,10 @@ impl<S: Service> Conn<S> {
         let check_every = (cfg.frame_timeout / 2).max(Duration::from_millis(1));
         let result = loop {
             let now = Instant::now();
-            let wake = match frames.decoder().partial_since() {
+            let reading = in_flight.len() < max_in_flight;
+            // A frame only stalls while the server reads: when it stopped reading (too many
+            // requests in flight), the rest of the frame waits in the socket, not in the peer.
+            let wake = match frames.decoder().partial_since().filter(|_| reading) {
                 Some(since) => since + cfg.frame_timeout,
                 None if in_flight.is_empty() => {
                     (last_activity + cfg.idle_timeout).min(now + check_every)
@@ -388,7 +443,8 @@ impl<S: Service> Conn<S> {
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => last_activity = Instant::now(),
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
-                    if let Some(since) = frames.decoder().partial_since() {
+                    let reading = in_flight.len() < max_in_flight;
+                    if let Some(since) = frames.decoder().partial_since().filter(|_| reading) {
                         if now >= since + cfg.frame_timeout {
                             break Err(format!(
                                 "a frame did not arrive whole within {} ms of its first byte",
@@ -404,7 +460,10 @@ impl<S: Service> Conn<S> {
                     None => break Ok(()),
                     Some(Err(e)) => break Err(e.to_string()),
                     Some(Ok(env)) => {
-                        last_activity = Instant::now();
+                        let buf = frames.read_buffer_mut();
+                        if buf.is_empty() && buf.capacity() > KEEP_READ_BUFFER {
+                            *buf = BytesMut::new();
+                        }
                         let name = env.request.name();
                         let refusal = match env.request.access() {
                             Access::Handshake => Some(ErrorKind::BadRequest {
@@ -415,10 +474,15 @@ impl<S: Service> Conn<S> {
                             _ => None,
                         };
                         if let Some(e) = refusal {
-                            let tx = tx.clone();
-                            in_flight.spawn(async move { let _ = tx.send(answer(env.correlation_id, Err(e))).await; });
+                            // Refused requests are no activity: they do not keep a connection.
+                            // A connection that can do nothing here is told why, then closed.
+                            let _ = tx.send(answer(env.correlation_id, Err(e))).await;
+                            if !data_open {
+                                break Ok(());
+                            }
                             continue;
                         }
+                        last_activity = Instant::now();
                         let fut = self.service.call(env.request);
                         let tx = tx.clone();
                         in_flight.spawn(async move {

@@ -102,35 +102,37 @@ async fn control_needs_the_secret_and_the_data_plane_is_closed_unless_opened() {
     let secret = Secret::generate();
     let server = start(secured(&secret)).await;
 
-    // Without the secret: control, transfer and the data plane are all refused, and the answer
-    // says what to do.
-    let anon = Connection::connect(&server.addr, client(None))
-        .await
-        .unwrap();
-    assert!(!anon.is_authenticated());
-    assert_eq!(anon.server_open_to(), OpenTo::Nothing);
-    let msg = unauthorized(anon.request(drop_shard()).await);
+    // Without the secret: control, transfer and the data plane are all refused, the answer
+    // says what to do, and the connection (which can do nothing here) is closed.
+    let anon = || async {
+        Connection::connect(&server.addr, client(None))
+            .await
+            .unwrap()
+    };
+    let first = anon().await;
+    assert!(!first.is_authenticated());
+    assert_eq!(first.server_open_to(), OpenTo::Nothing);
+    let msg = unauthorized(first.request(drop_shard()).await);
     assert!(
         msg.contains("drop-shard") && msg.contains("--token-file"),
         "{msg}"
     );
-    unauthorized(anon.request(export()).await);
+    let began = Instant::now();
+    while !first.is_closed() {
+        assert!(
+            began.elapsed() < DEADLINE,
+            "a refused connection was kept open"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    unauthorized(anon().await.request(export()).await);
     unauthorized(
-        anon.request(Request::RemoveBroker { id: 2, force: true })
+        anon()
+            .await
+            .request(Request::RemoveBroker { id: 2, force: true })
             .await,
     );
-    unauthorized(anon.request(describe("x")).await);
-    // A second handshake on an open connection is refused, not a way around the check.
-    let again = anon
-        .request(Request::Authenticate { proof: vec![0; 32] })
-        .await;
-    assert!(
-        matches!(
-            again,
-            Err(ClientError::Server(ErrorKind::BadRequest { .. }))
-        ),
-        "{again:?}"
-    );
+    unauthorized(anon().await.request(describe("x")).await);
 
     // With it: everything.
     let member = Connection::connect(&server.addr, client(Some(&secret)))
@@ -157,6 +159,17 @@ async fn control_needs_the_secret_and_the_data_plane_is_closed_unless_opened() {
     ));
     let msg = unauthorized(anon.request(drop_shard()).await);
     assert!(msg.contains("opens only"), "{msg}");
+    // A second handshake on an open connection is refused, not a way around the check.
+    let again = anon
+        .request(Request::Authenticate { proof: vec![0; 32] })
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(ClientError::Server(ErrorKind::BadRequest { .. }))
+        ),
+        "{again:?}"
+    );
     unauthorized(anon.request(export()).await);
     unauthorized(
         anon.request(Request::CreateTopic {
