@@ -23,9 +23,10 @@ struct Target {
     /// Router (or any broker) address, HOST or HOST:PORT (default port 7400).
     #[arg(long, short = 'b', default_value = "127.0.0.1:7400", global = true)]
     broker: String,
-    /// File holding the cluster secret (`shardq up` writes DATA/cluster.token; found without
-    /// this flag in ./shardq-data).
-    #[arg(long, env = shardq_protocol::auth::TOKEN_ENV, value_name = "PATH", global = true)]
+    /// File holding the cluster secret (`shardq up` writes DATA/cluster.token); the
+    /// SHARDQ_TOKEN_FILE environment variable serves too, and ./shardq-data/cluster.token is
+    /// found without either.
+    #[arg(long, value_name = "PATH", global = true)]
     token_file: Option<PathBuf>,
 }
 

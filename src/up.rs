@@ -461,12 +461,23 @@ pub async fn run(args: UpArgs) -> Result<()> {
         ids.len(),
         logs.display()
     );
-    println!(
-        "cluster secret in {} (mode 0600): commands find it there when run from the directory \
-         that holds ./shardq-data; elsewhere: export SHARDQ_TOKEN_FILE={}",
-        token_path.display(),
-        token_path.display()
-    );
+    let found_by_default = std::fs::canonicalize(shardq_protocol::cli_args::DEFAULT_DATA_DIR)
+        .is_ok_and(|d| Some(d) == std::fs::canonicalize(&args.data).ok());
+    if found_by_default {
+        println!(
+            "cluster secret in {} (mode 0600): commands run from this directory find it; \
+             elsewhere: export SHARDQ_TOKEN_FILE={}",
+            token_path.display(),
+            token_path.display()
+        );
+    } else {
+        println!(
+            "cluster secret in {} (mode 0600); for the commands that talk to this cluster: \
+             export SHARDQ_TOKEN_FILE={}",
+            token_path.display(),
+            token_path.display()
+        );
+    }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));

@@ -19,10 +19,11 @@ pub const DEFAULT_DATA_DIR: &str = "./shardq-data";
 /// The cluster secret of a client or admin command.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TokenArgs {
-    /// File holding the cluster secret (`shardq up` writes DATA/cluster.token). Without it, and
-    /// without ./shardq-data/cluster.token, the command connects without the secret and may use
-    /// only what the cluster leaves open (`--open-data-plane`).
-    #[arg(long, env = TOKEN_ENV, value_name = "PATH")]
+    /// File holding the cluster secret (`shardq up` writes DATA/cluster.token); the
+    /// SHARDQ_TOKEN_FILE environment variable serves too. Without either, and without
+    /// ./shardq-data/cluster.token, the command connects without the secret and may use only what
+    /// the cluster leaves open (`--open-data-plane`).
+    #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 }
 
@@ -40,8 +41,9 @@ impl TokenArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ListenerArgs {
     /// File holding the cluster secret (`shardq up` writes DATA/cluster.token; `shardq token
-    /// create PATH` makes one). Peers prove it in the handshake; it never crosses the wire.
-    #[arg(long, env = TOKEN_ENV, value_name = "PATH")]
+    /// create PATH` makes one); the SHARDQ_TOKEN_FILE environment variable serves too. Peers
+    /// prove it in the handshake; it never crosses the wire.
+    #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
     /// Let clients without the secret produce, fetch, commit offsets and read metadata. Control,
