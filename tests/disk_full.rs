@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shardq_producer::{Producer, ProducerConfig};
+use shardq_producer::{DeliveryFuture, Producer, ProducerConfig};
 use shardq_protocol::{
     cluster::ClusterClient, BrokerInfo, BrokerStatus, Connection, ConnectionConfig, Request,
     Response, ShardId, ShardSpec,
@@ -91,6 +91,26 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Queues `n` records of about 1 KiB numbered from `*next`; returns each value with its delivery.
+async fn send_records(
+    producer: &Producer,
+    spec: &ShardSpec,
+    next: &mut u64,
+    n: usize,
+) -> Vec<(Vec<u8>, DeliveryFuture)> {
+    let mut sent = Vec::with_capacity(n);
+    for _ in 0..n {
+        let v = format!("{:010}-{}", *next, "x".repeat(1000)).into_bytes();
+        *next += 1;
+        let d = producer
+            .send(spec, None, Bytes::from(v.clone()))
+            .await
+            .expect("send");
+        sent.push((v, d));
+    }
+    sent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +211,6 @@ async fn full_disk(fsync: &str) {
     // value -> offset of every acknowledged record.
     let mut acked: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut next = 0u64;
-    let value = |i: u64| format!("{i:010}-{}", "x".repeat(1000)).into_bytes();
 
     // Fill the disk: windows of 256 records of 1 KiB until one fails. 40 MiB holds far less
     // than the bound of 400 MiB sent.
@@ -202,16 +221,7 @@ async fn full_disk(fsync: &str) {
             "the disk never filled: {} records acknowledged",
             acked.len()
         );
-        let mut window = Vec::new();
-        for _ in 0..256 {
-            let v = value(next);
-            next += 1;
-            let d = producer
-                .send(&spec, None, Bytes::from(v.clone()))
-                .await
-                .expect("send");
-            window.push((v, d));
-        }
+        let window = send_records(&producer, &spec, &mut next, 256).await;
         let mut failed = None;
         for (v, d) in window {
             match d.await {
@@ -283,17 +293,7 @@ async fn full_disk(fsync: &str) {
         },
     )
     .await;
-    let mut resumed = Vec::new();
-    for _ in 0..500 {
-        let v = value(next);
-        next += 1;
-        let d = producer
-            .send(&spec, None, Bytes::from(v.clone()))
-            .await
-            .expect("send");
-        resumed.push((v, d));
-    }
-    for (v, d) in resumed {
+    for (v, d) in send_records(&producer, &spec, &mut next, 500).await {
         let delivery = d
             .await
             .expect("a record sent after space was freed was not acknowledged");
