@@ -1,13 +1,15 @@
-//! One pooled, multiplexed [`Connection`] per broker, used both to proxy clients' data-plane
-//! requests and to push assignments. A connection that closed, or that points at an address the
-//! broker no longer registers with, is replaced on the next use.
+//! Pooled, multiplexed [`Connection`]s to each broker: one proxies clients' data-plane requests,
+//! another carries the router's own control requests (assignments, drops, moves), so that
+//! clients' long polls filling the first one's in-flight slots never hold up the control plane.
+//! A connection that closed, or that points at an address the broker no longer registers with,
+//! is replaced on the next use.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shardq_protocol::{
-    BrokerAddr, BrokerId, ClientError, Connection, ConnectionConfig, Request, Response,
+    Access, BrokerAddr, BrokerId, ClientError, Connection, ConnectionConfig, Request, Response,
 };
 use tracing::debug;
 
@@ -15,8 +17,17 @@ use tracing::debug;
 /// one connect instead of each opening their own.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
 
+/// Which of a broker's connections a request travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    /// Proxied produce, fetch and offsets.
+    Data,
+    /// The router's own requests.
+    Control,
+}
+
 pub struct BrokerPool {
-    slots: Mutex<HashMap<BrokerId, Slot>>,
+    slots: Mutex<HashMap<(BrokerId, Lane), Slot>>,
     config: ConnectionConfig,
 }
 
@@ -28,12 +39,16 @@ impl BrokerPool {
         }
     }
 
-    async fn connection(&self, broker: &BrokerAddr) -> Result<Arc<Connection>, ClientError> {
+    async fn connection(
+        &self,
+        broker: &BrokerAddr,
+        lane: Lane,
+    ) -> Result<Arc<Connection>, ClientError> {
         let slot = self
             .slots
             .lock()
             .expect("pool lock poisoned")
-            .entry(broker.id)
+            .entry((broker.id, lane))
             .or_default()
             .clone();
         let mut current = slot.lock().await;
@@ -56,14 +71,26 @@ impl BrokerPool {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
-        let conn = self.connection(broker).await?;
+        let lane = match request.access() {
+            Access::Data => Lane::Data,
+            Access::Control | Access::Handshake => Lane::Control,
+        };
+        let conn = self.connection(broker, lane).await?;
         conn.request_with_timeout(request, timeout).await
     }
 
-    /// Closes and forgets the connection to a broker that left.
+    /// Closes and forgets the connections to a broker that left.
     pub fn evict(&self, id: BrokerId) {
-        let slot = self.slots.lock().expect("pool lock poisoned").remove(&id);
-        if let Some(slot) = slot {
+        let slots: Vec<Slot> = [Lane::Data, Lane::Control]
+            .iter()
+            .filter_map(|lane| {
+                self.slots
+                    .lock()
+                    .expect("pool lock poisoned")
+                    .remove(&(id, *lane))
+            })
+            .collect();
+        for slot in slots {
             if let Ok(current) = slot.try_lock() {
                 if let Some(c) = current.as_ref() {
                     c.close();

@@ -628,3 +628,59 @@ async fn a_down_broker_cannot_start_draining_and_removed_ids_stay_refused_after_
     }
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_long_polls_do_not_hold_up_the_routers_control_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(dir.path(), Duration::from_secs(3)).await;
+    let fake = FakeBroker::start(1, router.addr()).await;
+    let c = client(router.addr()).await;
+    await_up(&c, &[1]).await;
+    create(&c, "L", 1).await.unwrap();
+    let table = routing(&c, &["L"]).await;
+    // 1,100 long polls proxied to the broker: more than the in-flight slots of one router ->
+    // broker connection (1,024). They never find data and last 20 s.
+    let pollers: Vec<_> = (0..2).map(|_| client(router.addr())).collect();
+    let mut pollers_conns = Vec::new();
+    for p in pollers {
+        pollers_conns.push(std::sync::Arc::new(p.await));
+    }
+    let mut polls = Vec::new();
+    for i in 0..1_100 {
+        let conn = pollers_conns[i % 2].clone();
+        let fetch = Request::Fetch(FetchRequest {
+            shard: ShardId::new("L", 1),
+            epoch: table.epoch,
+            offset: 0,
+            max_bytes: 1 << 10,
+            max_wait_ms: 20_000,
+        });
+        polls.push(tokio::spawn(async move { conn.request(fetch).await }));
+    }
+    // Until the router's connection to the broker is full of them (1,024 in flight).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fake.state.lock().unwrap().fetches < 1_024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} long polls reached the broker",
+            fake.state.lock().unwrap().fetches
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A new topic's assignment is pushed to the broker at once, not after the polls.
+    let pushes = fake.state.lock().unwrap().pushes;
+    let started = std::time::Instant::now();
+    create(&c, "C", 1).await.unwrap();
+    while fake.state.lock().unwrap().pushes == pushes {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the assignment of a new topic waited behind clients' long polls"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for p in polls {
+        p.abort();
+    }
+    fake.stop().await;
+    router.shutdown().await;
+}

@@ -112,6 +112,8 @@ pub struct FakeState {
     pub owned: BTreeSet<ShardId>,
     pub logs: BTreeMap<ShardId, Vec<bytes::Bytes>>,
     pub pushes: u32,
+    /// Fetches that reached this broker.
+    pub fetches: u32,
 }
 
 struct FakeService {
@@ -156,6 +158,7 @@ impl Service for FakeService {
             }
             Request::Produce(p) => Err(Self::not_owner(&p.shard)),
             Request::Fetch(f) if st.owned.contains(&f.shard) => {
+                st.fetches += 1;
                 let end = st.logs.get(&f.shard).map_or(0, |l| l.len() as u64);
                 let wait = Duration::from_millis(u64::from(f.max_wait_ms));
                 drop(st);
