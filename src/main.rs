@@ -401,24 +401,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Servers hold a socket per connection: lift the soft limit on open files to the hard one, so
-/// `--max-connections` (not a default of 1,024 descriptors) is what bounds them.
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::debug!("could not raise the open-file limit");
-            }
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(
@@ -427,7 +409,8 @@ fn main() -> ExitCode {
     );
     init_tracing(server);
     if server {
-        raise_fd_limit();
+        let files = shardq::raise_fd_limit();
+        tracing::debug!(files, "open-file limit");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,6 +6,7 @@
 //! acknowledged with. Needs root (to mount the tmpfs); without it the tests say loudly that they
 //! were skipped. CI runs as root.
 
+mod common;
 mod storage_common;
 
 use std::collections::BTreeMap;
@@ -77,19 +78,6 @@ async fn broker_info(client: &ClusterClient) -> Option<BrokerInfo> {
     match client.admin(Request::ListBrokers).await {
         Ok(Response::Brokers(b)) => b.into_iter().find(|b| b.addr.id == 1),
         _ => None,
-    }
-}
-
-/// Polls `cond` every 50 ms until it holds or `limit` passes (then fails the test).
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -189,7 +177,7 @@ async fn full_disk(fsync: &str) {
     let client = ClusterClient::connect(&router.addr().to_string(), connection.clone())
         .await
         .unwrap();
-    eventually(Duration::from_secs(20), "the broker registered", || {
+    common::wait_until(Duration::from_secs(20), "the broker registered", || {
         let c = client.clone();
         async move { broker_info(&c).await.is_some() }
     })
@@ -249,7 +237,7 @@ async fn full_disk(fsync: &str) {
     );
 
     // The router shows the broker up, and degraded.
-    eventually(
+    common::wait_until(
         Duration::from_secs(10),
         "the router shows the broker degraded",
         || {
@@ -280,7 +268,7 @@ async fn full_disk(fsync: &str) {
 
     // Space is freed: appends resume without a restart, and the router sees the broker healthy.
     std::fs::remove_file(&filler).expect("free space");
-    eventually(
+    common::wait_until(
         Duration::from_secs(10),
         "the router shows the broker healthy again",
         || {

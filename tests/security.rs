@@ -215,7 +215,7 @@ async fn flood(addr: &str, n: usize) -> Vec<Raw> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_idle_connections_do_not_lock_out_status_or_producers() {
-    let limit = common::raise_fd_limit();
+    let limit = shardq::raise_fd_limit();
     assert!(
         limit >= 12_000,
         "this test needs 12,000 open files, the limit is {limit}"

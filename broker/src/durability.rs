@@ -12,9 +12,8 @@
 //! unsynced. Tickets are taken under the shard lock that ordered the write, so the tickets of
 //! every write before a given point can be failed exactly ([`Durability::fail_pending`]).
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardq_protocol::{CancellationToken, ErrorKind};
@@ -25,8 +24,7 @@ use crate::config::FsyncPolicy;
 use crate::storage::{Health, SyncFiles};
 use crate::wal::Wal;
 
-/// The longest wait between two attempts to recover from a full disk.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The pause after a failed group commit before the next try (no spinning on a failing disk).
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What the flusher has achieved so far.
@@ -63,8 +61,8 @@ impl Disk {
 /// Shared by the request handlers (who take tickets and wait) and the flusher task.
 pub struct Durability {
     policy: FsyncPolicy,
-    /// The database; `None` while it is being reopened after a full disk.
-    disk: RwLock<Option<Arc<Disk>>>,
+    /// The database and the files to sync after flushing it.
+    disk: Arc<Disk>,
     /// Under `interval`: every write also goes here before its ack, so a process crash loses
     /// nothing acknowledged; each flush retires the segments it covers.
     wal: Option<Arc<Wal>>,
@@ -83,7 +81,7 @@ impl Durability {
     ) -> Arc<Self> {
         Arc::new(Durability {
             policy,
-            disk: RwLock::new(Some(disk)),
+            disk,
             wal,
             health,
             written: AtomicU64::new(0),
@@ -99,22 +97,6 @@ impl Durability {
 
     pub fn health(&self) -> &Arc<Health> {
         &self.health
-    }
-
-    /// The database instance in use, or why there is none right now.
-    pub fn disk(&self) -> Result<Arc<Disk>, ErrorKind> {
-        self.disk
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                self.health
-                    .broken_error()
-                    .unwrap_or(ErrorKind::Unavailable {
-                        what: "storage".into(),
-                        reason: "the database is being reopened; retry shortly".into(),
-                    })
-            })
     }
 
     /// Whether consumers may only read flushed records: under `always` an acknowledgement means
@@ -189,7 +171,7 @@ impl Durability {
             return Err(e);
         }
         let target = self.current();
-        let disk = self.disk()?;
+        let disk = self.disk.clone();
         let (wal, health) = (self.wal.clone(), self.health.clone());
         let mut full = self.health.subscribe();
         // All of it is blocking file work (a file create or delete can wait for a journal commit
@@ -228,14 +210,11 @@ impl Durability {
     }
 
     /// The background flusher: group commit (`always`) or periodic (`interval`); nothing for
-    /// `never`. Under every policy, while the disk is full it stops flushing (no write-ahead
-    /// segment is created) and calls `recover` with an exponential backoff until it succeeds.
-    /// Runs until `shutdown`.
-    pub async fn run<F, Fut>(self: Arc<Self>, recover: F, shutdown: CancellationToken)
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<(), ErrorKind>>,
-    {
+    /// `never`. Below the free-space reserve it goes on flushing (the reserve is for that). Once
+    /// sled itself failed a write for want of space (sticky until a restart: see
+    /// [`crate::storage`]) it fails the writes waiting for a flush and stops, creating no more
+    /// write-ahead segments. Runs until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut health = self.health.subscribe();
         let every = match self.policy {
             FsyncPolicy::Interval(every) => every,
@@ -247,10 +226,8 @@ impl Durability {
         loop {
             if let Some(e) = self.health.broken_error() {
                 self.fail_pending(e);
-                if !self.recover(&recover, &shutdown).await {
-                    return;
-                }
-                continue;
+                shutdown.cancelled().await;
+                return;
             }
             match self.policy {
                 FsyncPolicy::Never => tokio::select! {
@@ -295,38 +272,6 @@ impl Durability {
                             Err(e) => warn!("interval flush: {e}"),
                         }
                     }
-                }
-            }
-        }
-    }
-
-    /// Retries `recover` with an exponential backoff until it succeeds (true) or the broker
-    /// shuts down (false).
-    async fn recover<F, Fut>(&self, recover: &F, shutdown: &CancellationToken) -> bool
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<(), ErrorKind>>,
-    {
-        let mut delay = FIRST_BACKOFF;
-        let mut attempts = 0u64;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            attempts += 1;
-            match recover().await {
-                Ok(()) => {
-                    self.health.set_recovered();
-                    return true;
-                }
-                Err(e) => {
-                    debug!(
-                        attempts,
-                        next_in_ms = delay.as_millis() as u64,
-                        "storage not recovered yet: {e}"
-                    );
-                    delay = (delay * 2).min(MAX_BACKOFF);
                 }
             }
         }

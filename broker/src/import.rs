@@ -84,8 +84,7 @@ pub struct ImportRecord {
 
 /// The persisted import records, keyed by shard key.
 pub struct ImportStore {
-    /// None while the database is being reopened after a full disk.
-    tree: std::sync::RwLock<Option<sled::Tree>>,
+    tree: sled::Tree,
 }
 
 impl ImportStore {
@@ -106,20 +105,11 @@ impl ImportStore {
                 reason: format!("cannot clean the imports tree: {e}"),
             })?;
         }
-        Ok(ImportStore {
-            tree: std::sync::RwLock::new(Some(tree)),
-        })
+        Ok(ImportStore { tree })
     }
 
-    fn tree(&self) -> Result<sled::Tree, ErrorKind> {
-        self.tree
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| ErrorKind::Unavailable {
-                what: "the imports tree".into(),
-                reason: "the database is being reopened; retry shortly".into(),
-            })
+    fn tree(&self) -> &sled::Tree {
+        &self.tree
     }
 
     fn storage(shard: &ShardId, e: impl std::fmt::Display) -> ErrorKind {
@@ -130,7 +120,7 @@ impl ImportStore {
 
     pub fn load(&self, shard: &ShardId) -> Result<Option<ImportRecord>, ErrorKind> {
         match self
-            .tree()?
+            .tree()
             .get(shard.key().as_bytes())
             .map_err(|e| Self::storage(shard, e))?
         {
@@ -142,14 +132,14 @@ impl ImportStore {
     pub fn save(&self, record: &ImportRecord) -> Result<(), ErrorKind> {
         let shard = &record.progress.shard;
         let v = encode(record).map_err(|e| Self::storage(shard, e))?;
-        self.tree()?
+        self.tree()
             .insert(shard.key().as_bytes(), v)
             .map_err(|e| Self::storage(shard, e))?;
         Ok(())
     }
 
     pub fn remove(&self, shard: &ShardId) -> Result<(), ErrorKind> {
-        self.tree()?
+        self.tree()
             .remove(shard.key().as_bytes())
             .map_err(|e| Self::storage(shard, e))?;
         Ok(())
@@ -158,7 +148,6 @@ impl ImportStore {
     /// The record of move `move_id`, whatever its shard.
     pub fn find(&self, move_id: u64) -> Option<ImportRecord> {
         self.tree()
-            .ok()?
             .iter()
             .values()
             .filter_map(Result::ok)

@@ -365,25 +365,13 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             }
         }
     }));
-    tasks.push(tokio::spawn({
-        let health = durability.health().clone();
-        // sled 0.34 cannot resume in-process after a failed write: its error is sticky until the
-        // database is opened again, and letting go of the old instance can hang for ever in its
-        // drop-time flush (a waiter nobody wakes) while a process-wide lock of sled stays taken,
-        // which then blocks the reopened instance too (seen under gdb). The free-space reserve
-        // (`storage::Health::check_space`) keeps sled from ever seeing a full disk; a disk filled
-        // past it anyway leaves the broker degraded until a restart, with nothing acknowledged
-        // lost.
-        let still_full = move || {
-            let e = health.full_error();
-            async move {
-                Err(e.unwrap_or(ErrorKind::Internal {
-                    reason: "storage full state lost".into(),
-                }))
-            }
-        };
-        durability.run(still_full, shutdown.clone())
-    }));
+    // sled 0.34 cannot resume in-process after a failed write: its error is sticky until the
+    // database is opened again, and letting go of the old instance can hang for ever in its
+    // drop-time flush (a waiter nobody wakes) while a process-wide lock of sled stays taken (seen
+    // under gdb). The free-space reserve (`storage::Health::check_space`) keeps sled from ever
+    // seeing a full disk; a disk filled past it anyway leaves the broker degraded until a restart,
+    // with nothing acknowledged lost.
+    tasks.push(tokio::spawn(durability.run(shutdown.clone())));
     tasks.push(tokio::spawn(storage::watch_space(space, shutdown.clone())));
     if let Some(membership) = membership {
         tasks.push(tokio::spawn(membership.run(shutdown.clone())));

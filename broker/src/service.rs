@@ -31,10 +31,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// A broker: its sled database, the shards it holds and its link to the router.
 pub struct Broker {
     pub(crate) id: BrokerId,
-    /// The database and its `shards` tree (shard key -> [`Ownership`]); `None` while the
-    /// database is being reopened (not done yet: sled 0.34 cannot be reopened in-process after
-    /// a failed write, see `crate::start`).
-    pub(crate) store: RwLock<Option<Store>>,
+    /// The database and its `shards` tree (shard key -> [`Ownership`]).
+    pub(crate) store: Store,
     pub(crate) shards: RwLock<HashMap<ShardId, Arc<Shard>>>,
     pub(crate) durability: Arc<Durability>,
     /// The newest routing epoch this broker has seen (for `NotOwner` answers).
@@ -52,9 +50,8 @@ pub struct Broker {
     shutdown: CancellationToken,
     /// Cap on the bytes per second one import copies (None: as fast as it goes).
     move_rate_limit: Option<u64>,
-    /// New at every start of the process, and at every reopen of the database after a full
-    /// disk; sent with every fetch answer (see `stable_end`).
-    pub(crate) incarnation: AtomicU64,
+    /// New at every start of the process; sent with every fetch answer (see `stable_end`).
+    pub(crate) incarnation: u64,
     /// The cluster secret this broker proves to the brokers it imports shards from.
     secret: Option<Secret>,
 }
@@ -116,7 +113,7 @@ impl Broker {
         let imports = ImportStore::open(&db, &|key| shards.keys().any(|s| s.key() == key))?;
         Ok(Broker {
             id,
-            store: RwLock::new(Some(Store { db, owners })),
+            store: Store { db, owners },
             shards: RwLock::new(shards),
             durability,
             epoch: AtomicU64::new(epoch),
@@ -128,7 +125,7 @@ impl Broker {
             jobs: Mutex::new(HashMap::new()),
             shutdown,
             move_rate_limit: None,
-            incarnation: AtomicU64::new(new_incarnation()),
+            incarnation: new_incarnation(),
             secret: None,
         })
     }
@@ -158,25 +155,8 @@ impl Broker {
         self.epoch.fetch_max(epoch, Ordering::AcqRel);
     }
 
-    /// The database in use, or why there is none right now.
-    pub(crate) fn store(&self) -> Result<Store, ErrorKind> {
-        self.store
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                self.durability
-                    .disk()
-                    .err()
-                    .unwrap_or(ErrorKind::Unavailable {
-                        what: "storage".into(),
-                        reason: "the database is being reopened; retry shortly".into(),
-                    })
-            })
-    }
-
     fn open_shard(&self, own: Ownership) -> Result<Arc<Shard>, ErrorKind> {
-        let store = self.store()?;
+        let store = &self.store;
         Ok(Arc::new(Shard::open(
             &store.db,
             own,
@@ -262,7 +242,7 @@ impl Broker {
                 return self.activate_import(s, epoch);
             }
             let before = s.ownership();
-            let after = s.update_ownership(&self.store()?.owners, |o| {
+            let after = s.update_ownership(&self.store.owners, |o| {
                 if epoch >= o.epoch {
                     o.owned = true;
                     o.epoch = epoch;
@@ -280,7 +260,7 @@ impl Broker {
             owned: true,
         };
         let opened = self.open_shard(own.clone())?;
-        self.store()?
+        self.store
             .owners
             .insert(shard.key().as_bytes(), own.encode()?)
             .map_err(|e| {
@@ -312,14 +292,12 @@ impl Broker {
                 continue;
             }
             let mut unassigned = false;
-            let res = self.store().and_then(|st| {
-                s.update_ownership(&st.owners, |o| {
-                    if o.owned && o.epoch <= epoch {
-                        o.owned = false;
-                        o.epoch = epoch;
-                        unassigned = true;
-                    }
-                })
+            let res = s.update_ownership(&self.store.owners, |o| {
+                if o.owned && o.epoch <= epoch {
+                    o.owned = false;
+                    o.epoch = epoch;
+                    unassigned = true;
+                }
             });
             match res {
                 Ok(_) if unassigned => {
@@ -371,7 +349,7 @@ impl Broker {
         // The log goes first: a crash in between leaves an ownership record over an empty tree,
         // which the router's retried drop removes, never an orphaned log a new assignment would
         // silently reuse.
-        let store = self.store()?;
+        let store = &self.store;
         store
             .db
             .drop_tree(tree_name(shard))
@@ -418,7 +396,7 @@ impl Broker {
                 }
             },
         };
-        s.update_ownership(&self.store()?.owners, |o| {
+        s.update_ownership(&self.store.owners, |o| {
             o.state = ShardState::Active;
             o.owned = true;
             o.epoch = o.epoch.max(epoch);
@@ -449,7 +427,7 @@ impl Broker {
             owned: false,
         };
         let opened = self.open_shard(own.clone())?;
-        self.store()?
+        self.store
             .owners
             .insert(shard.key().as_bytes(), own.encode()?)
             .map_err(|e| {
@@ -698,7 +676,7 @@ impl Broker {
         let read_limit = self.read_limit;
         let max_bytes = (f.max_bytes as usize).min(read_limit);
         let durable_only = self.durability.reads_wait_for_flush();
-        let incarnation = self.incarnation.load(Ordering::Acquire);
+        let incarnation = self.incarnation;
         let end = self.visible_end(&shard);
         let answer = move |shard: &Shard| {
             let (batches, high_watermark) =
@@ -793,7 +771,7 @@ impl Broker {
                 });
             }
             // Taking the shard lock orders the fence after every append already accepted.
-            s.update_ownership(&self.store()?.owners, |o| o.state = ShardState::Fenced)?;
+            s.update_ownership(&self.store.owners, |o| o.state = ShardState::Fenced)?;
             Ok(s.end_offset())
         });
         let end_offset = match result {
@@ -815,7 +793,7 @@ impl Broker {
 
     fn unfence(&self, shard: &ShardId, move_id: u64) -> Result<Response, ErrorKind> {
         let s = self.shard(shard, Access::Held)?;
-        let own = s.update_ownership(&self.store()?.owners, |o| {
+        let own = s.update_ownership(&self.store.owners, |o| {
             if o.state == ShardState::Fenced {
                 o.state = ShardState::Active;
             }

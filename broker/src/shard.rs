@@ -194,7 +194,7 @@ pub struct Appended {
 }
 
 struct Inner {
-    /// None while the database is being reopened.
+    /// None once the shard was dropped here.
     tree: Option<sled::Tree>,
     own: Ownership,
     next_offset: Offset,
@@ -275,7 +275,7 @@ impl Shard {
                 .full_error()
                 .unwrap_or_else(|| ErrorKind::Unavailable {
                     what: self.id.to_string(),
-                    reason: "its storage is being reopened; retry shortly".into(),
+                    reason: "it was dropped from this broker; retry at its owner".into(),
                 })
         })
     }
@@ -706,8 +706,8 @@ impl Shard {
     pub fn mark_dropped(&self) -> bool {
         let was_held = {
             let mut inner = self.lock();
-            // In-flight requests may keep this shard alive: its tree must not keep the database
-            // instance open (a reopen after a full disk waits for every handle to go).
+            // In-flight requests may keep this shard alive: from now on they find no tree to
+            // write to.
             inner.tree = None;
             !std::mem::replace(&mut inner.dropped, true)
         };

@@ -331,21 +331,6 @@ impl Wal {
         Ok(std::mem::replace(&mut *self.lock(), next).number)
     }
 
-    /// Re-applies every segment, the current one included, to a freshly reopened `db` (see
-    /// [`replay`]), and starts a new segment. For the recovery from a full disk: no write may
-    /// run meanwhile (the shards are detached from the database). Blocking file work.
-    pub fn replay_all(&self, db: &sled::Db, data_dir: &Path) -> Result<Replayed, ErrorKind> {
-        let _rotation = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
-        let done = replay(db, data_dir)?;
-        let number = self.lock().number + 1;
-        let next = create_segment(&self.dir, number).map_err(|e| {
-            self.health
-                .io_error("write-ahead file: cannot create a segment", &e)
-        })?;
-        *self.lock() = next;
-        Ok(done)
-    }
-
     /// Deletes the closed segments up to `upto` (their writes are flushed). Blocking file work.
     pub fn release(&self, upto: u64) {
         let current = self.lock().number;
