@@ -221,6 +221,9 @@ impl ClusterClient {
     ) -> Result<Response, ClientError> {
         let mut backoff = FIRST_BACKOFF;
         let mut refreshed_unknown = false;
+        // The last failure of a try that had its full time: when the deadline cuts the final try
+        // short, its timeout says less than this (e.g. "storage full").
+        let mut last_full_try: Option<ClientError> = None;
         loop {
             let table = self.table();
             let err = match table.route(shard) {
@@ -244,6 +247,7 @@ impl ClusterClient {
                     Some(owner) => {
                         let now = Instant::now();
                         let per_try = timeout_per_try.min(deadline.saturating_duration_since(now));
+                        let cut_short = per_try < timeout_per_try;
                         let res = match self.connection(&owner.addr).await {
                             Ok(conn) => conn.request_with_timeout(make(table.epoch), per_try).await,
                             Err(e) => Err(e),
@@ -257,6 +261,11 @@ impl ClusterClient {
                                 ) {
                                     self.forget(&owner.addr);
                                 }
+                                if cut_short && matches!(e, ClientError::Timeout { .. }) {
+                                    if let Some(earlier) = last_full_try.take() {
+                                        return Err(earlier);
+                                    }
+                                }
                                 e
                             }
                         }
@@ -266,6 +275,7 @@ impl ClusterClient {
             if !err.is_retriable() {
                 return Err(err);
             }
+            last_full_try = Some(err.clone());
             let failed_at = Instant::now();
             if failed_at + backoff >= deadline {
                 debug!(%shard, error = %err, "giving up at the deadline");
