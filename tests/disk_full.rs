@@ -216,7 +216,11 @@ async fn full_disk(fsync: &str) {
                 Ok(delivery) => {
                     acked.insert(delivery.offset, v);
                 }
-                Err(e) => failed = Some(e.to_string()),
+                // The first failure: records queued behind it on the same shard may only run out
+                // of delivery time while it is retried.
+                Err(e) => {
+                    failed.get_or_insert(e.to_string());
+                }
             }
         }
         if let Some(e) = failed {
