@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Context, Result};
 use shardq_protocol::cluster::ClusterClient;
 use shardq_protocol::{
-    BrokerStatus, ClusterStatus, ConnectionConfig, MovePhase, Request, Response, Secret,
+    BrokerStatus, ClusterStatus, ConnectionConfig, MovePhase, Request, Response, Secret, ShardId,
     TopicDescription,
 };
 
@@ -38,18 +38,29 @@ async fn ask(bootstrap: &str, req: Request) -> Result<Response> {
     Ok(c.admin(req).await?)
 }
 
-pub async fn topic_create(bootstrap: &str, name: &str, partitions: u32) -> Result<()> {
+pub async fn topic_create(
+    bootstrap: &str,
+    name: &str,
+    partitions: u32,
+    replication_factor: Option<u32>,
+    min_insync: Option<u32>,
+) -> Result<()> {
     match ask(
         bootstrap,
         Request::CreateTopic {
             name: name.to_string(),
             partitions,
+            replication_factor,
+            min_insync,
         },
     )
     .await?
     {
         Response::TopicCreated(t) => {
-            println!("topic {} with {} partition(s)", t.name, t.partitions);
+            println!(
+                "topic {} with {} partition(s), replication factor {}, min in-sync replicas {}",
+                t.name, t.partitions, t.replication_factor, t.min_insync
+            );
             Ok(())
         }
         other => bail!("unexpected answer {}", other.name()),
@@ -63,7 +74,10 @@ pub async fn topic_list(bootstrap: &str) -> Result<()> {
                 println!("no topics");
             }
             for t in ts {
-                println!("{:<30} {} partition(s)", t.name, t.partitions);
+                println!(
+                    "{:<30} {} partition(s), replication factor {}, min in-sync {}",
+                    t.name, t.partitions, t.replication_factor, t.min_insync
+                );
             }
             Ok(())
         }
@@ -96,8 +110,8 @@ pub async fn topic_describe(bootstrap: &str, name: &str) -> Result<()> {
 
 fn render_topic(d: &TopicDescription, down: &BTreeSet<u32>) -> String {
     let mut s = format!(
-        "topic {} ({} partitions)\n",
-        d.topic.name, d.topic.partitions
+        "topic {} ({} partitions, replication factor {}, min in-sync {})\n",
+        d.topic.name, d.topic.partitions, d.topic.replication_factor, d.topic.min_insync
     );
     s.push_str(&render_shards(&d.shards, down));
     s
@@ -122,8 +136,8 @@ fn render_shards(
     down: &BTreeSet<u32>,
 ) -> String {
     let mut s = format!(
-        "{:<24} {:<10} {:>12} {:>12}  groups (committed/lag)\n",
-        "shard", "owner", "end offset", "bytes"
+        "{:<24} {:<10} {:<12} {:<12} {:>12} {:>12} {:>10} {:>12}  groups (committed/lag)\n",
+        "shard", "leader", "replicas", "in sync", "end offset", "committed", "max lag", "bytes"
     );
     for (route, report) in shards {
         let owner = route.owner.as_ref().map_or("-".to_string(), |o| {
@@ -138,9 +152,15 @@ fn render_shards(
         } else {
             owner
         };
-        let (end, bytes, groups) = match report {
+        let (end, hw, lag, bytes, groups) = match report {
             Some(r) => (
                 r.end_offset.to_string(),
+                r.high_watermark.to_string(),
+                r.followers
+                    .iter()
+                    .map(|f| f.lag)
+                    .max()
+                    .map_or("-".to_string(), |l| l.to_string()),
                 r.bytes.to_string(),
                 r.groups
                     .iter()
@@ -148,13 +168,24 @@ fn render_shards(
                     .collect::<Vec<_>>()
                     .join(" "),
             ),
-            None => ("?".into(), "?".into(), String::new()),
+            None => (
+                "?".into(),
+                "?".into(),
+                "?".into(),
+                "?".into(),
+                String::new(),
+            ),
         };
+        let ids = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         s.push_str(&format!(
-            "{:<24} {:<10} {:>12} {:>12}  {}\n",
+            "{:<24} {:<10} {:<12} {:<12} {:>12} {:>12} {:>10} {:>12}  {}\n",
             route.shard.to_string(),
             owner,
+            ids(&route.replicas),
+            ids(&route.isr),
             end,
+            hw,
+            lag,
             bytes,
             groups
         ));
@@ -196,8 +227,21 @@ pub fn render_status(st: &ClusterStatus) -> String {
     }
     s.push_str(&format!("\ntopics: {}\n", st.topics.len()));
     for t in &st.topics {
-        s.push_str(&format!("  {} ({} partitions)\n", t.name, t.partitions));
+        s.push_str(&format!(
+            "  {} ({} partitions, replication factor {}, min in-sync {})\n",
+            t.name, t.partitions, t.replication_factor, t.min_insync
+        ));
     }
+    let under = st
+        .shards
+        .iter()
+        .filter(|(r, _)| r.isr.len() < r.replicas.len())
+        .count();
+    let offline = st.shards.iter().filter(|(r, _)| r.owner.is_none()).count();
+    s.push_str(&format!(
+        "shards: {} ({under} under-replicated, {offline} offline)\n",
+        st.shards.len()
+    ));
     if !per_broker.is_empty() {
         s.push_str("\nshards per broker:\n");
         let max = per_broker.values().copied().max().unwrap_or(1).max(1);
@@ -278,13 +322,26 @@ fn status_json(st: &ClusterStatus) -> serde_json::Value {
             "weight": b.weight, "shards": b.shards, "last_seen_ms": b.last_seen_ms,
             "degraded": b.degraded,
         })).collect::<Vec<_>>(),
-        "topics": st.topics.iter().map(|t| serde_json::json!({"name": t.name, "partitions": t.partitions})).collect::<Vec<_>>(),
+        "topics": st.topics.iter().map(|t| serde_json::json!({
+            "name": t.name, "partitions": t.partitions,
+            "replication_factor": t.replication_factor, "min_insync": t.min_insync,
+        })).collect::<Vec<_>>(),
+        "under_replicated": st.shards.iter().filter(|(r, _)| r.isr.len() < r.replicas.len()).count(),
+        "offline": st.shards.iter().filter(|(r, _)| r.owner.is_none()).count(),
         "shards": st.shards.iter().map(|(r, rep)| serde_json::json!({
             "shard": r.shard.to_string(),
             "owner": r.owner.as_ref().map(|o| o.id),
             "owner_down": r.owner.as_ref().is_some_and(|o| down.contains(&o.id)),
             "moving": r.moving,
+            "leader": r.owner.as_ref().map(|o| o.id),
+            "leader_epoch": r.leader_epoch,
+            "replicas": r.replicas,
+            "isr": r.isr,
             "end_offset": rep.as_ref().map(|x| x.end_offset),
+            "high_watermark": rep.as_ref().map(|x| x.high_watermark),
+            "followers": rep.as_ref().map(|x| x.followers.iter().map(|f| serde_json::json!({
+                "broker": f.broker, "end": f.end, "lag": f.lag, "in_sync": f.in_sync,
+            })).collect::<Vec<_>>()),
             "groups": rep.as_ref().map(|x| x.groups.iter().map(|(g, o)| (g.clone(), *o)).collect::<BTreeMap<_, _>>()),
         })).collect::<Vec<_>>(),
         "moves": st.moves.iter().map(|m| serde_json::json!({
@@ -293,6 +350,109 @@ fn status_json(st: &ClusterStatus) -> serde_json::Value {
             "bytes_copied": m.bytes_copied, "lag": m.lag, "write_pause_ms": m.write_pause_ms,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// `shardq shard elect`: a new leader for `shard` now.
+pub async fn shard_elect(
+    bootstrap: &str,
+    shard: &ShardId,
+    unclean: bool,
+    json: bool,
+) -> Result<()> {
+    let e = match ask(
+        bootstrap,
+        Request::ElectLeader {
+            shard: shard.clone(),
+            unclean,
+        },
+    )
+    .await?
+    {
+        Response::Elected(e) => e,
+        other => bail!("unexpected answer {}", other.name()),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "shard": e.shard.to_string(), "leader": e.leader, "leader_epoch": e.leader_epoch,
+                "unclean": e.unclean, "may_lose": e.may_lose,
+            })
+        );
+    } else if e.unclean {
+        println!(
+            "{}: broker {} leads at leader epoch {} (UNCLEAN: it was not in sync; {} that only the old in-sync replicas held are lost)",
+            e.shard,
+            e.leader,
+            e.leader_epoch,
+            e.may_lose
+                .map_or("records".to_string(), |n| format!("about {n} record(s)"))
+        );
+    } else {
+        println!(
+            "{}: broker {} leads at leader epoch {}",
+            e.shard, e.leader, e.leader_epoch
+        );
+    }
+    Ok(())
+}
+
+/// `shardq shard checksum`: one checksum per replica over the leader's committed range. Fails
+/// (exit code 1) when the in-sync replicas disagree.
+pub async fn shard_checksum(bootstrap: &str, shard: &ShardId, json: bool) -> Result<()> {
+    let sums = match ask(
+        bootstrap,
+        Request::ShardChecksum {
+            shard: shard.clone(),
+            upto: None,
+        },
+    )
+    .await?
+    {
+        Response::Checksums(v) => v,
+        other => bail!("unexpected answer {}", other.name()),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &sums
+                    .iter()
+                    .map(|c| serde_json::json!({
+                        "broker": c.broker, "role": format!("{:?}", c.role).to_lowercase(),
+                        "start": c.start, "end": c.end, "records": c.records,
+                        "checksum": format!("{:016x}", c.checksum), "error": c.error,
+                    }))
+                    .collect::<Vec<_>>()
+            )?
+        );
+    } else {
+        println!("{shard}:");
+        for c in &sums {
+            match &c.error {
+                Some(e) => println!("  broker {:<4} error: {e}", c.broker),
+                None => println!(
+                    "  broker {:<4} {:<8} offsets {}..{} {:>10} records  checksum {:016x}",
+                    c.broker,
+                    format!("{:?}", c.role).to_lowercase(),
+                    c.start,
+                    c.end,
+                    c.records,
+                    c.checksum
+                ),
+            }
+        }
+    }
+    let answered: Vec<_> = sums.iter().filter(|c| c.error.is_none()).collect();
+    if let Some(first) = answered.first() {
+        if answered
+            .iter()
+            .any(|c| c.end == first.end && c.checksum != first.checksum)
+        {
+            bail!("{shard}: replicas disagree over the same range");
+        }
+    }
+    Ok(())
 }
 
 pub async fn broker_list(bootstrap: &str) -> Result<()> {
@@ -668,6 +828,9 @@ mod tests {
                 addr: format!("127.0.0.1:{}", 9000 + owner),
             }),
             moving: false,
+            leader_epoch: 0,
+            replicas: vec![],
+            isr: vec![],
         };
         let st = ClusterStatus {
             epoch: 3,
@@ -675,6 +838,8 @@ mod tests {
             topics: vec![TopicInfo {
                 name: "T".into(),
                 partitions: 2,
+                replication_factor: 1,
+                min_insync: 1,
             }],
             shards: vec![(route(1, 1), None), (route(2, 4), None)],
             moves: Vec::new(),

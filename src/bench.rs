@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Partitions of the benchmark topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    /// Replicas per partition of the benchmark's topics (default: the router's default).
+    #[arg(long)]
+    pub replication_factor: Option<u32>,
     /// Concurrent producers.
     #[arg(long, default_value_t = 2)]
     pub producers: u32,
@@ -162,6 +165,8 @@ async fn start_consumers(
         .admin(shardq_protocol::Request::CreateTopic {
             name: topic.clone(),
             partitions: args.partitions,
+            replication_factor: args.replication_factor,
+            min_insync: None,
         })
         .await?;
     let epoch = Instant::now();

@@ -45,6 +45,13 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Replicated shards: elect a leader, compare the replicas' checksums.
+    Shard {
+        #[command(subcommand)]
+        cmd: ShardCmd,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Print the cluster's members, shards per broker, offsets, consumer lag and moves.
     Status {
         #[command(flatten)]
@@ -163,16 +170,47 @@ enum BrokerAdmin {
 
 #[derive(Subcommand, Debug)]
 enum TopicCmd {
-    /// Create a topic with N partitions (P1..PN).
+    /// Create a topic with N partitions (P1..PN), each replicated on R brokers.
     Create {
         name: String,
         #[arg(long, short = 'p', default_value_t = 1)]
         partitions: u32,
+        /// Replicas per partition, 1 to 5 (default: the router's --default-replication-factor,
+        /// capped at the brokers up). More than the brokers up is refused.
+        #[arg(long, short = 'r')]
+        replication_factor: Option<u32>,
+        /// In-sync replicas a `durable` produce needs, else it is refused with "not enough
+        /// replicas" (default: a majority of the replication factor).
+        #[arg(long)]
+        min_insync_replicas: Option<u32>,
     },
     /// List topics.
     List,
     /// Show a topic's partitions: owner, offsets, consumer groups.
     Describe { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ShardCmd {
+    /// Elect a leader for SHARD now: the first in-sync replica that is up. With --unclean, a
+    /// replica that is NOT in sync may be elected when none in sync is up: records only the old
+    /// in-sync replicas held are then lost (the command prints how many, as last reported).
+    Elect {
+        /// The shard, `TOPIC:Pn`.
+        shard: shardq_protocol::ShardId,
+        #[arg(long)]
+        unclean: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One checksum per replica of SHARD over its committed records (below the leader's high
+    /// watermark); exits 1 when replicas disagree over the same range.
+    Checksum {
+        /// The shard, `TOPIC:Pn`.
+        shard: shardq_protocol::ShardId,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,6 +281,7 @@ impl Cmd {
     fn target(&self) -> Option<&Target> {
         match self {
             Cmd::Topic { target, .. }
+            | Cmd::Shard { target, .. }
             | Cmd::Status { target, .. }
             | Cmd::Watch { target, .. }
             | Cmd::Moves { target }
@@ -310,11 +349,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Up(args) => up::run(args).await?,
         Cmd::Topic { cmd, target } => match cmd {
-            TopicCmd::Create { name, partitions } => {
-                admin::topic_create(&target.broker, &name, partitions).await?
+            TopicCmd::Create {
+                name,
+                partitions,
+                replication_factor,
+                min_insync_replicas,
+            } => {
+                admin::topic_create(
+                    &target.broker,
+                    &name,
+                    partitions,
+                    replication_factor,
+                    min_insync_replicas,
+                )
+                .await?
             }
             TopicCmd::List => admin::topic_list(&target.broker).await?,
             TopicCmd::Describe { name } => admin::topic_describe(&target.broker, &name).await?,
+        },
+        Cmd::Shard { cmd, target } => match cmd {
+            ShardCmd::Elect {
+                shard,
+                unclean,
+                json,
+            } => admin::shard_elect(&target.broker, &shard, unclean, json).await?,
+            ShardCmd::Checksum { shard, json } => {
+                admin::shard_checksum(&target.broker, &shard, json).await?
+            }
         },
         Cmd::Status { target, json } => admin::status(&target.broker, json).await?,
         Cmd::Moves { target } => admin::moves(&target.broker).await?,

@@ -98,6 +98,8 @@ struct Proc {
     addr: String,
     args: Vec<String>,
     restarts: u32,
+    /// Exited while a hold file kept it down (see the supervisor loop).
+    held: bool,
     started: Instant,
 }
 
@@ -248,6 +250,7 @@ async fn add_broker(args: &UpArgs, router: &str, id: u32, logs: &Path) -> Result
         addr,
         args: bargs,
         restarts: 0,
+        held: false,
         started: Instant::now(),
     })
 }
@@ -422,6 +425,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         addr: router_addr.clone(),
         args: router_args,
         restarts: 0,
+        held: false,
         started: Instant::now(),
     }];
     let ids = match members(&router_addr).await? {
@@ -542,6 +546,22 @@ pub async fn run(args: UpArgs) -> Result<()> {
                     continue;
                 }
             }
+            // `touch DATA/control/hold-broker-N` keeps broker N down when it dies (a machine that
+            // is gone, for failover drills); removing the file lets it restart.
+            let hold = control.join(format!("hold-{}", p.name));
+            if hold.exists() {
+                if !p.held {
+                    println!(
+                        "{} exited ({status}); held down by {}: not restarting it until that file is removed",
+                        p.name,
+                        hold.display()
+                    );
+                    info!("{} exited ({status}); held down", p.name);
+                    p.held = true;
+                }
+                continue;
+            }
+            p.held = false;
             warn!("{} exited ({status}); restarting", p.name);
             println!("{} exited ({status}); restarting", p.name);
             if p.started.elapsed() < Duration::from_secs(2) {

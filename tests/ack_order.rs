@@ -41,6 +41,8 @@ async fn the_ack_log_grows_in_ack_order_while_a_broker_is_paused() {
         .admin(Request::CreateTopic {
             name: "A".into(),
             partitions: 8,
+            replication_factor: None,
+            min_insync: None,
         })
         .await
         .unwrap();

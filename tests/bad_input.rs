@@ -48,6 +48,8 @@ async fn bad_input_gets_clear_errors_and_produces_nothing() {
         .admin(Request::CreateTopic {
             name: "Z".into(),
             partitions: 0,
+            replication_factor: None,
+            min_insync: None,
         })
         .await;
     assert!(matches!(

@@ -186,6 +186,8 @@ async fn full_disk(fsync: &str) {
         .admin(Request::CreateTopic {
             name: "F".into(),
             partitions: 1,
+            replication_factor: None,
+            min_insync: None,
         })
         .await
         .expect("create topic");

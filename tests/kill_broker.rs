@@ -74,6 +74,8 @@ async fn acknowledged_records_survive_sigkill(broker_args: &[&str]) {
         .admin(shardq_protocol::Request::CreateTopic {
             name: "K".into(),
             partitions: 4,
+            replication_factor: None,
+            min_insync: None,
         })
         .await
         .unwrap();
@@ -163,6 +165,8 @@ async fn a_live_consumer_skips_nothing_when_a_crash_loses_records_under_fsync_ne
         .admin(shardq_protocol::Request::CreateTopic {
             name: "N".into(),
             partitions: 4,
+            replication_factor: None,
+            min_insync: None,
         })
         .await
         .unwrap();

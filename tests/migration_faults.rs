@@ -50,6 +50,8 @@ async fn scenario(victim: Victim) {
             .admin(Request::CreateTopic {
                 name: t.into(),
                 partitions: p,
+                replication_factor: None,
+                min_insync: None,
             })
             .await
             .unwrap();

@@ -160,6 +160,8 @@ async fn peers_without_the_secret_cannot_drop_export_or_force_remove_and_data_st
             .request(Request::CreateTopic {
                 name: "Rogue".into(),
                 partitions: 1,
+                replication_factor: None,
+                min_insync: None,
             })
             .await,
         "CreateTopic",
@@ -227,6 +229,8 @@ async fn five_thousand_idle_connections_do_not_lock_out_status_or_producers() {
         .admin(Request::CreateTopic {
             name: "F".into(),
             partitions: 4,
+            replication_factor: None,
+            min_insync: None,
         })
         .await
         .unwrap();

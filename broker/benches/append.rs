@@ -48,7 +48,13 @@ fn bench_policy(c: &mut Criterion, name: &str, fsync: FsyncPolicy, in_flight: us
     let handle = rt.block_on(start(config)).expect("start");
     let broker = handle.broker().clone();
     let shard = ShardId::new("bench", 1);
-    broker.assign(&shard, 1).expect("assign");
+    broker
+        .assign(&shardq_protocol::ShardAssignment::sole(
+            shard.clone(),
+            1,
+            broker.id(),
+        ))
+        .expect("assign");
     let batch = batch();
 
     let mut group = c.benchmark_group("append");

@@ -47,10 +47,7 @@ async fn status(conn: &Connection, move_id: u64) -> anyhow::Result<MoveProgress>
 fn assignment(shard: &ShardId, epoch: u64) -> Request {
     Request::AssignShards {
         epoch,
-        shards: vec![ShardAssignment {
-            shard: shard.clone(),
-            epoch,
-        }],
+        shards: vec![ShardAssignment::sole(shard.clone(), epoch, 1)],
     }
 }
 

@@ -55,9 +55,16 @@ pub struct BrokerArgs {
     #[arg(long, default_value_t = FsyncPolicy::default())]
     pub fsync: FsyncPolicy,
 
-    /// Milliseconds between heartbeats to the router.
-    #[arg(long, default_value_t = 500)]
+    /// Milliseconds between heartbeats to the router. Each answered heartbeat renews this
+    /// broker's leader lease (it stops acknowledging writes once the router has not answered
+    /// for the lease the router grants, about 2/3 of its `--broker-timeout-ms`).
+    #[arg(long, default_value_t = crate::config::DEFAULT_HEARTBEAT.as_millis() as u64)]
     pub heartbeat_ms: u64,
+
+    /// A follower that has not caught up with its leader for this many milliseconds is dropped
+    /// from the shard's in-sync replicas (it rejoins once caught up).
+    #[arg(long, default_value_t = crate::config::DEFAULT_REPLICA_LAG_MAX_MS)]
+    pub replica_lag_max_ms: u64,
 
     /// Largest frame accepted or sent, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME)]
@@ -99,6 +106,7 @@ impl BrokerArgs {
             weight: self.weight,
             fsync: self.fsync,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
+            replica_lag_max_ms: self.replica_lag_max_ms,
             max_frame: self.max_frame_bytes,
             max_record_bytes: self.max_record_bytes,
             move_rate_limit: (self.move_max_mbps > 0.0)
@@ -234,7 +242,7 @@ mod tests {
         assert_eq!(cfg.router.as_deref(), Some("localhost:7400"));
         assert_eq!(cfg.fsync, FsyncPolicy::Always);
         assert_eq!(cfg.listen, "127.0.0.1:7401");
-        assert_eq!(cfg.heartbeat, Duration::from_millis(500));
+        assert_eq!(cfg.heartbeat, Duration::from_millis(250));
 
         let cmd = Cmd::try_parse_from([
             "broker",

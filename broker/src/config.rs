@@ -74,7 +74,9 @@ impl fmt::Display for FsyncPolicy {
 /// Largest record (key + value) accepted by default.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 /// Default heartbeat interval to the router.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(250);
+/// A follower not caught up with its leader for this long leaves the ISR.
+pub const DEFAULT_REPLICA_LAG_MAX_MS: u64 = 5_000;
 
 /// Everything [`crate::start`] needs.
 #[derive(Clone, Debug)]
@@ -92,6 +94,8 @@ pub struct BrokerConfig {
     pub weight: u32,
     pub fsync: FsyncPolicy,
     pub heartbeat: Duration,
+    /// A follower behind its leader for this long leaves the ISR.
+    pub replica_lag_max_ms: u64,
     pub max_frame: usize,
     pub max_record_bytes: usize,
     /// Bytes per second one incoming shard move may copy (None: unthrottled).
@@ -116,6 +120,7 @@ impl BrokerConfig {
             weight: 1,
             fsync: FsyncPolicy::default(),
             heartbeat: DEFAULT_HEARTBEAT,
+            replica_lag_max_ms: DEFAULT_REPLICA_LAG_MAX_MS,
             max_frame: DEFAULT_MAX_FRAME,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             move_rate_limit: None,

@@ -14,6 +14,8 @@ mod durability;
 pub mod identity;
 mod import;
 mod membership;
+pub mod replica;
+mod replication;
 mod router_link;
 pub mod service;
 mod shard;
@@ -34,7 +36,7 @@ use tracing::{debug, info, warn};
 
 pub use config::{BrokerConfig, FsyncPolicy, ParseFsyncError, DEFAULT_MAX_RECORD_BYTES};
 pub use service::Broker;
-pub use shard::MAX_ENTRY_BYTES;
+pub use shard::{stored_size, MAX_ENTRY_BYTES};
 
 use durability::{Disk, Durability};
 use membership::Membership;
@@ -371,6 +373,11 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     // under gdb). The free-space reserve (`storage::Health::check_space`) keeps sled from ever
     // seeing a full disk; a disk filled past it anyway leaves the broker degraded until a restart,
     // with nothing acknowledged lost.
+    broker.replication.set_lag_max_ms(config.replica_lag_max_ms);
+    tasks.push(tokio::spawn(replication::run(
+        broker.clone(),
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(durability.run(shutdown.clone())));
     tasks.push(tokio::spawn(storage::watch_space(space, shutdown.clone())));
     if let Some(membership) = membership {

@@ -75,8 +75,15 @@ impl Membership {
             uuid: identity.uuid.clone(),
             cluster: identity.cluster.clone(),
         };
+        let sent = tokio::time::Instant::now();
         match self.router.request(req, self.rpc_timeout()).await? {
-            Response::Registered { epoch, cluster } => {
+            Response::Registered {
+                epoch,
+                cluster,
+                lease_ms,
+            } => {
+                self.broker.replication.lease.set_duration(lease_ms);
+                self.broker.replication.lease.renew(sent);
                 match &identity.cluster {
                     // The router checked ours; a different answer means it is not that router.
                     Some(ours) if *ours != cluster => {
@@ -180,12 +187,15 @@ impl Membership {
                 report: self.broker.report(),
                 uuid: self.identity().uuid,
             };
+            let sent = tokio::time::Instant::now();
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = self.router.request(req, self.rpc_timeout()) => r,
             };
             match outcome {
                 Ok(Response::HeartbeatAck { epoch, assignments }) => {
+                    // Counted from the send: the router saw this broker alive after `sent`.
+                    self.broker.replication.lease.renew(sent);
                     if failing {
                         info!(router = %self.router.addr(), "heartbeats answered again");
                         failing = false;

@@ -20,8 +20,9 @@ use tracing::{info, warn};
 
 use crate::durability::Durability;
 use crate::import::{self, now_ms, ImportCtx, ImportRecord, ImportStore, Job};
+use crate::replication::Replication;
 use crate::router_link::RouterLink;
-use crate::shard::{tree_name, Access, Ownership, Shard};
+use crate::shard::{tree_name, Access, Limit, Ownership, Shard, ShardEnv};
 
 /// Room left in a frame for the envelope around fetched batches.
 const FRAME_MARGIN: usize = 64 * 1024;
@@ -34,6 +35,10 @@ pub struct Broker {
     /// The database and its `shards` tree (shard key -> [`Ownership`]).
     pub(crate) store: Store,
     pub(crate) shards: RwLock<HashMap<ShardId, Arc<Shard>>>,
+    /// What every shard shares (write-ahead file, health, this broker's id).
+    env: ShardEnv,
+    /// The leader lease and the fetchers that keep followed shards in sync.
+    pub(crate) replication: Replication,
     pub(crate) durability: Arc<Durability>,
     /// The newest routing epoch this broker has seen (for `NotOwner` answers).
     epoch: AtomicU64,
@@ -61,6 +66,36 @@ pub struct Broker {
 pub(crate) struct Store {
     pub db: sled::Db,
     pub owners: sled::Tree,
+}
+
+/// How long a `durable` produce waits for its batch to reach every in-sync replica before
+/// answering `Timeout` (the producer retries; the retry is recognised and waits again).
+const REPLICATION_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until a leader's batch is below the high watermark.
+struct Replicated(Arc<Shard>);
+
+impl Replicated {
+    async fn wait(&self, end: Offset) -> Result<(), ErrorKind> {
+        let shard = &self.0;
+        let mut hw = shard.subscribe(Limit::Committed);
+        let deadline = tokio::time::Instant::now() + REPLICATION_WAIT;
+        loop {
+            let changed = shard.state_changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if shard.ack_check(end)? {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = hw.changed() => {}
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ErrorKind::Timeout { after_ms: REPLICATION_WAIT.as_millis() as u64 });
+                }
+            }
+        }
+    }
 }
 
 /// The longest a fetch waits for data before answering with none.
@@ -96,6 +131,13 @@ impl Broker {
         let owners = db
             .open_tree("shards")
             .map_err(|e| storage("cannot open the shards tree", &e))?;
+        let env = ShardEnv {
+            wal: durability.wal(),
+            health: durability.health().clone(),
+            counts_durable: durability.reads_wait_for_flush(),
+            me: id,
+            resume_leadership: router.is_none(),
+        };
         let mut shards = HashMap::new();
         let mut epoch = 0;
         for kv in owners.iter() {
@@ -107,7 +149,7 @@ impl Broker {
                 )
             })?;
             epoch = epoch.max(own.epoch);
-            let shard = Shard::open(&db, own, durability.wal(), durability.health().clone())?;
+            let shard = Shard::open(&db, own, &env)?;
             shards.insert(shard.id().clone(), Arc::new(shard));
         }
         let imports = ImportStore::open(&db, &|key| shards.keys().any(|s| s.key() == key))?;
@@ -115,6 +157,8 @@ impl Broker {
             id,
             store: Store { db, owners },
             shards: RwLock::new(shards),
+            env,
+            replication: Replication::new(router.is_some()),
             durability,
             epoch: AtomicU64::new(epoch),
             router,
@@ -156,13 +200,7 @@ impl Broker {
     }
 
     fn open_shard(&self, own: Ownership) -> Result<Arc<Shard>, ErrorKind> {
-        let store = &self.store;
-        Ok(Arc::new(Shard::open(
-            &store.db,
-            own,
-            self.durability.wal(),
-            self.durability.health().clone(),
-        )?))
+        Ok(Arc::new(Shard::open(&self.store.db, own, &self.env)?))
     }
 
     pub(crate) fn shards_read(
@@ -232,32 +270,51 @@ impl Broker {
         }
     }
 
-    /// Own `shard` from `epoch` on, creating an empty log if none is held. An assignment older
-    /// than what this broker already applied for the shard is ignored.
-    pub fn assign(&self, shard: &ShardId, epoch: Epoch) -> Result<(), ErrorKind> {
+    /// Holds `a.shard` from `a.epoch` on (creating an empty log if none is held), leading or
+    /// following as its replica set says. An assignment older than what this broker already
+    /// applied for the shard is ignored.
+    pub fn assign(&self, a: &ShardAssignment) -> Result<(), ErrorKind> {
+        let shard = self.hold(a)?;
+        let following = shard.set_replication(&a.replication, self.id, now_ms());
+        self.replication.follow(shard.id(), following);
+        Ok(())
+    }
+
+    fn hold(&self, a: &ShardAssignment) -> Result<Arc<Shard>, ErrorKind> {
+        let (shard, epoch) = (&a.shard, a.epoch);
         self.observe_epoch(epoch);
         let mut shards = self.shards_write();
         if let Some(s) = shards.get(shard) {
             if s.ownership().state == ShardState::Importing {
-                return self.activate_import(s, epoch);
+                self.activate_import(s, epoch)?;
             }
             let before = s.ownership();
+            let newer = |o: &Ownership| {
+                o.replication.as_ref().is_none_or(|r| {
+                    (a.replication.leader_epoch, a.replication.isr_version)
+                        >= (r.leader_epoch, r.isr_version)
+                })
+            };
             let after = s.update_ownership(&self.store.owners, |o| {
-                if epoch >= o.epoch {
+                if epoch >= o.epoch && o.state != ShardState::Importing {
                     o.owned = true;
                     o.epoch = epoch;
+                }
+                if newer(o) {
+                    o.replication = Some(a.replication.clone());
                 }
             })?;
             if !before.owned && after.owned {
                 info!(%shard, epoch, "shard assigned again; serving its existing log");
             }
-            return Ok(());
+            return Ok(s.clone());
         }
         let own = Ownership {
             shard: shard.clone(),
             state: ShardState::Active,
             epoch,
             owned: true,
+            replication: Some(a.replication.clone()),
         };
         let opened = self.open_shard(own.clone())?;
         self.store
@@ -269,8 +326,8 @@ impl Broker {
                     .sled_error(&format!("{shard}: cannot record ownership"), &e)
             })?;
         info!(%shard, epoch, end_offset = opened.end_offset(), "shard assigned");
-        shards.insert(shard.clone(), opened);
-        Ok(())
+        shards.insert(shard.clone(), opened.clone());
+        Ok(opened)
     }
 
     /// Applies the router's complete assignment as of `epoch`: owns every listed shard, and stops
@@ -278,7 +335,7 @@ impl Broker {
     pub fn reconcile(&self, epoch: Epoch, assignments: &[ShardAssignment]) {
         self.observe_epoch(epoch);
         for a in assignments {
-            if let Err(e) = self.assign(&a.shard, a.epoch) {
+            if let Err(e) = self.assign(a) {
                 warn!(shard = %a.shard, "cannot take the assigned shard: {e}");
             }
         }
@@ -299,6 +356,10 @@ impl Broker {
                     unassigned = true;
                 }
             });
+            if unassigned {
+                s.stop_replicating();
+                self.replication.follow(s.id(), None);
+            }
             match res {
                 Ok(_) if unassigned => {
                     info!(shard = %s.id(), epoch, "shard no longer assigned here; keeping its data until dropped");
@@ -345,6 +406,7 @@ impl Broker {
             // Under the shard lock: an import write in progress finishes first, later ones fail.
             s.mark_dropped();
         }
+        self.replication.follow(shard, None);
         self.imports.remove(shard)?;
         // The log goes first: a crash in between leaves an ownership record over an empty tree,
         // which the router's retried drop removes, never an orphaned log a new assignment would
@@ -425,6 +487,7 @@ impl Broker {
             state: ShardState::Importing,
             epoch,
             owned: false,
+            replication: None,
         };
         let opened = self.open_shard(own.clone())?;
         self.store
@@ -611,9 +674,17 @@ impl Broker {
         }
     }
 
-    fn produce(&self, p: ProduceRequest) -> ServiceFuture {
+    fn produce(self: &Arc<Self>, p: ProduceRequest) -> ServiceFuture {
         let result = self.shard(&p.shard, Access::Write).and_then(|shard| {
             p.batch.validate(self.max_record_bytes)?;
+            // A leader cut off from the router for longer than its lease may have been replaced.
+            let lease = &self.replication.lease;
+            if shard.needs_lease() && !lease.valid() {
+                return Err(lease.expired(&p.shard));
+            }
+            if p.acks == Acks::Durable {
+                shard.check_insync()?;
+            }
             let d = &self.durability;
             let appended = shard.append(
                 &p.batch,
@@ -640,6 +711,7 @@ impl Broker {
         // disk (appends to a shard are ordered, and a flush covers every write applied before it).
         let end = appended.base_offset + appended.count as u64;
         let durability = self.durability.clone();
+        let replicated = Replicated(shard.clone());
         let made_durable = async move {
             durability.wait(ticket).await?;
             shard.mark_durable(end);
@@ -654,8 +726,18 @@ impl Broker {
             }
             return ready_result(Ok(response));
         }
+        let broker = self.clone();
+        let (acks, shard_id) = (p.acks, p.shard);
         Box::pin(async move {
             made_durable.await?;
+            if acks == Acks::Durable {
+                replicated.wait(end).await?;
+            }
+            // Checked last: the lease may have run out while this waited.
+            let lease = &broker.replication.lease;
+            if replicated.0.needs_lease() && !lease.valid() {
+                return Err(lease.expired(&shard_id));
+            }
             Ok(response)
         })
     }
@@ -675,12 +757,14 @@ impl Broker {
         };
         let read_limit = self.read_limit;
         let max_bytes = (f.max_bytes as usize).min(read_limit);
-        let durable_only = self.durability.reads_wait_for_flush();
         let incarnation = self.incarnation;
         let end = self.visible_end(&shard);
         let answer = move |shard: &Shard| {
-            let (batches, high_watermark) =
-                shard.read(f.offset, max_bytes, read_limit, durable_only)?;
+            let (batches, hw) = shard.read(f.offset, max_bytes, read_limit, Limit::Committed)?;
+            // A reader ahead of this replica's high watermark but within its log read those
+            // records committed elsewhere (from the leader before a failover, whose high
+            // watermark this new leader's has not caught up with): they are committed, not lost.
+            let high_watermark = hw.max(f.offset.min(shard.end_offset()));
             Ok(Response::Fetched {
                 high_watermark,
                 start_offset: shard.offsets().0,
@@ -689,14 +773,14 @@ impl Broker {
                 batches,
             })
         };
-        // Only a fetch exactly at the end waits; one past it (the log lost records in a crash)
-        // learns the end at once.
-        if f.offset != end || f.max_wait_ms == 0 {
+        // Only a fetch at the end (or between the high watermark and the log end: see above)
+        // waits; one past the log end (the log lost records in a crash) learns the end at once.
+        if f.offset < end || f.offset > shard.end_offset() || f.max_wait_ms == 0 {
             return ready_result(answer(&shard));
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         Box::pin(async move {
-            let mut rx = shard.subscribe(durable_only);
+            let mut rx = shard.subscribe(Limit::Committed);
             let changed = shard.state_changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
@@ -725,13 +809,39 @@ impl Broker {
         }
     }
 
-    /// The end offset readers may see: the durable end where reads wait for the flush.
+    /// The end offset readers may see: the high watermark (which never passes this replica's
+    /// durable end where reads wait for the flush).
     fn visible_end(&self, shard: &Shard) -> Offset {
-        if self.durability.reads_wait_for_flush() {
-            shard.durable_end()
-        } else {
-            shard.end_offset()
-        }
+        shard.high_watermark()
+    }
+
+    /// The shard if this broker holds a copy, in any state.
+    pub(crate) fn held(&self, id: &ShardId) -> Option<Arc<Shard>> {
+        self.shards_read().get(id).cloned()
+    }
+
+    pub(crate) fn held_shards(&self) -> Vec<Arc<Shard>> {
+        self.shards_read().values().cloned().collect()
+    }
+
+    pub(crate) fn router_link(&self) -> Option<Arc<RouterLink>> {
+        self.router.clone()
+    }
+
+    pub(crate) fn durability(&self) -> &Arc<Durability> {
+        &self.durability
+    }
+
+    pub(crate) fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    pub(crate) fn read_limit(&self) -> usize {
+        self.read_limit
+    }
+
+    pub(crate) fn secret(&self) -> Option<Secret> {
+        self.secret.clone()
     }
 
     /// Serves a move's destination: only records already on disk, whatever the fsync policy, so a
@@ -754,7 +864,7 @@ impl Broker {
                 s.mark_durable(end);
             }
             let max_bytes = (max_bytes as usize).min(read_limit);
-            let (batches, end_offset) = s.read(from, max_bytes, read_limit, true)?;
+            let (batches, end_offset) = s.read(from, max_bytes, read_limit, Limit::Durable)?;
             Ok(Response::Exported {
                 batches,
                 end_offset,
@@ -865,10 +975,12 @@ impl Service for Broker {
             | Request::ReplaceBroker { .. }) => self.forward(r),
             Request::AssignShards { epoch, shards } => {
                 self.observe_epoch(epoch);
-                let result = shards
-                    .iter()
-                    .try_for_each(|a| self.assign(&a.shard, a.epoch));
+                let result = shards.iter().try_for_each(|a| self.assign(a));
                 ready_result(result.map(|()| Response::Ok))
+            }
+            Request::ReplicaFetch(req) => self.replica_fetch(req),
+            Request::ShardChecksum { shard, upto } => {
+                ready_result(crate::replication::checksum(self, &shard, upto))
             }
             Request::DropShard { shard, epoch } => {
                 ready_result(self.drop_shard(&shard, epoch).map(|()| Response::Ok))
@@ -899,7 +1011,9 @@ impl Service for Broker {
             Request::MoveStatus { move_id } => ready_result(self.move_status(move_id)),
             r @ (Request::RegisterBroker { .. }
             | Request::Heartbeat { .. }
-            | Request::LeaveBroker { .. }) => ready_result(Err(ErrorKind::Unsupported {
+            | Request::LeaveBroker { .. }
+            | Request::AlterIsr { .. }
+            | Request::ElectLeader { .. }) => ready_result(Err(ErrorKind::Unsupported {
                 request: r.name().into(),
             })),
         }

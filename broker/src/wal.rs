@@ -34,7 +34,8 @@ const HEADER: usize = 12;
 /// A frame larger than this is garbage (an append is at most one frame of the protocol).
 const MAX_FRAME: usize = 1 << 30;
 
-/// One sled insert: key and value.
+/// One sled write: key and value; an empty value removes the key (no stored value is empty:
+/// a truncated log's removals travel this way).
 pub type Op<'a> = (&'a [u8], &'a [u8]);
 
 struct Segment {
@@ -233,7 +234,11 @@ pub fn replay(db: &sled::Db, data_dir: &Path) -> Result<Replayed, ErrorKind> {
                 .map_err(|e| storage("cannot open a shard tree", e))?;
             let mut batch = sled::Batch::default();
             for (k, v) in entry.ops {
-                batch.insert(k, v);
+                if v.is_empty() {
+                    batch.remove(k);
+                } else {
+                    batch.insert(k, v);
+                }
             }
             tree.apply_batch(batch)
                 .map_err(|e| storage("cannot re-apply an entry", e))?;

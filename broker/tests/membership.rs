@@ -41,6 +41,7 @@ impl Service for FakeRouter {
                 Ok(Response::Registered {
                     epoch: 5,
                     cluster: FAKE_CLUSTER.into(),
+                    lease_ms: 1000,
                 })
             }
             Request::Heartbeat { id, report, .. } => {
@@ -57,6 +58,8 @@ impl Service for FakeRouter {
             Request::ListTopics => Ok(Response::Topics(vec![TopicInfo {
                 name: "t".into(),
                 partitions: 1,
+                replication_factor: 1,
+                min_insync: 1,
             }])),
             Request::Metadata { .. } => Ok(Response::Routing(RoutingTable {
                 epoch: 5,
@@ -87,10 +90,11 @@ where
 async fn heartbeats_reconcile_assignments_and_requests_are_forwarded() {
     let router = Arc::new(FakeRouter::default());
     let shard = ShardId::new("t", 1);
-    router.assignments.lock().unwrap().push(ShardAssignment {
-        shard: shard.clone(),
-        epoch: 5,
-    });
+    router
+        .assignments
+        .lock()
+        .unwrap()
+        .push(ShardAssignment::sole(shard.clone(), 5, 1));
     let stop = CancellationToken::new();
     let (router_addr, server) = serve_fake(router.clone(), &stop).await;
 
@@ -127,7 +131,9 @@ async fn heartbeats_reconcile_assignments_and_requests_are_forwarded() {
         conn.request(Request::ListTopics).await.unwrap(),
         Response::Topics(vec![TopicInfo {
             name: "t".into(),
-            partitions: 1
+            partitions: 1,
+            replication_factor: 1,
+            min_insync: 1,
         }])
     );
     assert!(matches!(
@@ -155,10 +161,11 @@ async fn heartbeats_reconcile_assignments_and_requests_are_forwarded() {
     assert!(matches!(err, ErrorKind::NotOwner { .. }), "{err:?}");
 
     // Assigned again: the same log is served, data intact.
-    router.assignments.lock().unwrap().push(ShardAssignment {
-        shard: shard.clone(),
-        epoch: 6,
-    });
+    router
+        .assignments
+        .lock()
+        .unwrap()
+        .push(ShardAssignment::sole(shard.clone(), 6, 1));
     eventually("the shard is served again", || async {
         produce(&conn, &shard, batch_of(&[b"c"]), None)
             .await
@@ -241,6 +248,7 @@ impl Service for TombstoningRouter {
                     Ok(Response::Registered {
                         epoch: 5,
                         cluster: FAKE_CLUSTER.into(),
+                        lease_ms: 1000,
                     })
                 }
             }
@@ -309,6 +317,7 @@ async fn a_broker_whose_id_was_removed_does_not_start_and_never_serves_its_old_d
         weight: 1,
         fsync: FsyncPolicy::Always,
         heartbeat_ms: 50,
+        replica_lag_max_ms: 5_000,
         max_frame_bytes: shardq_protocol::DEFAULT_MAX_FRAME,
         max_record_bytes: shardq_broker::DEFAULT_MAX_RECORD_BYTES,
         move_max_mbps: 0.0,

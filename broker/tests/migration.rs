@@ -243,7 +243,7 @@ async fn stored_bytes(conn: &Connection, shard: &ShardId) -> u64 {
         }
         for b in &batches {
             assert_eq!(b.base_offset, offset);
-            bytes += 4 + b.batch.data.len() as u64;
+            bytes += shardq_broker::stored_size(b);
             offset = b.end_offset();
         }
     }
@@ -383,10 +383,7 @@ async fn a_shard_moves_under_a_live_producer_with_its_offsets_and_producer_state
     let resp = cb
         .request(Request::AssignShards {
             epoch: 2,
-            shards: vec![shardq_protocol::ShardAssignment {
-                shard: shard.clone(),
-                epoch: 2,
-            }],
+            shards: vec![shardq_protocol::ShardAssignment::sole(shard.clone(), 2, 2)],
         })
         .await
         .unwrap();
@@ -512,7 +509,7 @@ async fn a_destination_restarted_mid_copy_resumes_from_its_local_end() {
         ready.bytes_copied
     );
     assert_eq!(ready.records_copied, end - held.end_offset);
-    assign(&cb, &shard, 2).await;
+    assign_to(&cb, &shard, 2, 2).await;
     assert_eq!(move_status(&cb, 9).await.unwrap().phase, MovePhase::Done);
     assert_eq!(list_offsets(&cb, &shard).await.unwrap(), (0, end));
     assert_eq!(
@@ -552,7 +549,7 @@ async fn an_import_waits_for_an_unreachable_source() {
     proxy.set_up(true);
     let ready = wait_phase(&cb, 3, MovePhase::Activating).await;
     assert_eq!(ready.error, None);
-    assign(&cb, &shard, 2).await;
+    assign_to(&cb, &shard, 2, 2).await;
     assert_eq!(list_offsets(&cb, &shard).await.unwrap(), (0, 3_000));
     assert_eq!(
         log_of(&cb, &shard, 3_000).await,
@@ -635,6 +632,7 @@ impl Service for RemovingRouter {
             Request::RegisterBroker { .. } => Ok(Response::Registered {
                 epoch: 3,
                 cluster: FAKE_CLUSTER.into(),
+                lease_ms: 1000,
             }),
             Request::Heartbeat { id, .. } => {
                 self.heartbeats.fetch_add(1, Ordering::AcqRel);

@@ -690,12 +690,17 @@ mod tests {
             topics: vec![TopicInfo {
                 name: "T1".into(),
                 partitions: 3,
+                replication_factor: 1,
+                min_insync: 1,
             }],
             shards: (1..=3)
                 .map(|p| ShardRoute {
                     shard: ShardId::new("T1", p),
                     owner: None,
                     moving: false,
+                    leader_epoch: 0,
+                    replicas: vec![],
+                    isr: vec![],
                 })
                 .collect(),
         }
@@ -740,6 +745,8 @@ mod tests {
         }
         StoredBatch {
             base_offset: base,
+            leader_epoch: 0,
+            producer: None,
             batch: b.finish(),
         }
     }
@@ -790,6 +797,8 @@ mod tests {
             .collect();
         StoredBatch {
             base_offset: base,
+            leader_epoch: 0,
+            producer: None,
             batch: shardq_protocol::RecordBatch::from_records(&records),
         }
     }

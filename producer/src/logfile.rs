@@ -217,6 +217,8 @@ mod tests {
                 .map(|(n, p)| TopicInfo {
                     name: n.to_string(),
                     partitions: *p,
+                    replication_factor: 1,
+                    min_insync: 1,
                 })
                 .collect(),
             shards: topics
@@ -226,6 +228,9 @@ mod tests {
                         shard: ShardId::new(*n, i),
                         owner: None,
                         moving: false,
+                        leader_epoch: 0,
+                        replicas: vec![],
+                        isr: vec![],
                     })
                 })
                 .collect(),

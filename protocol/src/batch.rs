@@ -9,7 +9,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
-use crate::types::Offset;
+use crate::message::ProducerState;
+use crate::types::{LeaderEpoch, Offset};
 
 const NO_KEY: u32 = u32::MAX;
 /// Bytes of framing each record costs inside a batch.
@@ -35,6 +36,12 @@ pub struct RecordBatch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredBatch {
     pub base_offset: Offset,
+    /// The leader epoch under which the batch was appended (0: written before replication).
+    pub leader_epoch: LeaderEpoch,
+    /// On the last stored entry of a producer's batch: the idempotence state that batch left
+    /// (its sequence, and the whole batch's offsets), so a follower that copies the entry keeps
+    /// the same state as the leader and a failover never appends a retried batch twice.
+    pub producer: Option<ProducerState>,
     pub batch: RecordBatch,
 }
 
@@ -349,6 +356,8 @@ mod tests {
         }
         let sb = StoredBatch {
             base_offset: 10,
+            leader_epoch: 0,
+            producer: None,
             batch: b.finish(),
         };
         let got: Vec<_> = sb.records_from(12).map(|(o, r)| (o, r.value[0])).collect();

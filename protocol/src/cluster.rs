@@ -366,6 +366,8 @@ mod tests {
             topics: vec![TopicInfo {
                 name: topic.into(),
                 partitions: parts,
+                replication_factor: 1,
+                min_insync: 1,
             }],
             shards: (1..=parts)
                 .map(|p| ShardRoute {
@@ -375,6 +377,9 @@ mod tests {
                         addr: a.into(),
                     }),
                     moving: false,
+                    leader_epoch: 0,
+                    replicas: vec![],
+                    isr: vec![],
                 })
                 .collect(),
         }

@@ -109,6 +109,19 @@ pub enum ErrorKind {
     /// (nothing acknowledged is lost). Retriable: a client retries until its deadline.
     #[error("broker {broker}: storage full ({reason})")]
     StorageFull { broker: u32, reason: String },
+    /// A `durable` produce (or a group commit) to a shard whose in-sync replicas are fewer than
+    /// the topic's `min_insync`: nothing was appended. Retriable: followers catch up, or the
+    /// router re-replicates.
+    #[error("{shard}: not enough in-sync replicas ({isr} in sync, the topic needs {min}); retry when replicas catch up, or produce with --acks leader")]
+    NotEnoughReplicas { shard: String, isr: u32, min: u32 },
+    /// A replication request named another leader epoch than the replica holds: the side with
+    /// the older epoch learns the new one from the router and retries.
+    #[error("{shard}: leader epoch {theirs} asked, this replica is at leader epoch {ours}")]
+    LeaderEpochMismatch {
+        shard: String,
+        ours: u64,
+        theirs: u64,
+    },
 }
 
 impl ErrorKind {
@@ -123,6 +136,8 @@ impl ErrorKind {
                 | ErrorKind::ShuttingDown
                 | ErrorKind::TooManyConnections { .. }
                 | ErrorKind::StorageFull { .. }
+                | ErrorKind::NotEnoughReplicas { .. }
+                | ErrorKind::LeaderEpochMismatch { .. }
         )
     }
 }

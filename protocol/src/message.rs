@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{RecordBatch, StoredBatch};
 use crate::error::ErrorKind;
-use crate::types::{BrokerAddr, BrokerId, Epoch, Offset, ShardId};
+use crate::types::{BrokerAddr, BrokerId, Epoch, LeaderEpoch, Offset, ShardId};
 
 /// A request frame: the client picks `correlation_id`, unique among its requests in flight.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,10 +28,15 @@ pub struct ResponseEnvelope {
 /// When the producer's acknowledgement is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Acks {
-    /// After the broker's durability policy (`--fsync`) is satisfied.
+    /// Once the batch is below the shard's high watermark (on every in-sync replica, and the
+    /// in-sync replicas at least the topic's `min_insync`) and durable under the leader's
+    /// `--fsync` policy. The default: an acknowledged record survives the loss of any
+    /// `min_insync - 1` brokers.
     #[default]
     Durable,
-    /// As soon as the batch is appended (in memory); durability follows the policy later.
+    /// Once the leader alone holds the batch under its `--fsync` policy; a failover may lose it.
+    Leader,
+    /// As soon as the leader appended the batch (in memory); durability follows later.
     Appended,
 }
 
@@ -87,6 +92,35 @@ pub struct ShardReport {
     pub bytes: u64,
     /// Committed offset per consumer group.
     pub groups: Vec<(String, Offset)>,
+    /// This broker's part in the shard's replication.
+    pub role: ReplicaRole,
+    pub leader_epoch: LeaderEpoch,
+    /// Offsets below this are on every in-sync replica (what readers may see).
+    pub high_watermark: Offset,
+    /// On the leader: each follower's progress.
+    pub followers: Vec<FollowerProgress>,
+}
+
+/// A broker's part in one shard's replication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaRole {
+    Leader,
+    Follower,
+    /// Held but neither leading nor following (e.g. dropped from the replica set, or a shard
+    /// being imported).
+    Idle,
+}
+
+/// A leader's view of one follower.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerProgress {
+    pub broker: BrokerId,
+    /// The follower's log end as of its last fetch in the current leader epoch (None: no fetch
+    /// yet).
+    pub end: Option<Offset>,
+    /// Records it is behind the leader's end.
+    pub lag: u64,
+    pub in_sync: bool,
 }
 
 /// Sent by a broker with every heartbeat.
@@ -104,10 +138,15 @@ pub struct ShardRoute {
     pub shard: ShardId,
     /// In a routing table (Metadata): None while the shard has no live owner (e.g. its broker is
     /// down), so clients do not send there. In Status and DescribeTopic answers: the owner even
-    /// when it is down, so operators see where the shard's data is.
+    /// when it is down, so operators see where the shard's data is. The shard's leader.
     pub owner: Option<BrokerAddr>,
     /// True while the shard is being moved (writes may pause briefly).
     pub moving: bool,
+    pub leader_epoch: LeaderEpoch,
+    /// Every broker holding a replica, the preferred leader first.
+    pub replicas: Vec<BrokerId>,
+    /// The in-sync replicas: the ones a new leader may be elected from.
+    pub isr: Vec<BrokerId>,
 }
 
 /// The routing table: every shard of the requested topics and its owner, as of `epoch`.
@@ -132,6 +171,10 @@ impl RoutingTable {
 pub struct TopicInfo {
     pub name: String,
     pub partitions: u32,
+    /// Replicas per shard.
+    pub replication_factor: u32,
+    /// In-sync replicas a `durable` produce needs (else `NotEnoughReplicas`).
+    pub min_insync: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -162,11 +205,137 @@ pub struct BrokerInfo {
     pub degraded: Option<String>,
 }
 
-/// Router to broker: own `shard` at `epoch` (creating an empty log if none exists).
+/// Router to broker: hold `shard` at `epoch` (creating an empty log if none exists), leading it
+/// or following its leader as `replication` says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShardAssignment {
     pub shard: ShardId,
     pub epoch: Epoch,
+    pub replication: ReplicaSet,
+}
+
+/// One shard's replication as the controller (the router) decided it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSet {
+    /// None while no replica may lead (every in-sync replica is down).
+    pub leader: Option<BrokerAddr>,
+    pub leader_epoch: LeaderEpoch,
+    /// Every broker holding a replica, the preferred leader first.
+    pub replicas: Vec<BrokerId>,
+    pub isr: Vec<BrokerId>,
+    /// Bumped on every ISR change; a leader's `AlterIsr` names the version it changes.
+    pub isr_version: u64,
+    pub min_insync: u32,
+}
+
+impl ShardAssignment {
+    /// An unreplicated shard led by broker `leader` (a standalone broker's assignment), at
+    /// leader epoch `epoch`.
+    pub fn sole(shard: ShardId, epoch: Epoch, leader: BrokerId) -> ShardAssignment {
+        let addr = BrokerAddr {
+            id: leader,
+            addr: String::new(),
+        };
+        ShardAssignment {
+            shard,
+            epoch,
+            replication: ReplicaSet::sole(addr, epoch),
+        }
+    }
+}
+
+impl ReplicaSet {
+    /// A shard with one replica, led by `leader`.
+    pub fn sole(leader: BrokerAddr, leader_epoch: LeaderEpoch) -> ReplicaSet {
+        ReplicaSet {
+            replicas: vec![leader.id],
+            isr: vec![leader.id],
+            leader: Some(leader),
+            leader_epoch,
+            isr_version: 0,
+            min_insync: 1,
+        }
+    }
+
+    pub fn leader_id(&self) -> Option<BrokerId> {
+        self.leader.as_ref().map(|l| l.id)
+    }
+}
+
+/// A follower's position in one shard, in a [`ReplicaFetchRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPosition {
+    pub shard: ShardId,
+    /// The leader epoch the follower believes current; the leader refuses another.
+    pub leader_epoch: LeaderEpoch,
+    /// The follower's log end: it has every offset below.
+    pub fetch_offset: Offset,
+    /// The epoch of the follower's last entry (None: empty log). The leader answers `diverging`
+    /// when its log disagrees there.
+    pub last_epoch: Option<LeaderEpoch>,
+    /// The follower's durable end (what it could lose in a crash is not counted in sync).
+    pub durable_end: Offset,
+    /// The version of the group offsets the follower holds (see `ReplicaData::groups`).
+    pub groups_version: (LeaderEpoch, u64),
+}
+
+/// Follower to leader: every shard the two share, in one request (one stream per broker pair).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaFetchRequest {
+    pub follower: BrokerId,
+    pub positions: Vec<ReplicaPosition>,
+    /// Soft cap on the bytes of batches returned (per request).
+    pub max_bytes: u32,
+    /// Long poll: wait up to this long for any shard to have something new.
+    pub max_wait_ms: u32,
+}
+
+/// The leader's answer for one shard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaData {
+    pub high_watermark: Offset,
+    /// Set when the follower's log disagrees with the leader's at its end: truncate to where
+    /// the follower's log for `epoch` ends, at most `end_offset`, and fetch again.
+    pub diverging: Option<(LeaderEpoch, Offset)>,
+    pub batches: Vec<StoredBatch>,
+    /// The leader's group offsets when they changed since the follower's `groups_version`
+    /// (complete when the version's epoch differs, else the changed groups).
+    pub groups: Vec<(String, Offset)>,
+    pub groups_version: (LeaderEpoch, u64),
+}
+
+/// One shard's answer in a replica fetch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaFetchResult {
+    pub shard: ShardId,
+    pub result: Result<ReplicaData, ErrorKind>,
+}
+
+/// One replica's checksum of a shard's committed records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaChecksum {
+    pub broker: BrokerId,
+    pub role: ReplicaRole,
+    /// The checksum covers offsets `start..end`.
+    pub start: Offset,
+    pub end: Offset,
+    pub records: u64,
+    /// FNV-1a 64 over every record's offset, timestamp, key and value.
+    pub checksum: u64,
+    /// Why this replica could not answer.
+    pub error: Option<String>,
+}
+
+/// What an election did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Election {
+    pub shard: ShardId,
+    pub leader: BrokerId,
+    pub leader_epoch: LeaderEpoch,
+    /// Unclean: the new leader was not in sync; records the old in-sync replicas held beyond
+    /// its end may be lost (the router's last report of how many, when known).
+    pub unclean: bool,
+    pub may_lose: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,6 +443,10 @@ pub enum Request {
     CreateTopic {
         name: String,
         partitions: u32,
+        /// None: the router's `--default-replication-factor` (capped at the live brokers).
+        replication_factor: Option<u32>,
+        /// None: a majority of the replication factor.
+        min_insync: Option<u32>,
     },
     ListTopics,
     DescribeTopic {
@@ -362,6 +535,30 @@ pub enum Request {
     ReplaceBroker {
         id: BrokerId,
     },
+
+    // ---- replication ----
+    /// Follower to leader: the follower's positions; the leader answers with what follows.
+    ReplicaFetch(ReplicaFetchRequest),
+    /// Leader to router: change `shard`'s ISR (compare-and-set on the leader epoch and version).
+    AlterIsr {
+        broker: BrokerId,
+        shard: ShardId,
+        leader_epoch: LeaderEpoch,
+        isr_version: u64,
+        isr: Vec<BrokerId>,
+    },
+    /// Admin (router): elect a leader for `shard` now; `unclean` allows a replica outside the
+    /// ISR (records only the old in-sync replicas held may be lost).
+    ElectLeader {
+        shard: ShardId,
+        unclean: bool,
+    },
+    /// Router: one checksum per replica of `shard`'s committed records. Broker: its own
+    /// checksum of `shard` over offsets below `upto` (None: its high watermark).
+    ShardChecksum {
+        shard: ShardId,
+        upto: Option<Offset>,
+    },
 }
 
 impl Request {
@@ -394,6 +591,10 @@ impl Request {
             Request::FenceShard { .. } => "fence-shard",
             Request::UnfenceShard { .. } => "unfence-shard",
             Request::ReplaceBroker { .. } => "replace-broker",
+            Request::ReplicaFetch(_) => "replica-fetch",
+            Request::AlterIsr { .. } => "alter-isr",
+            Request::ElectLeader { .. } => "elect-leader",
+            Request::ShardChecksum { .. } => "shard-checksum",
         }
     }
 
@@ -427,7 +628,11 @@ impl Request {
             | Request::ExportMeta { .. }
             | Request::FenceShard { .. }
             | Request::UnfenceShard { .. }
-            | Request::ReplaceBroker { .. } => Access::Control,
+            | Request::ReplaceBroker { .. }
+            | Request::ReplicaFetch(_)
+            | Request::AlterIsr { .. }
+            | Request::ElectLeader { .. }
+            | Request::ShardChecksum { .. } => Access::Control,
         }
     }
 
@@ -526,6 +731,10 @@ pub enum Response {
         epoch: Epoch,
         /// The router's cluster id: a broker with a fresh data directory records it there.
         cluster: String,
+        /// The broker's leader lease: it stops acknowledging writes this long after sending the
+        /// last heartbeat the router answered. Shorter than the router's down timeout, so a
+        /// leader cut off from the router stops before another replica is elected.
+        lease_ms: u64,
     },
     HeartbeatAck {
         epoch: Epoch,
@@ -552,6 +761,12 @@ pub enum Response {
         id: BrokerId,
         shards: Vec<ShardId>,
     },
+    ReplicaFetched(Vec<ReplicaFetchResult>),
+    IsrAltered {
+        isr_version: u64,
+    },
+    Elected(Election),
+    Checksums(Vec<ReplicaChecksum>),
 }
 
 impl Response {
@@ -579,6 +794,10 @@ impl Response {
             Response::Meta(_) => "meta",
             Response::Fenced { .. } => "fenced",
             Response::BrokerReplaced { .. } => "broker-replaced",
+            Response::ReplicaFetched(_) => "replica-fetched",
+            Response::IsrAltered { .. } => "isr-altered",
+            Response::Elected(_) => "elected",
+            Response::Checksums(_) => "checksums",
         }
     }
 }

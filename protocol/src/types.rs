@@ -10,6 +10,12 @@ pub type BrokerId = u32;
 pub type Offset = u64;
 /// Routing epoch: bumped by the router every time any shard changes owner or a topic is created.
 pub type Epoch = u64;
+/// Leader epoch of one shard: bumped by the router every time the shard's leader changes. Every
+/// stored batch carries the leader epoch that appended it, so replicas can find where their logs
+/// diverge (Kafka's KIP-101).
+pub type LeaderEpoch = u64;
+/// Most replicas a shard may have.
+pub const MAX_REPLICATION_FACTOR: u32 = 5;
 
 /// Longest topic name accepted.
 pub const MAX_TOPIC_LEN: usize = 128;

@@ -87,6 +87,8 @@ impl Service for TestService {
                 return Ok(Response::TopicCreated(TopicInfo {
                     name,
                     partitions: 0,
+                    replication_factor: 1,
+                    min_insync: 1,
                 }));
             }
             if let Some(n) = name.strip_prefix("big:") {
@@ -96,6 +98,8 @@ impl Service for TestService {
                 return Ok(Response::TopicCreated(TopicInfo {
                     name: "x".repeat(n),
                     partitions: 0,
+                    replication_factor: 1,
+                    min_insync: 1,
                 }));
             }
             let n: u64 = name.parse().map_err(|_| ErrorKind::BadRequest {
@@ -111,6 +115,8 @@ impl Service for TestService {
             Ok(Response::TopicCreated(TopicInfo {
                 name,
                 partitions: completion,
+                replication_factor: 1,
+                min_insync: 1,
             }))
         })
     }
@@ -242,7 +248,9 @@ async fn ten_thousand_pipelined_requests_match_and_complete_out_of_order() {
     {
         let (i, res) = joined.expect("request task panicked");
         match res {
-            Ok(Response::TopicCreated(TopicInfo { name, partitions })) => {
+            Ok(Response::TopicCreated(TopicInfo {
+                name, partitions, ..
+            })) => {
                 assert_eq!(
                     name,
                     i.to_string(),

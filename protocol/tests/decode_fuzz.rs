@@ -46,6 +46,8 @@ fn sample_fetched() -> ResponseEnvelope {
             stable_end: 10,
             batches: vec![StoredBatch {
                 base_offset: 10,
+                leader_epoch: 0,
+                producer: None,
                 batch: b.finish(),
             }],
         }),

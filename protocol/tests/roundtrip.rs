@@ -38,6 +38,13 @@ fn sample_batch() -> RecordBatch {
 fn sample_stored(base: Offset) -> StoredBatch {
     StoredBatch {
         base_offset: base,
+        leader_epoch: 7,
+        producer: Some(ProducerState {
+            producer_id: 77,
+            last_sequence: 5,
+            base_offset: base,
+            count: 3,
+        }),
         batch: sample_batch(),
     }
 }
@@ -51,6 +58,23 @@ fn sample_report() -> ShardReport {
         end_offset: 12_345,
         bytes: 9_999_999,
         groups: vec![("billing".into(), 77), ("audit".into(), 12_000)],
+        role: ReplicaRole::Leader,
+        leader_epoch: 4,
+        high_watermark: 12_000,
+        followers: vec![
+            FollowerProgress {
+                broker: 2,
+                end: Some(12_300),
+                lag: 45,
+                in_sync: true,
+            },
+            FollowerProgress {
+                broker: 3,
+                end: None,
+                lag: 12_345,
+                in_sync: false,
+            },
+        ],
     }
 }
 
@@ -76,6 +100,9 @@ fn sample_route(p: u32) -> ShardRoute {
         shard: shard("orders", p),
         owner: Some(broker(p)),
         moving: p == 2,
+        leader_epoch: 0,
+        replicas: vec![],
+        isr: vec![],
     }
 }
 
@@ -83,6 +110,8 @@ fn sample_topic() -> TopicInfo {
     TopicInfo {
         name: "orders".into(),
         partitions: 3,
+        replication_factor: 1,
+        min_insync: 1,
     }
 }
 
@@ -127,9 +156,24 @@ fn request_variant(r: &Request) -> usize {
         Request::UnfenceShard { .. } => 23,
         Request::Authenticate { .. } => 24,
         Request::ReplaceBroker { .. } => 25,
+        Request::ReplicaFetch(_) => 26,
+        Request::AlterIsr { .. } => 27,
+        Request::ElectLeader { .. } => 28,
+        Request::ShardChecksum { .. } => 29,
     }
 }
-const REQUEST_VARIANTS: usize = 26;
+const REQUEST_VARIANTS: usize = 30;
+
+fn sample_replica_set() -> ReplicaSet {
+    ReplicaSet {
+        leader: Some(broker(2)),
+        leader_epoch: 9,
+        replicas: vec![2, 1, 3],
+        isr: vec![2, 3],
+        isr_version: 14,
+        min_insync: 2,
+    }
+}
 
 fn sample_requests() -> Vec<Request> {
     vec![
@@ -180,6 +224,8 @@ fn sample_requests() -> Vec<Request> {
         Request::CreateTopic {
             name: "payments".into(),
             partitions: 12,
+            replication_factor: None,
+            min_insync: None,
         },
         Request::ListTopics,
         Request::DescribeTopic {
@@ -211,11 +257,9 @@ fn sample_requests() -> Vec<Request> {
                 ShardAssignment {
                     shard: shard("orders", 1),
                     epoch: 33,
+                    replication: sample_replica_set(),
                 },
-                ShardAssignment {
-                    shard: shard("orders", 2),
-                    epoch: 32,
-                },
+                ShardAssignment::sole(shard("orders", 2), 32, 4),
             ],
         },
         Request::ImportShard {
@@ -246,6 +290,44 @@ fn sample_requests() -> Vec<Request> {
             move_id: 13,
         },
         Request::ReplaceBroker { id: 4 },
+        Request::ReplicaFetch(ReplicaFetchRequest {
+            follower: 3,
+            positions: vec![
+                ReplicaPosition {
+                    shard: shard("orders", 1),
+                    leader_epoch: 9,
+                    fetch_offset: 1_000,
+                    last_epoch: Some(8),
+                    durable_end: 990,
+                    groups_version: (9, 4),
+                },
+                ReplicaPosition {
+                    shard: shard("orders", 2),
+                    leader_epoch: 1,
+                    fetch_offset: 0,
+                    last_epoch: None,
+                    durable_end: 0,
+                    groups_version: (0, 0),
+                },
+            ],
+            max_bytes: 1 << 20,
+            max_wait_ms: 500,
+        }),
+        Request::AlterIsr {
+            broker: 2,
+            shard: shard("orders", 1),
+            leader_epoch: 9,
+            isr_version: 14,
+            isr: vec![2, 1, 3],
+        },
+        Request::ElectLeader {
+            shard: shard("orders", 1),
+            unclean: true,
+        },
+        Request::ShardChecksum {
+            shard: shard("orders", 1),
+            upto: Some(12_000),
+        },
     ]
 }
 
@@ -274,9 +356,13 @@ fn response_variant(r: &Response) -> usize {
         Response::Fenced { .. } => 19,
         Response::Authenticated => 20,
         Response::BrokerReplaced { .. } => 21,
+        Response::ReplicaFetched(_) => 22,
+        Response::IsrAltered { .. } => 23,
+        Response::Elected(_) => 24,
+        Response::Checksums(_) => 25,
     }
 }
-const RESPONSE_VARIANTS: usize = 22;
+const RESPONSE_VARIANTS: usize = 26;
 
 fn sample_responses() -> Vec<Response> {
     vec![
@@ -315,6 +401,9 @@ fn sample_responses() -> Vec<Response> {
                     shard: shard("orders", 3),
                     owner: None,
                     moving: false,
+                    leader_epoch: 0,
+                    replicas: vec![],
+                    isr: vec![],
                 },
             ],
         }),
@@ -324,6 +413,8 @@ fn sample_responses() -> Vec<Response> {
             TopicInfo {
                 name: "events".into(),
                 partitions: 64,
+                replication_factor: 1,
+                min_insync: 1,
             },
         ]),
         Response::Topic(TopicDescription {
@@ -349,12 +440,14 @@ fn sample_responses() -> Vec<Response> {
         Response::Registered {
             epoch: 46,
             cluster: "c0ffee00-1111-4222-8333-444455556666".into(),
+            lease_ms: 1000,
         },
         Response::HeartbeatAck {
             epoch: 47,
             assignments: vec![ShardAssignment {
                 shard: shard("orders", 1),
                 epoch: 47,
+                replication: sample_replica_set(),
             }],
         },
         Response::Ok,
@@ -379,6 +472,64 @@ fn sample_responses() -> Vec<Response> {
             id: 4,
             shards: vec![shard("orders", 1), shard("orders", 3)],
         },
+        Response::ReplicaFetched(vec![
+            ReplicaFetchResult {
+                shard: shard("orders", 1),
+                result: Ok(ReplicaData {
+                    high_watermark: 990,
+                    diverging: None,
+                    batches: vec![sample_stored(1_000)],
+                    groups: vec![("billing".into(), 800)],
+                    groups_version: (9, 5),
+                }),
+            },
+            ReplicaFetchResult {
+                shard: shard("orders", 2),
+                result: Ok(ReplicaData {
+                    high_watermark: 0,
+                    diverging: Some((3, 120)),
+                    batches: vec![],
+                    groups: vec![],
+                    groups_version: (1, 0),
+                }),
+            },
+            ReplicaFetchResult {
+                shard: shard("orders", 3),
+                result: Err(ErrorKind::LeaderEpochMismatch {
+                    shard: "orders:P3".into(),
+                    ours: 4,
+                    theirs: 5,
+                }),
+            },
+        ]),
+        Response::IsrAltered { isr_version: 15 },
+        Response::Elected(Election {
+            shard: shard("orders", 1),
+            leader: 3,
+            leader_epoch: 10,
+            unclean: true,
+            may_lose: Some(42),
+        }),
+        Response::Checksums(vec![
+            ReplicaChecksum {
+                broker: 2,
+                role: ReplicaRole::Leader,
+                start: 0,
+                end: 12_000,
+                records: 12_000,
+                checksum: 0xdead_beef_f00d,
+                error: None,
+            },
+            ReplicaChecksum {
+                broker: 3,
+                role: ReplicaRole::Idle,
+                start: 0,
+                end: 0,
+                records: 0,
+                checksum: 0,
+                error: Some("cannot connect".into()),
+            },
+        ]),
     ]
 }
 
@@ -411,9 +562,11 @@ fn error_variant(e: &ErrorKind) -> usize {
         ErrorKind::IdentityConflict { .. } => 23,
         ErrorKind::WrongCluster { .. } => 24,
         ErrorKind::StorageFull { .. } => 25,
+        ErrorKind::NotEnoughReplicas { .. } => 26,
+        ErrorKind::LeaderEpochMismatch { .. } => 27,
     }
 }
-const ERROR_VARIANTS: usize = 26;
+const ERROR_VARIANTS: usize = 28;
 
 fn sample_errors() -> Vec<ErrorKind> {
     vec![
@@ -505,6 +658,16 @@ fn sample_errors() -> Vec<ErrorKind> {
         ErrorKind::StorageFull {
             broker: 2,
             reason: "No space left on device (os error 28)".into(),
+        },
+        ErrorKind::NotEnoughReplicas {
+            shard: "orders:P1".into(),
+            isr: 1,
+            min: 2,
+        },
+        ErrorKind::LeaderEpochMismatch {
+            shard: "orders:P1".into(),
+            ours: 4,
+            theirs: 3,
         },
     ]
 }
@@ -761,6 +924,15 @@ fn arb_error() -> impl Strategy<Value = ErrorKind> {
             }
         }),
         (any::<u32>(), ".*").prop_map(|(broker, reason)| ErrorKind::StorageFull { broker, reason }),
+        (".*", any::<u32>(), any::<u32>())
+            .prop_map(|(shard, isr, min)| ErrorKind::NotEnoughReplicas { shard, isr, min }),
+        (".*", any::<u64>(), any::<u64>()).prop_map(|(shard, ours, theirs)| {
+            ErrorKind::LeaderEpochMismatch {
+                shard,
+                ours,
+                theirs,
+            }
+        }),
     ]
 }
 
@@ -839,7 +1011,7 @@ proptest! {
     ) {
         let batches: Vec<StoredBatch> = stored
             .iter()
-            .map(|(base, recs)| StoredBatch { base_offset: *base, batch: RecordBatch::from_records(recs) })
+            .map(|(base, recs)| StoredBatch { base_offset: *base, leader_epoch: *base % 7, producer: None, batch: RecordBatch::from_records(recs) })
             .collect();
         let env = ResponseEnvelope {
             correlation_id: id,

@@ -30,6 +30,8 @@ impl Service for Echo {
                 Request::DescribeTopic { name } => Response::TopicCreated(TopicInfo {
                     name,
                     partitions: 1,
+                    replication_factor: 1,
+                    min_insync: 1,
                 }),
                 _ => Response::Ok,
             })
@@ -175,6 +177,8 @@ async fn control_needs_the_secret_and_the_data_plane_is_closed_unless_opened() {
         anon.request(Request::CreateTopic {
             name: "T".into(),
             partitions: 1,
+            replication_factor: None,
+            min_insync: None,
         })
         .await,
     );

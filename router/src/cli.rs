@@ -35,10 +35,14 @@ pub struct RouterArgs {
     /// slack) or bounded:EPS (each broker holds at most ceil((1+EPS) x fair share)).
     #[arg(long, default_value_t = RingConfig::default().mode)]
     pub placement: PlacementMode,
-    /// A broker without a heartbeat for this many milliseconds is down (its shards have no owner
-    /// until it comes back).
-    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// A broker without a heartbeat for this many milliseconds is down: the shards it led elect
+    /// new leaders from their in-sync replicas. Brokers get a leader lease of 2/3 of this.
+    #[arg(long, default_value_t = crate::DEFAULT_BROKER_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub broker_timeout_ms: u64,
+    /// Replicas per shard of a topic created without `--replication-factor` (capped at the
+    /// brokers up when the topic is created).
+    #[arg(long, default_value_t = crate::DEFAULT_REPLICATION_FACTOR, value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub default_replication_factor: u32,
     /// Deadline in milliseconds of a request the router sends to a broker (a proxied fetch gets
     /// its long-poll wait on top).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -85,6 +89,7 @@ impl RouterArgs {
                 mode: self.placement,
             },
             broker_timeout: Duration::from_millis(self.broker_timeout_ms),
+            default_replication_factor: self.default_replication_factor,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_frame: self.max_frame_bytes,
             // Bounded to 1..=1000 by the parser.
@@ -168,7 +173,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.listen, "127.0.0.1:7400");
         assert_eq!(c.ring, RingConfig::default());
-        assert_eq!(c.broker_timeout, Duration::from_secs(3));
+        assert_eq!(c.broker_timeout, Duration::from_secs(1));
         assert_eq!(c.max_moves, 2);
         assert_eq!(c.move_timeout, Duration::from_secs(30));
         let c = Cli::parse_from([

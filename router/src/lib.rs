@@ -16,6 +16,7 @@ mod identity;
 mod liveness;
 mod pool;
 mod rebalance;
+mod replication;
 mod service;
 mod state;
 mod store;
@@ -43,7 +44,10 @@ pub use crate::store::StoreError;
 /// Default address the router listens on.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 /// Default time without a heartbeat after which a broker is Down.
-pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Replicas per shard of a topic created without `--replication-factor`. One until replicated
+/// shards move with joins and leaves (they stay where they are placed for now).
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 1;
 /// Default deadline of a request the router sends to a broker (proxied or its own).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of shard moves in flight at once.
@@ -76,6 +80,9 @@ pub struct RouterConfig {
     /// The cluster secret, the open data plane and the connection limits of the listener; the
     /// secret is also what the router proves to brokers.
     pub listener: Listener,
+    /// Replicas per shard of a topic created without `--replication-factor` (capped at the
+    /// brokers up when it is created).
+    pub default_replication_factor: u32,
 }
 
 impl RouterConfig {
@@ -91,6 +98,7 @@ impl RouterConfig {
             max_moves: DEFAULT_MAX_MOVES,
             move_timeout: DEFAULT_MOVE_TIMEOUT,
             listener: Listener::default(),
+            default_replication_factor: DEFAULT_REPLICATION_FACTOR,
         }
     }
 }
@@ -200,7 +208,8 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         // On disk before any broker can record it: a crash must not give the cluster another id.
         store.flush().await?;
     }
-    let state = State::restore(snap, config.ring.clone(), tokio::time::Instant::now());
+    let mut state = State::restore(snap, config.ring.clone(), tokio::time::Instant::now());
+    state.default_replication_factor = config.default_replication_factor;
     let cluster = state.identities.cluster().to_string();
     let (epoch, members, topics, moves) = (
         state.epoch,

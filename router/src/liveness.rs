@@ -26,8 +26,11 @@ pub(crate) async fn liveness_task(shared: Arc<Shared>) {
             for id in expired {
                 warn!(
                     broker = id,
-                    "no heartbeat for {timeout:?}: broker is down; its shards have no owner until it returns"
+                    "no heartbeat for {timeout:?}: broker is down; its shards elect new leaders from their in-sync replicas"
                 );
+                // Concurrently: the pushes to a broker that hangs must not hold up detection.
+                let shared = shared.clone();
+                tokio::spawn(async move { shared.fail_over(Some(id)).await });
             }
         }
     }

@@ -571,12 +571,19 @@ impl Driver {
             } else {
                 down_since = None;
             }
-            let epoch = self.shared.state().epoch;
+            let (epoch, set) = {
+                let st = self.shared.state();
+                (st.epoch, st.replica_set(&m.shard))
+            };
+            let Some(replication) = set else {
+                break;
+            };
             let request = Request::AssignShards {
                 epoch,
                 shards: vec![ShardAssignment {
                     shard: m.shard.clone(),
                     epoch,
+                    replication,
                 }],
             };
             match self.shared.ask(&dest, request).await {

@@ -24,13 +24,13 @@ use crate::state::{Created, Pushes};
 use crate::store::{Op, StoreError};
 use crate::Shared;
 
-fn storage(e: StoreError) -> ErrorKind {
+pub(crate) fn storage(e: StoreError) -> ErrorKind {
     ErrorKind::Storage {
         reason: e.to_string(),
     }
 }
 
-fn done(result: Result<Response, ErrorKind>) -> ServiceFuture {
+pub(crate) fn done(result: Result<Response, ErrorKind>) -> ServiceFuture {
     Box::pin(ready(result))
 }
 
@@ -53,7 +53,21 @@ impl Service for Shared {
             Request::Metadata { topics } => {
                 done(self.state().routing_table(&topics).map(Response::Routing))
             }
-            Request::CreateTopic { name, partitions } => self.create_topic(name, partitions),
+            Request::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                min_insync,
+            } => self.create_topic(name, partitions, replication_factor, min_insync),
+            Request::AlterIsr {
+                broker,
+                shard,
+                leader_epoch,
+                isr_version,
+                isr,
+            } => self.alter_isr(broker, shard, leader_epoch, isr_version, isr),
+            Request::ElectLeader { shard, unclean } => self.elect(shard, unclean),
+            Request::ShardChecksum { shard, .. } => self.checksums(shard),
             Request::ListTopics => done(Ok(Response::Topics(self.state().topic_list()))),
             Request::DescribeTopic { name } => {
                 done(self.state().describe(&name).map(Response::Topic))
@@ -138,6 +152,7 @@ impl Shared {
         {
             self.kick_rebalancer();
         }
+        let restarted = was.is_some();
         match was {
             None => info!(broker = id, %addr, weight, "broker registered"),
             Some((old, status)) => {
@@ -149,12 +164,22 @@ impl Shared {
             if !unchanged {
                 shared.store.flush().await.map_err(storage)?;
             }
-            Ok(Response::Registered { epoch, cluster })
+            // Every registration is a new broker process: whatever it led may have lost what it
+            // had not synced, so its shards get new leader epochs (and other leaders where an
+            // in-sync replica is up) before it may lead again.
+            if restarted {
+                shared.fail_over(Some(id)).await;
+            }
+            Ok(Response::Registered {
+                epoch,
+                cluster,
+                lease_ms: lease_ms(shared.config.broker_timeout),
+            })
         })
     }
 
     fn heartbeat(
-        &self,
+        self: &Arc<Self>,
         id: BrokerId,
         uuid: &str,
         report: BrokerReport,
@@ -176,6 +201,9 @@ impl Shared {
             })?;
         if revived {
             self.kick_rebalancer();
+            // Offline shards whose in-sync replica this was can elect it now.
+            let shared = self.clone();
+            tokio::spawn(async move { shared.fail_over(None).await });
             info!(
                 broker = id,
                 "heartbeat from a broker that was down: it is up again"
@@ -184,18 +212,27 @@ impl Shared {
         Ok(Response::HeartbeatAck { epoch, assignments })
     }
 
-    fn create_topic(self: &Arc<Self>, name: String, partitions: u32) -> ServiceFuture {
+    fn create_topic(
+        self: &Arc<Self>,
+        name: String,
+        partitions: u32,
+        replication_factor: Option<u32>,
+        min_insync: Option<u32>,
+    ) -> ServiceFuture {
         let result = {
             let mut st = self.state();
-            st.create_topic(&name, partitions, |ops| self.persist(ops))
-                .map(|c| (c, st.epoch))
+            st.create_topic(&name, partitions, replication_factor, min_insync, |ops| {
+                self.persist(ops)
+            })
+            .map(|c| (c, st.epoch))
         };
         let (info, pushes, epoch) = match result {
             Ok((Created::Existing(info), _)) => return done(Ok(Response::TopicCreated(info))),
             Ok((Created::New { info, pushes, .. }, epoch)) => (info, pushes, epoch),
             Err(e) => return done(Err(e)),
         };
-        info!(topic = %info.name, partitions, epoch, "topic created");
+        info!(topic = %info.name, partitions, replication_factor = info.replication_factor,
+            min_insync = info.min_insync, epoch, "topic created");
         let shared = self.clone();
         Box::pin(async move {
             shared.store.flush().await.map_err(storage)?;
@@ -344,6 +381,12 @@ impl Shared {
     }
 }
 
+/// The leader lease a broker is granted: 2/3 of the time after which the router declares it
+/// down, so a leader cut off from the router stops acknowledging before another is elected.
+pub(crate) fn lease_ms(broker_timeout: Duration) -> u64 {
+    (broker_timeout.as_millis() as u64 * 2 / 3).max(1)
+}
+
 async fn forward(
     pool: &BrokerPool,
     owner: &BrokerAddr,
@@ -365,7 +408,7 @@ async fn forward(
 }
 
 /// Sends every owner its complete assignment, concurrently; failures are logged only.
-async fn push(pool: &BrokerPool, epoch: Epoch, pushes: Pushes, timeout: Duration) {
+pub(crate) async fn push(pool: &BrokerPool, epoch: Epoch, pushes: Pushes, timeout: Duration) {
     let sends = pushes.into_iter().map(|(broker, shards)| async move {
         let n = shards.len();
         let request = Request::AssignShards { epoch, shards };

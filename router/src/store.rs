@@ -2,7 +2,7 @@
 //! routing epoch and the ring parameters last used, so that a router restart loses nothing.
 //!
 //! Layout: one tree, keys prefixed by kind (`member/<id BE>`, `removed/<id BE>`, `topic/<name>`,
-//! `shard/<T:Pn>`, `move/<id BE>`, `drop/<broker BE><T:Pn>`, `uuid/<id BE>`, `epoch`, `ring`,
+//! `shard/<T:Pn>`, `replicas/<T:Pn>`, `move/<id BE>`, `drop/<broker BE><T:Pn>`, `uuid/<id BE>`, `epoch`, `ring`,
 //! `move-seq`, `cluster`), values
 //! encoded with the protocol's bincode codec. Everything one admin
 //! operation changes goes in one `sled::Batch`, which sled applies atomically, so a crash never
@@ -14,6 +14,16 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use shardq_protocol::codec::{decode, encode};
 use shardq_protocol::{BrokerId, Epoch, MovePhase, MoveProgress, ShardId};
+
+pub use crate::state::Replicas;
+
+/// A topic's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub min_insync: u32,
+}
 use shardq_ring::RingConfig;
 use thiserror::Error;
 
@@ -21,6 +31,8 @@ const TREE: &str = "router-meta";
 const MEMBER: &[u8] = b"member/";
 const TOPIC: &[u8] = b"topic/";
 const SHARD: &[u8] = b"shard/";
+/// A shard's replica set, ISR, leader and leader epoch.
+const REPLICAS: &[u8] = b"replicas/";
 const EPOCH: &[u8] = b"epoch";
 const RING: &[u8] = b"ring";
 const MOVE: &[u8] = b"move/";
@@ -126,7 +138,11 @@ pub enum Op {
     DeleteMember(BrokerId),
     PutTopic {
         name: String,
-        partitions: u32,
+        config: TopicConfig,
+    },
+    PutReplicas {
+        shard: ShardId,
+        replicas: Replicas,
     },
     PutOwner {
         shard: ShardId,
@@ -160,8 +176,9 @@ pub struct Snapshot {
     pub members: BTreeMap<BrokerId, MemberRecord>,
     /// Ids of removed brokers (tombstones).
     pub removed: BTreeSet<BrokerId>,
-    pub topics: BTreeMap<String, u32>,
+    pub topics: BTreeMap<String, TopicConfig>,
     pub owners: BTreeMap<ShardId, BrokerId>,
+    pub replicas: BTreeMap<ShardId, Replicas>,
     pub moves: BTreeMap<u64, MoveRecord>,
     pub next_move_id: u64,
     pub drops: Vec<PendingDrop>,
@@ -222,8 +239,25 @@ impl Store {
                 let id: BrokerId = decode(&value).map_err(corrupt)?;
                 snap.removed.insert(id);
             } else if key.starts_with(TOPIC) {
-                let (name, partitions): (String, u32) = decode(&value).map_err(corrupt)?;
-                snap.topics.insert(name, partitions);
+                // Topics from before replication factors: one replica.
+                let (name, config) = decode::<(String, TopicConfig)>(&value)
+                    .or_else(|e| {
+                        decode::<(String, u32)>(&value)
+                            .map(|(n, partitions)| {
+                                let config = TopicConfig {
+                                    partitions,
+                                    replication_factor: 1,
+                                    min_insync: 1,
+                                };
+                                (n, config)
+                            })
+                            .map_err(|_| e)
+                    })
+                    .map_err(corrupt)?;
+                snap.topics.insert(name, config);
+            } else if key.starts_with(REPLICAS) {
+                let (shard, r): (ShardId, Replicas) = decode(&value).map_err(corrupt)?;
+                snap.replicas.insert(shard, r);
             } else if key.starts_with(SHARD) {
                 let (shard, owner): (ShardId, BrokerId) = decode(&value).map_err(corrupt)?;
                 snap.owners.insert(shard, owner);
@@ -252,9 +286,13 @@ impl Store {
                     batch.remove(key(UUID, &id.to_be_bytes()));
                     batch.insert(key(REMOVED, &id.to_be_bytes()), enc(id)?);
                 }
-                Op::PutTopic { name, partitions } => {
-                    batch.insert(key(TOPIC, name.as_bytes()), enc(&(name, partitions))?)
+                Op::PutTopic { name, config } => {
+                    batch.insert(key(TOPIC, name.as_bytes()), enc(&(name, config))?)
                 }
+                Op::PutReplicas { shard, replicas } => batch.insert(
+                    key(REPLICAS, shard.key().as_bytes()),
+                    enc(&(shard, replicas))?,
+                ),
                 Op::PutOwner { shard, owner } => {
                     batch.insert(key(SHARD, shard.key().as_bytes()), enc(&(shard, owner))?)
                 }
@@ -328,7 +366,21 @@ mod tests {
                 }),
                 Op::PutTopic {
                     name: "T1".into(),
-                    partitions: 2,
+                    config: TopicConfig {
+                        partitions: 2,
+                        replication_factor: 3,
+                        min_insync: 2,
+                    },
+                },
+                Op::PutReplicas {
+                    shard: ShardId::new("T1", 2),
+                    replicas: Replicas {
+                        replicas: vec![2, 1, 3],
+                        isr: vec![2, 3],
+                        leader: Some(2),
+                        leader_epoch: 5,
+                        isr_version: 9,
+                    },
                 },
                 Op::PutOwner {
                     shard: ShardId::new("T1", 1),
@@ -358,7 +410,13 @@ mod tests {
         // The removed member is tombstoned, for good.
         assert_eq!(snap.removed.iter().copied().collect::<Vec<_>>(), vec![1]);
         assert!(snap.members[&2].leaving);
-        assert_eq!(snap.topics.get("T1"), Some(&2));
+        assert_eq!(snap.topics.get("T1").map(|t| t.partitions), Some(2));
+        assert_eq!(snap.topics.get("T1").map(|t| t.replication_factor), Some(3));
+        let r = &snap.replicas[&ShardId::new("T1", 2)];
+        assert_eq!(
+            (r.leader, r.leader_epoch, &r.isr),
+            (Some(2), 5, &vec![2, 3])
+        );
         assert_eq!(snap.owners.get(&ShardId::new("T1", 1)), Some(&2));
         assert_eq!(snap.owners.get(&ShardId::new("T1", 2)), Some(&2));
     }

@@ -145,6 +145,8 @@ async fn create(c: &Connection, name: &str, partitions: u32) {
     let req = Request::CreateTopic {
         name: name.into(),
         partitions,
+        replication_factor: None,
+        min_insync: None,
     };
     assert!(matches!(ask(c, req).await, Ok(Response::TopicCreated(_))));
 }

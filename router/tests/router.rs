@@ -38,6 +38,8 @@ async fn create(
         Request::CreateTopic {
             name: name.into(),
             partitions,
+            replication_factor: None,
+            min_insync: None,
         },
     )
     .await
@@ -60,7 +62,9 @@ async fn topic_create_places_every_shard_like_the_ring() {
         answer,
         Response::TopicCreated(shardq_protocol::TopicInfo {
             name: "T1".into(),
-            partitions: 12
+            partitions: 12,
+            replication_factor: 1,
+            min_insync: 1,
         })
     );
     let table = routing(&c, &["T1"]).await;
@@ -274,7 +278,25 @@ async fn silent_broker_goes_down_and_comes_back() {
     b1.resume_heartbeats();
     await_up(&c, &[1, 2]).await;
     let back = routing(&c, &["T"]).await;
-    assert_eq!(back, table);
+    // The same owners and routing epoch; broker 1's shards have a new leader epoch (they were
+    // offline in between, and their leader is elected again).
+    let owners = |t: &shardq_protocol::RoutingTable| {
+        t.shards
+            .iter()
+            .map(|r| (r.shard.clone(), r.owner.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(owners(&back), owners(&table));
+    assert_eq!(back.epoch, table.epoch);
+    for r in &back.shards {
+        let before = table.route(&r.shard).unwrap().leader_epoch;
+        assert_eq!(
+            r.leader_epoch > before,
+            on_1.contains(&r.shard),
+            "{}",
+            r.shard
+        );
+    }
     assert!(matches!(
         ask(&c, produce(shard, b"x")).await,
         Ok(Response::Produced { .. })

@@ -256,10 +256,7 @@ pub async fn assign(conn: &Connection, shard: &ShardId) {
     let r = conn
         .request(Request::AssignShards {
             epoch: 1,
-            shards: vec![ShardAssignment {
-                shard: shard.clone(),
-                epoch: 1,
-            }],
+            shards: vec![ShardAssignment::sole(shard.clone(), 1, 1)],
         })
         .await;
     assert!(matches!(r, Ok(Response::Ok)), "assign: {r:?}");

@@ -32,14 +32,17 @@ pub async fn connect(handle: &BrokerHandle) -> Connection {
         .expect("connects")
 }
 
+/// Assigns `shard` to the standalone broker 1 (it leads it at leader epoch `epoch`).
 pub async fn assign(conn: &Connection, shard: &ShardId, epoch: u64) {
+    assign_to(conn, shard, epoch, 1).await
+}
+
+/// Assigns `shard` to the standalone broker `broker`, which leads it at leader epoch `epoch`.
+pub async fn assign_to(conn: &Connection, shard: &ShardId, epoch: u64, broker: u32) {
     let resp = conn
         .request(Request::AssignShards {
             epoch,
-            shards: vec![ShardAssignment {
-                shard: shard.clone(),
-                epoch,
-            }],
+            shards: vec![ShardAssignment::sole(shard.clone(), epoch, broker)],
         })
         .await
         .expect("assign");

@@ -64,6 +64,8 @@ impl Cluster {
             .admin(Request::CreateTopic {
                 name: name.into(),
                 partitions,
+                replication_factor: None,
+                min_insync: None,
             })
             .await
             .expect("create topic");

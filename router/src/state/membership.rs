@@ -2,11 +2,11 @@
 //! cluster by removal (forced or not), a graceful drain, or being reaped once drained.
 
 use shardq_protocol::{
-    BrokerAddr, BrokerId, BrokerReport, BrokerStatus, Epoch, ErrorKind, ShardAssignment, ShardId,
+    BrokerAddr, BrokerId, BrokerReport, BrokerStatus, Epoch, ErrorKind, ShardAssignment,
 };
 use tokio::time::Instant;
 
-use super::{Leaving, Member, Removed, State, MAX_WEIGHT};
+use super::{Leaving, Member, Removed, Replicas, State, MAX_WEIGHT};
 use crate::store::Op;
 
 impl State {
@@ -120,12 +120,7 @@ impl State {
                 ),
             });
         }
-        let shards: Vec<ShardId> = self
-            .owners
-            .iter()
-            .filter(|(_, o)| **o == id)
-            .map(|(s, _)| s.clone())
-            .collect();
+        let shards = self.held_by(id);
         if shards.is_empty() && !force && self.in_moves(id) {
             // It may be the destination of a move about to flip: removing it now would hand the
             // shard to a non-member and drop the source's copy.
@@ -163,29 +158,66 @@ impl State {
         let placement = self.up_ring(Some(id))?.place(&self.all_keys(&[]));
         let mut moved = Vec::with_capacity(shards.len());
         for shard in &shards {
-            let owner = placement
-                .get(&shard.key())
-                .copied()
-                .ok_or_else(|| ErrorKind::Unavailable {
-                    what: format!("forced removal of broker {id}"),
-                    reason: format!(
-                        "no other broker is up to take its {} shard(s); start or restart a broker first",
-                        shards.len()
-                    ),
-                })?;
-            moved.push((shard.clone(), owner));
+            let mut r = self
+                .replicas_of(shard)
+                .unwrap_or_else(|| Replicas::sole(id, 0));
+            r.replicas.retain(|b| *b != id);
+            r.isr.retain(|b| *b != id);
+            if r.replicas.is_empty() {
+                // Its only copy: re-created empty where the ring says.
+                let owner = placement
+                    .get(&shard.key())
+                    .copied()
+                    .ok_or_else(|| ErrorKind::Unavailable {
+                        what: format!("forced removal of broker {id}"),
+                        reason: format!(
+                            "no other broker is up to take its {} shard(s); start or restart a broker first",
+                            shards.len()
+                        ),
+                    })?;
+                r = Replicas::sole(owner, r.leader_epoch + 1);
+            } else {
+                if r.isr.is_empty() {
+                    // The removed broker was the last in sync: the others may lack records.
+                    r.isr = r.replicas.clone();
+                }
+                if r.leader == Some(id) || r.leader.is_none() {
+                    r.leader = r.replicas.iter().copied().find(|b| {
+                        r.isr.contains(b)
+                            && self
+                                .members
+                                .get(b)
+                                .is_some_and(|m| m.status == BrokerStatus::Up)
+                    });
+                    r.leader_epoch += 1;
+                }
+                r.isr_version += 1;
+            }
+            moved.push((shard.clone(), r));
         }
         let epoch = self.epoch + 1;
         let mut ops = vec![Op::Epoch(epoch), Op::DeleteMember(id)];
-        ops.extend(moved.iter().map(|(shard, owner)| Op::PutOwner {
-            shard: shard.clone(),
-            owner: *owner,
-        }));
+        for (shard, r) in &moved {
+            ops.push(Op::PutOwner {
+                shard: shard.clone(),
+                owner: r.leader.unwrap_or(r.replicas[0]),
+            });
+            ops.push(Op::PutReplicas {
+                shard: shard.clone(),
+                replicas: r.clone(),
+            });
+        }
         persist(&ops)?;
         self.epoch = epoch;
         self.retire(id);
-        self.owners.extend(moved.iter().cloned());
-        let pushes = self.pushes_for(moved.iter().map(|(_, o)| *o));
+        let mut touched = Vec::new();
+        for (shard, r) in moved {
+            touched.extend(r.replicas.iter().copied());
+            self.owners
+                .insert(shard.clone(), r.leader.unwrap_or(r.replicas[0]));
+            self.put_replicas(&shard, r);
+        }
+        let pushes = self.pushes_for(touched);
         Ok(Removed {
             shards,
             pushes,

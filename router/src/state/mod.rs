@@ -12,11 +12,14 @@
 mod membership;
 mod moves;
 mod placement;
+mod replicas;
 mod topics;
 mod views;
 
 #[cfg(test)]
 mod tests;
+
+pub use replicas::Replicas;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -27,7 +30,7 @@ use shardq_ring::RingConfig;
 use tokio::time::Instant;
 
 use crate::identity::Identities;
-use crate::store::{MemberRecord, MoveRecord, Snapshot};
+use crate::store::{MemberRecord, MoveRecord, Snapshot, TopicConfig};
 
 /// Finished moves kept for status (and in the store).
 pub const MOVE_HISTORY: usize = 1000;
@@ -124,8 +127,15 @@ pub struct State {
     /// before it noticed, restarted by a supervisor, or force-removed while down with its old
     /// data) never rejoins, never gets shards back and never offers its stale copies.
     pub removed: BTreeSet<BrokerId>,
-    pub topics: BTreeMap<String, u32>,
+    pub topics: BTreeMap<String, TopicConfig>,
+    /// Each shard's leader (while offline: its last leader). Kept equal to the leader in
+    /// `replicas`, which has the rest of its replication.
     pub owners: BTreeMap<ShardId, BrokerId>,
+    /// Replica set, ISR, leader and leader epoch per shard (shards from before replication
+    /// have no entry: their owner alone, see [`State::replicas_of`]).
+    pub replicas: BTreeMap<ShardId, Replicas>,
+    /// Replication factor of topics created without one (capped at the brokers up then).
+    pub default_replication_factor: u32,
     /// Moves in flight, by id.
     pub moves: BTreeMap<u64, MoveRecord>,
     /// Finished moves, oldest first, at most [`MOVE_HISTORY`].
@@ -175,6 +185,8 @@ impl State {
             removed: snap.removed,
             topics: snap.topics,
             owners: snap.owners,
+            replicas: snap.replicas,
+            default_replication_factor: 1,
             moves: moves.into_iter().map(|m| (m.move_id, m)).collect(),
             history: finished.into_iter().skip(skip).collect(),
             // Never reuse an id, even if the counter was not written (ids start at 1).
@@ -190,14 +202,17 @@ impl State {
         }
     }
 
-    /// The complete set of shards `id` must own, at the current epoch.
+    /// The complete set of shards `id` must hold (lead or follow), at the current epoch.
     pub fn assignments_of(&self, id: BrokerId) -> Vec<ShardAssignment> {
         self.owners
-            .iter()
-            .filter(|(_, o)| **o == id)
-            .map(|(shard, _)| ShardAssignment {
-                shard: shard.clone(),
-                epoch: self.epoch,
+            .keys()
+            .filter_map(|shard| {
+                let set = self.replica_set(shard)?;
+                set.replicas.contains(&id).then(|| ShardAssignment {
+                    shard: shard.clone(),
+                    epoch: self.epoch,
+                    replication: set,
+                })
             })
             .collect()
     }
@@ -225,6 +240,18 @@ impl State {
             .iter()
             .filter(|(_, o)| **o == id)
             .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    /// Shards of which `id` holds a replica (leader or follower).
+    pub(crate) fn held_by(&self, id: BrokerId) -> Vec<ShardId> {
+        self.owners
+            .keys()
+            .filter(|s| {
+                self.replicas_of(s)
+                    .is_some_and(|r| r.replicas.contains(&id))
+            })
+            .cloned()
             .collect()
     }
 

@@ -10,7 +10,7 @@ use shardq_protocol::{
 use shardq_ring::{diff, Assignment};
 use tokio::time::Instant;
 
-use super::{DueDrop, Member, State, MOVE_HISTORY};
+use super::{DueDrop, Member, Replicas, State, MOVE_HISTORY};
 use crate::store::{MoveRecord, Op, PendingDrop};
 
 impl State {
@@ -43,7 +43,13 @@ impl State {
                 continue;
             };
             let shard = (*shard).clone();
-            let blocked = self.moves.values().any(|m| m.shard == shard)
+            // Replicated shards are not moved this way (they move by joining the new replica to
+            // the set and letting it catch up): not built yet, they stay where they are.
+            let replicated = self
+                .replicas_of(&shard)
+                .is_some_and(|r| r.replicas.len() > 1);
+            let blocked = replicated
+                || self.moves.values().any(|m| m.shard == shard)
                 || self.retry_after.get(&shard).is_some_and(|t| *t > now)
                 // An old copy there still waits for its drop: importing over it would resume
                 // from data that is about to be deleted.
@@ -151,17 +157,28 @@ impl State {
         let epoch = self.epoch + 1;
         let mut record = m.clone();
         record.phase = MovePhase::Activating;
+        // A new leader: a new leader epoch, so the entries it appends are told apart from the
+        // source's.
+        let leader_epoch = self
+            .replicas_of(&record.shard)
+            .map_or(0, |r| r.leader_epoch)
+            + 1;
+        let replicas = Replicas::sole(record.to, leader_epoch);
         let ops = [
             Op::Epoch(epoch),
             Op::PutOwner {
                 shard: record.shard.clone(),
                 owner: record.to,
             },
+            Op::PutReplicas {
+                shard: record.shard.clone(),
+                replicas: replicas.clone(),
+            },
             Op::PutMove(record.clone()),
         ];
         persist(&ops)?;
         self.epoch = epoch;
-        self.owners.insert(record.shard.clone(), record.to);
+        self.put_replicas(&record.shard, replicas);
         self.moves.insert(move_id, record);
         Ok(epoch)
     }

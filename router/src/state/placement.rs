@@ -46,7 +46,7 @@ impl State {
     pub(super) fn all_keys(&self, extra: &[ShardId]) -> Vec<String> {
         self.topics
             .iter()
-            .flat_map(|(t, &n)| (1..=n).map(move |p| ShardId::new(t.clone(), p).key()))
+            .flat_map(|(t, c)| (1..=c.partitions).map(move |p| ShardId::new(t.clone(), p).key()))
             .chain(extra.iter().map(ShardId::key))
             .collect()
     }

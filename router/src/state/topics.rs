@@ -2,12 +2,12 @@
 //! topics, the clients' routing table and the proxy's owner lookup.
 
 use shardq_protocol::{
-    validate_topic, BrokerAddr, BrokerStatus, ErrorKind, RoutingTable, ShardId, ShardReport,
-    ShardRoute, TopicDescription, TopicInfo, MAX_PARTITIONS,
+    validate_topic, BrokerAddr, BrokerId, BrokerStatus, ErrorKind, RoutingTable, ShardId,
+    ShardReport, ShardRoute, TopicDescription, TopicInfo, MAX_PARTITIONS, MAX_REPLICATION_FACTOR,
 };
 
-use super::{Created, State};
-use crate::store::Op;
+use super::{Created, Replicas, State};
+use crate::store::{Op, TopicConfig};
 
 impl State {
     /// Validates and creates a topic. New shards take their owner from `Ring::place` over every
@@ -17,6 +17,8 @@ impl State {
         &mut self,
         name: &str,
         partitions: u32,
+        replication_factor: Option<u32>,
+        min_insync: Option<u32>,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<Created, ErrorKind> {
         validate_topic(name).map_err(|reason| ErrorKind::InvalidName {
@@ -30,72 +32,159 @@ impl State {
                 ),
             });
         }
-        let info = TopicInfo {
-            name: name.to_string(),
-            partitions,
-        };
-        if let Some(&existing) = self.topics.get(name) {
-            return if existing == partitions {
-                Ok(Created::Existing(info))
+        if let Some(existing) = self.topics.get(name) {
+            let same = existing.partitions == partitions
+                && replication_factor.is_none_or(|r| r == existing.replication_factor)
+                && min_insync.is_none_or(|m| m == existing.min_insync);
+            return if same {
+                Ok(Created::Existing(topic_info(name, existing)))
             } else {
                 Err(ErrorKind::TopicExists {
                     topic: name.to_string(),
-                    partitions: existing,
+                    partitions: existing.partitions,
                 })
             };
         }
+        let up: Vec<BrokerId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.status == BrokerStatus::Up && !m.leaving)
+            .map(|(id, _)| *id)
+            .collect();
+        let config =
+            self.topic_config(name, partitions, replication_factor, min_insync, up.len())?;
+        let info = topic_info(name, &config);
         let new: Vec<ShardId> = (1..=partitions).map(|p| ShardId::new(name, p)).collect();
         // The desired placement where that owner is up (so the rebalancer has nothing to move);
         // a shard whose desired owner is down goes to the ring of the Up brokers instead (a new
         // shard must be writable at once) and moves when its desired owner is back.
         let desired = self.desired(&new)?;
         let fallback = self.up_ring(None)?.place(&self.all_keys(&new));
-        let mut owners = Vec::with_capacity(new.len());
+        let up_ring = self.up_ring(None)?;
+        let mut placed = Vec::with_capacity(new.len());
         for shard in &new {
             let owner = desired
                 .get(&shard.key())
                 .copied()
-                .filter(|id| {
-                    self.members
-                        .get(id)
-                        .is_some_and(|m| m.status == BrokerStatus::Up)
-                })
+                .filter(|id| up.contains(id))
                 .or_else(|| fallback.get(&shard.key()).copied())
                 .ok_or_else(|| no_broker_up(name))?;
-            owners.push((shard.clone(), owner));
+            // Followers: the next distinct brokers clockwise that are up.
+            let mut replicas = vec![owner];
+            replicas.extend(
+                up_ring
+                    .replicas(&shard.key(), up.len())
+                    .into_iter()
+                    .filter(|b| *b != owner)
+                    .take(config.replication_factor as usize - 1),
+            );
+            let r = Replicas {
+                isr: replicas.clone(),
+                replicas,
+                leader: Some(owner),
+                leader_epoch: 1,
+                isr_version: 0,
+            };
+            placed.push((shard.clone(), r));
         }
         let epoch = self.epoch + 1;
         let mut ops = vec![
             Op::Epoch(epoch),
             Op::PutTopic {
                 name: name.to_string(),
-                partitions,
+                config,
             },
         ];
-        ops.extend(owners.iter().map(|(shard, owner)| Op::PutOwner {
-            shard: shard.clone(),
-            owner: *owner,
-        }));
+        for (shard, r) in &placed {
+            ops.push(Op::PutOwner {
+                shard: shard.clone(),
+                owner: r.replicas[0],
+            });
+            ops.push(Op::PutReplicas {
+                shard: shard.clone(),
+                replicas: r.clone(),
+            });
+        }
         persist(&ops)?;
         self.epoch = epoch;
-        self.topics.insert(name.to_string(), partitions);
-        self.owners.extend(owners.iter().cloned());
-        let pushes = self.pushes_for(owners.iter().map(|(_, o)| *o));
+        self.topics.insert(name.to_string(), config);
+        let mut touched = Vec::new();
+        for (shard, r) in placed {
+            touched.extend(r.replicas.iter().copied());
+            self.put_replicas(&shard, r);
+        }
+        let pushes = self.pushes_for(touched);
         Ok(Created::New { info, pushes })
     }
 
+    /// The settings of a new topic: the replication factor asked (or the default, capped at
+    /// the brokers up), refused above the brokers up; `min_insync` asked (or a majority).
+    fn topic_config(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u32>,
+        min_insync: Option<u32>,
+        up: usize,
+    ) -> Result<TopicConfig, ErrorKind> {
+        let up = u32::try_from(up).unwrap_or(u32::MAX);
+        if up == 0 {
+            return Err(no_broker_up(name));
+        }
+        let rf = match replication_factor {
+            Some(r) if r == 0 || r > MAX_REPLICATION_FACTOR => {
+                return Err(ErrorKind::BadRequest {
+                    reason: format!(
+                        "topic {name:?}: replication factor {r} asked; it must be 1 to {MAX_REPLICATION_FACTOR}"
+                    ),
+                })
+            }
+            Some(r) if r > up => {
+                return Err(ErrorKind::BadRequest {
+                    reason: format!(
+                        "topic {name:?}: replication factor {r} asked, but only {up} broker(s) are up;                          start more brokers or ask for at most {up}"
+                    ),
+                })
+            }
+            Some(r) => r,
+            None => self.default_replication_factor.clamp(1, MAX_REPLICATION_FACTOR).min(up),
+        };
+        let min_insync = match min_insync {
+            Some(m) if m == 0 || m > rf => {
+                return Err(ErrorKind::BadRequest {
+                    reason: format!(
+                        "topic {name:?}: --min-insync-replicas {m} asked with replication factor {rf}; it must be 1 to {rf}"
+                    ),
+                })
+            }
+            Some(m) => m,
+            None => rf / 2 + 1,
+        };
+        Ok(TopicConfig {
+            partitions,
+            replication_factor: rf,
+            min_insync,
+        })
+    }
+
     fn route(&self, shard: &ShardId) -> ShardRoute {
-        let owner = self.owners.get(shard).and_then(|id| {
-            let m = self.members.get(id).filter(|m| m.serving())?;
+        let r = self.replicas_of(shard);
+        let leader = r.as_ref().and_then(|r| r.leader);
+        let owner = leader.and_then(|id| {
+            let m = self.members.get(&id).filter(|m| m.serving())?;
             Some(BrokerAddr {
-                id: *id,
+                id,
                 addr: m.addr.clone(),
             })
         });
+        let r = r.unwrap_or_else(|| Replicas::sole(0, 0));
         ShardRoute {
             shard: shard.clone(),
             owner,
             moving: self.moves.values().any(|m| &m.shard == shard),
+            leader_epoch: r.leader_epoch,
+            replicas: r.replicas,
+            isr: r.isr,
         }
     }
 
@@ -135,21 +224,29 @@ impl State {
 
     /// Where a shard lives, for the proxy: its owner, or why it cannot be reached.
     pub fn owner_for(&self, shard: &ShardId) -> Result<BrokerAddr, ErrorKind> {
-        let partitions = *self
+        let partitions = self
             .topics
             .get(&shard.topic)
             .ok_or_else(|| ErrorKind::UnknownTopic {
                 topic: shard.topic.clone(),
-            })?;
+            })?
+            .partitions;
         if shard.partition == 0 || shard.partition > partitions {
             return Err(ErrorKind::UnknownShard {
                 shard: shard.key(),
                 reason: format!("topic {} has partitions P1..P{partitions}", shard.topic),
             });
         }
-        let id = *self.owners.get(shard).ok_or_else(|| ErrorKind::Internal {
-            reason: format!("{shard} has no recorded owner"),
-        })?;
+        let id = self
+            .replicas_of(shard)
+            .ok_or_else(|| ErrorKind::Internal {
+                reason: format!("{shard} has no recorded owner"),
+            })?
+            .leader
+            .ok_or_else(|| ErrorKind::Unavailable {
+                what: shard.key(),
+                reason: "every in-sync replica is down; it waits for one to return (or `shardq shard elect --unclean`)".into(),
+            })?;
         match self.members.get(&id) {
             Some(m) if m.serving() => Ok(BrokerAddr {
                 id,
@@ -176,14 +273,11 @@ impl State {
             names
                 .into_iter()
                 .map(|t| {
-                    let partitions = *self
+                    let config = self
                         .topics
                         .get(t)
                         .ok_or_else(|| ErrorKind::UnknownTopic { topic: t.clone() })?;
-                    Ok(TopicInfo {
-                        name: t.clone(),
-                        partitions,
-                    })
+                    Ok(topic_info(t, config))
                 })
                 .collect::<Result<_, ErrorKind>>()?
         };
@@ -202,30 +296,33 @@ impl State {
     pub fn topic_list(&self) -> Vec<TopicInfo> {
         self.topics
             .iter()
-            .map(|(name, &partitions)| TopicInfo {
-                name: name.clone(),
-                partitions,
-            })
+            .map(|(name, config)| topic_info(name, config))
             .collect()
     }
 
     pub fn describe(&self, name: &str) -> Result<TopicDescription, ErrorKind> {
-        let partitions = *self
+        let config = self
             .topics
             .get(name)
             .ok_or_else(|| ErrorKind::UnknownTopic {
                 topic: name.to_string(),
             })?;
         Ok(TopicDescription {
-            topic: TopicInfo {
-                name: name.to_string(),
-                partitions,
-            },
+            topic: topic_info(name, config),
             shards: self
-                .shards_of(name, partitions)
+                .shards_of(name, config.partitions)
                 .map(|s| (self.shown_route(&s), self.report(&s)))
                 .collect(),
         })
+    }
+}
+
+fn topic_info(name: &str, c: &TopicConfig) -> TopicInfo {
+    TopicInfo {
+        name: name.to_string(),
+        partitions: c.partitions,
+        replication_factor: c.replication_factor,
+        min_insync: c.min_insync,
     }
 }
 

@@ -1,14 +1,6 @@
 //! One shard's log in its own sled tree, with its producer (idempotence) state and group offsets.
 //!
-//! Layout of the tree `shard/{topic}:P{n}`; the prefixes keep each kind of key together so one
-//! atomic `sled::Batch` can write a log entry together with the producer state it implies:
-//!
-//! | key                               | value                                          |
-//! |-----------------------------------|------------------------------------------------|
-//! | `0x00` + base offset (u64 BE)     | `count: u32 LE` + the packed `RecordBatch.data` |
-//! | `0x01` + producer id (u64 BE)     | `ProducerState` (bincode)                      |
-//! | `0x02` + group name bytes         | committed offset (u64 BE)                      |
-//! | `0x03` `b"bytes"`                 | log bytes stored so far (u64 BE)               |
+//! The tree's keys and the encoding of its entries are in [`entry`].
 //!
 //! Offsets are dense from 0: the next offset lives in memory and is recovered on open from the last
 //! log key plus its count. All mutation happens under the shard's `std::sync::Mutex`, which is
@@ -26,22 +18,28 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shardq_protocol::codec::{decode, encode};
 use shardq_protocol::{
-    Epoch, ErrorKind, Offset, ProducerSeq, ProducerState, RecordBatch, ShardId, ShardMeta,
-    ShardReport, ShardState, StoredBatch,
+    BrokerId, Epoch, ErrorKind, Offset, ProducerSeq, ProducerState, RecordBatch, ReplicaRole,
+    ReplicaSet, ShardId, ShardMeta, ShardReport, ShardState, StoredBatch,
 };
 use tokio::sync::{watch, Notify};
 
+use crate::replica::EpochCache;
 use crate::storage::Health;
 use crate::wal::Wal;
 
-const LOG: u8 = 0x00;
-const PRODUCER: u8 = 0x01;
-const GROUP: u8 = 0x02;
-const STATS_BYTES: &[u8] = b"\x03bytes";
+mod entry;
+mod replicated;
+
+pub use entry::stored_size;
+pub use replicated::Following;
+
+use entry::{
+    be_u64, encode_entry, entry_to_batch, epoch_key, group_key, log_key, producer_key, storage,
+    EPOCH, GROUP, LOG, PRODUCER, STATS_BYTES, STATS_HW,
+};
 
 /// Stored log entries are kept at or below this size: sled writes a separate file per value above
 /// about 128 KiB, and smaller values keep fetch granularity fine.
@@ -52,69 +50,14 @@ pub fn tree_name(shard: &ShardId) -> String {
     format!("shard/{shard}")
 }
 
-fn log_key(offset: Offset) -> [u8; 9] {
-    let mut k = [LOG; 9];
-    k[1..].copy_from_slice(&offset.to_be_bytes());
-    k
-}
-
-fn producer_key(id: u64) -> [u8; 9] {
-    let mut k = [PRODUCER; 9];
-    k[1..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-fn group_key(group: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + group.len());
-    k.push(GROUP);
-    k.extend_from_slice(group.as_bytes());
-    k
-}
-
-fn storage(shard: &ShardId, what: &str, e: impl std::fmt::Display) -> ErrorKind {
-    ErrorKind::Storage {
-        reason: format!("{shard}: {what}: {e}"),
-    }
-}
-
-fn be_u64(b: &[u8]) -> Option<u64> {
-    b.try_into().ok().map(u64::from_be_bytes)
-}
-
-/// Decodes a stored log entry into a batch without copying the payload.
-fn entry_to_batch(
-    shard: &ShardId,
-    key: &[u8],
-    value: sled::IVec,
-) -> Result<StoredBatch, ErrorKind> {
-    let base_offset = key
-        .get(1..)
-        .and_then(be_u64)
-        .ok_or_else(|| storage(shard, "corrupt log key", format!("{key:?}")))?;
-    let count = value
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_le_bytes)
-        .ok_or_else(|| {
-            storage(
-                shard,
-                "corrupt log entry",
-                format!("at offset {base_offset}"),
-            )
-        })?;
-    let data = Bytes::from_owner(value).slice(4..);
-    Ok(StoredBatch {
-        base_offset,
-        batch: RecordBatch { count, data },
-    })
-}
-
 /// A shard's state as found in its tree.
 struct Loaded {
     next_offset: Offset,
     bytes: u64,
     producers: HashMap<u64, ProducerState>,
     groups: BTreeMap<String, Offset>,
+    epochs: EpochCache,
+    hw: Offset,
 }
 
 impl Loaded {
@@ -145,19 +88,48 @@ impl Loaded {
             let off = be_u64(&v).ok_or_else(|| storage(id, "corrupt group offset", &group))?;
             groups.insert(group, off);
         }
-        let bytes = tree
-            .get(STATS_BYTES)
-            .map_err(|e| storage(id, "cannot read stats", e))?
-            .and_then(|v| be_u64(&v))
-            .unwrap_or(0);
+        let stat = |key: &[u8]| -> Result<Option<u64>, ErrorKind> {
+            Ok(tree
+                .get(key)
+                .map_err(|e| storage(id, "cannot read stats", e))?
+                .and_then(|v| be_u64(&v)))
+        };
+        let bytes = stat(STATS_BYTES)?.unwrap_or(0);
+        let mut epochs = Vec::new();
+        for kv in tree.scan_prefix([EPOCH]) {
+            let (k, v) = kv.map_err(|e| storage(id, "cannot read leader epochs", e))?;
+            let epoch = be_u64(&k[1..]).ok_or_else(|| storage(id, "corrupt epoch key", ""))?;
+            let start = be_u64(&v).ok_or_else(|| storage(id, "corrupt epoch start", epoch))?;
+            epochs.push((epoch, start));
+        }
+        // Entries written before replication carry epoch 0 and no epoch record.
+        let hw = stat(STATS_HW)?.unwrap_or(0).min(next_offset);
         let loaded = Loaded {
             next_offset,
             bytes,
             producers,
             groups,
+            epochs: EpochCache::from_entries(epochs),
+            hw,
         };
         Ok((tree, loaded))
     }
+}
+
+/// What every shard of a broker shares.
+#[derive(Clone)]
+pub struct ShardEnv {
+    /// Under `fsync interval`, every acknowledged write is also written here.
+    pub wal: Option<Arc<Wal>>,
+    pub health: Arc<Health>,
+    /// Readers wait for the flush (`fsync always`): a replica's end counts once durable.
+    pub counts_durable: bool,
+    /// This broker's id.
+    pub me: BrokerId,
+    /// A shard this broker led when it stopped leads again at once (a standalone broker); with
+    /// a router it waits for the router's word, which gives it a new leader epoch: a restarted
+    /// process may have lost records its followers hold, under the same epoch otherwise.
+    pub resume_leadership: bool,
 }
 
 /// Whether and how this broker holds the shard; persisted in the `shards` tree so a restarted
@@ -171,6 +143,18 @@ pub struct Ownership {
     /// Assigned to this broker by the router (or a standalone `AssignShards`). A held but
     /// unassigned shard keeps its data and answers `NotOwner` until dropped.
     pub owned: bool,
+    /// The controller's latest replica set for the shard (None: never told, e.g. a shard
+    /// being imported, or one held by a broker from before replication).
+    pub replication: Option<ReplicaSet>,
+}
+
+/// The ownership record as brokers before replication wrote it.
+#[derive(Deserialize)]
+struct OwnershipV1 {
+    shard: ShardId,
+    state: ShardState,
+    epoch: Epoch,
+    owned: bool,
 }
 
 impl Ownership {
@@ -179,7 +163,16 @@ impl Ownership {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Ownership, String> {
-        decode(bytes)
+        decode(bytes).or_else(|e| {
+            let old: OwnershipV1 = decode(bytes).map_err(|_| e)?;
+            Ok(Ownership {
+                shard: old.shard,
+                state: old.state,
+                epoch: old.epoch,
+                owned: old.owned,
+                replication: None,
+            })
+        })
     }
 }
 
@@ -208,11 +201,19 @@ struct Inner {
     groups: BTreeMap<String, Offset>,
     /// Set once the tree is deleted; the `Arc<Shard>` may outlive it in in-flight requests.
     dropped: bool,
+    /// Leader epoch -> first offset written under it (persisted under `EPOCH` keys).
+    epochs: EpochCache,
+    /// This replica's part in the shard's replication and the high watermark.
+    repl: replicated::Repl,
 }
 
 /// One shard held by this broker.
 pub struct Shard {
     id: ShardId,
+    /// This replica's own end, for the high watermark, is its durable end (`fsync always`).
+    counts_durable: bool,
+    /// The high watermark, for long polls of readers and acknowledgements.
+    hw: watch::Sender<Offset>,
     /// Under `fsync interval`, every acknowledged write is also written here (see [`crate::wal`]).
     wal: Option<Arc<Wal>>,
     health: Arc<Health>,
@@ -223,6 +224,17 @@ pub struct Shard {
     durable: watch::Sender<Offset>,
     /// Signalled when ownership or state changes, so long polls answer (e.g. `NotOwner`) at once.
     changed: Notify,
+}
+
+/// How far a read may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// The log end (replication to followers).
+    End,
+    /// The durable end (a move's destination).
+    Durable,
+    /// The high watermark (consumers).
+    Committed,
 }
 
 /// Why a request may not touch the shard now.
@@ -238,16 +250,21 @@ pub enum Access {
 
 impl Shard {
     /// Opens (or creates) the shard's tree and recovers its next offset, producer state and groups.
-    pub fn open(
-        db: &sled::Db,
-        own: Ownership,
-        wal: Option<Arc<Wal>>,
-        health: Arc<Health>,
-    ) -> Result<Shard, ErrorKind> {
+    pub fn open(db: &sled::Db, own: Ownership, env: &ShardEnv) -> Result<Shard, ErrorKind> {
+        let ShardEnv {
+            wal,
+            health,
+            counts_durable,
+            me,
+            resume_leadership,
+        } = env.clone();
         let id = own.shard.clone();
         let (tree, loaded) = Loaded::read(db, &id)?;
-        Ok(Shard {
+        let set = own.replication.clone();
+        let shard = Shard {
             id,
+            counts_durable,
+            hw: watch::Sender::new(loaded.hw),
             wal,
             health,
             end: watch::Sender::new(loaded.next_offset),
@@ -264,8 +281,16 @@ impl Shard {
                 producers: loaded.producers,
                 groups: loaded.groups,
                 dropped: false,
+                epochs: loaded.epochs,
+                repl: replicated::Repl::new(loaded.hw),
             }),
-        })
+        };
+        // The role this replica had when it stopped; the router's next word replaces it, and
+        // until the broker's lease is renewed no acknowledgement goes out.
+        if let Some(set) = set.filter(|s| resume_leadership || s.leader_id() != Some(me)) {
+            shard.set_replication(&set, me, 0);
+        }
+        Ok(shard)
     }
 
     /// The tree, or why it cannot be used now.
@@ -305,7 +330,7 @@ impl Shard {
         let not_owner = || ErrorKind::NotOwner {
             shard: self.id.to_string(),
             epoch: known_epoch,
-            owner: None,
+            owner: inner.repl.set.as_ref().and_then(|s| s.leader.clone()),
         };
         if inner.dropped {
             return Err(not_owner());
@@ -314,6 +339,8 @@ impl Shard {
             (Access::Held, _) => Ok(()),
             (_, ShardState::Importing) => Err(not_owner()),
             _ if !inner.own.owned => Err(not_owner()),
+            // Clients read and write at the leader only.
+            _ if inner.repl.role() != ReplicaRole::Leader => Err(not_owner()),
             (Access::Write, ShardState::Fenced) => Err(ErrorKind::Moving {
                 shard: self.id.to_string(),
             }),
@@ -368,15 +395,15 @@ impl Shard {
         let base_offset = inner.next_offset;
         // The inserts, kept for the write-ahead file too (IVec clones share the bytes).
         let mut ops: Vec<(sled::IVec, sled::IVec)> = Vec::new();
-        let mut offset = base_offset;
-        let mut added = 0u64;
-        for part in batch.split(MAX_ENTRY_BYTES) {
-            let mut value = Vec::with_capacity(4 + part.data.len());
-            value.extend_from_slice(&part.count.to_le_bytes());
-            value.extend_from_slice(&part.data);
-            added += value.len() as u64;
-            ops.push((log_key(offset).as_slice().into(), value.into()));
-            offset += part.count as u64;
+        let leader_epoch = inner.repl.leader_epoch;
+        let mut epochs = inner.epochs.clone();
+        if epochs.latest().map(|(e, _)| e) < Some(leader_epoch) && leader_epoch > 0 {
+            // The first write of this leader epoch: record where it starts.
+            epochs.assign(leader_epoch, base_offset);
+            ops.push((
+                epoch_key(leader_epoch).as_slice().into(),
+                base_offset.to_be_bytes().as_slice().into(),
+            ));
         }
         let state = producer.map(|p| ProducerState {
             producer_id: p.producer_id,
@@ -384,6 +411,19 @@ impl Shard {
             base_offset,
             count: batch.count,
         });
+        let mut offset = base_offset;
+        let mut added = 0u64;
+        let parts = batch.split(MAX_ENTRY_BYTES);
+        let last = parts.len().saturating_sub(1);
+        for (i, part) in parts.into_iter().enumerate() {
+            // The producer state rides on the batch's last entry, so a follower that has it
+            // has the whole batch.
+            let st = state.as_ref().filter(|_| i == last);
+            let value = encode_entry(part.count, leader_epoch, st, &part.data);
+            added += value.len() as u64;
+            ops.push((log_key(offset).as_slice().into(), value.into()));
+            offset += part.count as u64;
+        }
         if let Some(st) = &state {
             let v = encode(st).map_err(|e| storage(&self.id, "cannot encode producer state", e))?;
             ops.push((producer_key(st.producer_id).as_slice().into(), v.into()));
@@ -394,10 +434,12 @@ impl Shard {
         let ticket = note_write();
         inner.next_offset = offset;
         inner.bytes = bytes;
+        inner.epochs = epochs;
         if let Some(st) = state {
             inner.producers.insert(st.producer_id, st);
         }
         self.end.send_replace(offset);
+        self.publish_hw(&mut inner);
         Ok(Appended {
             base_offset,
             count: batch.count,
@@ -439,16 +481,16 @@ impl Shard {
         if upto > inner.durable {
             inner.durable = upto;
             self.durable.send_replace(upto);
+            self.publish_hw(&mut inner);
         }
     }
 
-    /// Receives the next offset (`durable_only`: the durable end) whenever it grows; long polls
-    /// wait on it.
-    pub fn subscribe(&self, durable_only: bool) -> watch::Receiver<Offset> {
-        if durable_only {
-            self.durable.subscribe()
-        } else {
-            self.end.subscribe()
+    /// Receives the offset `limit` names whenever it moves; long polls wait on it.
+    pub fn subscribe(&self, limit: Limit) -> watch::Receiver<Offset> {
+        match limit {
+            Limit::End => self.end.subscribe(),
+            Limit::Durable => self.durable.subscribe(),
+            Limit::Committed => self.hw.subscribe(),
         }
     }
 
@@ -468,14 +510,14 @@ impl Shard {
         from: Offset,
         max_bytes: usize,
         hard_max: usize,
-        durable_only: bool,
+        limit: Limit,
     ) -> Result<(Vec<StoredBatch>, Offset), ErrorKind> {
         let (end, tree) = {
             let inner = self.lock();
-            let end = if durable_only {
-                inner.durable
-            } else {
-                inner.next_offset
+            let end = match limit {
+                Limit::End => inner.next_offset,
+                Limit::Durable => inner.durable,
+                Limit::Committed => inner.repl.hw.min(inner.next_offset),
             };
             (end, self.tree(&inner)?)
         };
@@ -518,7 +560,12 @@ impl Shard {
         let tree = self.writable_tree(inner, bytes)?;
         let mut batch = sled::Batch::default();
         for (k, v) in ops {
-            batch.insert(k.clone(), v.clone());
+            // An empty value removes the key (see `crate::wal::Op`).
+            if v.is_empty() {
+                batch.remove(k.clone());
+            } else {
+                batch.insert(k.clone(), v.clone());
+            }
         }
         tree.apply_batch(batch)
             .map_err(|e| self.sled_err(what, &e))?;
@@ -556,6 +603,10 @@ impl Shard {
         self.apply(&inner, &[op], "commit failed")?;
         let ticket = note_write();
         inner.groups.insert(group.to_string(), offset);
+        // Followers fetch the change with their next replica fetch.
+        inner.repl.groups_version.1 += 1;
+        let version = inner.repl.groups_version.1;
+        inner.repl.group_changes.insert(group.to_string(), version);
         Ok(ticket)
     }
 
@@ -583,6 +634,10 @@ impl Shard {
             end_offset: inner.next_offset,
             bytes: inner.bytes,
             groups: inner.groups.iter().map(|(g, o)| (g.clone(), *o)).collect(),
+            role: inner.repl.role(),
+            leader_epoch: inner.repl.leader_epoch,
+            high_watermark: inner.repl.hw,
+            followers: Self::followers(&inner),
         }
     }
 
@@ -630,41 +685,7 @@ impl Shard {
                 reason: format!("{} is {:?} here, not importing", self.id, inner.own.state),
             });
         }
-        let mut next = inner.next_offset;
-        let mut added = 0u64;
-        let mut sled_batch = sled::Batch::default();
-        for b in batches {
-            if b.end_offset() <= next && b.batch.count > 0 {
-                continue;
-            }
-            if b.base_offset != next || b.batch.count == 0 {
-                return Err(ErrorKind::Internal {
-                    reason: format!(
-                        "import of {}: the source sent an entry at offset {} holding {} records, but the local log ends at {next}",
-                        self.id, b.base_offset, b.batch.count
-                    ),
-                });
-            }
-            let mut value = Vec::with_capacity(4 + b.batch.data.len());
-            value.extend_from_slice(&b.batch.count.to_le_bytes());
-            value.extend_from_slice(&b.batch.data);
-            added += value.len() as u64;
-            sled_batch.insert(&log_key(next), value);
-            next = b.end_offset();
-        }
-        let records = next - inner.next_offset;
-        if records == 0 {
-            return Ok((0, 0));
-        }
-        let tree = self.writable_tree(&inner, added)?;
-        let bytes = inner.bytes + added;
-        sled_batch.insert(STATS_BYTES, &bytes.to_be_bytes());
-        tree.apply_batch(sled_batch)
-            .map_err(|e| self.sled_err("import write failed", &e))?;
-        inner.next_offset = next;
-        inner.bytes = bytes;
-        self.end.send_replace(next);
-        Ok((records, added))
+        self.write_copied(&mut inner, batches, None)
     }
 
     /// Replaces the group offsets and producer states with the source's (imported last, once
@@ -719,18 +740,28 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use shardq_protocol::ShardAssignment;
 
     fn open_active(db: &sled::Db) -> Shard {
+        let shard = ShardId::new("d", 1);
+        let env = ShardEnv {
+            wal: None,
+            health: Arc::new(Health::new(1)),
+            counts_durable: false,
+            me: 1,
+            resume_leadership: true,
+        };
         Shard::open(
             db,
             Ownership {
-                shard: ShardId::new("d", 1),
+                shard: shard.clone(),
                 state: ShardState::Active,
                 epoch: 1,
                 owned: true,
+                replication: Some(ShardAssignment::sole(shard, 1, 1).replication),
             },
-            None,
-            Arc::new(Health::new(1)),
+            &env,
         )
         .unwrap()
     }
@@ -748,7 +779,12 @@ mod tests {
     }
 
     fn offsets_read(s: &Shard, from: Offset, durable_only: bool) -> (Vec<Offset>, Offset) {
-        let (batches, end) = s.read(from, 1 << 20, 1 << 20, durable_only).unwrap();
+        let limit = if durable_only {
+            Limit::Durable
+        } else {
+            Limit::End
+        };
+        let (batches, end) = s.read(from, 1 << 20, 1 << 20, limit).unwrap();
         let offsets = batches
             .iter()
             .flat_map(|b| b.base_offset..b.end_offset())
@@ -767,7 +803,7 @@ mod tests {
         // Nothing marked durable yet: a durable-only reader sees nothing, a plain one sees all.
         assert_eq!(offsets_read(&s, 0, true), (vec![], 0));
         assert_eq!(offsets_read(&s, 0, false), (vec![0, 1, 2], 3));
-        let mut rx = s.subscribe(true);
+        let mut rx = s.subscribe(Limit::Durable);
         s.mark_durable(2);
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), 2);
