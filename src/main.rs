@@ -221,7 +221,17 @@ enum TokenCmd {
 
 #[derive(Subcommand, Debug)]
 enum RingCmd {
-    /// Balance and movement of ring placements over ranges of brokers, vnodes, hashes and modes.
+    /// Balance and movement of ring placements over ranges of brokers, vnodes, hashes, modes and
+    /// replication factors.
+    ///
+    /// Every combination is one row: brokers 1..=N hold the synthetic shards T<i>:P<j> (8
+    /// partitions per topic), then broker N+1 joins. Columns: max/mean and stddev% of the leaders
+    /// per broker against each broker's fair share; min and max: leaders per broker; moved: the
+    /// fraction of shards whose leader changes on the join; ideal: the newcomer's fair share;
+    /// moved/ideal; to-new-only: every moved leader went to the newcomer. Then per replication
+    /// factor R (leader included): rep-min and rep-max: replicas (leaders + followers) per
+    /// broker; rep-moved: the fraction of the replicas after the join that are new copies;
+    /// rep-to-new: every new copy is on the newcomer. --json prints the same rows as JSON.
     Analyze(AnalyzeArgs),
 }
 
@@ -245,6 +255,10 @@ struct AnalyzeArgs {
     /// Broker weights, cycled over the brokers: `1,2`.
     #[arg(long)]
     weights: Option<String>,
+    /// Replication factors R, replicas per shard including the leader (one row each, capped at
+    /// the broker count when placing): `3`, `1,2,3`, `1..=3`.
+    #[arg(long, default_value = "1..=3")]
+    replication_factor: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -422,6 +436,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .map(analyze::parse_u32_list)
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("--weights: {e}"))?,
+                replication: analyze::parse_replication_list(&a.replication_factor)
+                    .map_err(|e| anyhow::anyhow!("--replication-factor: {e}"))?,
             };
             let rows = analyze::run(&params);
             if a.json {

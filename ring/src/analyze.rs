@@ -1,13 +1,19 @@
-//! The engine of `shardq ring analyze`: sweep broker counts, vnode counts, hash functions and
-//! placement modes over a synthetic shard set, and report balance and movement on adding a broker.
+//! The engine of `shardq ring analyze`: sweep broker counts, vnode counts, hash functions,
+//! placement modes and replication factors over a synthetic shard set, and report balance (of
+//! leaders and of replicas) and movement on adding a broker.
 //!
 //! Everything is deterministic: shard names are `T{topic}:P{partition}` with
 //! [`PARTITIONS_PER_TOPIC`] partitions per topic, brokers are ids `1..=N` and the added broker is
 //! `N + 1`.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use crate::{balance, diff, HashFn, Member, PlacementMode, Ring, RingConfig};
+use crate::{
+    balance, diff, diff_replicas, BrokerId, HashFn, Member, PlacementMode, ReplicaAssignment, Ring,
+    RingConfig,
+};
 
 /// Partitions per synthetic topic.
 pub const PARTITIONS_PER_TOPIC: usize = 8;
@@ -32,6 +38,9 @@ pub struct AnalyzeParams {
     /// Per-broker weight pattern, cycled over brokers 1..=N+1 (broker `k` gets
     /// `weights[(k-1) % len]`); `None` or empty = all 1.
     pub weights: Option<Vec<u32>>,
+    /// Replication factors R (replicas per shard, leader included); each becomes its own row.
+    /// Empty = just R = 1.
+    pub replication: Vec<usize>,
 }
 
 /// One analyzed configuration.
@@ -51,9 +60,9 @@ pub struct AnalyzeRow {
     pub max_over_mean: f64,
     /// Balance with N brokers, see [`crate::BalanceStats::stddev_pct`].
     pub stddev_pct: f64,
-    /// Fewest shards on a broker (N brokers).
+    /// Fewest shards led by a broker (N brokers).
     pub min: usize,
-    /// Most shards on a broker (N brokers).
+    /// Most shards led by a broker (N brokers).
     pub max: usize,
     /// Fraction of shards whose owner changes when broker N+1 joins.
     pub moved_on_add: f64,
@@ -64,6 +73,30 @@ pub struct AnalyzeRow {
     pub move_ratio: f64,
     /// Whether every moved shard moved to the new broker.
     pub moved_to_new_only: bool,
+    /// Replication factor R of the replica columns (capped at the broker count when placing).
+    pub replication: usize,
+    /// Fewest replicas (leaders + followers) on a broker (N brokers).
+    pub replicas_min: usize,
+    /// Most replicas on a broker (N brokers).
+    pub replicas_max: usize,
+    /// Fraction of the replicas after broker N+1 joins that are new copies (a broker added to a
+    /// shard's replica set).
+    pub replicas_moved_on_add: f64,
+    /// Whether every new copy is on the new broker.
+    pub replicas_moved_to_new_only: bool,
+}
+
+/// Replicas per broker: every member with weight > 0 (even with none) and every broker listed.
+fn replica_counts(a: &ReplicaAssignment, members: &[Member]) -> BTreeMap<BrokerId, usize> {
+    let mut per: BTreeMap<BrokerId, usize> = members
+        .iter()
+        .filter(|m| m.weight > 0)
+        .map(|m| (m.id, 0))
+        .collect();
+    for b in a.values().flatten() {
+        *per.entry(*b).or_insert(0) += 1;
+    }
+    per
 }
 
 /// Synthetic shard names: `T{i / 8}:P{i % 8}` for `i in 0..n`.
@@ -86,8 +119,8 @@ fn weight_of(weights: &Option<Vec<u32>>, id: u32) -> u32 {
     }
 }
 
-/// Run the sweep. Rows come out grouped by (brokers, vnodes, hash) with the modes innermost, so
-/// plain and bounded results for the same layout are adjacent.
+/// Run the sweep. Rows come out grouped by (brokers, vnodes, hash), then by mode, with the
+/// replication factors innermost, so plain and bounded results for the same layout are adjacent.
 pub fn run(params: &AnalyzeParams) -> Vec<AnalyzeRow> {
     let shards = shard_names(params.shards);
     let mut rows = Vec::new();
@@ -118,8 +151,10 @@ pub fn run(params: &AnalyzeParams) -> Vec<AnalyzeRow> {
             for &hash in &params.hashes {
                 for &mode in &params.modes {
                     let config = RingConfig { vnodes, hash, mode };
-                    let old = Ring::new(config.clone(), &before).place(&shards);
-                    let new = Ring::new(config, &after).place(&shards);
+                    let ring_old = Ring::new(config.clone(), &before);
+                    let ring_new = Ring::new(config, &after);
+                    let old = ring_old.place(&shards);
+                    let new = ring_new.place(&shards);
                     let stats = balance(&old, &before);
                     let moves = diff(&old, &new);
                     let moved = if shards.is_empty() {
@@ -134,21 +169,45 @@ pub fn run(params: &AnalyzeParams) -> Vec<AnalyzeRow> {
                     } else {
                         f64::INFINITY
                     };
-                    rows.push(AnalyzeRow {
-                        brokers: n,
-                        shards: params.shards,
-                        vnodes,
-                        hash: hash.name().to_string(),
-                        mode: mode.to_string(),
-                        max_over_mean: stats.max_over_mean,
-                        stddev_pct: stats.stddev_pct,
-                        min: stats.min,
-                        max: stats.max,
-                        moved_on_add: moved,
-                        ideal_move: ideal,
-                        move_ratio,
-                        moved_to_new_only: moves.iter().all(|m| m.to == Some(new_id)),
-                    });
+                    let factors: &[usize] = if params.replication.is_empty() {
+                        &[1]
+                    } else {
+                        &params.replication
+                    };
+                    for &r in factors {
+                        let rep_old = ring_old.place_replicas(&shards, r);
+                        let rep_new = ring_new.place_replicas(&shards, r);
+                        let counts = replica_counts(&rep_old, &before);
+                        let rep_moves = diff_replicas(&rep_old, &rep_new);
+                        let added: usize = rep_moves.iter().map(|m| m.added.len()).sum();
+                        let total: usize = rep_new.values().map(Vec::len).sum();
+                        rows.push(AnalyzeRow {
+                            brokers: n,
+                            shards: params.shards,
+                            vnodes,
+                            hash: hash.name().to_string(),
+                            mode: mode.to_string(),
+                            max_over_mean: stats.max_over_mean,
+                            stddev_pct: stats.stddev_pct,
+                            min: stats.min,
+                            max: stats.max,
+                            moved_on_add: moved,
+                            ideal_move: ideal,
+                            move_ratio,
+                            moved_to_new_only: moves.iter().all(|m| m.to == Some(new_id)),
+                            replication: r,
+                            replicas_min: counts.values().copied().min().unwrap_or(0),
+                            replicas_max: counts.values().copied().max().unwrap_or(0),
+                            replicas_moved_on_add: if total == 0 {
+                                0.0
+                            } else {
+                                added as f64 / total as f64
+                            },
+                            replicas_moved_to_new_only: rep_moves
+                                .iter()
+                                .all(|m| m.added.iter().all(|&b| b == new_id)),
+                        });
+                    }
                 }
             }
         }
@@ -157,8 +216,8 @@ pub fn run(params: &AnalyzeParams) -> Vec<AnalyzeRow> {
 }
 
 /// Aligned text table. Rows sharing (brokers, shards, vnodes, hash) are printed together (in
-/// order of first appearance) so the modes can be compared line by line; groups are separated by
-/// a blank line when there is more than one mode per group.
+/// order of first appearance) so the modes and replication factors can be compared line by line;
+/// groups are separated by a blank line when there is more than one row per group.
 pub fn render_table(rows: &[AnalyzeRow]) -> String {
     type Key<'a> = (u32, usize, u32, &'a str);
     let mut groups: Vec<(Key, Vec<&AnalyzeRow>)> = Vec::new();
@@ -184,6 +243,11 @@ pub fn render_table(rows: &[AnalyzeRow]) -> String {
         "ideal",
         "moved/ideal",
         "to-new-only",
+        "R",
+        "rep-min",
+        "rep-max",
+        "rep-moved",
+        "rep-to-new",
     ];
     let mut lines: Vec<Option<Vec<String>>> = Vec::new();
     let multi = groups.iter().any(|(_, v)| v.len() > 1);
@@ -206,6 +270,16 @@ pub fn render_table(rows: &[AnalyzeRow]) -> String {
                 format!("{:.4}", r.ideal_move),
                 format!("{:.2}", r.move_ratio),
                 if r.moved_to_new_only { "yes" } else { "no" }.to_string(),
+                r.replication.to_string(),
+                r.replicas_min.to_string(),
+                r.replicas_max.to_string(),
+                format!("{:.4}", r.replicas_moved_on_add),
+                if r.replicas_moved_to_new_only {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_string(),
             ]));
         }
     }
@@ -217,7 +291,7 @@ pub fn render_table(rows: &[AnalyzeRow]) -> String {
         }
     }
     // Text columns (hash, mode) left-aligned, numbers right-aligned.
-    let left = |i: usize| i == 3 || i == 4 || i == 12;
+    let left = |i: usize| i == 3 || i == 4 || i == 12 || i == 17;
     let fmt_line = |cells: &[String]| -> String {
         let parts: Vec<String> = cells
             .iter()
@@ -301,6 +375,18 @@ pub fn parse_u32_list(s: &str) -> Result<Vec<u32>, String> {
     Ok(out)
 }
 
+/// Parse replication factors like [`parse_u32_list`] (`"3"`, `"1,2,3"`, `"1..=3"`); 0 is an
+/// error (a shard always has its leader).
+pub fn parse_replication_list(s: &str) -> Result<Vec<usize>, String> {
+    let list = parse_u32_list(s)?;
+    if list.contains(&0) {
+        return Err(format!(
+            "a replication factor must be at least 1 (in '{s}'; 1 = the leader only)"
+        ));
+    }
+    Ok(list.into_iter().map(|r| r as usize).collect())
+}
+
 /// Parse `"xxh3,fnv1a"` or `"all"`.
 pub fn parse_hash_list(s: &str) -> Result<Vec<HashFn>, String> {
     if s.trim().eq_ignore_ascii_case("all") {
@@ -357,6 +443,16 @@ mod tests {
     }
 
     #[test]
+    fn replication_lists() {
+        assert_eq!(parse_replication_list("1..=3").unwrap(), vec![1, 2, 3]);
+        assert_eq!(parse_replication_list("2").unwrap(), vec![2]);
+        assert!(parse_replication_list("0,1")
+            .unwrap_err()
+            .contains("at least 1"));
+        assert!(parse_replication_list("x").unwrap_err().contains("'x'"));
+    }
+
+    #[test]
     fn hash_and_mode_lists() {
         assert_eq!(parse_hash_list("all").unwrap(), HashFn::all());
         assert_eq!(
@@ -387,19 +483,40 @@ mod tests {
             hashes: vec![HashFn::Xxh3],
             modes: vec![PlacementMode::Plain, PlacementMode::default()],
             weights: Some(vec![1, 2]),
+            replication: vec![1, 3],
         };
         let rows = run(&params);
-        assert_eq!(rows.len(), 8);
-        // Plain mode never moves a shard anywhere but the new broker.
+        assert_eq!(rows.len(), 16);
+        // Plain mode never moves a shard or replica anywhere but the new broker, and neither does
+        // bounded mode when the newcomer's id is the largest (no corner case at this size).
         assert!(rows
             .iter()
-            .filter(|r| r.mode == "plain")
-            .all(|r| r.moved_to_new_only));
+            .all(|r| r.moved_to_new_only && r.replicas_moved_to_new_only));
+        // R = 1: the replicas are the leaders.
+        for r in rows.iter().filter(|r| r.replication == 1) {
+            assert_eq!((r.replicas_min, r.replicas_max), (r.min, r.max));
+        }
+        // 3 brokers with weights 1,2,1, R = 3: everyone holds everything.
+        let full = rows
+            .iter()
+            .find(|r| r.brokers == 3 && r.vnodes == 8 && r.replication == 3)
+            .unwrap();
+        assert_eq!((full.replicas_min, full.replicas_max), (50, 50));
+        // Bounded leaders: at least floor(50 * 1/4) = 12 on the weight-1 brokers.
+        for r in rows
+            .iter()
+            .filter(|r| r.brokers == 3 && r.vnodes == 8 && r.mode != "plain")
+        {
+            assert!(r.min >= 12, "{r:?}");
+        }
         let table = render_table(&rows);
-        assert_eq!(table.lines().count(), 1 + 8 + 3);
+        assert_eq!(table.lines().count(), 1 + 16 + 3);
         assert!(table.starts_with("brokers"));
+        assert!(table.lines().next().unwrap().ends_with("rep-to-new"));
         let json: serde_json::Value = serde_json::from_str(&render_json(&rows)).unwrap();
-        assert_eq!(json.as_array().unwrap().len(), 8);
+        assert_eq!(json.as_array().unwrap().len(), 16);
+        assert_eq!(json[1]["replication"], 3);
+        assert!(json[1]["replicas_moved_to_new_only"].is_boolean());
         assert!(render_table(&[]).starts_with("brokers"));
     }
 }

@@ -71,6 +71,54 @@ pub fn diff(old: &Assignment, new: &Assignment) -> Vec<Move> {
     out
 }
 
+/// Shard key -> its replicas, leader first (see [`crate::Ring::place_replicas`]).
+pub type ReplicaAssignment = BTreeMap<String, Vec<BrokerId>>;
+
+/// One shard whose replica set or leader changes between two [`ReplicaAssignment`]s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaMove {
+    /// Shard key.
+    pub shard: String,
+    /// The old replicas, leader first (empty if the shard was not placed before).
+    pub from: Vec<BrokerId>,
+    /// The new replicas, leader first (empty if the shard is no longer placed).
+    pub to: Vec<BrokerId>,
+    /// Brokers in `to` but not in `from` (copies to create), in `to`'s order.
+    pub added: Vec<BrokerId>,
+    /// Brokers in `from` but not in `to` (copies to drop), in `from`'s order.
+    pub removed: Vec<BrokerId>,
+    /// Whether the leader (element 0) differs, including a shard appearing or disappearing.
+    pub leader_changed: bool,
+}
+
+/// Exactly the shards whose replica *set* or leader differs between `old` and `new` (including
+/// shards present on one side only), sorted by shard key. A change of follower order alone is not
+/// a move.
+pub fn diff_replicas(old: &ReplicaAssignment, new: &ReplicaAssignment) -> Vec<ReplicaMove> {
+    let empty: Vec<BrokerId> = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let mut out = Vec::new();
+    for key in keys {
+        let from = old.get(key).unwrap_or(&empty);
+        let to = new.get(key).unwrap_or(&empty);
+        let added: Vec<BrokerId> = to.iter().copied().filter(|b| !from.contains(b)).collect();
+        let removed: Vec<BrokerId> = from.iter().copied().filter(|b| !to.contains(b)).collect();
+        let leader_changed = from.first() != to.first();
+        if added.is_empty() && removed.is_empty() && !leader_changed {
+            continue;
+        }
+        out.push(ReplicaMove {
+            shard: key.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            added,
+            removed,
+            leader_changed,
+        });
+    }
+    out
+}
+
 /// `diff(old, new).len()` divided by the number of distinct shards on either side; 0.0 when both
 /// are empty.
 pub fn moved_fraction(old: &Assignment, new: &Assignment) -> f64 {
@@ -190,6 +238,50 @@ mod tests {
         );
         assert_eq!(moved_fraction(&old, &new), 3.0 / 4.0);
         assert_eq!(moved_fraction(&Assignment::new(), &Assignment::new()), 0.0);
+    }
+
+    #[test]
+    fn diff_replicas_lists_set_and_leader_changes() {
+        let r = |pairs: &[(&str, &[u32])]| -> ReplicaAssignment {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect()
+        };
+        let old = r(&[
+            ("a", &[1, 2]),
+            ("b", &[1, 2]),
+            ("c", &[1, 2, 3]),
+            ("d", &[2, 3]),
+            ("e", &[3]),
+        ]);
+        let new = r(&[
+            ("a", &[1, 2]),    // unchanged
+            ("b", &[2, 1]),    // leader change only
+            ("c", &[1, 3, 2]), // follower order only: not a move
+            ("d", &[2, 4]),    // 3 -> 4
+            ("f", &[4]),       // new
+        ]);
+        let d = diff_replicas(&old, &new);
+        let keys: Vec<&str> = d.iter().map(|m| m.shard.as_str()).collect();
+        assert_eq!(keys, ["b", "d", "e", "f"]);
+        assert!(d[0].leader_changed && d[0].added.is_empty() && d[0].removed.is_empty());
+        assert_eq!(
+            d[1],
+            ReplicaMove {
+                shard: "d".into(),
+                from: vec![2, 3],
+                to: vec![2, 4],
+                added: vec![4],
+                removed: vec![3],
+                leader_changed: false,
+            }
+        );
+        assert_eq!((d[2].removed.clone(), d[2].to.clone()), (vec![3], vec![]));
+        assert!(d[2].leader_changed);
+        assert_eq!(d[3].added, vec![4]);
+        assert!(d[3].leader_changed);
+        assert!(diff_replicas(&old, &old).is_empty());
     }
 
     #[test]

@@ -11,11 +11,15 @@
 
 mod assignment;
 mod hash;
+mod placement;
 mod ring;
 
 pub mod analyze;
 
-pub use assignment::{balance, diff, moved_fraction, Assignment, BalanceStats, Move};
+pub use assignment::{
+    balance, diff, diff_replicas, moved_fraction, Assignment, BalanceStats, Move,
+    ReplicaAssignment, ReplicaMove,
+};
 pub use hash::{fnv1a64, murmur3_x64_128, HashFn};
 pub use ring::{
     token_bytes, Member, PlacementMode, Ring, RingConfig, DEFAULT_EPS, DEFAULT_VNODES, MAX_TOKENS,

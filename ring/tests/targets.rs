@@ -5,7 +5,7 @@
 use shardq_ring::analyze::{render_table, run, AnalyzeParams, AnalyzeRow};
 use shardq_ring::{HashFn, PlacementMode, RingConfig, DEFAULT_EPS};
 
-fn rows(brokers: u32, shards: usize, hashes: &[HashFn]) -> Vec<AnalyzeRow> {
+fn rows(brokers: u32, shards: usize, hashes: &[HashFn], replication: &[usize]) -> Vec<AnalyzeRow> {
     let rows = run(&AnalyzeParams {
         brokers: vec![brokers],
         shards,
@@ -16,6 +16,7 @@ fn rows(brokers: u32, shards: usize, hashes: &[HashFn]) -> Vec<AnalyzeRow> {
             PlacementMode::Bounded { eps: DEFAULT_EPS },
         ],
         weights: None,
+        replication: replication.to_vec(),
     });
     println!("{}", render_table(&rows));
     rows
@@ -33,7 +34,7 @@ fn default_config_is_bounded_xxh3_128() {
 /// when a 9th broker joins is within 1.2x of the ideal 1/9.
 #[test]
 fn plain_8_brokers_10k_shards() {
-    let rows = rows(8, 10_000, &[HashFn::Xxh3]);
+    let rows = rows(8, 10_000, &[HashFn::Xxh3], &[1]);
     let plain = rows.iter().find(|r| r.mode == "plain").unwrap();
     assert!(
         plain.max_over_mean <= 1.15,
@@ -47,14 +48,22 @@ fn plain_8_brokers_10k_shards() {
 
 /// Few shards: bounded-load keeps max/mean <= 1.25 and moves at most 2x the ideal fraction when a
 /// broker joins. Checked for xxh3 (the default). The 1.25 bound holds for every hash because it
-/// is the cap: ceil(1.2 * 8)/8 = 1.25 and ceil(1.2 * 10)/10 = 1.2.
+/// is the cap: ceil(1.2 * 8)/8 = 1.25 and ceil(1.2 * 10)/10 = 1.2. The floor keeps every broker
+/// at 8 and 10 leaders or more, and R replicas at 8R and 10R or more (at most ceil(1.2 x that));
+/// the joining broker (id N+1, the largest) is the only one that gains leaders or replicas.
 #[test]
 fn bounded_few_shards() {
     for (brokers, shards) in [(4u32, 32usize), (10, 100)] {
-        for r in rows(brokers, shards, HashFn::all()) {
+        let fair = shards / brokers as usize;
+        for r in rows(brokers, shards, HashFn::all(), &[1, 2, 3]) {
             if r.mode == "plain" {
                 continue;
             }
+            assert!(r.min >= fair, "{r:?}");
+            let k = r.replication;
+            assert!(r.replicas_min >= fair * k, "{r:?}");
+            assert!(r.replicas_max <= (fair * k * 6).div_ceil(5), "{r:?}");
+            assert!(r.moved_to_new_only && r.replicas_moved_to_new_only, "{r:?}");
             assert!(
                 r.max_over_mean <= 1.25,
                 "{brokers}x{shards} {}: {}",
