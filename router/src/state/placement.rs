@@ -2,7 +2,7 @@
 //! and the shard keys the ring places.
 
 use shardq_protocol::{BrokerId, BrokerStatus, ErrorKind, ShardId};
-use shardq_ring::{Assignment, Member as RingMember, Ring};
+use shardq_ring::{Assignment, Member as RingMember, ReplicaAssignment, Ring};
 
 use super::State;
 
@@ -30,6 +30,20 @@ impl State {
     /// leaving, Up or Down (a Down broker keeps its place: its shards wait for it rather than
     /// moving away).
     pub fn desired(&self, extra: &[ShardId]) -> Result<Assignment, ErrorKind> {
+        Ok(self.member_ring()?.place(&self.all_keys(extra)))
+    }
+
+    /// Like [`State::desired`], with `r` replicas per shard (the leader first, balanced).
+    pub fn desired_replicas(
+        &self,
+        extra: &[ShardId],
+        r: usize,
+    ) -> Result<ReplicaAssignment, ErrorKind> {
+        Ok(self.member_ring()?.place_replicas(&self.all_keys(extra), r))
+    }
+
+    /// The ring over every member that is not leaving.
+    fn member_ring(&self) -> Result<Ring, ErrorKind> {
         let members: Vec<RingMember> = self
             .members
             .iter()
@@ -39,7 +53,7 @@ impl State {
                 weight: m.weight,
             })
             .collect();
-        Ok(self.ring_of(&members)?.place(&self.all_keys(extra)))
+        self.ring_of(&members)
     }
 
     /// Every shard key of every topic plus `extra`, for `Ring::place`.

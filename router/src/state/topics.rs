@@ -60,24 +60,35 @@ impl State {
         // shard must be writable at once) and moves when its desired owner is back.
         let desired = self.desired(&new)?;
         let fallback = self.up_ring(None)?.place(&self.all_keys(&new));
+        let rf = config.replication_factor as usize;
+        let desired_sets = self.desired_replicas(&new, rf)?;
         let up_ring = self.up_ring(None)?;
         let mut placed = Vec::with_capacity(new.len());
         for shard in &new {
+            let key = shard.key();
             let owner = desired
-                .get(&shard.key())
+                .get(&key)
                 .copied()
                 .filter(|id| up.contains(id))
-                .or_else(|| fallback.get(&shard.key()).copied())
+                .or_else(|| fallback.get(&key).copied())
                 .ok_or_else(|| no_broker_up(name))?;
-            // Followers: the next distinct brokers clockwise that are up.
+            // Followers: the ring's balanced choice where those brokers are up, else the next
+            // distinct brokers clockwise that are up.
             let mut replicas = vec![owner];
-            replicas.extend(
-                up_ring
-                    .replicas(&shard.key(), up.len())
-                    .into_iter()
-                    .filter(|b| *b != owner)
-                    .take(config.replication_factor as usize - 1),
-            );
+            let candidates = desired_sets
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .copied()
+                .chain(up_ring.replicas(&key, up.len()));
+            for b in candidates {
+                if replicas.len() == rf {
+                    break;
+                }
+                if up.contains(&b) && !replicas.contains(&b) {
+                    replicas.push(b);
+                }
+            }
             let r = Replicas {
                 isr: replicas.clone(),
                 replicas,

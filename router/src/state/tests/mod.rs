@@ -2,6 +2,7 @@
 
 mod membership;
 mod moves;
+mod replicas;
 mod topics;
 
 use shardq_protocol::{BrokerId, BrokerStatus, Epoch, ErrorKind, MovePhase};

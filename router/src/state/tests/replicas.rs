@@ -1,0 +1,225 @@
+//! Tests of the controller's replication decisions: placement of replicas, elections on failure
+//! and restart, the leaders' ISR changes, explicit (clean and unclean) elections.
+
+use std::collections::BTreeMap;
+
+use shardq_protocol::{BrokerId, ErrorKind, ShardId, ShardReport};
+
+use super::{down, ok, state};
+use crate::state::{Replicas, State};
+
+fn create(s: &mut State, topic: &str, partitions: u32, rf: u32) {
+    s.create_topic(topic, partitions, Some(rf), None, ok)
+        .unwrap();
+}
+
+fn replicas(s: &State, topic: &str, p: u32) -> Replicas {
+    s.replicas_of(&ShardId::new(topic, p)).unwrap()
+}
+
+/// Reports `end` as broker `id`'s end offset of `shard` (what an unclean election compares).
+fn report_end(s: &mut State, id: BrokerId, shard: &ShardId, end: u64) {
+    s.members
+        .get_mut(&id)
+        .unwrap()
+        .report
+        .shards
+        .push(ShardReport {
+            shard: shard.clone(),
+            state: shardq_protocol::ShardState::Active,
+            epoch: 1,
+            start_offset: 0,
+            end_offset: end,
+            bytes: 0,
+            groups: vec![],
+            role: shardq_protocol::ReplicaRole::Follower,
+            leader_epoch: 1,
+            high_watermark: 0,
+            followers: vec![],
+        });
+}
+
+#[test]
+fn six_partitions_on_three_brokers_are_led_two_each_with_balanced_replicas() {
+    for topic in ["orders", "T1", "bench-1", "x"] {
+        let mut s = state(&[1, 2, 3]);
+        create(&mut s, topic, 6, 3);
+        let mut leaders: BTreeMap<BrokerId, usize> = BTreeMap::new();
+        let mut held: BTreeMap<BrokerId, usize> = BTreeMap::new();
+        for p in 1..=6 {
+            let r = replicas(&s, topic, p);
+            assert_eq!(r.replicas.len(), 3, "{topic}:P{p}: {r:?}");
+            assert_eq!(r.isr, r.replicas, "a new shard's replicas are all in sync");
+            assert_eq!(r.leader, Some(r.replicas[0]));
+            assert_eq!(s.owners[&ShardId::new(topic, p)], r.replicas[0]);
+            *leaders.entry(r.replicas[0]).or_default() += 1;
+            for b in &r.replicas {
+                *held.entry(*b).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            leaders.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2],
+            "{topic}"
+        );
+        assert_eq!(
+            held.values().copied().collect::<Vec<_>>(),
+            vec![6, 6, 6],
+            "{topic}"
+        );
+        // Every broker is told about the shards it follows too.
+        for id in 1..=3 {
+            assert_eq!(s.assignments_of(id).len(), 6);
+        }
+    }
+}
+
+#[test]
+fn replication_factors_are_checked_against_the_brokers_up() {
+    let mut s = state(&[1, 2]);
+    let err = s.create_topic("t", 2, Some(3), None, ok).unwrap_err();
+    assert!(
+        matches!(&err, ErrorKind::BadRequest { reason } if reason.contains("replication factor 3") && reason.contains("only 2 broker(s)")),
+        "{err}"
+    );
+    assert!(s.create_topic("t", 2, Some(6), None, ok).is_err());
+    assert!(s.create_topic("t", 2, Some(0), None, ok).is_err());
+    assert!(s.create_topic("t", 2, Some(2), Some(3), ok).is_err());
+    // The default is capped at the brokers up; min in-sync defaults to a majority.
+    s.default_replication_factor = 3;
+    s.create_topic("d", 1, None, None, ok).unwrap();
+    let t = s.topics["d"];
+    assert_eq!((t.replication_factor, t.min_insync), (2, 2));
+    s.create_topic("m", 1, Some(1), None, ok).unwrap();
+    assert_eq!(s.topics["m"].min_insync, 1);
+}
+
+#[test]
+fn a_down_leader_is_replaced_from_the_isr_and_the_shard_waits_when_none_is_left() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 1, 3);
+    let shard = ShardId::new("t", 1);
+    let r0 = replicas(&s, "t", 1);
+    let (a, b, c) = (r0.replicas[0], r0.replicas[1], r0.replicas[2]);
+
+    down(&mut s, a);
+    let f = s.fail_over(Some(a), ok).unwrap();
+    let r = replicas(&s, "t", 1);
+    assert_eq!(r.leader, Some(b), "the next in-sync replica leads");
+    assert_eq!(r.leader_epoch, r0.leader_epoch + 1);
+    assert!(!r.isr.contains(&a), "a down broker leaves the ISR at once");
+    assert_eq!(f.elected, vec![(shard.clone(), Some(b))]);
+    assert!(f.pushes.iter().any(|(addr, _)| addr.id == b));
+
+    down(&mut s, b);
+    s.fail_over(Some(b), ok).unwrap();
+    assert_eq!(replicas(&s, "t", 1).leader, Some(c));
+    down(&mut s, c);
+    s.fail_over(Some(c), ok).unwrap();
+    let r = replicas(&s, "t", 1);
+    assert_eq!(r.leader, None, "offline: nobody in sync is up");
+    assert_eq!(
+        r.isr,
+        vec![c],
+        "the last in-sync replica is kept, never an empty ISR"
+    );
+    assert!(matches!(
+        s.owner_for(&shard),
+        Err(ErrorKind::Unavailable { .. })
+    ));
+
+    // a comes back first: it is not in sync, so the shard stays offline.
+    s.members.get_mut(&a).unwrap().status = shardq_protocol::BrokerStatus::Up;
+    s.fail_over(None, ok).unwrap();
+    assert_eq!(replicas(&s, "t", 1).leader, None);
+    // c comes back: it leads again, at a new epoch.
+    let before = replicas(&s, "t", 1).leader_epoch;
+    s.members.get_mut(&c).unwrap().status = shardq_protocol::BrokerStatus::Up;
+    s.fail_over(None, ok).unwrap();
+    let r = replicas(&s, "t", 1);
+    assert_eq!((r.leader, r.leader_epoch), (Some(c), before + 1));
+}
+
+#[test]
+fn a_restarted_leader_is_replaced_or_leads_again_at_a_new_epoch() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 1, 3);
+    create(&mut s, "u", 1, 1);
+    let r0 = replicas(&s, "t", 1);
+    let a = r0.replicas[0];
+    // A restart: the broker registered again and is up.
+    s.fail_over(Some(a), ok).unwrap();
+    let r = replicas(&s, "t", 1);
+    assert_eq!(r.leader, Some(r0.replicas[1]));
+    assert!(!r.isr.contains(&a));
+    // A single replica leads again, but at a new epoch (the new process may have lost records).
+    let u = replicas(&s, "u", 1);
+    let owner = u.replicas[0];
+    s.fail_over(Some(owner), ok).unwrap();
+    let u2 = replicas(&s, "u", 1);
+    assert_eq!(
+        (u2.leader, u2.leader_epoch),
+        (Some(owner), u.leader_epoch + 1)
+    );
+}
+
+#[test]
+fn isr_changes_are_compare_and_set_from_the_current_leader() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 1, 3);
+    let shard = ShardId::new("t", 1);
+    let r = replicas(&s, "t", 1);
+    let (l, f1, f2) = (r.replicas[0], r.replicas[1], r.replicas[2]);
+    let (e, v) = (r.leader_epoch, r.isr_version);
+    // From a follower, from an old epoch, at an old version: refused.
+    assert!(s.alter_isr(f1, &shard, e, v, &[f1], ok).is_err());
+    assert!(matches!(
+        s.alter_isr(l, &shard, e - 1, v, &[l], ok),
+        Err(ErrorKind::LeaderEpochMismatch { .. })
+    ));
+    assert!(s.alter_isr(l, &shard, e, v + 1, &[l], ok).is_err());
+    // Without the leader, or naming a broker without a replica: refused.
+    assert!(s.alter_isr(l, &shard, e, v, &[f1], ok).is_err());
+    assert!(s.alter_isr(l, &shard, e, v, &[l, 9], ok).is_err());
+    // Shrink, then a down broker may not be added back.
+    let v2 = s.alter_isr(l, &shard, e, v, &[l, f1], ok).unwrap();
+    assert_eq!(v2, v + 1);
+    assert_eq!(replicas(&s, "t", 1).isr.len(), 2);
+    down(&mut s, f2);
+    assert!(s.alter_isr(l, &shard, e, v2, &[l, f1, f2], ok).is_err());
+    // A failed persist changes nothing.
+    let fail = |_: &[crate::store::Op]| -> Result<(), ErrorKind> {
+        Err(ErrorKind::Storage {
+            reason: "disk".into(),
+        })
+    };
+    assert!(s.alter_isr(l, &shard, e, v2, &[l], fail).is_err());
+    assert_eq!(replicas(&s, "t", 1).isr_version, v2);
+}
+
+#[test]
+fn an_unclean_election_is_explicit_and_says_what_may_be_lost() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 1, 3);
+    let shard = ShardId::new("t", 1);
+    let r = replicas(&s, "t", 1);
+    let (l, f1, f2) = (r.replicas[0], r.replicas[1], r.replicas[2]);
+    // The ISR shrank to the leader, which then died: the shard is offline.
+    s.alter_isr(l, &shard, r.leader_epoch, r.isr_version, &[l], ok)
+        .unwrap();
+    report_end(&mut s, l, &shard, 1_000);
+    report_end(&mut s, f1, &shard, 700);
+    report_end(&mut s, f2, &shard, 900);
+    down(&mut s, l);
+    s.fail_over(Some(l), ok).unwrap();
+    assert_eq!(replicas(&s, "t", 1).leader, None);
+    let err = s.elect(&shard, false, ok).unwrap_err();
+    assert!(err.to_string().contains("--unclean"), "{err}");
+    let (e, pushes) = s.elect(&shard, true, ok).unwrap();
+    assert!(e.unclean);
+    assert_eq!(e.leader, f2, "the longest log among the replicas up");
+    assert_eq!(e.may_lose, Some(100));
+    assert!(!pushes.is_empty());
+    let r = replicas(&s, "t", 1);
+    assert_eq!((r.leader, r.isr.clone()), (Some(f2), vec![f2]));
+}
