@@ -509,8 +509,8 @@ pub async fn broker_remove(bootstrap: &str, id: u32, force: bool) -> Result<()> 
 }
 
 /// `shardq broker replace ID`: lets a new process (an empty data dir) take broker `id`'s place.
-/// There is no replication yet, so the shards it owned start empty on the new process; the text
-/// says so, and lists them.
+/// Its replicated shards are copied back from their leaders; its unreplicated ones start empty
+/// on the new process: the text says so, and lists them.
 pub async fn broker_replace(bootstrap: &str, id: u32, json: bool) -> Result<()> {
     match ask(bootstrap, Request::ReplaceBroker { id }).await? {
         Response::BrokerReplaced { id, shards } => {
@@ -542,8 +542,11 @@ fn render_replaced(id: u32, shards: &[shardq_protocol::ShardId]) -> String {
     format!(
         "broker {id} can now be taken over: the next broker process to register with --id {id} \
          (start it on an empty data dir) becomes broker {id}.\n\
-         Its {} shard(s) START EMPTY on the new process: shardq has no replication yet, so the \
-         records of the lost disk are gone (once replication exists they will be copied back).\n\
+         Its replicated shards are copied back from their leaders (it follows them, and \
+         rejoins their in-sync replicas once caught up; a shard whose only in-sync replica it \
+         was stays offline until `shardq shard elect T:Pn --unclean`).\n\
+         Its {} unreplicated shard(s) START EMPTY on the new process: their records were only on \
+         the lost disk.\n\
          shards that start empty: {list}\n",
         shards.len()
     )

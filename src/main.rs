@@ -150,8 +150,8 @@ enum BrokerAdmin {
     /// Let a new broker process take over the id of broker ID whose disk was lost (refused while
     /// it is up). The router binds every broker id to the UUID of its data dir and refuses any
     /// other process with that id; after this, the next process to register ID (on an empty data
-    /// dir) takes it. Its shards START EMPTY there: there is no replication yet, so their records
-    /// are gone (once replication exists, they will be copied back).
+    /// dir) takes it. Its replicated shards are copied back from their leaders (it rejoins their
+    /// in-sync replicas once caught up); its unreplicated shards START EMPTY there.
     Replace {
         id: u32,
         /// Machine-readable output.

@@ -531,7 +531,8 @@ pub enum Request {
 
     // ---- admin (router), continued ----
     /// Let a new process (a new UUID, an empty data dir) take over the id of broker `id`, whose
-    /// disk was lost. Refused while it is up. Its shards start empty on the new process.
+    /// disk was lost. Refused while it is up. Its replicated shards are copied back from their
+    /// leaders; its unreplicated ones start empty on the new process.
     ReplaceBroker {
         id: BrokerId,
     },
@@ -755,8 +756,8 @@ pub enum Response {
     Fenced {
         end_offset: Offset,
     },
-    /// Broker `id` may now be registered by a new process; `shards` are the ones it owns, which
-    /// start empty there (their data was on the lost disk).
+    /// Broker `id` may now be registered by a new process; `shards` are its unreplicated ones,
+    /// which start empty there (their data was only on the lost disk).
     BrokerReplaced {
         id: BrokerId,
         shards: Vec<ShardId>,

@@ -196,9 +196,39 @@ impl State {
                 ),
             });
         }
-        persist(&[Op::Unbind(id)])?;
+        // The new process holds nothing: it is in sync for no shard, and catches up as a
+        // follower. Where it was the last in-sync replica, the shard stays offline (its
+        // acknowledged records were only on the lost disk) until an unclean election, rather
+        // than the empty process being elected. A shard with no other replica starts empty on it.
+        let mut ops = vec![Op::Unbind(id)];
+        let mut changed = Vec::new();
+        let mut start_empty = Vec::new();
+        for shard in self.held_by(id) {
+            let Some(mut r) = self.replicas_of(&shard) else {
+                continue;
+            };
+            if r.replicas.len() <= 1 {
+                start_empty.push(shard);
+                continue;
+            }
+            r.isr.retain(|b| *b != id);
+            r.isr_version += 1;
+            if r.leader == Some(id) {
+                r.leader = None;
+                r.leader_epoch += 1;
+            }
+            ops.push(Op::PutReplicas {
+                shard: shard.clone(),
+                replicas: r.clone(),
+            });
+            changed.push((shard, r));
+        }
+        persist(&ops)?;
         self.identities.unbind(id);
-        Ok(self.owned_by(id))
+        for (shard, r) in changed {
+            self.put_replicas(&shard, r);
+        }
+        Ok(start_empty)
     }
 }
 

@@ -94,7 +94,7 @@ impl State {
     }
 
     /// Sets `shard`'s replication (and its owner, the leader or, while offline, the last one).
-    pub(super) fn put_replicas(&mut self, shard: &ShardId, r: Replicas) {
+    pub(crate) fn put_replicas(&mut self, shard: &ShardId, r: Replicas) {
         if let Some(l) = r.leader {
             self.owners.insert(shard.clone(), l);
         }

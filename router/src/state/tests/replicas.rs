@@ -223,3 +223,46 @@ fn an_unclean_election_is_explicit_and_says_what_may_be_lost() {
     let r = replicas(&s, "t", 1);
     assert_eq!((r.leader, r.isr.clone()), (Some(f2), vec![f2]));
 }
+
+#[test]
+fn a_replaced_broker_is_in_sync_for_nothing_and_never_elected_empty() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 3, 3);
+    create(&mut s, "u", 3, 1);
+    let victim = 2;
+    down(&mut s, victim);
+    s.fail_over(Some(victim), ok).unwrap();
+    let start_empty = s.replace(victim, ok).unwrap();
+    // Only its unreplicated shards start empty on the new process.
+    let single: Vec<ShardId> = (1..=3)
+        .map(|p| ShardId::new("u", p))
+        .filter(|sh| s.replicas_of(sh).unwrap().replicas == vec![victim])
+        .collect();
+    assert_eq!(start_empty, single);
+    for p in 1..=3 {
+        let r = replicas(&s, "t", p);
+        assert!(r.replicas.contains(&victim));
+        assert!(!r.isr.contains(&victim), "t:P{p}: {r:?}");
+    }
+    // Where it was the last in-sync replica, the shard stays offline when it registers again.
+    let mut s2 = state(&[1, 2, 3]);
+    create(&mut s2, "t", 1, 3);
+    let r2 = replicas(&s2, "t", 1);
+    let last = r2.replicas[2];
+    for b in r2.replicas.iter().copied().filter(|b| *b != last) {
+        down(&mut s2, b);
+        s2.fail_over(Some(b), ok).unwrap();
+    }
+    assert_eq!(replicas(&s2, "t", 1).isr, vec![last]);
+    down(&mut s2, last);
+    s2.fail_over(Some(last), ok).unwrap();
+    s2.replace(last, ok).unwrap();
+    assert!(replicas(&s2, "t", 1).isr.is_empty());
+    s2.members.get_mut(&last).unwrap().status = shardq_protocol::BrokerStatus::Up;
+    s2.fail_over(Some(last), ok).unwrap();
+    assert_eq!(
+        replicas(&s2, "t", 1).leader,
+        None,
+        "the empty process is not elected"
+    );
+}
