@@ -8,71 +8,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::UpCluster;
-use shardq_protocol::cluster::ClusterClient;
-use shardq_protocol::{ClusterStatus, Request, Response, ShardId};
-
-async fn status(client: &ClusterClient) -> Option<ClusterStatus> {
-    match client.admin(Request::Status).await {
-        Ok(Response::Status(s)) => Some(s),
-        _ => None,
-    }
-}
-
-/// Broker id -> shards it leads.
-fn leaders(st: &ClusterStatus) -> BTreeMap<u32, Vec<ShardId>> {
-    let mut m: BTreeMap<u32, Vec<ShardId>> = BTreeMap::new();
-    for (r, _) in &st.shards {
-        if let Some(o) = &r.owner {
-            m.entry(o.id).or_default().push(r.shard.clone());
-        }
-    }
-    m
-}
-
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: sends a signal to a process this test's cluster started.
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
-}
-
-/// Waits until every replica of every shard of `topic` holds the same records (same end, same
-/// checksum), and returns the checksums per shard.
-async fn replicas_agree(client: &ClusterClient, topic: &str, partitions: u32) {
-    for p in 1..=partitions {
-        let shard = ShardId::new(topic, p);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let answer = client
-                .admin(Request::ShardChecksum {
-                    shard: shard.clone(),
-                    upto: None,
-                })
-                .await;
-            let sums = match answer {
-                Ok(Response::Checksums(v)) => v,
-                other => panic!("checksum of {shard}: {other:?}"),
-            };
-            let all_ok = sums.len() == 3 && sums.iter().all(|c| c.error.is_none());
-            let same = all_ok
-                && sums
-                    .iter()
-                    .all(|c| (c.end, c.checksum) == (sums[0].end, sums[0].checksum));
-            if same {
-                assert!(sums[0].records > 0, "{shard}: no records");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{shard}: replicas still disagree after 60 s: {sums:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
+use common::{leaders, replicas_agree, signal, status, UpCluster};
+use shardq_protocol::{Request, Response};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_is_replaced_and_nothing_acknowledged_is_lost() {
@@ -148,7 +87,7 @@ async fn a_frozen_leader_is_replaced_and_nothing_acknowledged_is_lost() {
         c.await.unwrap().expect("consumer finishes");
     }
     common::verify_passes(dir, &[(1, &["R:*"]), (2, &["R:P1", "R:P4"])]);
-    replicas_agree(&client, "R", 6).await;
+    replicas_agree(&client, "R", 6, 3).await;
     eprintln!(
         "failover of broker {victim} ({} shards) seen after {failover:?}",
         led.len()

@@ -379,3 +379,74 @@ pub fn rss_kib(pid: i32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc status")
 }
+
+// ---- replication helpers ----
+
+pub async fn status(
+    client: &shardq_protocol::cluster::ClusterClient,
+) -> Option<shardq_protocol::ClusterStatus> {
+    match client.admin(shardq_protocol::Request::Status).await {
+        Ok(shardq_protocol::Response::Status(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Broker id -> shards it leads.
+pub fn leaders(
+    st: &shardq_protocol::ClusterStatus,
+) -> std::collections::BTreeMap<u32, Vec<shardq_protocol::ShardId>> {
+    let mut m: std::collections::BTreeMap<u32, Vec<shardq_protocol::ShardId>> =
+        std::collections::BTreeMap::new();
+    for (r, _) in &st.shards {
+        if let Some(o) = &r.owner {
+            m.entry(o.id).or_default().push(r.shard.clone());
+        }
+    }
+    m
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: sends a signal to a process this test's cluster started.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Waits until every replica of every shard of `topic` holds the same records (same end, same
+/// checksum) and there are `replicas` of them.
+pub async fn replicas_agree(
+    client: &shardq_protocol::cluster::ClusterClient,
+    topic: &str,
+    partitions: u32,
+    replicas: usize,
+) {
+    for p in 1..=partitions {
+        let shard = shardq_protocol::ShardId::new(topic, p);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = client
+                .admin(shardq_protocol::Request::ShardChecksum {
+                    shard: shard.clone(),
+                    upto: None,
+                })
+                .await;
+            let sums = match answer {
+                Ok(shardq_protocol::Response::Checksums(v)) => v,
+                other => panic!("checksum of {shard}: {other:?}"),
+            };
+            let all_ok = sums.len() == replicas && sums.iter().all(|c| c.error.is_none());
+            let same = all_ok
+                && sums
+                    .iter()
+                    .all(|c| (c.end, c.checksum) == (sums[0].end, sums[0].checksum));
+            if same {
+                assert!(sums[0].records > 0, "{shard}: no records");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{shard}: replicas still disagree after 60 s: {sums:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
