@@ -1,9 +1,10 @@
 //! Chaos under live traffic, with real processes under `shardq up`: 5 brokers, 3 topics x 8
 //! partitions with 3 replicas each, 4 producers (ack logs) and 3 consumers running throughout,
 //! while a random broker (leaders included) is SIGKILLed 10 times and restarted after 2-5 s, a
-//! leader is frozen (SIGSTOP) for three times the router's detection time, and one broker loses
-//! its data dir and is replaced. Then the verifier passes (nothing acknowledged lost, nothing
-//! twice, per-producer order kept) and every shard's replicas hold the same records.
+//! leader is frozen (SIGSTOP) for three times the router's detection time, one broker loses its
+//! data dir and is replaced, one broker is added and one removed (their replicas move). Then the
+//! verifier passes (nothing acknowledged lost, nothing twice, per-producer order kept) and every
+//! shard's replicas hold the same records.
 //!
 //! The victims and timings come from a seed printed at the start (`CHAOS_SEED=N` replays one).
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{leaders, replicas_agree, signal, status, UpCluster};
 use shardq_protocol::cluster::ClusterClient;
-use shardq_protocol::{BrokerStatus, Request, Response};
+use shardq_protocol::{BrokerStatus, MovePhase, Request, Response};
 
 const BROKERS: u32 = 5;
 const TOPICS: [&str; 3] = ["CA", "CB", "CC"];
@@ -194,6 +195,47 @@ async fn kills_a_frozen_leader_and_a_lost_disk_lose_nothing_acknowledged() {
     hold(&data, lost, false);
     await_restarted(&up, lost, pid).await;
     await_status(&client, lost, BrokerStatus::Up).await;
+
+    // A broker joins (replicas move to it), and another leaves gracefully (its replicas move
+    // away, leaderships with them, then it is removed).
+    let (added, _) = shardq::up::request_broker(&data)
+        .await
+        .expect("broker added");
+    let leaving = 1 + rng.below(BROKERS as u64) as u32;
+    eprintln!("broker {added} added; broker {leaving} leaves");
+    let removed = client
+        .admin(Request::RemoveBroker {
+            id: leaving,
+            force: false,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(removed, Response::BrokerRemoved { .. }),
+        "{removed:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = status(&client).await;
+        let drained = st.as_ref().is_some_and(|st| {
+            !st.brokers.iter().any(|b| b.addr.id == leaving)
+                && st.shards.iter().any(|(r, _)| r.replicas.contains(&added))
+                && !st.moves.iter().any(|m| {
+                    !matches!(
+                        m.phase,
+                        MovePhase::Done | MovePhase::Failed | MovePhase::RolledBack
+                    )
+                })
+        });
+        if drained {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker {leaving} not drained (or broker {added} holds nothing) after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     for p in producers {
         let s = p.await.unwrap().expect("producer finishes");

@@ -386,7 +386,7 @@ mod tests {
                 .unwrap();
         }
         s.create_topic("t", 6, None, None, ok).unwrap();
-        let on_1 = s.owned_by(1);
+        let on_1 = s.held_by(1);
         assert!(!on_1.is_empty());
         let e = s
             .replace(1, |_| panic!("refused: nothing persisted"))
@@ -418,7 +418,7 @@ mod tests {
             .unwrap();
         assert_eq!(s.identities.uuid_of(1), Some(fresh));
         // It keeps the id's shards (they start empty there) and the old process is now refused.
-        assert_eq!(s.owned_by(1), on_1);
+        assert_eq!(s.held_by(1), on_1);
         assert!(matches!(
             s.register_process(1, "h:1".into(), 1, claim(U1, Some(C)), later, ok),
             Err(ErrorKind::IdentityConflict { .. })

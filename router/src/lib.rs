@@ -15,6 +15,7 @@ pub mod cli;
 mod identity;
 mod liveness;
 mod pool;
+mod reassign;
 mod rebalance;
 mod replication;
 mod service;

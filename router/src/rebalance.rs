@@ -48,7 +48,7 @@ const POLL_FENCED: Duration = Duration::from_millis(5);
 /// Lag (records) under which the destination is about to fence.
 const NEAR_FENCE_LAG: u64 = 20_000;
 /// A shard whose move failed is not moved again for this long.
-const FAILED_MOVE_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const FAILED_MOVE_BACKOFF: Duration = Duration::from_secs(5);
 /// Retry delays after a failed request to a broker.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -197,6 +197,7 @@ impl Shared {
             }
         };
         if planned.is_empty() {
+            self.start_replica_moves(tasks).await;
             return;
         }
         // Persisted before any broker is told.
@@ -208,6 +209,7 @@ impl Shared {
             info!(move_id = m.move_id, shard = %m.shard, from = m.from, to = m.to, "move started");
             tasks.spawn(drive(self.clone(), m.move_id));
         }
+        self.start_replica_moves(tasks).await;
     }
 
     /// Unfences a shard fenced without a move in flight (see [`State::stale_fences`]).
@@ -285,10 +287,20 @@ impl Shared {
 pub(crate) async fn rebalancer_task(shared: Arc<Shared>) {
     async move {
         let mut tasks = JoinSet::new();
-        let resumed: Vec<u64> = shared.state().moves.keys().copied().collect();
-        for id in resumed {
+        let resumed: Vec<(u64, bool)> = {
+            let st = shared.state();
+            st.moves
+                .values()
+                .map(|m| (m.move_id, st.replicated(&m.shard)))
+                .collect()
+        };
+        for (id, replicated) in resumed {
             info!(move_id = id, "resuming an unfinished move");
-            tasks.spawn(drive(shared.clone(), id));
+            if replicated {
+                tasks.spawn(crate::reassign::drive_replica_move(shared.clone(), id));
+            } else {
+                tasks.spawn(drive(shared.clone(), id));
+            }
         }
         let mut tick = tokio::time::interval(REBALANCE_PERIOD);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

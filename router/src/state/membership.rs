@@ -246,7 +246,7 @@ impl State {
             .members
             .get(&id)
             .ok_or(ErrorKind::UnknownBroker { id })?;
-        let shards = self.owned_by(id);
+        let shards = self.held_by(id);
         if shards.is_empty() && !self.in_moves(id) {
             persist(&[Op::DeleteMember(id)])?;
             self.retire(id);
@@ -301,7 +301,7 @@ impl State {
             .iter()
             .filter(|(id, m)| {
                 m.leaving
-                    && !self.owners.values().any(|o| o == *id)
+                    && self.held_by(**id).is_empty()
                     && !self.in_moves(**id)
                     && !self.drops.keys().any(|(b, _)| b == *id)
             })

@@ -12,6 +12,7 @@
 mod membership;
 mod moves;
 mod placement;
+mod reassign;
 mod replicas;
 mod topics;
 mod views;
@@ -232,14 +233,6 @@ impl State {
                     self.assignments_of(id),
                 ))
             })
-            .collect()
-    }
-
-    pub(crate) fn owned_by(&self, id: BrokerId) -> Vec<ShardId> {
-        self.owners
-            .iter()
-            .filter(|(_, o)| **o == id)
-            .map(|(s, _)| s.clone())
             .collect()
     }
 

@@ -43,12 +43,8 @@ impl State {
                 continue;
             };
             let shard = (*shard).clone();
-            // Replicated shards are not moved this way (they move by joining the new replica to
-            // the set and letting it catch up): not built yet, they stay where they are.
-            let replicated = self
-                .replicas_of(&shard)
-                .is_some_and(|r| r.replicas.len() > 1);
-            let blocked = replicated
+            // Replicated shards move replica by replica (`State::plan_replica_moves`).
+            let blocked = self.replicated(&shard)
                 || self.moves.values().any(|m| m.shard == shard)
                 || self.retry_after.get(&shard).is_some_and(|t| *t > now)
                 // An old copy there still waits for its drop: importing over it would resume

@@ -134,7 +134,7 @@ fn a_removed_broker_id_is_refused_for_good() {
         .iter()
         .any(|op| matches!(op, Op::DeleteMember(id) if *id == owner)));
     let idle = (1..=4)
-        .find(|id| *id != owner && s.owned_by(*id).is_empty())
+        .find(|id| *id != owner && s.held_by(*id).is_empty())
         .unwrap_or_else(|| {
             s.register(5, "127.0.0.1:9005".into(), 1, t0).unwrap();
             5
@@ -203,7 +203,7 @@ fn a_down_broker_cannot_start_draining_and_nothing_is_recorded() {
     let mut s = state(&[1, 2, 3]);
     s.create_topic("t", 12, None, None, ok).unwrap();
     let t0 = Instant::now();
-    let on_3 = s.owned_by(3).len();
+    let on_3 = s.held_by(3).len();
     assert!(on_3 > 0);
     // Broker 3 goes silent; the others keep heartbeating.
     let later = t0 + Duration::from_secs(10);

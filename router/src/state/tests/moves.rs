@@ -26,7 +26,7 @@ fn a_move_destination_cannot_be_removed_under_the_move() {
         .into_iter()
         .find(|m| m.to == 3)
         .expect("a move to the new broker");
-    assert!(s.owned_by(3).is_empty());
+    assert!(s.held_by(3).is_empty());
     // Without --force: refused while the move is in flight.
     assert!(matches!(
         s.remove_broker(3, false, ok),
@@ -148,7 +148,7 @@ fn no_move_from_or_to_a_down_broker_and_rollback_backs_off() {
 fn a_leaver_gets_its_drops_before_it_is_removed() {
     let mut s = state(&[1, 2]);
     s.create_topic("t", 4, None, None, ok).unwrap();
-    let on_1 = s.owned_by(1);
+    let on_1 = s.held_by(1);
     assert!(!on_1.is_empty());
     s.leave(1, ok).unwrap();
     let now = Instant::now();
@@ -157,7 +157,7 @@ fn a_leaver_gets_its_drops_before_it_is_removed() {
             complete(&mut s, &m);
         }
     }
-    assert!(s.owned_by(1).is_empty());
+    assert!(s.held_by(1).is_empty());
     // Drained, but its old copies are still to be dropped: not reaped yet, and the drops
     // are due (not moot).
     assert!(s.reap_leavers(ok).unwrap().is_empty());

@@ -266,3 +266,67 @@ fn a_replaced_broker_is_in_sync_for_nothing_and_never_elected_empty() {
         "the empty process is not elected"
     );
 }
+
+#[test]
+fn a_join_moves_replicas_to_the_new_broker_one_at_a_time_and_switches_once_in_sync() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 12, 2);
+    s.register(4, "127.0.0.1:9004".into(), 1, tokio::time::Instant::now())
+        .unwrap();
+    let (planned, pushes) = s
+        .plan_replica_moves(100, tokio::time::Instant::now(), 0, ok)
+        .unwrap();
+    assert!(!planned.is_empty(), "a new broker gets replicas");
+    assert!(planned.iter().all(|m| m.to == 4), "{planned:?}");
+    assert!(pushes.iter().any(|(b, _)| b.id == 4));
+    // One move per shard at a time, and nothing more while they run.
+    let (again, _) = s
+        .plan_replica_moves(100, tokio::time::Instant::now(), 0, ok)
+        .unwrap();
+    assert!(again.is_empty());
+    for m in &planned {
+        let r = s.replicas_of(&m.shard).unwrap();
+        assert!(r.replicas.contains(&4) && !r.isr.contains(&4));
+        assert_eq!(s.replica_caught_up(m.move_id), Some(false));
+        assert!(
+            s.switch_replica_move(m.move_id, ok).is_err(),
+            "not in sync yet"
+        );
+    }
+    // The first: its leader takes broker 4 into the ISR, then the set switches.
+    let m = &planned[0];
+    let r = s.replicas_of(&m.shard).unwrap();
+    let leader = r.leader.unwrap();
+    let mut isr = r.isr.clone();
+    isr.push(4);
+    s.alter_isr(leader, &m.shard, r.leader_epoch, r.isr_version, &isr, ok)
+        .unwrap();
+    let f = s.switch_replica_move(m.move_id, ok).unwrap();
+    let after = s.replicas_of(&m.shard).unwrap();
+    assert!(!after.replicas.contains(&m.from) && after.replicas.contains(&4));
+    assert!(!after.isr.contains(&m.from));
+    assert_eq!(after.replicas.len(), 2);
+    assert_eq!(f.leader_moved, leader == m.from);
+    if f.leader_moved {
+        assert_eq!(after.leader, Some(4));
+        assert_eq!(after.leader_epoch, r.leader_epoch + 1);
+    }
+    assert_eq!(f.drop.broker, m.from);
+    // The source is told it holds no replica now.
+    let (_, to_source) = f.pushes.iter().find(|(b, _)| b.id == m.from).unwrap();
+    assert!(to_source
+        .iter()
+        .any(|a| a.shard == m.shard && !a.replication.replicas.contains(&m.from)));
+    // Switching again (a resumed driver) changes nothing.
+    s.switch_replica_move(m.move_id, ok).unwrap();
+    assert_eq!(s.replicas_of(&m.shard).unwrap(), after);
+
+    // Another is rolled back: broker 4 leaves that set again.
+    let m = &planned[1];
+    let before = s.replicas_of(&m.shard).unwrap();
+    let (_, drop) = s.roll_back_replica_move(m.move_id, ok).unwrap();
+    let back = s.replicas_of(&m.shard).unwrap();
+    assert!(!back.replicas.contains(&4));
+    assert_eq!(back.replicas.len(), before.replicas.len() - 1);
+    assert_eq!(drop.broker, 4);
+}

@@ -1,0 +1,327 @@
+//! Moves of replicated shards (a topic with more than one replica): Kafka's reassignment. A move
+//! of one replica from broker `from` to broker `to`:
+//!
+//! 1. `to` joins the replica set as a follower (persisted with the move, phase Copying); it
+//!    copies the log from the leader like any follower while everyone keeps serving.
+//! 2. Once the leader has taken `to` into the ISR, one persisted step finishes the move: `to`
+//!    takes `from`'s place in the replica list, `from` leaves the ISR, and if `from` led, `to`
+//!    leads at a new leader epoch (the only write pause: clients follow the new route). `from`'s
+//!    copy is dropped afterwards (a pending drop, as for unreplicated moves).
+//! 3. A move that cannot finish (`to` down or making no progress for the move timeout) rolls
+//!    back: `to` leaves the replica set and its partial copy is dropped.
+//!
+//! Every step is one persisted change, so a router restart resumes each move from where it is.
+
+use std::collections::{BTreeMap, HashMap};
+
+use shardq_protocol::{
+    BrokerId, BrokerStatus, Epoch, ErrorKind, MovePhase, ShardAssignment, ShardId,
+};
+
+use tokio::time::Instant;
+
+use super::{Pushes, Replicas, State};
+use crate::store::{MoveRecord, Op, PendingDrop};
+
+/// What finishing a replicated move did.
+#[derive(Debug)]
+pub struct Finished {
+    /// The source's copy, to drop once the move is recorded as done.
+    pub drop: PendingDrop,
+    pub pushes: Pushes,
+    /// The leader moved with it (clients must re-route: the write pause is measured).
+    pub leader_moved: bool,
+    pub epoch: Epoch,
+}
+
+impl State {
+    /// Whether `shard` is moved replica by replica (its topic has more than one replica).
+    pub fn replicated(&self, shard: &ShardId) -> bool {
+        self.topics
+            .get(&shard.topic)
+            .is_some_and(|t| t.replication_factor > 1)
+    }
+
+    /// The replicated moves to start now: for each replicated shard whose replica set differs
+    /// from the ring's (`place_replicas` over the members that are not leaving), one replica
+    /// from a broker that should not hold it to one that should, up to `room` moves.
+    pub fn plan_replica_moves(
+        &mut self,
+        room: usize,
+        now: Instant,
+        now_ms: u64,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<(Vec<MoveRecord>, Pushes), ErrorKind> {
+        if room == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        // Desired sets per replication factor in use.
+        let mut factors: Vec<usize> = self
+            .topics
+            .values()
+            .map(|t| t.replication_factor as usize)
+            .filter(|r| *r > 1)
+            .collect();
+        factors.sort_unstable();
+        factors.dedup();
+        let mut desired: HashMap<usize, shardq_ring::ReplicaAssignment> = HashMap::new();
+        for r in factors {
+            desired.insert(r, self.desired_replicas(&[], r)?);
+        }
+        let usable = |s: &State, id: BrokerId| {
+            s.members
+                .get(&id)
+                .is_some_and(|m| m.status == BrokerStatus::Up && m.confirmed && !m.leaving)
+        };
+        let mut planned: Vec<(MoveRecord, Replicas)> = Vec::new();
+        let mut id = self.next_move_id;
+        let shards: Vec<ShardId> = self.owners.keys().cloned().collect();
+        for shard in shards {
+            if planned.len() >= room {
+                break;
+            }
+            let Some(rf) = self
+                .topics
+                .get(&shard.topic)
+                .map(|t| t.replication_factor as usize)
+            else {
+                continue;
+            };
+            let Some(want) = desired.get(&rf).and_then(|d| d.get(&shard.key())) else {
+                continue;
+            };
+            let Some(r) = self.replicas_of(&shard) else {
+                continue;
+            };
+            let blocked = self.moves.values().any(|m| m.shard == shard)
+                || self.retry_after.get(&shard).is_some_and(|t| *t > now)
+                // Copies from the leader: there must be one, up.
+                || r.leader.is_none_or(|l| !usable_or_leaving_up(self, l));
+            if blocked {
+                continue;
+            }
+            let from = r.replicas.iter().copied().find(|b| !want.contains(b));
+            let to = want
+                .iter()
+                .copied()
+                .find(|b| !r.replicas.contains(b) && usable(self, *b))
+                .filter(|b| !self.drops.contains_key(&(*b, shard.clone())));
+            let (Some(from), Some(to)) = (from, to) else {
+                continue;
+            };
+            let mut next = r.clone();
+            next.replicas.push(to);
+            next.isr_version += 1;
+            planned.push((
+                MoveRecord {
+                    move_id: id,
+                    shard,
+                    from,
+                    to,
+                    phase: MovePhase::Copying,
+                    started_ms: now_ms,
+                    finished_ms: None,
+                    records_copied: 0,
+                    bytes_copied: 0,
+                    lag: 0,
+                    write_pause_ms: None,
+                    error: None,
+                },
+                next,
+            ));
+            id += 1;
+        }
+        if planned.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut ops = vec![Op::MoveSeq(id)];
+        for (m, r) in &planned {
+            ops.push(Op::PutMove(m.clone()));
+            ops.push(Op::PutReplicas {
+                shard: m.shard.clone(),
+                replicas: r.clone(),
+            });
+        }
+        persist(&ops)?;
+        self.next_move_id = id;
+        let mut touched = Vec::new();
+        let mut out = Vec::new();
+        for (m, r) in planned {
+            touched.extend(r.replicas.iter().copied());
+            self.put_replicas(&m.shard, r);
+            self.moves.insert(m.move_id, m.clone());
+            out.push(m);
+        }
+        Ok((out, self.pushes_for(touched)))
+    }
+
+    /// Whether replicated move `move_id`'s destination is in sync (the move can finish).
+    pub fn replica_caught_up(&self, move_id: u64) -> Option<bool> {
+        let m = self.moves.get(&move_id)?;
+        Some(
+            self.replicas_of(&m.shard)
+                .is_some_and(|r| r.isr.contains(&m.to)),
+        )
+    }
+
+    /// Switches replicated move `move_id` (its destination is in sync): the destination takes
+    /// the source's place, leadership with it if the source led. The caller then records the
+    /// move as done with the returned drop ([`State::finish`]); a crash in between leaves the
+    /// move listed over a switched set, which the resumed driver finishes (switching again is
+    /// a no-op).
+    pub fn switch_replica_move(
+        &mut self,
+        move_id: u64,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Finished, ErrorKind> {
+        let m = self
+            .moves
+            .get(&move_id)
+            .cloned()
+            .ok_or_else(|| ErrorKind::Internal {
+                reason: format!("move {move_id} is not in flight"),
+            })?;
+        let mut r = self
+            .replicas_of(&m.shard)
+            .ok_or_else(|| ErrorKind::Internal {
+                reason: format!("{} has no replica set", m.shard),
+            })?;
+        let epoch = self.epoch;
+        if !r.replicas.contains(&m.from) && r.replicas.contains(&m.to) {
+            // Switched already (before a router restart).
+            return Ok(Finished {
+                drop: PendingDrop {
+                    broker: m.from,
+                    shard: m.shard.clone(),
+                    epoch,
+                },
+                pushes: self.pushes_for(r.replicas.iter().copied().chain([m.from])),
+                leader_moved: false,
+                epoch,
+            });
+        }
+        if !r.isr.contains(&m.to) {
+            return Err(ErrorKind::Internal {
+                reason: format!("move {move_id}: broker {} is not in sync yet", m.to),
+            });
+        }
+        // `to` takes `from`'s place (its position: the preferred leader stays first).
+        r.replicas.retain(|b| *b != m.to);
+        match r.replicas.iter().position(|b| *b == m.from) {
+            Some(i) => r.replicas[i] = m.to,
+            None => r.replicas.push(m.to),
+        }
+        r.isr.retain(|b| *b != m.from);
+        r.isr_version += 1;
+        let leader_moved = r.leader == Some(m.from) || r.leader.is_none();
+        if leader_moved {
+            r.leader = Some(m.to);
+            r.leader_epoch += 1;
+        }
+        let epoch = self.epoch + u64::from(leader_moved);
+        let drop = PendingDrop {
+            broker: m.from,
+            shard: m.shard.clone(),
+            epoch,
+        };
+        let ops = [
+            Op::Epoch(epoch),
+            Op::PutReplicas {
+                shard: m.shard.clone(),
+                replicas: r.clone(),
+            },
+        ];
+        persist(&ops)?;
+        self.epoch = epoch;
+        let touched: Vec<BrokerId> = r.replicas.iter().copied().chain([m.from]).collect();
+        self.put_replicas(&m.shard, r);
+        let mut pushes = self.pushes_for(touched);
+        // The source is told explicitly that it holds no replica now (its complete assignment
+        // no longer lists the shard, which it would only act on at its next heartbeat): an old
+        // leader must stop at once.
+        if let (Some(set), Some((_, list))) = (
+            self.replica_set(&m.shard),
+            pushes.iter_mut().find(|(b, _)| b.id == m.from),
+        ) {
+            list.push(ShardAssignment {
+                shard: m.shard.clone(),
+                epoch,
+                replication: set,
+            });
+        }
+        Ok(Finished {
+            drop,
+            pushes,
+            leader_moved,
+            epoch,
+        })
+    }
+
+    /// Rolls replicated move `move_id` back: the destination leaves the replica set (its copy
+    /// is dropped). Returns the pushes and the pending drop.
+    pub fn roll_back_replica_move(
+        &mut self,
+        move_id: u64,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<(Pushes, PendingDrop), ErrorKind> {
+        let m = self
+            .moves
+            .get(&move_id)
+            .cloned()
+            .ok_or_else(|| ErrorKind::Internal {
+                reason: format!("move {move_id} is not in flight"),
+            })?;
+        let mut r = self
+            .replicas_of(&m.shard)
+            .ok_or_else(|| ErrorKind::Internal {
+                reason: format!("{} has no replica set", m.shard),
+            })?;
+        let drop = PendingDrop {
+            broker: m.to,
+            shard: m.shard.clone(),
+            epoch: self.epoch,
+        };
+        if !r.replicas.contains(&m.to) || r.leader == Some(m.to) {
+            // Already finished (or the destination leads now): nothing to undo.
+            return Ok((Vec::new(), drop));
+        }
+        r.replicas.retain(|b| *b != m.to);
+        r.isr.retain(|b| *b != m.to);
+        r.isr_version += 1;
+        persist(&[Op::PutReplicas {
+            shard: m.shard.clone(),
+            replicas: r.clone(),
+        }])?;
+        let touched: Vec<BrokerId> = r.replicas.iter().copied().chain([m.to]).collect();
+        self.put_replicas(&m.shard, r);
+        Ok((self.pushes_for(touched), drop))
+    }
+
+    /// Per replicated move in flight: the destination's lag behind the leader, from the
+    /// leader's last report.
+    pub fn replica_lags(&self) -> BTreeMap<u64, (u64, Option<u64>)> {
+        self.moves
+            .values()
+            .filter(|m| self.replicated(&m.shard))
+            .filter_map(|m| {
+                let leader = self.replicas_of(&m.shard)?.leader?;
+                let report = self
+                    .members
+                    .get(&leader)?
+                    .report
+                    .shards
+                    .iter()
+                    .find(|s| s.shard == m.shard)?;
+                let f = report.followers.iter().find(|f| f.broker == m.to)?;
+                Some((m.move_id, (f.lag, f.end)))
+            })
+            .collect()
+    }
+}
+
+/// A leader may serve a move's copy while it drains (leaving) as long as it is up.
+fn usable_or_leaving_up(s: &State, id: BrokerId) -> bool {
+    s.members
+        .get(&id)
+        .is_some_and(|m| m.status == BrokerStatus::Up)
+}
