@@ -43,6 +43,11 @@ pub struct RouterArgs {
     /// brokers up when the topic is created).
     #[arg(long, default_value_t = crate::DEFAULT_REPLICATION_FACTOR, value_parser = clap::value_parser!(u32).range(1..=5))]
     pub default_replication_factor: u32,
+    /// A broker down for this many milliseconds has its replicas re-created on other brokers
+    /// (copied from their leaders), restoring each shard's replication factor; it gets its
+    /// place back when it returns.
+    #[arg(long, default_value_t = crate::DEFAULT_REPLACE_AFTER.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub replace_after_ms: u64,
     /// Deadline in milliseconds of a request the router sends to a broker (a proxied fetch gets
     /// its long-poll wait on top).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -90,6 +95,7 @@ impl RouterArgs {
             },
             broker_timeout: Duration::from_millis(self.broker_timeout_ms),
             default_replication_factor: self.default_replication_factor,
+            replace_after: Duration::from_millis(self.replace_after_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_frame: self.max_frame_bytes,
             // Bounded to 1..=1000 by the parser.

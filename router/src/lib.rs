@@ -49,6 +49,8 @@ pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Replicas per shard of a topic created without `--replication-factor`. One until replicated
 /// shards move with joins and leaves (they stay where they are placed for now).
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 1;
+/// How long a broker may be down before its replicas are re-created on other brokers.
+pub const DEFAULT_REPLACE_AFTER: Duration = Duration::from_secs(60);
 /// Default deadline of a request the router sends to a broker (proxied or its own).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of shard moves in flight at once.
@@ -84,6 +86,8 @@ pub struct RouterConfig {
     /// Replicas per shard of a topic created without `--replication-factor` (capped at the
     /// brokers up when it is created).
     pub default_replication_factor: u32,
+    /// A broker down for longer than this has its replicas re-created on other brokers.
+    pub replace_after: Duration,
 }
 
 impl RouterConfig {
@@ -100,6 +104,7 @@ impl RouterConfig {
             move_timeout: DEFAULT_MOVE_TIMEOUT,
             listener: Listener::default(),
             default_replication_factor: DEFAULT_REPLICATION_FACTOR,
+            replace_after: DEFAULT_REPLACE_AFTER,
         }
     }
 }
@@ -211,6 +216,7 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
     }
     let mut state = State::restore(snap, config.ring.clone(), tokio::time::Instant::now());
     state.default_replication_factor = config.default_replication_factor;
+    state.replace_after = config.replace_after;
     let cluster = state.identities.cluster().to_string();
     let (epoch, members, topics, moves) = (
         state.epoch,

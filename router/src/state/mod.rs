@@ -137,6 +137,9 @@ pub struct State {
     pub replicas: BTreeMap<ShardId, Replicas>,
     /// Replication factor of topics created without one (capped at the brokers up then).
     pub default_replication_factor: u32,
+    /// A broker down for longer than this loses its place in the desired placement: its
+    /// replicas are re-created on other brokers.
+    pub replace_after: std::time::Duration,
     /// Moves in flight, by id.
     pub moves: BTreeMap<u64, MoveRecord>,
     /// Finished moves, oldest first, at most [`MOVE_HISTORY`].
@@ -188,6 +191,7 @@ impl State {
             owners: snap.owners,
             replicas: snap.replicas,
             default_replication_factor: 1,
+            replace_after: crate::DEFAULT_REPLACE_AFTER,
             moves: moves.into_iter().map(|m| (m.move_id, m)).collect(),
             history: finished.into_iter().skip(skip).collect(),
             // Never reuse an id, even if the counter was not written (ids start at 1).

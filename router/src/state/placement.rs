@@ -42,12 +42,19 @@ impl State {
         Ok(self.member_ring()?.place_replicas(&self.all_keys(extra), r))
     }
 
-    /// The ring over every member that is not leaving.
+    /// The ring over every member that is not leaving, nor down for longer than
+    /// `replace_after` (its replicas are re-created on the others; it gets its place back when
+    /// it returns).
     fn member_ring(&self) -> Result<Ring, ErrorKind> {
+        let now = tokio::time::Instant::now();
         let members: Vec<RingMember> = self
             .members
             .iter()
             .filter(|(_, m)| !m.leaving)
+            .filter(|(_, m)| {
+                m.status != BrokerStatus::Down
+                    || now.saturating_duration_since(m.last_seen) <= self.replace_after
+            })
             .map(|(id, m)| RingMember {
                 id: *id,
                 weight: m.weight,

@@ -330,3 +330,29 @@ fn a_join_moves_replicas_to_the_new_broker_one_at_a_time_and_switches_once_in_sy
     assert_eq!(back.replicas.len(), before.replicas.len() - 1);
     assert_eq!(drop.broker, 4);
 }
+
+#[test]
+fn replicas_of_a_broker_down_past_replace_after_are_re_created_elsewhere() {
+    let mut s = state(&[1, 2, 3, 4]);
+    create(&mut s, "t", 8, 3);
+    let victim = 1;
+    let held = s.held_by(victim);
+    assert!(!held.is_empty());
+    down(&mut s, victim);
+    s.fail_over(Some(victim), ok).unwrap();
+    // Down, but not for long yet: nothing moves.
+    s.replace_after = std::time::Duration::from_secs(3600);
+    let (planned, _) = s
+        .plan_replica_moves(100, tokio::time::Instant::now(), 0, ok)
+        .unwrap();
+    assert!(planned.is_empty(), "{planned:?}");
+    // Past replace_after: every replica it held moves to another broker, copied from leaders.
+    s.replace_after = std::time::Duration::ZERO;
+    s.members.get_mut(&victim).unwrap().last_seen -= std::time::Duration::from_millis(10);
+    let (planned, _) = s
+        .plan_replica_moves(100, tokio::time::Instant::now(), 0, ok)
+        .unwrap();
+    let moved: Vec<ShardId> = planned.iter().map(|m| m.shard.clone()).collect();
+    assert_eq!(moved, held);
+    assert!(planned.iter().all(|m| m.from == victim && m.to != victim));
+}
