@@ -20,6 +20,33 @@ use crate::Shared;
 const POLL: Duration = Duration::from_millis(100);
 
 impl Shared {
+    /// Moves leadership back to preferred leaders (see `State::prefer_leaders`), a few shards
+    /// per round.
+    pub(crate) async fn prefer_leaders(self: &Arc<Self>) {
+        let result = {
+            let mut st = self.state();
+            st.prefer_leaders(self.config.max_moves.max(1), |ops| self.persist(ops))
+                .map(|(e, p)| (e, p, st.epoch))
+        };
+        let (elected, pushes, epoch) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cannot restore preferred leaders: {e}");
+                return;
+            }
+        };
+        if elected.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.flush().await {
+            warn!("flushing preferred leaders failed: {e}");
+        }
+        push(&self.pool, epoch, pushes, self.config.request_timeout).await;
+        for (shard, leader) in elected {
+            info!(%shard, leader, "leadership back to the preferred replica");
+        }
+    }
+
     /// Plans and starts the replicated moves there is room for.
     pub(crate) async fn start_replica_moves(self: &Arc<Self>, tasks: &mut JoinSet<()>) {
         let planned = {

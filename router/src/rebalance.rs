@@ -198,6 +198,7 @@ impl Shared {
         };
         if planned.is_empty() {
             self.start_replica_moves(tasks).await;
+            self.prefer_leaders().await;
             return;
         }
         // Persisted before any broker is told.
@@ -210,6 +211,7 @@ impl Shared {
             tasks.spawn(drive(self.clone(), m.move_id));
         }
         self.start_replica_moves(tasks).await;
+        self.prefer_leaders().await;
     }
 
     /// Unfences a shard fenced without a move in flight (see [`State::stale_fences`]).

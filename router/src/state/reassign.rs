@@ -297,6 +297,63 @@ impl State {
         Ok((self.pushes_for(touched), drop))
     }
 
+    /// Gives leadership back to preferred leaders (the first replica, which the ring balanced)
+    /// where another replica leads since a failover: at most `max` shards, only where every
+    /// replica is in sync (so the preferred one has every committed record and is not flapping)
+    /// and no move of the shard is in flight. Each is an election at a new leader epoch.
+    pub fn prefer_leaders(
+        &mut self,
+        max: usize,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<(Vec<(ShardId, BrokerId)>, Pushes), ErrorKind> {
+        let mut changed = Vec::new();
+        for (shard, _) in self.owners.iter() {
+            if changed.len() >= max {
+                break;
+            }
+            let Some(r) = self.replicas_of(shard) else {
+                continue;
+            };
+            let Some(&preferred) = r.replicas.first() else {
+                continue;
+            };
+            let ready = r.leader.is_some()
+                && r.leader != Some(preferred)
+                && r.isr.len() == r.replicas.len()
+                && usable_or_leaving_up(self, preferred)
+                && self
+                    .members
+                    .get(&preferred)
+                    .is_some_and(|m| !m.leaving && m.confirmed)
+                && !self.moves.values().any(|m| &m.shard == shard);
+            if ready {
+                let mut next = r.clone();
+                next.leader = Some(preferred);
+                next.leader_epoch += 1;
+                changed.push((shard.clone(), next));
+            }
+        }
+        if changed.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let epoch = self.epoch + 1;
+        let mut ops = vec![Op::Epoch(epoch)];
+        ops.extend(changed.iter().map(|(shard, r)| Op::PutReplicas {
+            shard: shard.clone(),
+            replicas: r.clone(),
+        }));
+        persist(&ops)?;
+        self.epoch = epoch;
+        let mut touched = Vec::new();
+        let mut out = Vec::new();
+        for (shard, r) in changed {
+            touched.extend(r.replicas.iter().copied());
+            out.push((shard.clone(), r.replicas[0]));
+            self.put_replicas(&shard, r);
+        }
+        Ok((out, self.pushes_for(touched)))
+    }
+
     /// Per replicated move in flight: the destination's lag behind the leader, from the
     /// leader's last report.
     pub fn replica_lags(&self) -> BTreeMap<u64, (u64, Option<u64>)> {

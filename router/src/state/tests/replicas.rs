@@ -356,3 +356,51 @@ fn replicas_of_a_broker_down_past_replace_after_are_re_created_elsewhere() {
     assert_eq!(moved, held);
     assert!(planned.iter().all(|m| m.from == victim && m.to != victim));
 }
+
+#[test]
+fn leadership_returns_to_the_preferred_replica_once_every_replica_is_in_sync() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 6, 3);
+    let shard = ShardId::new("t", 1);
+    let r0 = replicas(&s, "t", 1);
+    let preferred = r0.replicas[0];
+    down(&mut s, preferred);
+    s.fail_over(Some(preferred), ok).unwrap();
+    let r = replicas(&s, "t", 1);
+    assert_ne!(r.leader, Some(preferred));
+    // Back up, but not in sync yet: leadership stays.
+    s.members.get_mut(&preferred).unwrap().status = shardq_protocol::BrokerStatus::Up;
+    let (none, _) = s.prefer_leaders(10, ok).unwrap();
+    assert!(!none.iter().any(|(sh, _)| sh == &shard));
+    // Caught up: the leaders take it back into their ISRs, then leadership returns to it.
+    for p in 1..=6 {
+        let rp = replicas(&s, "t", p);
+        if !rp.isr.contains(&preferred) {
+            let mut isr = rp.isr.clone();
+            isr.push(preferred);
+            let sh = ShardId::new("t", p);
+            s.alter_isr(
+                rp.leader.unwrap(),
+                &sh,
+                rp.leader_epoch,
+                rp.isr_version,
+                &isr,
+                ok,
+            )
+            .unwrap();
+        }
+    }
+    let (elected, pushes) = s.prefer_leaders(10, ok).unwrap();
+    assert!(elected.contains(&(shard.clone(), preferred)), "{elected:?}");
+    assert!(!pushes.is_empty());
+    let r2 = replicas(&s, "t", 1);
+    assert_eq!(
+        (r2.leader, r2.leader_epoch),
+        (Some(preferred), r.leader_epoch + 1)
+    );
+    let mut led: BTreeMap<BrokerId, usize> = BTreeMap::new();
+    for p in 1..=6 {
+        *led.entry(replicas(&s, "t", p).leader.unwrap()).or_default() += 1;
+    }
+    assert_eq!(led.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+}
