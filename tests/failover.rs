@@ -94,3 +94,84 @@ async fn a_frozen_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     );
     up.stop().await;
 }
+
+/// A group's committed offset is on every in-sync replica before the commit is acknowledged:
+/// the leader is frozen right after the commit, and the new leader answers with that offset
+/// (a consumer restarted there re-reads nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_group_offset_survives_the_failover_of_its_leader() {
+    use shardq_protocol::{ShardId, ShardSpec};
+    let up = UpCluster::start(3, &[]).await;
+    let at = up.endpoint();
+    let client = at.client().await;
+    client
+        .admin(Request::CreateTopic {
+            name: "G".into(),
+            partitions: 1,
+            replication_factor: Some(3),
+            min_insync: None,
+        })
+        .await
+        .unwrap();
+    let producer = shardq_producer::Producer::connect(at.producer_config())
+        .await
+        .unwrap();
+    let shard = ShardId::new("G", 1);
+    let mut acks = Vec::new();
+    for i in 0..100 {
+        acks.push(
+            producer
+                .send(&ShardSpec::All("G".into()), None, format!("g{i}").into())
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.expect("acknowledged");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let commit = client
+        .shard_request(
+            &shard,
+            |epoch| Request::CommitOffset {
+                shard: shard.clone(),
+                epoch,
+                group: "g".into(),
+                offset: 100,
+            },
+            Duration::from_secs(5),
+            deadline,
+        )
+        .await
+        .unwrap();
+    assert_eq!(commit, Response::Committed);
+    let st = status(&client).await.expect("status");
+    let leader = leaders(&st).into_keys().next().expect("a leader");
+    let pid = up.broker_pid(leader).expect("pid");
+    signal(pid, libc::SIGSTOP);
+    let offset = client
+        .shard_request(
+            &shard,
+            |epoch| Request::FetchOffset {
+                shard: shard.clone(),
+                epoch,
+                group: "g".into(),
+            },
+            Duration::from_secs(2),
+            tokio::time::Instant::now() + Duration::from_secs(30),
+        )
+        .await;
+    signal(pid, libc::SIGCONT);
+    assert_eq!(
+        offset.unwrap(),
+        Response::GroupOffset { offset: Some(100) },
+        "the new leader has the committed offset"
+    );
+    let st = status(&client).await.expect("status");
+    assert_ne!(
+        leaders(&st).into_keys().next(),
+        Some(leader),
+        "it failed over"
+    );
+    up.stop().await;
+}

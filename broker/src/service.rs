@@ -77,6 +77,15 @@ struct Replicated(Arc<Shard>);
 
 impl Replicated {
     async fn wait(&self, end: Offset) -> Result<(), ErrorKind> {
+        self.wait_for(|s| s.ack_check(end)).await
+    }
+
+    /// Waits until `check` says yes (re-checked whenever the high watermark, a follower's
+    /// progress or the shard's state changes), or fails with its error or a timeout.
+    async fn wait_for(
+        &self,
+        check: impl Fn(&Shard) -> Result<bool, ErrorKind>,
+    ) -> Result<(), ErrorKind> {
         let shard = &self.0;
         let mut hw = shard.subscribe(Limit::Committed);
         let deadline = tokio::time::Instant::now() + REPLICATION_WAIT;
@@ -84,7 +93,7 @@ impl Replicated {
             let changed = shard.state_changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if shard.ack_check(end)? {
+            if check(shard)? {
                 return Ok(());
             }
             tokio::select! {
@@ -742,14 +751,6 @@ impl Broker {
         })
     }
 
-    fn wait_durable(&self, ticket: u64, response: Response) -> ServiceFuture {
-        let durability = self.durability.clone();
-        Box::pin(async move {
-            durability.wait(ticket).await?;
-            Ok(response)
-        })
-    }
-
     fn fetch(&self, f: FetchRequest) -> ServiceFuture {
         let shard = match self.shard(&f.shard, Access::Read) {
             Ok(s) => s,
@@ -798,15 +799,24 @@ impl Broker {
         })
     }
 
+    /// A group commit: acknowledged once durable here and held by every in-sync follower, so
+    /// a failover never re-delivers what a group committed.
     fn commit(&self, shard: &ShardId, group: &str, offset: Offset) -> ServiceFuture {
         let d = &self.durability;
-        let result = self
-            .shard(shard, Access::Write)
-            .and_then(|s| s.commit(group, offset, self.epoch(), &|| d.note_write()));
-        match result {
-            Ok(ticket) => self.wait_durable(ticket, Response::Committed),
-            Err(e) => ready_result(Err(e)),
-        }
+        let result = self.shard(shard, Access::Write).and_then(|s| {
+            s.commit(group, offset, self.epoch(), &|| d.note_write())
+                .map(|r| (s, r))
+        });
+        let (s, (ticket, version)) = match result {
+            Ok(r) => r,
+            Err(e) => return ready_result(Err(e)),
+        };
+        let durability = self.durability.clone();
+        Box::pin(async move {
+            durability.wait(ticket).await?;
+            Replicated(s).wait_for(|s| s.groups_check(version)).await?;
+            Ok(Response::Committed)
+        })
     }
 
     /// The end offset readers may see: the high watermark (which never passes this replica's

@@ -577,15 +577,16 @@ impl Shard {
         Ok(())
     }
 
-    /// Commits a group's offset (synchronously; the caller waits for durability).
-    /// Returns the write's durability ticket.
+    /// Commits a group's offset (synchronously; the caller waits for durability, then for the
+    /// in-sync replicas to have it). Returns the write's durability ticket and the groups
+    /// version the followers must reach.
     pub fn commit(
         &self,
         group: &str,
         offset: Offset,
         known_epoch: Epoch,
         note_write: &dyn Fn() -> u64,
-    ) -> Result<u64, ErrorKind> {
+    ) -> Result<(u64, u64), ErrorKind> {
         let mut inner = self.lock();
         self.check(&inner, Access::Write, known_epoch)?;
         if offset > inner.next_offset {
@@ -607,7 +608,9 @@ impl Shard {
         inner.repl.groups_version.1 += 1;
         let version = inner.repl.groups_version.1;
         inner.repl.group_changes.insert(group.to_string(), version);
-        Ok(ticket)
+        // Wakes the followers' parked replica fetches, which carry the change.
+        self.end.send_modify(|_| {});
+        Ok((ticket, version))
     }
 
     pub fn group_offset(&self, group: &str) -> Option<Offset> {

@@ -41,6 +41,8 @@ pub(crate) struct Repl {
     /// the counter at which each group last changed.
     pub groups_version: (LeaderEpoch, u64),
     pub group_changes: BTreeMap<String, u64>,
+    /// On the leader: the groups version each follower reported holding.
+    pub follower_groups: BTreeMap<BrokerId, (LeaderEpoch, u64)>,
 }
 
 impl Repl {
@@ -52,6 +54,7 @@ impl Repl {
             hw,
             groups_version: (0, 0),
             group_changes: BTreeMap::new(),
+            follower_groups: BTreeMap::new(),
         }
     }
 
@@ -148,6 +151,7 @@ impl Shard {
                 // A new leader epoch: group offsets are sent whole again.
                 inner.repl.groups_version = (set.leader_epoch, 0);
                 inner.repl.group_changes.clear();
+                inner.repl.follower_groups.clear();
             }
             inner.repl.role = role;
         }
@@ -228,6 +232,32 @@ impl Shard {
                     min: min as u32,
                 }),
             },
+            _ => Err(self.not_leader(&inner)),
+        }
+    }
+
+    /// Whether every in-sync follower holds the groups at `version` of this leader epoch: Ok
+    /// (true) yes, Ok(false) not yet, or why never at this leader.
+    pub fn groups_check(&self, version: u64) -> Result<bool, ErrorKind> {
+        let inner = self.lock();
+        let epoch = inner.repl.groups_version.0;
+        match &inner.repl.role {
+            Role::Leader(l) => {
+                if l.isr.len() < l.min_insync {
+                    return Err(ErrorKind::NotEnoughReplicas {
+                        shard: self.id.to_string(),
+                        isr: l.isr.len() as u32,
+                        min: l.min_insync as u32,
+                    });
+                }
+                Ok(l.isr.iter().filter(|b| **b != l.leader).all(|b| {
+                    inner
+                        .repl
+                        .follower_groups
+                        .get(b)
+                        .is_some_and(|v| *v >= (epoch, version))
+                }))
+            }
             _ => Err(self.not_leader(&inner)),
         }
     }
@@ -322,7 +352,15 @@ impl Shard {
                     now_ms,
                 );
             }
+            let before = inner
+                .repl
+                .follower_groups
+                .insert(follower, pos.groups_version);
             self.publish_hw(&mut inner);
+            if before != Some(pos.groups_version) {
+                // Wakes group commits waiting for their followers.
+                self.hw.send_modify(|_| {});
+            }
             let g_epoch = inner.repl.groups_version.0;
             let groups: Vec<(String, Offset)> = if pos.groups_version.0 != g_epoch {
                 inner.groups.iter().map(|(g, o)| (g.clone(), *o)).collect()
