@@ -14,6 +14,7 @@ mod durability;
 pub mod identity;
 mod import;
 mod membership;
+pub mod replica;
 mod router_link;
 pub mod service;
 mod shard;
