@@ -45,7 +45,7 @@ pub fn check_leader_epoch(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FetchCheck {
     /// The follower's log is a prefix of the leader's: serve from the fetch offset, which is
-    /// the follower's end (the leader records it, see `LeaderState::on_fetch`).
+    /// the follower's end (see [`super::LeaderState::on_fetch`]).
     Ok,
     /// The logs differ below the fetch offset: the leader's largest epoch not above the
     /// follower's last one, and where that epoch ends in the leader's log. The follower cuts at
