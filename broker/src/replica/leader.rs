@@ -18,7 +18,7 @@
 //!   end it: another copy of the same proposal (the leader resends it when an answer is late or
 //!   lost, see [`LeaderState::pending`]) may still be on its way and be applied; only an ISR
 //!   version past the proposal's base version rules that out. The controller makes sure one
-//!   follows every refusal (see `PartitionState::alter_isr`).
+//!   follows every refusal (see [`super::PartitionState::alter_isr`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -6,11 +6,15 @@
 //!   divergence (KIP-320: by epoch, never by the follower's own high watermark).
 //! * [`leader`]: the leader's view of one shard: follower progress, high watermark over the
 //!   maximal ISR (KIP-497), acks under `min_insync`, ISR change proposals.
+//! * [`controller`]: the router's decisions per shard: elections from the ISR, brokers going
+//!   down, compare-and-set ISR changes from the leader.
 
+pub mod controller;
 pub mod epochs;
 pub mod fetch;
 pub mod leader;
 
+pub use controller::{DownOutcome, Election, PartitionState, Reject};
 pub use epochs::EpochCache;
 pub use fetch::{check_fetch, check_leader_epoch, truncation_point, EpochMismatch, FetchCheck};
 pub use leader::{AckCheck, IsrProposal, LeaderState, Progress};
