@@ -195,10 +195,14 @@ fn render_shards(
 
 pub fn render_status(st: &ClusterStatus) -> String {
     let mut s = format!("routing epoch {}\n\nbrokers:\n", st.epoch);
-    let mut per_broker: BTreeMap<u32, usize> = BTreeMap::new();
+    // Per broker: shards it leads, replicas it holds.
+    let mut per_broker: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
     for (route, _) in &st.shards {
         if let Some(o) = &route.owner {
-            *per_broker.entry(o.id).or_default() += 1;
+            per_broker.entry(o.id).or_default().0 += 1;
+        }
+        for b in &route.replicas {
+            per_broker.entry(*b).or_default().1 += 1;
         }
     }
     s.push_str(&format!(
@@ -243,12 +247,12 @@ pub fn render_status(st: &ClusterStatus) -> String {
         st.shards.len()
     ));
     if !per_broker.is_empty() {
-        s.push_str("\nshards per broker:\n");
-        let max = per_broker.values().copied().max().unwrap_or(1).max(1);
-        for (id, n) in &per_broker {
+        s.push_str("\nshards per broker (leads / holds):\n");
+        let max = per_broker.values().map(|v| v.1).max().unwrap_or(1).max(1);
+        for (id, (led, held)) in &per_broker {
             s.push_str(&format!(
-                "  {id:<4} {n:>5} {}\n",
-                "#".repeat((n * 40).div_ceil(max))
+                "  {id:<4} {led:>5} / {held:<5} {}\n",
+                "#".repeat((held * 40).div_ceil(max))
             ));
         }
     }

@@ -161,17 +161,18 @@ async fn a_committed_group_offset_survives_the_failover_of_its_leader() {
             tokio::time::Instant::now() + Duration::from_secs(30),
         )
         .await;
-    signal(pid, libc::SIGCONT);
-    assert_eq!(
-        offset.unwrap(),
-        Response::GroupOffset { offset: Some(100) },
-        "the new leader has the committed offset"
-    );
+    // Before it is continued: once back in sync it becomes the leader again (preferred).
     let st = status(&client).await.expect("status");
+    signal(pid, libc::SIGCONT);
     assert_ne!(
         leaders(&st).into_keys().next(),
         Some(leader),
         "it failed over"
+    );
+    assert_eq!(
+        offset.unwrap(),
+        Response::GroupOffset { offset: Some(100) },
+        "the new leader has the committed offset"
     );
     up.stop().await;
 }

@@ -182,17 +182,19 @@ async fn roll_back(shared: &Arc<Shared>, move_id: u64, why: &str) {
         let epoch = st.epoch;
         st.roll_back_replica_move(move_id, |ops| shared.persist(ops))
             .and_then(|(pushes, drop)| {
-                let shard = drop.shard.clone();
+                let shard = st.moves.get(&move_id).map(|m| m.shard.clone());
                 st.finish(
                     move_id,
                     MovePhase::RolledBack,
                     Some(why.to_string()),
                     now_ms(),
-                    Some(drop),
+                    drop,
                     |ops| shared.persist(ops),
                 )?;
-                st.retry_after
-                    .insert(shard, Instant::now() + FAILED_MOVE_BACKOFF);
+                if let Some(shard) = shard {
+                    st.retry_after
+                        .insert(shard, Instant::now() + FAILED_MOVE_BACKOFF);
+                }
                 Ok((pushes, epoch))
             })
     };

@@ -28,8 +28,24 @@ impl Shared {
             .alter_isr(from, &shard, leader_epoch, isr_version, &isr, |ops| {
                 self.persist(ops)
             });
+        let refused = match &result {
+            Err(e) if !matches!(e, ErrorKind::LeaderEpochMismatch { .. }) => {
+                let mut st = self.state();
+                st.isr_refused(from, &shard, leader_epoch, isr_version, |ops| {
+                    self.persist(ops)
+                })
+                .map(|p| (p, st.epoch))
+                .ok()
+            }
+            _ => None,
+        };
         let shared = self.clone();
         Box::pin(async move {
+            if let Some((pushes, epoch)) = refused {
+                // The leader's proposal ends with the state it is sent.
+                shared.store.flush().await.map_err(storage)?;
+                push(&shared.pool, epoch, pushes, shared.config.request_timeout).await;
+            }
             let version = result?;
             shared.store.flush().await.map_err(storage)?;
             info!(%shard, leader = from, ?isr, isr_version = version, "ISR changed");

@@ -438,8 +438,9 @@ pub async fn replicas_agree(
                 && sums
                     .iter()
                     .all(|c| (c.end, c.checksum) == (sums[0].end, sums[0].checksum));
-            if same {
-                assert!(sums[0].records > 0, "{shard}: no records");
+            // A leader elected a moment ago may not know the high watermark yet (it learns it
+            // from its followers' next fetches): the range must also hold records.
+            if same && sums[0].records > 0 {
                 break;
             }
             assert!(

@@ -64,6 +64,10 @@ pub(super) async fn run(broker: Arc<Broker>, leader: BrokerAddr, stop: Cancellat
                 }
             }
         };
+        let asked: std::collections::HashMap<_, _> = positions
+            .iter()
+            .map(|p| (p.shard.clone(), p.clone()))
+            .collect();
         let req = Request::ReplicaFetch(ReplicaFetchRequest {
             follower: broker.id(),
             positions,
@@ -105,12 +109,11 @@ pub(super) async fn run(broker: Arc<Broker>, leader: BrokerAddr, stop: Cancellat
         let mut refused = false;
         let mut appended = Vec::new();
         for r in results {
-            let Some(shard) = broker.held(&r.shard) else {
+            let (Some(shard), Some(pos)) = (broker.held(&r.shard), asked.get(&r.shard)) else {
                 continue;
             };
-            let epoch = shard.leader_epoch();
             match r.result {
-                Ok(data) => match shard.apply_replica(epoch, data) {
+                Ok(data) => match shard.apply_replica(pos, data) {
                     Ok(n) if n > 0 => appended.push(shard),
                     Ok(_) => {}
                     Err(e) => {

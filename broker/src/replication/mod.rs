@@ -191,29 +191,27 @@ async fn propose_isr_changes(broker: &Arc<Broker>) {
     let lag_max = broker.replication.lag_max_ms.load(Ordering::Acquire);
     let now = now_ms();
     for shard in broker.held_shards() {
-        let Some((leader_epoch, isr_version, isr)) = shard.isr_change(now, lag_max) else {
+        let Some(change) = shard.isr_change(now, lag_max) else {
             continue;
         };
         let req = Request::AlterIsr {
             broker: broker.id(),
             shard: shard.id().clone(),
-            leader_epoch,
-            isr_version,
-            isr: isr.clone(),
+            leader_epoch: change.leader_epoch,
+            isr_version: change.base_version,
+            isr: change.isr.clone(),
         };
+        // A refusal, or no answer, leaves the proposal pending: the router's push of a newer
+        // ISR version ends it (it bumps the version when it refuses), or it is resent below.
         match router.request(req, Duration::from_secs(2)).await {
             Ok(Response::IsrAltered { isr_version }) => {
-                info!(shard = %shard.id(), ?isr, isr_version, "in-sync replicas changed");
-                shard.isr_answer(leader_epoch, Some((isr, isr_version)));
+                info!(shard = %shard.id(), isr = ?change.isr, isr_version, "in-sync replicas changed");
+                shard.isr_confirmed(&change, isr_version);
             }
             Ok(other) => {
-                debug!(shard = %shard.id(), "router answered an ISR change with {}", other.name());
-                shard.isr_answer(leader_epoch, None);
+                debug!(shard = %shard.id(), "router answered an ISR change with {}", other.name())
             }
-            Err(e) => {
-                debug!(shard = %shard.id(), "ISR change refused: {e}");
-                shard.isr_answer(leader_epoch, None);
-            }
+            Err(e) => debug!(shard = %shard.id(), "ISR change refused: {e}"),
         }
     }
 }

@@ -43,6 +43,8 @@ pub(crate) struct Repl {
     pub group_changes: BTreeMap<String, u64>,
     /// On the leader: the groups version each follower reported holding.
     pub follower_groups: BTreeMap<BrokerId, (LeaderEpoch, u64)>,
+    /// When the pending ISR proposal was last sent.
+    pub isr_sent_ms: u64,
 }
 
 impl Repl {
@@ -55,6 +57,7 @@ impl Repl {
             groups_version: (0, 0),
             group_changes: BTreeMap::new(),
             follower_groups: BTreeMap::new(),
+            isr_sent_ms: 0,
         }
     }
 
@@ -65,6 +68,20 @@ impl Repl {
             Role::Idle => ReplicaRole::Idle,
         }
     }
+}
+
+/// A pending ISR proposal unanswered for this long is sent again.
+pub const ISR_RESEND_MS: u64 = 1_000;
+
+/// An ISR change a leader proposes to the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IsrChange {
+    pub leader_epoch: LeaderEpoch,
+    /// The leader's id of the proposal (the answer names it).
+    pub proposal: u64,
+    /// The ISR version the proposal changes.
+    pub base_version: u64,
+    pub isr: Vec<BrokerId>,
 }
 
 /// What a follower fetches from, after an assignment.
@@ -112,14 +129,9 @@ impl Shard {
         let hw = inner.repl.hw;
         let role = match (&mut inner.repl.role, set.leader_id() == Some(me)) {
             (Role::Leader(l), true) if same_epoch => {
-                l.update_from_controller(
-                    set.replicas.clone(),
-                    isr,
-                    set.isr_version,
-                    set.min_insync as usize,
-                    end,
-                    now_ms,
-                );
+                if l.update_from_controller(set.replicas.clone(), isr, set.isr_version, now_ms) {
+                    l.on_append(end);
+                }
                 None
             }
             (_, true) => Some(Role::Leader(Box::new(LeaderState::new(
@@ -210,10 +222,6 @@ impl Shard {
         self.lock().repl.hw
     }
 
-    pub fn leader_epoch(&self) -> LeaderEpoch {
-        self.lock().repl.leader_epoch
-    }
-
     pub fn role(&self) -> ReplicaRole {
         self.lock().repl.role()
     }
@@ -243,14 +251,14 @@ impl Shard {
         let epoch = inner.repl.groups_version.0;
         match &inner.repl.role {
             Role::Leader(l) => {
-                if l.isr.len() < l.min_insync {
+                if !l.enough_insync() {
                     return Err(ErrorKind::NotEnoughReplicas {
                         shard: self.id.to_string(),
-                        isr: l.isr.len() as u32,
-                        min: l.min_insync as u32,
+                        isr: l.isr().len() as u32,
+                        min: l.min_insync() as u32,
                     });
                 }
-                Ok(l.isr.iter().filter(|b| **b != l.leader).all(|b| {
+                Ok(l.isr().iter().filter(|b| **b != l.leader()).all(|b| {
                     inner
                         .repl
                         .follower_groups
@@ -267,41 +275,49 @@ impl Shard {
         self.ack_check(0).map(|_| ())
     }
 
-    /// A proposed ISR change to send the controller, if one is due (leader only).
-    pub fn isr_change(
-        &self,
-        now_ms: u64,
-        lag_max_ms: u64,
-    ) -> Option<(LeaderEpoch, u64, Vec<BrokerId>)> {
+    /// A proposed ISR change to send the controller, if one is due (leader only): a new one,
+    /// or the pending one again when it went unanswered for [`ISR_RESEND_MS`] (a copy the
+    /// controller already applied is refused as stale, harmlessly).
+    pub fn isr_change(&self, now_ms: u64, lag_max_ms: u64) -> Option<IsrChange> {
         let mut inner = self.lock();
         let end = self.counted_end(&inner);
         let epoch = inner.repl.leader_epoch;
-        match &mut inner.repl.role {
-            Role::Leader(l) => {
-                let version = l.isr_version;
-                l.isr_change(now_ms, lag_max_ms, end)
-                    .map(|isr| (epoch, version, isr.into_iter().collect()))
-            }
-            _ => None,
-        }
+        let sent = inner.repl.isr_sent_ms;
+        let Role::Leader(l) = &mut inner.repl.role else {
+            return None;
+        };
+        let proposal = match l.isr_change(now_ms, lag_max_ms, end) {
+            Some(p) => p,
+            None => l
+                .pending()
+                .filter(|_| now_ms.saturating_sub(sent) >= ISR_RESEND_MS)?
+                .clone(),
+        };
+        inner.repl.isr_sent_ms = now_ms;
+        Some(IsrChange {
+            leader_epoch: epoch,
+            proposal: proposal.id,
+            base_version: proposal.base_version,
+            isr: proposal.isr.into_iter().collect(),
+        })
     }
 
-    /// The controller's answer to an ISR change this leader proposed at `epoch`.
-    pub fn isr_answer(&self, epoch: LeaderEpoch, accepted: Option<(Vec<BrokerId>, u64)>) {
+    /// The controller applied `change` as ISR version `version`. (A refusal changes nothing
+    /// here: the router pushes the shard's state with a newer version, which ends the
+    /// proposal.)
+    pub fn isr_confirmed(&self, change: &IsrChange, version: u64) {
         let mut inner = self.lock();
-        if inner.repl.leader_epoch != epoch {
+        if inner.repl.leader_epoch != change.leader_epoch {
             return;
         }
-        if let Role::Leader(l) = &mut inner.repl.role {
-            match accepted {
-                Some((isr, version)) => {
-                    l.isr_confirmed(isr.iter().copied().collect(), version);
-                    if let Some(set) = &mut inner.repl.set {
-                        set.isr = isr;
-                        set.isr_version = version;
-                    }
-                }
-                None => l.isr_rejected(),
+        let confirmed = match &mut inner.repl.role {
+            Role::Leader(l) => l.isr_confirmed(change.proposal, version),
+            _ => false,
+        };
+        if confirmed {
+            if let Some(set) = &mut inner.repl.set {
+                set.isr = change.isr.clone();
+                set.isr_version = version;
             }
         }
         self.publish_hw(&mut inner);
@@ -426,15 +442,17 @@ impl Shard {
     /// entries and takes its high watermark and group offsets. Returns the records appended.
     pub fn apply_replica(
         &self,
-        leader_epoch: LeaderEpoch,
+        asked: &ReplicaPosition,
         data: ReplicaData,
     ) -> Result<u64, ErrorKind> {
         let mut inner = self.lock();
+        // Only the answer to this replica's position as it still is: an answer to an older
+        // position (another epoch, or a log that changed since) could cut or splice wrongly.
         if inner.dropped
-            || inner.repl.leader_epoch != leader_epoch
+            || inner.repl.leader_epoch != asked.leader_epoch
+            || inner.next_offset != asked.fetch_offset
             || !matches!(inner.repl.role, Role::Follower { .. })
         {
-            // The answer is from an epoch this replica left: nothing of it may be applied.
             return Ok(0);
         }
         if let Some((epoch, end_offset)) = data.diverging {
@@ -628,13 +646,17 @@ impl Shard {
     pub(super) fn followers(inner: &Inner) -> Vec<FollowerProgress> {
         match &inner.repl.role {
             Role::Leader(l) => l
-                .followers
+                .replicas()
                 .iter()
-                .map(|(id, p)| FollowerProgress {
-                    broker: *id,
-                    end: p.end,
-                    lag: inner.next_offset.saturating_sub(p.end.unwrap_or(0)),
-                    in_sync: l.isr.contains(id),
+                .filter(|id| **id != l.leader())
+                .map(|id| {
+                    let end = l.progress(*id).and_then(|p| p.end);
+                    FollowerProgress {
+                        broker: *id,
+                        end,
+                        lag: inner.next_offset.saturating_sub(end.unwrap_or(0)),
+                        in_sync: l.isr().contains(id),
+                    }
                 })
                 .collect(),
             _ => Vec::new(),

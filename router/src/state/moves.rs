@@ -228,7 +228,11 @@ impl State {
         let mut due = Vec::new();
         let mut moot = Vec::new();
         for ((broker, shard), epoch) in &self.drops {
-            let owns = self.owners.get(shard) == Some(broker);
+            // A replica again (leader or follower): its copy is live data now.
+            let owns = self.owners.get(shard) == Some(broker)
+                || self
+                    .replicas_of(shard)
+                    .is_some_and(|r| r.replicas.contains(broker));
             let importing = self
                 .moves
                 .values()

@@ -258,12 +258,13 @@ impl State {
     }
 
     /// Rolls replicated move `move_id` back: the destination leaves the replica set (its copy
-    /// is dropped). Returns the pushes and the pending drop.
+    /// is dropped). Returns the pushes and the pending drop (None when the destination leads
+    /// now: nothing is undone, and its copy is live).
     pub fn roll_back_replica_move(
         &mut self,
         move_id: u64,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
-    ) -> Result<(Pushes, PendingDrop), ErrorKind> {
+    ) -> Result<(Pushes, Option<PendingDrop>), ErrorKind> {
         let m = self
             .moves
             .get(&move_id)
@@ -281,9 +282,11 @@ impl State {
             shard: m.shard.clone(),
             epoch: self.epoch,
         };
-        if !r.replicas.contains(&m.to) || r.leader == Some(m.to) {
-            // Already finished (or the destination leads now): nothing to undo.
-            return Ok((Vec::new(), drop));
+        if r.leader == Some(m.to) {
+            return Ok((Vec::new(), None));
+        }
+        if !r.replicas.contains(&m.to) {
+            return Ok((Vec::new(), Some(drop)));
         }
         r.replicas.retain(|b| *b != m.to);
         r.isr.retain(|b| *b != m.to);
@@ -294,7 +297,7 @@ impl State {
         }])?;
         let touched: Vec<BrokerId> = r.replicas.iter().copied().chain([m.to]).collect();
         self.put_replicas(&m.shard, r);
-        Ok((self.pushes_for(touched), drop))
+        Ok((self.pushes_for(touched), Some(drop)))
     }
 
     /// Gives leadership back to preferred leaders (the first replica, which the ring balanced)

@@ -228,6 +228,34 @@ impl State {
         Ok(version)
     }
 
+    /// After refusing a proposal from `from`: when it is the shard's leader at this epoch, the
+    /// ISR version is bumped (if the proposal was made at the current one, so no copy of it can
+    /// be applied later) and the leader is sent the shard's state, which ends its proposal.
+    pub fn isr_refused(
+        &mut self,
+        from: BrokerId,
+        shard: &ShardId,
+        leader_epoch: LeaderEpoch,
+        base_version: u64,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Pushes, ErrorKind> {
+        let Some(mut r) = self.replicas_of(shard) else {
+            return Ok(Vec::new());
+        };
+        if r.leader != Some(from) || r.leader_epoch != leader_epoch {
+            return Ok(Vec::new());
+        }
+        if r.isr_version == base_version {
+            r.isr_version += 1;
+            persist(&[Op::PutReplicas {
+                shard: shard.clone(),
+                replicas: r.clone(),
+            }])?;
+            self.put_replicas(shard, r);
+        }
+        Ok(self.pushes_for([from]))
+    }
+
     /// An explicit election (`shardq shard elect`): the first up ISR member in replica order,
     /// or with `unclean` the up replica that reported the longest log (records the old ISR held
     /// beyond it may be lost: `may_lose` says how many by the last reports).

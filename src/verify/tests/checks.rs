@@ -195,5 +195,7 @@ fn two_hundred_thousand_unique_records_verify_fast() {
     // 25,000 of them on P1 as well as the 25,000 sent to P1.
     assert_eq!(r.placed, 100_000);
     assert_eq!(r.consumers[1].expected, 50_000);
-    assert!(took.as_secs_f64() < 5.0, "took {took:?}");
+    // Not a benchmark: a guard against a quadratic search, which takes minutes here. A debug
+    // build needs about 4 s on an idle 2-core machine, and twice that next to other builds.
+    assert!(took.as_secs_f64() < 30.0, "took {took:?}");
 }

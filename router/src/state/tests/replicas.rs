@@ -325,6 +325,7 @@ fn a_join_moves_replicas_to_the_new_broker_one_at_a_time_and_switches_once_in_sy
     let m = &planned[1];
     let before = s.replicas_of(&m.shard).unwrap();
     let (_, drop) = s.roll_back_replica_move(m.move_id, ok).unwrap();
+    let drop = drop.expect("the destination's copy is dropped");
     let back = s.replicas_of(&m.shard).unwrap();
     assert!(!back.replicas.contains(&4));
     assert_eq!(back.replicas.len(), before.replicas.len() - 1);
