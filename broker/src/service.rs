@@ -385,17 +385,6 @@ impl Broker {
         let mut shards = self.shards_write();
         if let Some(s) = shards.get(shard) {
             let own = s.ownership();
-            if s.role() != shardq_protocol::ReplicaRole::Idle {
-                // Leading or following under the router's latest word: live data. A drop meant
-                // for an older placement must not delete it (the router forgets it).
-                return Err(ErrorKind::BadRequest {
-                    reason: format!(
-                        "not dropping {shard}: broker {} holds a live replica of it ({:?})",
-                        self.id,
-                        s.role()
-                    ),
-                });
-            }
             if own.owned && own.epoch > epoch {
                 return Err(ErrorKind::BadRequest {
                     reason: format!(

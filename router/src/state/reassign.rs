@@ -174,18 +174,7 @@ impl State {
         move_id: u64,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<Finished, ErrorKind> {
-        let m = self
-            .moves
-            .get(&move_id)
-            .cloned()
-            .ok_or_else(|| ErrorKind::Internal {
-                reason: format!("move {move_id} is not in flight"),
-            })?;
-        let mut r = self
-            .replicas_of(&m.shard)
-            .ok_or_else(|| ErrorKind::Internal {
-                reason: format!("{} has no replica set", m.shard),
-            })?;
+        let (m, mut r) = self.move_in_flight(move_id)?;
         let epoch = self.epoch;
         if !r.replicas.contains(&m.from) && r.replicas.contains(&m.to) {
             // Switched already (before a router restart).
@@ -265,18 +254,7 @@ impl State {
         move_id: u64,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<(Pushes, Option<PendingDrop>), ErrorKind> {
-        let m = self
-            .moves
-            .get(&move_id)
-            .cloned()
-            .ok_or_else(|| ErrorKind::Internal {
-                reason: format!("move {move_id} is not in flight"),
-            })?;
-        let mut r = self
-            .replicas_of(&m.shard)
-            .ok_or_else(|| ErrorKind::Internal {
-                reason: format!("{} has no replica set", m.shard),
-            })?;
+        let (m, mut r) = self.move_in_flight(move_id)?;
         let drop = PendingDrop {
             broker: m.to,
             shard: m.shard.clone(),
@@ -339,22 +317,25 @@ impl State {
         if changed.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let epoch = self.epoch + 1;
-        let mut ops = vec![Op::Epoch(epoch)];
-        ops.extend(changed.iter().map(|(shard, r)| Op::PutReplicas {
-            shard: shard.clone(),
-            replicas: r.clone(),
-        }));
-        persist(&ops)?;
-        self.epoch = epoch;
-        let mut touched = Vec::new();
-        let mut out = Vec::new();
-        for (shard, r) in changed {
-            touched.extend(r.replicas.iter().copied());
-            out.push((shard.clone(), r.replicas[0]));
-            self.put_replicas(&shard, r);
-        }
-        Ok((out, self.pushes_for(touched)))
+        let out = changed
+            .iter()
+            .map(|(shard, r)| (shard.clone(), r.replicas[0]))
+            .collect();
+        let pushes = self.put_replica_sets(self.epoch + 1, changed, persist)?;
+        Ok((out, pushes))
+    }
+
+    /// A replicated move in flight and its shard's replication.
+    fn move_in_flight(&self, move_id: u64) -> Result<(MoveRecord, Replicas), ErrorKind> {
+        let m = self
+            .moves
+            .get(&move_id)
+            .cloned()
+            .ok_or_else(|| ErrorKind::Internal {
+                reason: format!("move {move_id} is not in flight"),
+            })?;
+        let r = self.known_replicas(&m.shard)?;
+        Ok((m, r))
     }
 
     /// Per replicated move in flight: the destination's lag behind the leader, from the

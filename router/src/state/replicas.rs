@@ -17,7 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 use shardq_protocol::{
-    BrokerAddr, BrokerId, BrokerStatus, Election, ErrorKind, LeaderEpoch, ReplicaSet, ShardId,
+    BrokerAddr, BrokerId, BrokerStatus, Election, Epoch, ErrorKind, LeaderEpoch, ReplicaSet,
+    ShardId,
 };
 
 use super::{Pushes, State};
@@ -152,7 +153,18 @@ impl State {
         if changed.is_empty() {
             return Ok(out);
         }
-        let epoch = self.epoch + u64::from(rerouted);
+        out.pushes = self.put_replica_sets(self.epoch + u64::from(rerouted), changed, persist)?;
+        Ok(out)
+    }
+
+    /// Persists and applies new replica sets (with the routing epoch `epoch`); returns what to
+    /// push to their brokers.
+    pub(super) fn put_replica_sets(
+        &mut self,
+        epoch: Epoch,
+        changed: Vec<(ShardId, Replicas)>,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Pushes, ErrorKind> {
         let mut ops = vec![Op::Epoch(epoch)];
         ops.extend(changed.iter().map(|(shard, r)| Op::PutReplicas {
             shard: shard.clone(),
@@ -165,8 +177,16 @@ impl State {
             touched.extend(r.replicas.iter().copied());
             self.put_replicas(&shard, r);
         }
-        out.pushes = self.pushes_for(touched);
-        Ok(out)
+        Ok(self.pushes_for(touched))
+    }
+
+    /// The replication of a shard that must exist.
+    pub(super) fn known_replicas(&self, shard: &ShardId) -> Result<Replicas, ErrorKind> {
+        self.replicas_of(shard)
+            .ok_or_else(|| ErrorKind::UnknownShard {
+                shard: shard.to_string(),
+                reason: "no such shard".into(),
+            })
     }
 
     /// A leader's proposal to change `shard`'s ISR. Returns the new ISR version.
@@ -179,12 +199,7 @@ impl State {
         isr: &[BrokerId],
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<u64, ErrorKind> {
-        let mut r = self
-            .replicas_of(shard)
-            .ok_or_else(|| ErrorKind::UnknownShard {
-                shard: shard.to_string(),
-                reason: "no such shard".into(),
-            })?;
+        let mut r = self.known_replicas(shard)?;
         let refuse = |reason: String| ErrorKind::BadRequest {
             reason: format!("ISR change of {shard} from broker {from} refused: {reason}"),
         };
@@ -265,12 +280,7 @@ impl State {
         unclean: bool,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<(Election, Pushes), ErrorKind> {
-        let mut r = self
-            .replicas_of(shard)
-            .ok_or_else(|| ErrorKind::UnknownShard {
-                shard: shard.to_string(),
-                reason: "no such shard".into(),
-            })?;
+        let mut r = self.known_replicas(shard)?;
         let end_on = |b: BrokerId| -> Option<u64> {
             self.members
                 .get(&b)?

@@ -405,3 +405,47 @@ fn leadership_returns_to_the_preferred_replica_once_every_replica_is_in_sync() {
     }
     assert_eq!(led.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
 }
+
+#[test]
+fn a_refused_isr_proposal_bumps_the_version_and_tells_the_leader() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 1, 3);
+    let shard = ShardId::new("t", 1);
+    let r = replicas(&s, "t", 1);
+    let (l, f1, f2) = (r.leader.unwrap(), r.replicas[1], r.replicas[2]);
+    down(&mut s, f2);
+    s.fail_over(Some(f2), ok).unwrap();
+    let r = replicas(&s, "t", 1);
+    // The leader proposes the down broker back (stale progress): refused, and the version
+    // moves on so no copy of that proposal can be applied later.
+    assert!(s
+        .alter_isr(l, &shard, r.leader_epoch, r.isr_version, &[l, f1, f2], ok)
+        .is_err());
+    let pushes = s
+        .isr_refused(l, &shard, r.leader_epoch, r.isr_version, ok)
+        .unwrap();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].0.id, l);
+    assert_eq!(replicas(&s, "t", 1).isr_version, r.isr_version + 1);
+    assert!(s
+        .alter_isr(l, &shard, r.leader_epoch, r.isr_version, &[l, f1, f2], ok)
+        .is_err());
+    // From a broker that does not lead: nothing changes, nobody is told.
+    assert!(s
+        .isr_refused(f1, &shard, r.leader_epoch, r.isr_version + 1, ok)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_pending_drop_of_a_broker_that_holds_a_replica_again_is_moot() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 1, 2);
+    let shard = ShardId::new("t", 1);
+    let r = replicas(&s, "t", 1);
+    let follower = r.replicas[1];
+    s.drops.insert((follower, shard.clone()), s.epoch);
+    let (due, moot) = s.drops_due();
+    assert!(due.is_empty(), "{due:?}");
+    assert_eq!(moot, vec![(follower, shard)]);
+}
