@@ -21,16 +21,25 @@ pub(super) async fn run(broker: Arc<Broker>, leader: BrokerAddr, stop: Cancellat
     let mut conn: Option<Connection> = None;
     let mut backoff = BACKOFF_MIN;
     let mut warned = false;
+    let mut round = 0usize;
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let positions: Vec<_> = broker
+        let mut positions: Vec<_> = broker
             .replication
             .followed_on(&leader)
             .into_iter()
             .filter_map(|(shard, epoch)| broker.held(&shard)?.position(epoch))
             .collect();
+        // The leader fills one frame in the order asked: each round another shard goes first,
+        // so none waits for ever behind the others when all are far behind.
+        if !positions.is_empty() {
+            positions.sort_by(|a, b| a.shard.cmp(&b.shard));
+            let first = round % positions.len();
+            positions.rotate_left(first);
+        }
+        round = round.wrapping_add(1);
         if positions.is_empty() {
             debug!(%leader, "nothing left to follow on this leader; fetcher stops");
             return;

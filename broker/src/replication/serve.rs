@@ -73,7 +73,7 @@ impl Broker {
             .zip(shards)
             .map(|(pos, shard)| {
                 let result = match shard {
-                    Some(s) => s.serve_replica(req.follower, pos, budget.max(1), now),
+                    Some(s) => s.serve_replica(req.follower, pos, budget, now),
                     None => Err(ErrorKind::NotOwner {
                         shard: pos.shard.to_string(),
                         epoch: self.epoch(),
@@ -81,7 +81,12 @@ impl Broker {
                     }),
                 };
                 if let Ok(d) = &result {
-                    let used: usize = d.batches.iter().map(|b| b.batch.data.len() + 64).sum();
+                    // What the entries take encoded, with a margin for the envelope around each.
+                    let used: usize = d
+                        .batches
+                        .iter()
+                        .map(|b| crate::shard::stored_size(b) as usize + 64)
+                        .sum();
                     // Once the budget is spent, the other shards answer with positions only.
                     budget = budget.saturating_sub(used);
                 }

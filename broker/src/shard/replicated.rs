@@ -70,6 +70,9 @@ impl Repl {
     }
 }
 
+/// The most bytes one stored entry takes (its records plus the entry's header).
+pub const MAX_STORED_ENTRY: usize = super::MAX_ENTRY_BYTES + 64;
+
 /// A pending ISR proposal unanswered for this long is sent again.
 pub const ISR_RESEND_MS: u64 = 1_000;
 
@@ -391,12 +394,22 @@ impl Shard {
             };
             (pos.fetch_offset, groups, inner.repl.groups_version)
         };
-        let (batches, _) = self.read(
-            data_from,
-            max_bytes,
-            max_bytes.max(1 << 20),
-            super::Limit::End,
-        )?;
+        // `max_bytes` is a hard cap (the answer shares one frame with the other shards'): below
+        // one stored entry's worth, this shard answers with its position only.
+        let mut batches = if max_bytes < MAX_STORED_ENTRY {
+            Vec::new()
+        } else {
+            self.read(data_from, max_bytes, max_bytes, super::Limit::End)?
+                .0
+        };
+        // A read always returns its first entry: one larger than the cap (a record above the
+        // entry size) waits for a round where this shard comes first.
+        if batches
+            .first()
+            .is_some_and(|b| super::stored_size(b) as usize > max_bytes)
+        {
+            batches.clear();
+        }
         Ok(ReplicaData {
             high_watermark: self.high_watermark(),
             diverging: None,
