@@ -74,6 +74,13 @@ pub struct FailoverArgs {
     /// Megabytes of record values preloaded for --catch-up.
     #[arg(long, default_value_t = 200)]
     pub catch_up_mb: u64,
+    /// Producer batch size of the --catch-up preload, in bytes (the producer's default: 64 KiB).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub catch_up_batch_bytes: usize,
+    /// Give up on a --catch-up that makes no progress (no shard back in sync, its data dir not
+    /// growing) for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub catch_up_stall_secs: u64,
     /// The broker replaced in --catch-up (default: the highest id).
     #[arg(long)]
     pub victim: Option<u32>,

@@ -21,6 +21,8 @@ pub struct CatchUpReport {
     pub partitions: u32,
     pub replication_factor: u32,
     pub size: usize,
+    /// Producer batch size of the preload: what the leaders store, and send, per entry.
+    pub batch_bytes: usize,
     pub preload_records: u64,
     pub preload_mb: f64,
     pub preload_mb_per_s: f64,
@@ -38,6 +40,27 @@ pub struct CatchUpReport {
     pub copy_mb_per_s: f64,
 }
 
+/// The last WARN line of a node's log, without its colours.
+fn last_warning(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| l.contains("WARN"))?;
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip an escape sequence up to its final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
 fn dir_bytes(p: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else {
         return 0;
@@ -51,11 +74,12 @@ fn dir_bytes(p: &Path) -> u64 {
         .sum()
 }
 
-async fn preload(bootstrap: &str, count: u64, size: usize) -> Result<f64> {
+async fn preload(bootstrap: &str, count: u64, size: usize, batch_bytes: usize) -> Result<f64> {
     let mut cfg = ProducerConfig::new(bootstrap);
     cfg.connection.secret = crate::admin::secret();
     cfg.acks = Acks::Durable;
     cfg.linger = Duration::from_millis(5);
+    cfg.max_batch_bytes = batch_bytes;
     let producer = Producer::connect(cfg).await?;
     let target = ShardSpec::All(TOPIC.into());
     let start = Instant::now();
@@ -93,7 +117,7 @@ pub(super) async fn catch_up(
     if !args.json {
         eprintln!("catch-up: preloading {count} records of {size} B");
     }
-    let secs = preload(&up.router, count, size).await?;
+    let secs = preload(&up.router, count, size, args.catch_up_batch_bytes).await?;
     wait_in_sync(client, args, Duration::from_secs(600)).await?;
     let victim = args.victim.unwrap_or(args.brokers);
     let st = status(client).await?;
@@ -131,7 +155,10 @@ pub(super) async fn catch_up(
         eprintln!("catch-up: broker {victim} replaced and restarting on an empty data dir");
     }
     let mut registered = None;
-    let deadline = Instant::now() + Duration::from_secs(1800);
+    // Progress: the shards it is in sync for, and its data dir growing.
+    let mut progress = (0usize, 0u64);
+    let mut progressed = Instant::now();
+    let stall = Duration::from_secs(args.catch_up_stall_secs);
     loop {
         let st = status(client).await?;
         if registered.is_none()
@@ -145,8 +172,24 @@ pub(super) async fn catch_up(
         if all_in_sync(&st, args.brokers, args.partitions) {
             break;
         }
-        if Instant::now() > deadline {
-            bail!("broker {victim} not back in every ISR within 1800 s");
+        let now = (
+            st.shards
+                .iter()
+                .filter(|(r, _)| r.shard.topic == TOPIC && r.isr.contains(&victim))
+                .count(),
+            dir_bytes(&dir),
+        );
+        if now != progress {
+            (progress, progressed) = (now, Instant::now());
+        } else if progressed.elapsed() > stall {
+            let log = up.data.join("logs").join(format!("broker-{victim}.log"));
+            bail!(
+                "broker {victim} made no progress for {stall:?} ({:.1} MB in its data dir, {:.1} MB to copy, in sync for {} shards); its last warning: {}",
+                now.1 as f64 / 1e6,
+                copied as f64 / 1e6,
+                now.0,
+                last_warning(&log).unwrap_or_else(|| "none".into())
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -158,6 +201,7 @@ pub(super) async fn catch_up(
         partitions: args.partitions,
         replication_factor: args.replication_factor,
         size,
+        batch_bytes: args.catch_up_batch_bytes,
         preload_records: count,
         preload_mb: (count * size as u64) as f64 / 1e6,
         preload_mb_per_s: (count * size as u64) as f64 / 1e6 / secs,
@@ -173,13 +217,34 @@ pub(super) async fn catch_up(
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "catch-up: {} brokers, {} partitions, R={}: preloaded {:.0} MB ({} records of {} B) at {:.1} MB/s\n\
+            "catch-up: {} brokers, {} partitions, R={}: preloaded {:.0} MB ({} records of {} B, batches up to {} B) at {:.1} MB/s\n\
              broker {} replaced (empty data dir): {:.1} MB of replicas copied back ({:.1} MB on disk)\n\
              restart to registered {:.0} ms; restart to in every ISR {:.0} ms: {:.1} MB/s ({:.1} MB/s over the copy alone)",
-            r.brokers, r.partitions, r.replication_factor, r.preload_mb, r.preload_records, r.size,
+            r.brokers, r.partitions, r.replication_factor, r.preload_mb, r.preload_records, r.size, r.batch_bytes,
             r.preload_mb_per_s, r.broker, r.copied_mb, r.disk_mb, r.restart_ms, r.catch_up_ms,
             r.mb_per_s, r.copy_mb_per_s
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_warning_of_a_log_loses_its_colours() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("broker-3.log");
+        std::fs::write(
+            &log,
+            "\u{1b}[33m WARN\u{1b}[0m first\n\u{1b}[33m WARN\u{1b}[0m frame of 17 bytes\n\u{1b}[32m INFO\u{1b}[0m later\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_warning(&log).as_deref(),
+            Some(" WARN frame of 17 bytes")
+        );
+        assert_eq!(last_warning(&d.path().join("none.log")), None);
+    }
 }
