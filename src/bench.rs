@@ -74,6 +74,10 @@ pub struct BenchResult {
     pub fsync: String,
     pub size: usize,
     pub partitions: u32,
+    /// Replicas per partition of the benchmark topics, as the router created them (results
+    /// from before replication have none: 1).
+    #[serde(default = "one")]
+    pub replication_factor: u32,
     pub producers: u32,
     pub consumers: u32,
     pub count: u64,
@@ -86,6 +90,10 @@ pub struct BenchResult {
     pub ack_p99_ms: Option<f64>,
     pub e2e_p50_ms: Option<f64>,
     pub e2e_p99_ms: Option<f64>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 struct LocalCluster {
@@ -158,9 +166,10 @@ async fn start_consumers(
     bootstrap: &str,
     kind: &str,
     total: u64,
+    res: &mut BenchResult,
 ) -> Result<Consumers> {
     let topic = format!("bench-{kind}-{}", std::process::id());
-    crate::admin::client(bootstrap)
+    let created = crate::admin::client(bootstrap)
         .await?
         .admin(shardq_protocol::Request::CreateTopic {
             name: topic.clone(),
@@ -169,6 +178,27 @@ async fn start_consumers(
             min_insync: None,
         })
         .await?;
+    // The router may cap or default the replication factor: record what the topic got, and
+    // refuse to measure something other than what was asked for.
+    match created {
+        shardq_protocol::Response::TopicCreated(t) => {
+            if args
+                .replication_factor
+                .is_some_and(|r| r != t.replication_factor)
+            {
+                bail!(
+                    "topic {topic} was created with replication factor {} instead of {}",
+                    t.replication_factor,
+                    args.replication_factor.unwrap_or_default()
+                );
+            }
+            res.replication_factor = t.replication_factor;
+        }
+        other => bail!(
+            "creating topic {topic}: the router answered {}",
+            other.name()
+        ),
+    }
     let epoch = Instant::now();
     let n = args.consumers.min(args.partitions);
     let ready = Arc::new(tokio::sync::Barrier::new(n as usize + 1));
@@ -234,7 +264,7 @@ async fn throughput(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) ->
         tasks: ctasks,
         last,
         ..
-    } = start_consumers(args, bootstrap, "t", args.count).await?;
+    } = start_consumers(args, bootstrap, "t", args.count, res).await?;
     let filler = Bytes::from(vec![b'x'; args.size]);
     let start = Instant::now();
     let mut ptasks = Vec::new();
@@ -300,7 +330,7 @@ async fn latency(args: &BenchArgs, bootstrap: &str, res: &mut BenchResult) -> Re
         tasks: ctasks,
         latency: e2e_lat,
         ..
-    } = start_consumers(args, bootstrap, "l", total).await?;
+    } = start_consumers(args, bootstrap, "l", total, res).await?;
     let mut cfg = ProducerConfig::new(bootstrap);
     cfg.connection.secret = crate::admin::secret();
     cfg.linger = Duration::ZERO;
@@ -401,8 +431,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     };
     if !args.json {
         eprintln!(
-            "bench: {} broker(s), fsync {}, {} B records, {} partitions, {} producer(s), {} consumer(s)",
-            res.brokers, res.fsync, res.size, res.partitions, res.producers, res.consumers
+            "bench: {} broker(s), fsync {}, {} B records, {} partitions, replication factor {}, {} producer(s), {} consumer(s)",
+            res.brokers,
+            res.fsync,
+            res.size,
+            res.partitions,
+            args.replication_factor
+                .map_or("default".to_string(), |r| r.to_string()),
+            res.producers,
+            res.consumers
         );
     }
     if mode_t {
@@ -420,6 +457,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&res)?);
     } else {
+        println!("replication factor {}", res.replication_factor);
         println!(
             "throughput ({} records): produce {} msgs/s ({}), end-to-end {} msgs/s ({})",
             res.count,
@@ -453,7 +491,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 /// markdown table of medians.
 pub fn report(files: &[std::path::PathBuf]) -> Result<String> {
     let mut out = String::from(
-        "| brokers | fsync | size | runs | produce msgs/s | produce MB/s | e2e msgs/s | e2e MB/s | ack p50/p99 ms | send->consume p50/p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| brokers | R | fsync | size | runs | produce msgs/s | produce MB/s | e2e msgs/s | e2e MB/s | ack p50/p99 ms | send->consume p50/p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for f in files {
         let text =
@@ -473,8 +511,9 @@ pub fn report(files: &[std::path::PathBuf]) -> Result<String> {
         let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}", v));
         let dec = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", v));
         out.push_str(&format!(
-            "| {} | {} | {} B | {} | {} | {} | {} | {} | {} / {} | {} / {} |\n",
+            "| {} | {} | {} | {} B | {} | {} | {} | {} | {} | {} / {} | {} / {} |\n",
             first.brokers,
+            first.replication_factor,
             first.fsync,
             first.size,
             runs.len(),
@@ -489,4 +528,34 @@ pub fn report(files: &[std::path::PathBuf]) -> Result<String> {
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_shows_the_replication_factor_and_reads_older_results() {
+        let d = tempfile::tempdir().unwrap();
+        let r3 = BenchResult {
+            brokers: 3,
+            replication_factor: 3,
+            produce_msgs_per_s: Some(1000.0),
+            ..Default::default()
+        };
+        std::fs::write(
+            d.path().join("r3.jsonl"),
+            serde_json::to_string(&r3).unwrap(),
+        )
+        .unwrap();
+        // A result written before the field existed: its topics had one replica.
+        let mut old = serde_json::to_value(&r3).unwrap();
+        old.as_object_mut().unwrap().remove("replication_factor");
+        std::fs::write(d.path().join("old.jsonl"), old.to_string()).unwrap();
+        let files = [d.path().join("r3.jsonl"), d.path().join("old.jsonl")];
+        let table = report(&files).unwrap();
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert!(rows[0].starts_with("| 3 | 3 |"), "{table}");
+        assert!(rows[1].starts_with("| 3 | 1 |"), "{table}");
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod bench_failover;
 pub mod up;
 pub mod verify;
 

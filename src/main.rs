@@ -1,7 +1,7 @@
 //! `shardq`: run a router or a broker, start a local cluster, administer topics and brokers, see
 //! the cluster's status, analyze ring placement, verify a run, and benchmark.
 
-use shardq::{admin, bench, up, verify};
+use shardq::{admin, bench, bench_failover, up, verify};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +98,10 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Benchmark a local cluster: throughput and latency of produce and end-to-end.
     Bench(bench::BenchArgs),
+    /// Measure failover on a `shardq up` cluster under load: kill brokers one after another and
+    /// time, per shard, kill to the first acknowledged produce; check nothing acknowledged is
+    /// lost. With --catch-up: how fast a replaced broker (empty disk) gets back in sync.
+    BenchFailover(bench_failover::FailoverArgs),
     /// The cluster secret: `shardq token create PATH` writes a new one (mode 0600) for clusters
     /// not started with `shardq up` (which makes its own in DATA/cluster.token).
     Token {
@@ -313,6 +317,7 @@ impl Cmd {
             | Cmd::Ring { .. }
             | Cmd::Verify(_)
             | Cmd::Bench(_)
+            | Cmd::BenchFailover(_)
             | Cmd::Token { .. }
             | Cmd::BenchReport { .. } => None,
         }
@@ -473,6 +478,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Cmd::Bench(args) => bench::run(args).await?,
+        Cmd::BenchFailover(args) => bench_failover::run(args).await?,
         Cmd::BenchReport { files } => print!("{}", bench::report(&files)?),
     }
     Ok(ExitCode::SUCCESS)

@@ -18,9 +18,19 @@ use crate::message::{unexpected, Request, Response, RoutingTable};
 use crate::types::{with_default_port, Epoch, ShardId};
 use crate::DEFAULT_ROUTER_PORT;
 
-/// First pause between two tries of a shard request; doubles up to [`MAX_BACKOFF`].
+/// First pause between two tries of a shard request; doubles up to [`FAILOVER_MAX_BACKOFF`],
+/// and after [`FAILOVER_WINDOW`] of failures up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// A shard request's pause between tries while its failures are recent. Each pause ends with a
+/// routing refresh, so this is how late a client learns of a new leader: a failover (broker
+/// timeout, 1 s by default, then the election) mostly completes within [`FAILOVER_WINDOW`], and
+/// every millisecond of the pause is added to the time the shard cannot be written.
+const FAILOVER_MAX_BACKOFF: Duration = Duration::from_millis(50);
+/// How long after its first failure a shard request keeps its pauses at most
+/// [`FAILOVER_MAX_BACKOFF`]; longer outages (a shard offline until its broker returns) ask the
+/// router less often.
+const FAILOVER_WINDOW: Duration = Duration::from_secs(3);
 /// How long `admin` keeps retrying when the bootstrap node cannot be reached (e.g. it is
 /// restarting); long enough to ride over a restart, short enough that a typo fails fast.
 const ADMIN_CONNECT_RETRY: Duration = Duration::from_secs(2);
@@ -210,8 +220,9 @@ impl ClusterClient {
 
     /// Sends `make(epoch)` to the owner of `shard`. Retriable failures (not the owner, moving,
     /// no live owner, connection problems, timeouts) refresh the routing table and try again with
-    /// backoff (5 ms doubling to 200 ms) until `deadline`; then the last error is returned. Each
-    /// try waits at most `timeout_per_try` for its answer.
+    /// backoff until `deadline` (5 ms doubling to 50 ms for the first 3 s of failures, when a
+    /// new leader is most likely to appear, then to 200 ms); then the last error is returned.
+    /// Each try waits at most `timeout_per_try` for its answer.
     pub async fn shard_request(
         &self,
         shard: &ShardId,
@@ -220,6 +231,7 @@ impl ClusterClient {
         deadline: Instant,
     ) -> Result<Response, ClientError> {
         let mut backoff = FIRST_BACKOFF;
+        let mut first_failure: Option<Instant> = None;
         let mut refreshed_unknown = false;
         // The last failure of a try that had its full time: when the deadline cuts the final try
         // short, its timeout says less than this (e.g. "storage full").
@@ -283,7 +295,8 @@ impl ClusterClient {
             }
             debug!(%shard, error = %err, backoff_ms = backoff.as_millis() as u64, "retrying");
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let failing_for = failed_at - *first_failure.get_or_insert(failed_at);
+            backoff = next_shard_backoff(backoff, failing_for);
             if let Err(e) = self.refresh_after(&shard.topic, failed_at).await {
                 // The router may be away; brokers keep serving, so keep trying with the cache.
                 warn!(%shard, error = %e, "cannot refresh the routing table");
@@ -297,6 +310,17 @@ impl ClusterClient {
             c.close();
         }
     }
+}
+
+/// The pause after `current` before a shard request's next try, when its tries have been failing
+/// for `failing_for`: doubling, capped low while a failover is likely under way and higher after.
+fn next_shard_backoff(current: Duration, failing_for: Duration) -> Duration {
+    let cap = if failing_for < FAILOVER_WINDOW {
+        FAILOVER_MAX_BACKOFF
+    } else {
+        MAX_BACKOFF
+    };
+    (current * 2).min(cap)
 }
 
 /// The error for a shard the (fresh) routing table does not know.
@@ -424,6 +448,7 @@ mod tests {
         owner: Option<String>,
         not_owner: AtomicU32,
         metadata_calls: AtomicU32,
+        metadata_at: Mutex<Vec<Instant>>,
     }
 
     impl Service for Fake {
@@ -435,6 +460,7 @@ mod tests {
             let res = match request {
                 Request::Metadata { .. } => {
                     self.metadata_calls.fetch_add(1, Ordering::SeqCst);
+                    lock(&self.metadata_at).push(Instant::now());
                     let owner = self.owner.clone().unwrap_or_else(|| self.addr.clone());
                     Ok(Response::Routing(table(1, "T", 2, Some(&owner))))
                 }
@@ -469,6 +495,7 @@ mod tests {
             owner,
             not_owner: AtomicU32::new(not_owner),
             metadata_calls: AtomicU32::new(0),
+            metadata_at: Mutex::new(Vec::new()),
         });
         let stop = CancellationToken::new();
         tokio::spawn(serve(
@@ -565,6 +592,59 @@ mod tests {
             took >= Duration::from_millis(100) && took < Duration::from_secs(3),
             "{took:?}"
         );
+        stop.cancel();
+    }
+
+    #[test]
+    fn shard_backoff_stays_low_while_a_failover_is_likely_then_grows() {
+        let mut b = FIRST_BACKOFF;
+        let mut early = Vec::new();
+        for _ in 0..6 {
+            b = next_shard_backoff(b, Duration::from_millis(500));
+            early.push(b.as_millis());
+        }
+        assert_eq!(early, vec![10, 20, 40, 50, 50, 50]);
+        let mut late = Vec::new();
+        for _ in 0..3 {
+            b = next_shard_backoff(b, FAILOVER_WINDOW);
+            late.push(b.as_millis());
+        }
+        assert_eq!(late, vec![100, 200, 200]);
+    }
+
+    /// While a shard's owner cannot be reached (its process died and the router has not yet
+    /// elected another leader), the client re-reads the routing table often: a new leader is
+    /// found about 50 ms after the router knows it, not up to 200 ms.
+    #[tokio::test]
+    async fn a_dead_owner_makes_the_client_reread_the_routing_often() {
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_addr = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        let (svc, stop) = fake(0, Some(dead_addr)).await;
+        let c = ClusterClient::connect(&svc.addr, ConnectionConfig::default())
+            .await
+            .unwrap();
+        let s = ShardId::new("T", 1);
+        let start = Instant::now();
+        let e = c
+            .shard_request(
+                &s,
+                list(&s),
+                Duration::from_secs(1),
+                start + Duration::from_millis(1000),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
+        let at = lock(&svc.metadata_at).clone();
+        let gaps: Vec<u128> = at
+            .windows(2)
+            .skip(1)
+            .map(|w| (w[1] - w[0]).as_millis())
+            .collect();
+        // 50 ms pauses, with room for a loaded machine; the old 200 ms cap fails this.
+        assert!(gaps.len() >= 8, "{gaps:?}");
+        assert!(gaps.iter().all(|g| *g < 150), "{gaps:?}");
         stop.cancel();
     }
 
