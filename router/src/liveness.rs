@@ -12,8 +12,9 @@ use crate::Shared;
 /// Runs until the router's shutdown token is cancelled.
 pub(crate) async fn liveness_task(shared: Arc<Shared>) {
     let timeout = shared.config.broker_timeout;
-    // Check a few times per timeout so a broker is Down at most ~25% after its deadline.
-    let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    // Check often, so a broker is Down at most 5% (50 ms) after its deadline: every
+    // millisecond here is a millisecond its shards cannot be written after a crash.
+    let period = (timeout / 20).clamp(Duration::from_millis(10), Duration::from_millis(50));
     async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
