@@ -29,9 +29,8 @@ use crate::shard::Following;
 
 /// How often a leader looks for ISR changes to propose.
 const ISR_CHECK: Duration = Duration::from_millis(100);
-/// The lease of a broker whose router never said (an older router): 2/3 of its default down
-/// timeout.
-const DEFAULT_LEASE_MS: u64 = 2000;
+/// The lease until the router's registration answer says (2/3 of its default down timeout).
+const DEFAULT_LEASE_MS: u64 = 666;
 
 /// The leader lease: a broker with a router acknowledges writes only while it heard from the
 /// router recently (see `Response::Registered::lease_ms`). A standalone broker has no lease.

@@ -96,7 +96,7 @@ impl State {
             let blocked = self.moves.values().any(|m| m.shard == shard)
                 || self.retry_after.get(&shard).is_some_and(|t| *t > now)
                 // Copies from the leader: there must be one, up.
-                || r.leader.is_none_or(|l| !usable_or_leaving_up(self, l));
+                || r.leader.is_none_or(|l| !self.up(l));
             if blocked {
                 continue;
             }
@@ -301,7 +301,7 @@ impl State {
             let ready = r.leader.is_some()
                 && r.leader != Some(preferred)
                 && r.isr.len() == r.replicas.len()
-                && usable_or_leaving_up(self, preferred)
+                && self.up(preferred)
                 && self
                     .members
                     .get(&preferred)
@@ -358,11 +358,4 @@ impl State {
             })
             .collect()
     }
-}
-
-/// A leader may serve a move's copy while it drains (leaving) as long as it is up.
-fn usable_or_leaving_up(s: &State, id: BrokerId) -> bool {
-    s.members
-        .get(&id)
-        .is_some_and(|m| m.status == BrokerStatus::Up)
 }

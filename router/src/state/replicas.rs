@@ -59,7 +59,8 @@ pub struct Failover {
 }
 
 impl State {
-    fn up(&self, id: BrokerId) -> bool {
+    /// Whether broker `id` is up (a leaving broker still serves, and leads, until drained).
+    pub(super) fn up(&self, id: BrokerId) -> bool {
         self.members
             .get(&id)
             .is_some_and(|m| m.status == BrokerStatus::Up)
