@@ -198,11 +198,12 @@ async fn a_restarted_broker_gets_its_shards_and_data_back() {
     );
     assert_eq!(back.epoch, table.epoch, "nothing changed owner");
     // The restarted broker leads again once the router's assignment (a new leader epoch:
-    // it is a new process) reached it; until then it answers NotOwner, which clients retry.
+    // it is a new process) reached it; until then the shard answers NotOwner or Unavailable
+    // (its failover on the registration may still be running), which clients retry.
     let batches = eventually("the restarted broker serves its shard", || async {
         match ask(&c, fetch(&shard, back.epoch, 0)).await {
             Ok(Response::Fetched { batches, .. }) => Some(batches),
-            Err(ErrorKind::NotOwner { .. }) => None,
+            Err(ErrorKind::NotOwner { .. } | ErrorKind::Unavailable { .. }) => None,
             other => panic!("{other:?}"),
         }
     })
