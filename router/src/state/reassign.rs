@@ -74,6 +74,8 @@ impl State {
                 .is_some_and(|m| m.status == BrokerStatus::Up && m.confirmed && !m.leaving)
         };
         let mut planned: Vec<(MoveRecord, Replicas)> = Vec::new();
+        // Sets resized without a move: (shard, new set, the broker that left it).
+        let mut resized: Vec<(ShardId, Replicas, Option<BrokerId>)> = Vec::new();
         let mut id = self.next_move_id;
         let shards: Vec<ShardId> = self.owners.keys().cloned().collect();
         for shard in shards {
@@ -106,8 +108,21 @@ impl State {
                 .copied()
                 .find(|b| !r.replicas.contains(b) && usable(self, *b))
                 .filter(|b| !self.drops.contains_key(&(*b, shard.clone())));
-            let (Some(from), Some(to)) = (from, to) else {
-                continue;
+            let (from, to) = match (from, to) {
+                (Some(from), Some(to)) => (from, to),
+                // Fewer brokers than replicas: the set shrinks, or grows back, in one step.
+                (Some(from), None) if want.len() < r.replicas.len() => {
+                    resized.extend(shrunk(self, &r, from).map(|n| (shard.clone(), n, Some(from))));
+                    continue;
+                }
+                (None, Some(to)) if r.replicas.len() < rf => {
+                    let mut next = r.clone();
+                    next.replicas.push(to);
+                    next.isr_version += 1;
+                    resized.push((shard.clone(), next, None));
+                    continue;
+                }
+                _ => continue,
             };
             let mut next = r.clone();
             next.replicas.push(to);
@@ -131,10 +146,23 @@ impl State {
             ));
             id += 1;
         }
-        if planned.is_empty() {
+        if planned.is_empty() && resized.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
         let mut ops = vec![Op::MoveSeq(id)];
+        for (shard, r, left) in &resized {
+            ops.push(Op::PutReplicas {
+                shard: shard.clone(),
+                replicas: r.clone(),
+            });
+            if let Some(b) = left {
+                ops.push(Op::PutDrop(PendingDrop {
+                    broker: *b,
+                    shard: shard.clone(),
+                    epoch: self.epoch,
+                }));
+            }
+        }
         for (m, r) in &planned {
             ops.push(Op::PutMove(m.clone()));
             ops.push(Op::PutReplicas {
@@ -146,13 +174,36 @@ impl State {
         self.next_move_id = id;
         let mut touched = Vec::new();
         let mut out = Vec::new();
+        let mut left_sets = Vec::new();
+        for (shard, r, left) in resized {
+            touched.extend(r.replicas.iter().copied().chain(left));
+            if let Some(b) = left {
+                self.drops.insert((b, shard.clone()), self.epoch);
+                left_sets.push((b, shard.clone()));
+            }
+            self.put_replicas(&shard, r);
+        }
         for (m, r) in planned {
             touched.extend(r.replicas.iter().copied());
             self.put_replicas(&m.shard, r);
             self.moves.insert(m.move_id, m.clone());
             out.push(m);
         }
-        Ok((out, self.pushes_for(touched)))
+        let mut pushes = self.pushes_for(touched);
+        // A broker that left a set is told at once (it may have led it).
+        for (b, shard) in left_sets {
+            if let (Some(set), Some((_, list))) = (
+                self.replica_set(&shard),
+                pushes.iter_mut().find(|(a, _)| a.id == b),
+            ) {
+                list.push(ShardAssignment {
+                    shard,
+                    epoch: self.epoch,
+                    replication: set,
+                });
+            }
+        }
+        Ok((out, pushes))
     }
 
     /// Whether replicated move `move_id`'s destination is in sync (the move can finish).
@@ -358,4 +409,27 @@ impl State {
             })
             .collect()
     }
+}
+
+/// `r` without broker `from` (its set shrinks: fewer brokers are there than replicas), with
+/// another in-sync replica leading if `from` led; None where that would leave no in-sync
+/// replica or no leader.
+fn shrunk(s: &State, r: &Replicas, from: BrokerId) -> Option<Replicas> {
+    let mut next = r.clone();
+    next.replicas.retain(|b| *b != from);
+    next.isr.retain(|b| *b != from);
+    if next.isr.is_empty() || next.replicas.is_empty() {
+        return None;
+    }
+    next.isr_version += 1;
+    if next.leader == Some(from) {
+        next.leader = Some(
+            next.replicas
+                .iter()
+                .copied()
+                .find(|b| next.isr.contains(b) && s.up(*b))?,
+        );
+        next.leader_epoch += 1;
+    }
+    Some(next)
 }

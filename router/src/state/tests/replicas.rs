@@ -449,3 +449,50 @@ fn a_pending_drop_of_a_broker_that_holds_a_replica_again_is_moot() {
     assert!(due.is_empty(), "{due:?}");
     assert_eq!(moot, vec![(follower, shard)]);
 }
+
+#[test]
+fn with_fewer_brokers_than_replicas_a_leaver_shrinks_the_sets_and_a_joiner_grows_them_back() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 6, 3);
+    let leaving = 3;
+    let led: Vec<ShardId> = (1..=6)
+        .map(|p| ShardId::new("t", p))
+        .filter(|sh| s.replicas_of(sh).unwrap().leader == Some(leaving))
+        .collect();
+    s.leave(leaving, ok).unwrap();
+    let (moves, pushes) = s
+        .plan_replica_moves(100, tokio::time::Instant::now(), 0, ok)
+        .unwrap();
+    assert!(moves.is_empty(), "nowhere to move to: {moves:?}");
+    for p in 1..=6 {
+        let r = replicas(&s, "t", p);
+        assert_eq!(r.replicas.len(), 2, "t:P{p}: {r:?}");
+        assert!(!r.replicas.contains(&leaving) && !r.isr.contains(&leaving));
+        assert!(r.leader.is_some_and(|l| l != leaving));
+    }
+    for sh in &led {
+        // It led: told at once that it holds no replica now.
+        let (_, list) = pushes.iter().find(|(b, _)| b.id == leaving).unwrap();
+        assert!(list
+            .iter()
+            .any(|a| &a.shard == sh && !a.replication.replicas.contains(&leaving)));
+    }
+    assert!(s.held_by(leaving).is_empty());
+    assert_eq!(s.drops.keys().filter(|(b, _)| *b == leaving).count(), 6);
+    // Once its copies are dropped it is removed; a new broker brings the sets back to 3.
+    let drops: Vec<(BrokerId, ShardId)> = s.drops.keys().cloned().collect();
+    s.forget_drops(&drops, ok).unwrap();
+    assert_eq!(s.reap_leavers(ok).unwrap(), vec![leaving]);
+    s.register(4, "127.0.0.1:9004".into(), 1, tokio::time::Instant::now())
+        .unwrap();
+    s.plan_replica_moves(100, tokio::time::Instant::now(), 0, ok)
+        .unwrap();
+    for p in 1..=6 {
+        let r = replicas(&s, "t", p);
+        assert_eq!(r.replicas.len(), 3, "t:P{p}: {r:?}");
+        assert!(
+            r.replicas.contains(&4) && !r.isr.contains(&4),
+            "it catches up first"
+        );
+    }
+}
