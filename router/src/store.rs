@@ -90,6 +90,31 @@ pub struct MoveRecord {
 }
 
 impl MoveRecord {
+    /// A move just planned, starting in `phase`.
+    pub fn new(
+        move_id: u64,
+        shard: ShardId,
+        from: BrokerId,
+        to: BrokerId,
+        phase: MovePhase,
+        started_ms: u64,
+    ) -> MoveRecord {
+        MoveRecord {
+            move_id,
+            shard,
+            from,
+            to,
+            phase,
+            started_ms,
+            finished_ms: None,
+            records_copied: 0,
+            bytes_copied: 0,
+            lag: 0,
+            write_pause_ms: None,
+            error: None,
+        }
+    }
+
     /// Whether the move has ended (it stays only as history).
     pub fn finished(&self) -> bool {
         matches!(

@@ -56,20 +56,14 @@ impl State {
             if blocked {
                 continue;
             }
-            planned.push(MoveRecord {
-                move_id: id,
+            planned.push(MoveRecord::new(
+                id,
                 shard,
                 from,
                 to,
-                phase: MovePhase::Pending,
-                started_ms: now_ms,
-                finished_ms: None,
-                records_copied: 0,
-                bytes_copied: 0,
-                lag: 0,
-                write_pause_ms: None,
-                error: None,
-            });
+                MovePhase::Pending,
+                now_ms,
+            ));
             id += 1;
         }
         if planned.is_empty() {

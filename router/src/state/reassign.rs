@@ -128,20 +128,7 @@ impl State {
             next.replicas.push(to);
             next.isr_version += 1;
             planned.push((
-                MoveRecord {
-                    move_id: id,
-                    shard,
-                    from,
-                    to,
-                    phase: MovePhase::Copying,
-                    started_ms: now_ms,
-                    finished_ms: None,
-                    records_copied: 0,
-                    bytes_copied: 0,
-                    lag: 0,
-                    write_pause_ms: None,
-                    error: None,
-                },
+                MoveRecord::new(id, shard, from, to, MovePhase::Copying, now_ms),
                 next,
             ));
             id += 1;

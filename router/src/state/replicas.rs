@@ -335,15 +335,6 @@ impl State {
             r.isr = vec![leader];
             r.isr_version += 1;
         }
-        let epoch = self.epoch + 1;
-        persist(&[
-            Op::Epoch(epoch),
-            Op::PutReplicas {
-                shard: shard.clone(),
-                replicas: r.clone(),
-            },
-        ])?;
-        self.epoch = epoch;
         let election = Election {
             shard: shard.clone(),
             leader,
@@ -351,8 +342,7 @@ impl State {
             unclean: is_unclean,
             may_lose,
         };
-        let touched = r.replicas.clone();
-        self.put_replicas(shard, r);
-        Ok((election, self.pushes_for(touched)))
+        let pushes = self.put_replica_sets(self.epoch + 1, vec![(shard.clone(), r)], persist)?;
+        Ok((election, pushes))
     }
 }
