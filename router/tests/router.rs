@@ -307,6 +307,39 @@ async fn silent_broker_goes_down_and_comes_back() {
     router.shutdown().await;
 }
 
+/// A broker whose process is gone (its port refuses connections) is Down long before the broker
+/// timeout; one that is only silent (its port still accepts) waits for the timeout.
+#[tokio::test]
+async fn a_dead_brokers_refused_port_brings_it_down_before_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(dir.path(), Duration::from_secs(4)).await;
+    let b1 = FakeBroker::start(1, router.addr()).await;
+    let mut b2 = FakeBroker::start(2, router.addr()).await;
+    let c = client(router.addr()).await;
+    await_up(&c, &[1, 2]).await;
+
+    // Both go silent at the same moment; only broker 1's listener closes.
+    b2.pause_heartbeats().await;
+    b1.stop().await;
+    let at_1 = eventually("broker 1 down", || async {
+        let b = brokers(&c).await;
+        (b.get(&1) == Some(&BrokerStatus::Down)).then_some(b)
+    })
+    .await;
+    assert_eq!(
+        at_1.get(&2),
+        Some(&BrokerStatus::Up),
+        "broker 1 went down by its refused port, before the 4 s timeout that broker 2 waits for"
+    );
+    eventually("broker 2 down by the timeout", || async {
+        (brokers(&c).await.get(&2) == Some(&BrokerStatus::Down)).then_some(())
+    })
+    .await;
+
+    b2.stop().await;
+    router.shutdown().await;
+}
+
 #[tokio::test]
 async fn restart_keeps_topics_assignment_and_epoch() {
     let dir = tempfile::tempdir().unwrap();

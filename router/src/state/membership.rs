@@ -81,6 +81,36 @@ impl State {
         Ok((self.epoch, self.assignments_of(id), revived))
     }
 
+    /// Members not Down whose last heartbeat is older than `after`: (id, address, last heartbeat),
+    /// for the liveness task to probe.
+    pub fn silent(
+        &self,
+        now: Instant,
+        after: std::time::Duration,
+    ) -> Vec<(BrokerId, String, Instant)> {
+        self.members
+            .iter()
+            .filter(|(_, m)| {
+                m.status != BrokerStatus::Down
+                    && m.confirmed
+                    && now.saturating_duration_since(m.last_seen) > after
+            })
+            .map(|(id, m)| (*id, m.addr.clone(), m.last_seen))
+            .collect()
+    }
+
+    /// Marks broker `id` Down if it has not been heard from since `last_seen` (nor gone Down
+    /// already): its process is known to be gone. Returns whether it changed.
+    pub fn down_if_silent_since(&mut self, id: BrokerId, last_seen: Instant) -> bool {
+        match self.members.get_mut(&id) {
+            Some(m) if m.status != BrokerStatus::Down && m.last_seen == last_seen => {
+                m.status = BrokerStatus::Down;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Marks members without a heartbeat for longer than `timeout` Down; returns their ids.
     pub fn expire(&mut self, now: Instant, timeout: std::time::Duration) -> Vec<BrokerId> {
         let mut expired = Vec::new();
