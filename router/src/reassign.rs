@@ -90,9 +90,21 @@ pub(crate) async fn drive_replica_move(shared: Arc<Shared>, move_id: u64) {
             if shared.shutdown.is_cancelled() {
                 return;
             }
-            match shared.state().replica_caught_up(move_id) {
+            let caught_up = shared.state().replica_caught_up(move_id);
+            match caught_up {
                 None => return,
-                Some(true) => break,
+                Some(true) => {
+                    let mut st = shared.state();
+                    if let (Some((records, bytes)), Some(m)) =
+                        (st.replica_copied(move_id), st.moves.get(&move_id))
+                    {
+                        let mut p: MoveProgress = m.progress();
+                        p.records_copied = p.records_copied.max(records);
+                        p.bytes_copied = bytes;
+                        st.progress(&p);
+                    }
+                    break;
+                }
                 Some(false) => {}
             }
             let lag = shared.state().replica_lags().get(&move_id).copied();

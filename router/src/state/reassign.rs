@@ -4,9 +4,10 @@
 //! 1. `to` joins the replica set as a follower (persisted with the move, phase Copying); it
 //!    copies the log from the leader like any follower while everyone keeps serving.
 //! 2. Once the leader has taken `to` into the ISR, one persisted step finishes the move: `to`
-//!    takes `from`'s place in the replica list, `from` leaves the ISR, and if `from` led, `to`
-//!    leads at a new leader epoch (the only write pause: clients follow the new route). `from`'s
-//!    copy is dropped afterwards (a pending drop, as for unreplicated moves).
+//!    takes `from`'s place in the replica list (which takes the ring's order), `from` leaves the
+//!    ISR, and if `from` led or the ring wants `to` to lead, leadership moves at a new leader
+//!    epoch (the only write pause: clients follow the new route). `from`'s copy is dropped
+//!    afterwards (a pending drop, as for unreplicated moves).
 //! 3. A move that cannot finish (`to` down or making no progress for the move timeout) rolls
 //!    back: `to` leaves the replica set and its partial copy is dropped.
 //!
@@ -100,6 +101,17 @@ impl State {
                 // Copies from the leader: there must be one, up.
                 || r.leader.is_none_or(|l| !self.up(l));
             if blocked {
+                continue;
+            }
+            if same_members(&r.replicas, want) && r.replicas.first() != want.first() {
+                // The right brokers, another preferred leader (the set was resized, or a move
+                // replaced its first replica): take the ring's order, so the ring's leader
+                // leads once it is in sync ([`State::prefer_leaders`]) and leaders stay
+                // balanced. Nothing is copied.
+                let mut next = r.clone();
+                next.replicas = want.to_vec();
+                next.isr_version += 1;
+                resized.push((shard.clone(), next, None));
                 continue;
             }
             let from = r.replicas.iter().copied().find(|b| !want.contains(b));
@@ -232,17 +244,34 @@ impl State {
                 reason: format!("move {move_id}: broker {} is not in sync yet", m.to),
             });
         }
-        // `to` takes `from`'s place (its position: the preferred leader stays first).
+        // `to` takes `from`'s place, and the set takes the ring's order where the ring wants
+        // exactly these brokers (so a joining broker leads the shards the ring gives it).
         r.replicas.retain(|b| *b != m.to);
         match r.replicas.iter().position(|b| *b == m.from) {
             Some(i) => r.replicas[i] = m.to,
             None => r.replicas.push(m.to),
         }
+        if let Some(want) = self
+            .desired_order(&m.shard)
+            .filter(|w| same_members(&r.replicas, w))
+        {
+            r.replicas = want;
+        }
         r.isr.retain(|b| *b != m.from);
         r.isr_version += 1;
-        let leader_moved = r.leader == Some(m.from) || r.leader.is_none();
+        // Leadership moves with this step (one write pause, measured) when the source led, or
+        // when the destination is the preferred leader now; to the preferred replica if it is
+        // in sync, else to the destination (which is).
+        let preferred = r.replicas[0];
+        let leader_moved = r.leader == Some(m.from)
+            || r.leader.is_none()
+            || (preferred == m.to && r.leader != Some(m.to));
         if leader_moved {
-            r.leader = Some(m.to);
+            r.leader = Some(if r.isr.contains(&preferred) && self.up(preferred) {
+                preferred
+            } else {
+                m.to
+            });
             r.leader_epoch += 1;
         }
         let epoch = self.epoch + u64::from(leader_moved);
@@ -363,6 +392,16 @@ impl State {
         Ok((out, pushes))
     }
 
+    /// The ring's replicas for `shard` now (leader first), None if its topic is gone or the
+    /// placement cannot be computed.
+    fn desired_order(&self, shard: &ShardId) -> Option<Vec<BrokerId>> {
+        let rf = self.topics.get(&shard.topic)?.replication_factor as usize;
+        self.desired_replicas(&[], rf)
+            .ok()?
+            .get(&shard.key())
+            .map(|w| w.to_vec())
+    }
+
     /// A replicated move in flight and its shard's replication.
     fn move_in_flight(&self, move_id: u64) -> Result<(MoveRecord, Replicas), ErrorKind> {
         let m = self
@@ -374,6 +413,24 @@ impl State {
             })?;
         let r = self.known_replicas(&m.shard)?;
         Ok((m, r))
+    }
+
+    /// What replicated move `move_id`'s destination copied, once it is in sync: the shard's
+    /// records and bytes as its leader last reported them (the destination holds all of them).
+    pub fn replica_copied(&self, move_id: u64) -> Option<(u64, u64)> {
+        let m = self.moves.get(&move_id)?;
+        let leader = self.replicas_of(&m.shard)?.leader?;
+        let report = self
+            .members
+            .get(&leader)?
+            .report
+            .shards
+            .iter()
+            .find(|s| s.shard == m.shard)?;
+        Some((
+            report.end_offset.saturating_sub(report.start_offset),
+            report.bytes,
+        ))
     }
 
     /// Per replicated move in flight: the destination's lag behind the leader, from the
@@ -396,6 +453,11 @@ impl State {
             })
             .collect()
     }
+}
+
+/// Whether `a` and `b` hold the same brokers, in any order.
+fn same_members(a: &[BrokerId], b: &[BrokerId]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
 
 /// `r` without broker `from` (its set shrinks: fewer brokers are there than replicas), with

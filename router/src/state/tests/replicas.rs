@@ -306,9 +306,15 @@ fn a_join_moves_replicas_to_the_new_broker_one_at_a_time_and_switches_once_in_sy
     assert!(!after.replicas.contains(&m.from) && after.replicas.contains(&4));
     assert!(!after.isr.contains(&m.from));
     assert_eq!(after.replicas.len(), 2);
-    assert_eq!(f.leader_moved, leader == m.from);
+    // Leadership moves when the source led or the ring wants broker 4 to lead, to the
+    // preferred (first) replica, which is in sync.
+    assert_eq!(
+        f.leader_moved,
+        leader == m.from || (after.replicas[0] == 4 && leader != 4)
+    );
     if f.leader_moved {
-        assert_eq!(after.leader, Some(4));
+        assert_eq!(after.leader, Some(after.replicas[0]));
+        assert!(after.isr.contains(&after.replicas[0]));
         assert_eq!(after.leader_epoch, r.leader_epoch + 1);
     }
     assert_eq!(f.drop.broker, m.from);
@@ -330,6 +336,72 @@ fn a_join_moves_replicas_to_the_new_broker_one_at_a_time_and_switches_once_in_sy
     assert!(!back.replicas.contains(&4));
     assert_eq!(back.replicas.len(), before.replicas.len() - 1);
     assert_eq!(drop.broker, 4);
+}
+
+/// Runs every replicated move the planner starts to its end (each destination taken into the
+/// ISR by its leader, then switched), until the planner has nothing left to do.
+fn complete_replica_moves(s: &mut State) {
+    for _ in 0..100 {
+        let (planned, _) = s
+            .plan_replica_moves(100, tokio::time::Instant::now(), 0, ok)
+            .unwrap();
+        if planned.is_empty() {
+            return;
+        }
+        for m in planned {
+            let r = s.replicas_of(&m.shard).unwrap();
+            let mut isr = r.isr.clone();
+            isr.push(m.to);
+            s.alter_isr(
+                r.leader.unwrap(),
+                &m.shard,
+                r.leader_epoch,
+                r.isr_version,
+                &isr,
+                ok,
+            )
+            .unwrap();
+            s.switch_replica_move(m.move_id, ok).unwrap();
+            s.moves.remove(&m.move_id);
+        }
+    }
+    panic!("the planner kept planning moves");
+}
+
+#[test]
+fn a_joining_broker_leads_its_share_once_its_replicas_arrive() {
+    for (partitions, rf) in [(12, 3), (6, 3), (8, 2), (24, 3)] {
+        let mut s = state(&[1, 2, 3]);
+        create(&mut s, "t", partitions, rf);
+        s.register(4, "127.0.0.1:9004".into(), 1, tokio::time::Instant::now())
+            .unwrap();
+        complete_replica_moves(&mut s);
+        for _ in 0..partitions {
+            s.prefer_leaders(100, ok).unwrap();
+        }
+        let desired = s.desired_replicas(&[], rf as usize).unwrap();
+        let mut led: BTreeMap<BrokerId, u32> = BTreeMap::new();
+        for p in 1..=partitions {
+            let r = replicas(&s, "t", p);
+            let want = &desired[&ShardId::new("t", p).key()];
+            assert_eq!(
+                &r.replicas, want,
+                "t:{p} takes the ring's replicas, in its order"
+            );
+            assert_eq!(r.leader, Some(want[0]), "t:{p} is led by the ring's leader");
+            *led.entry(r.leader.unwrap()).or_default() += 1;
+        }
+        let floor = partitions / 4;
+        assert_eq!(
+            led.len(),
+            4,
+            "{partitions} x R{rf}: every broker leads: {led:?}"
+        );
+        assert!(
+            led.values().all(|n| *n >= floor),
+            "{partitions} x R{rf}: every broker leads at least {floor}: {led:?}"
+        );
+    }
 }
 
 #[test]
