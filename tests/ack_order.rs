@@ -41,7 +41,9 @@ async fn the_ack_log_grows_in_ack_order_while_a_broker_is_paused() {
         .admin(Request::CreateTopic {
             name: "A".into(),
             partitions: 8,
-            replication_factor: None,
+            // One replica per shard, so the records for paused broker 2 wait for it (with
+            // more, its shards would fail over).
+            replication_factor: Some(1),
             min_insync: None,
         })
         .await

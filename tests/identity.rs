@@ -211,7 +211,8 @@ async fn a_second_process_with_a_brokers_id_is_refused_live_or_down_and_no_recor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_replace_lets_a_new_data_dir_take_a_dead_brokers_id() {
     let mut cluster = common::Cluster::start(2, "interval=100").await;
-    cluster.create_topic("R", 4).await;
+    // One replica per shard: the replacement's shards start empty (replicated ones would catch up).
+    cluster.create_topic_replicated("R", 4, Some(1)).await;
     let addr = cluster.addr();
     let at = cluster.endpoint();
     let token = at.token.display().to_string();

@@ -90,8 +90,9 @@ fn max_move(st: &ClusterStatus) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_join_leave_under_load_loses_nothing_and_moves_exactly_the_diff() {
     let mut cluster = common::Cluster::start(2, "interval=100").await;
-    cluster.create_topic("M1", 8).await;
-    cluster.create_topic("M2", 8).await;
+    // One replica per shard: every move is the import copy (replicated moves are in chaos.rs).
+    cluster.create_topic_replicated("M1", 8, Some(1)).await;
+    cluster.create_topic_replicated("M2", 8, Some(1)).await;
     let shards: Vec<String> = ["M1", "M2"]
         .iter()
         .flat_map(|t| (1..=8).map(move |p| format!("{t}:P{p}")))

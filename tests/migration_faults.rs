@@ -50,7 +50,8 @@ async fn scenario(victim: Victim) {
             .admin(Request::CreateTopic {
                 name: t.into(),
                 partitions: p,
-                replication_factor: None,
+                // One replica: the import copy is what the faults interrupt.
+                replication_factor: Some(1),
                 min_insync: None,
             })
             .await

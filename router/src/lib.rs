@@ -46,9 +46,9 @@ pub use crate::store::StoreError;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 /// Default time without a heartbeat after which a broker is Down.
 pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(1);
-/// Replicas per shard of a topic created without `--replication-factor`. One until replicated
-/// shards move with joins and leaves (they stay where they are placed for now).
-pub const DEFAULT_REPLICATION_FACTOR: u32 = 1;
+/// Replicas per shard of a topic created without `--replication-factor` (capped at the brokers
+/// up when the topic is created).
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
 /// How long a broker may be down before its replicas are re-created on other brokers.
 pub const DEFAULT_REPLACE_AFTER: Duration = Duration::from_secs(60);
 /// Default deadline of a request the router sends to a broker (proxied or its own).

@@ -145,7 +145,9 @@ async fn create(c: &Connection, name: &str, partitions: u32) {
     let req = Request::CreateTopic {
         name: name.into(),
         partitions,
-        replication_factor: None,
+        // One replica per shard: these tests drive the import copy (replicated moves are
+        // covered by the router's state tests and tests/chaos.rs).
+        replication_factor: Some(1),
         min_insync: None,
     };
     assert!(matches!(ask(c, req).await, Ok(Response::TopicCreated(_))));

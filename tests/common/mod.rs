@@ -117,14 +117,25 @@ impl Cluster {
         self.endpoint().client().await
     }
 
+    /// Creates `name` at the router's default replication factor.
     pub async fn create_topic(&self, name: &str, partitions: u32) {
+        self.create_topic_replicated(name, partitions, None).await
+    }
+
+    /// Creates `name` with `replication_factor` replicas per shard (None: the default).
+    pub async fn create_topic_replicated(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u32>,
+    ) {
         let r = self
             .client()
             .await
             .admin(Request::CreateTopic {
                 name: name.into(),
                 partitions,
-                replication_factor: None,
+                replication_factor,
                 min_insync: None,
             })
             .await
