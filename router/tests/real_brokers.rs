@@ -155,7 +155,8 @@ async fn a_restarted_broker_gets_its_shards_and_data_back() {
         Request::CreateTopic {
             name: "R".into(),
             partitions: 4,
-            replication_factor: None,
+            // One replica: the shard waits for its broker (replicated ones fail over).
+            replication_factor: Some(1),
             min_insync: None,
         },
     )

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use shardq_protocol::{
-    BrokerId, BrokerStatus, Epoch, ErrorKind, MovePhase, ShardAssignment, ShardId,
+    BrokerId, BrokerStatus, Epoch, ErrorKind, MovePhase, ShardAssignment, ShardId, ShardReport,
 };
 
 use tokio::time::Instant;
@@ -418,15 +418,7 @@ impl State {
     /// What replicated move `move_id`'s destination copied, once it is in sync: the shard's
     /// records and bytes as its leader last reported them (the destination holds all of them).
     pub fn replica_copied(&self, move_id: u64) -> Option<(u64, u64)> {
-        let m = self.moves.get(&move_id)?;
-        let leader = self.replicas_of(&m.shard)?.leader?;
-        let report = self
-            .members
-            .get(&leader)?
-            .report
-            .shards
-            .iter()
-            .find(|s| s.shard == m.shard)?;
+        let report = self.leader_report(&self.moves.get(&move_id)?.shard)?;
         Some((
             report.end_offset.saturating_sub(report.start_offset),
             report.bytes,
@@ -440,18 +432,22 @@ impl State {
             .values()
             .filter(|m| self.replicated(&m.shard))
             .filter_map(|m| {
-                let leader = self.replicas_of(&m.shard)?.leader?;
-                let report = self
-                    .members
-                    .get(&leader)?
-                    .report
-                    .shards
-                    .iter()
-                    .find(|s| s.shard == m.shard)?;
+                let report = self.leader_report(&m.shard)?;
                 let f = report.followers.iter().find(|f| f.broker == m.to)?;
                 Some((m.move_id, (f.lag, f.end)))
             })
             .collect()
+    }
+
+    /// What `shard`'s leader said of it in its last heartbeat.
+    fn leader_report(&self, shard: &ShardId) -> Option<&ShardReport> {
+        let leader = self.replicas_of(shard)?.leader?;
+        self.members
+            .get(&leader)?
+            .report
+            .shards
+            .iter()
+            .find(|s| &s.shard == shard)
     }
 }
 
