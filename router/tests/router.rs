@@ -38,7 +38,9 @@ async fn create(
         Request::CreateTopic {
             name: name.into(),
             partitions,
-            replication_factor: None,
+            // One replica: the fake brokers do not replicate, and these tests are about
+            // placement and ownership.
+            replication_factor: Some(1),
             min_insync: None,
         },
     )
