@@ -49,6 +49,35 @@ pub struct UpArgs {
     /// admin still need DATA/cluster.token).
     #[arg(long)]
     pub open_data_plane: bool,
+    /// Address of the router's web page, JSON API and metrics (default: 127.0.0.1 at the
+    /// router port + 80, e.g. 7480; any free port when --port is 0).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+}
+
+/// Where the router serves HTTP: `--http`, else the router port + 80, else (port 0) a port that
+/// is free now (picked here, so restarts of the router keep it).
+fn http_listen(args: &UpArgs) -> Result<String> {
+    match &args.http {
+        Some(a) => Ok(a.clone()),
+        None => local_port(args, 80),
+    }
+}
+
+/// Where broker `id` serves `/metrics`: the router port + 100 + id, or a free port.
+fn metrics_listen(args: &UpArgs, id: u32) -> Result<String> {
+    local_port(args, 100 + id)
+}
+
+/// 127.0.0.1 at the router port + `offset`, or (port 0) at a port that is free now: picked here
+/// and passed explicitly, so a restarted process gets the same one.
+fn local_port(args: &UpArgs, offset: u32) -> Result<String> {
+    if args.port != 0 {
+        return Ok(format!("127.0.0.1:{}", u32::from(args.port) + offset));
+    }
+    let probe =
+        std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free local port")?;
+    Ok(probe.local_addr()?.to_string())
 }
 
 /// The cluster secret of the cluster in `data`: `DATA/cluster.token`, created (mode 0600) on
@@ -90,6 +119,10 @@ struct ClusterFile {
     brokers: Vec<(u32, String)>,
     /// (id, pid) per broker.
     broker_pids: Vec<(u32, u32)>,
+    /// The router's web page and JSON API (`http://ADDR/`).
+    http: String,
+    /// (id, `http://ADDR/metrics`) per broker.
+    broker_metrics: Vec<(u32, String)>,
 }
 
 struct Proc {
@@ -240,6 +273,7 @@ async fn add_broker(args: &UpArgs, router: &str, id: u32, logs: &Path) -> Result
         args.fsync.clone(),
     ];
     bargs.extend(auth_args(args));
+    bargs.extend(["--metrics".into(), metrics_listen(args, id)?]);
     bargs.extend(args.broker_args.iter().cloned());
     let name = format!("broker-{id}");
     let (child, addr) = spawn(&name, &bargs, logs).await?;
@@ -318,53 +352,7 @@ fn pending_requests(control: &Path) -> Vec<PathBuf> {
     reqs
 }
 
-/// Asks the `shardq up` running on `data` to start one more broker; returns its id and address.
-pub async fn request_broker(data: &Path) -> Result<(u32, String)> {
-    let control = data.join("control");
-    if !data.join("cluster.json").exists() || !control.is_dir() {
-        bail!(
-            "no `shardq up` cluster is running on {} (start one with `shardq up --data {}`)",
-            data.display(),
-            data.display()
-        );
-    }
-    let nonce = format!(
-        "add-broker-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let req = control.join(format!("{nonce}.req"));
-    std::fs::write(&req, b"add").with_context(|| format!("cannot write {}", req.display()))?;
-    let done = req.with_extension("done");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&done) {
-            let _ = std::fs::remove_file(&done);
-            let text = text.trim();
-            if let Some(err) = text.strip_prefix("error ") {
-                bail!("could not add a broker: {err}");
-            }
-            let (id, addr) = text
-                .split_once(' ')
-                .with_context(|| format!("unexpected answer {text:?}"))?;
-            return Ok((
-                id.parse().context("bad broker id in answer")?,
-                addr.to_string(),
-            ));
-        }
-        if Instant::now() > deadline {
-            let _ = std::fs::remove_file(&req);
-            bail!(
-                "the cluster on {} did not start a broker within 60 s",
-                data.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use shardq_router::up_control::request_broker;
 
 /// The brokers the router (restored from its data dir) has as members: who to start. Empty for a
 /// new cluster.
@@ -415,10 +403,18 @@ pub async fn run(args: UpArgs) -> Result<()> {
         args.data.join("router").display().to_string(),
     ];
     router_args.extend(auth_args(&args));
+    let http = http_listen(&args)?;
+    router_args.extend([
+        "--http".into(),
+        http.clone(),
+        "--up-data".into(),
+        args.data.display().to_string(),
+    ]);
     router_args.extend(args.router_args.iter().cloned());
     let (child, router_addr) = spawn("router", &router_args, &logs).await?;
     pin_listen(&mut router_args, &router_addr);
     println!("router   listening on {router_addr}");
+    println!("web, API http://{http}/ (JSON API under /api, metrics at /metrics)");
     let mut procs = vec![Proc {
         name: "router".into(),
         child,
@@ -459,7 +455,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         println!("broker {id} listening on {}", p.addr);
         procs.push(p);
     }
-    write_cluster_file(&args.data, &procs)?;
+    write_cluster_file(&args.data, &procs, &http)?;
     println!(
         "cluster up: {} broker(s); logs in {}; Ctrl-C stops it",
         ids.len(),
@@ -501,7 +497,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
                         println!("broker {id} listening on {} (added)", p.addr);
                         let line = format!("{id} {}", p.addr);
                         procs.push(p);
-                        write_cluster_file(&args.data, &procs)?;
+                        write_cluster_file(&args.data, &procs, &http)?;
                         line
                     }
                     Err(e) => format!("error {e:#}"),
@@ -608,7 +604,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         for i in left.into_iter().rev() {
             procs.remove(i);
         }
-        write_cluster_file(&args.data, &procs)?;
+        write_cluster_file(&args.data, &procs, &http)?;
     }
     println!("stopping cluster");
     // Brokers first, then the router.
@@ -629,7 +625,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_cluster_file(data: &Path, procs: &[Proc]) -> Result<()> {
+fn write_cluster_file(data: &Path, procs: &[Proc], http: &str) -> Result<()> {
     let broker_id = |p: &Proc| p.name.strip_prefix("broker-")?.parse::<u32>().ok();
     let file = ClusterFile {
         router: procs[0].addr.clone(),
@@ -641,6 +637,17 @@ fn write_cluster_file(data: &Path, procs: &[Proc]) -> Result<()> {
         broker_pids: procs[1..]
             .iter()
             .filter_map(|p| Some((broker_id(p)?, p.child.id()?)))
+            .collect(),
+        http: format!("http://{http}/"),
+        broker_metrics: procs[1..]
+            .iter()
+            .filter_map(|p| {
+                let at = p.args.iter().position(|a| a == "--metrics")?;
+                Some((
+                    broker_id(p)?,
+                    format!("http://{}/metrics", p.args.get(at + 1)?),
+                ))
+            })
             .collect(),
     };
     let tmp = data.join("cluster.json.tmp");

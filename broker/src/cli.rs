@@ -86,6 +86,11 @@ pub struct BrokerArgs {
     #[arg(long, default_value_t = crate::storage::DEFAULT_MIN_FREE_BYTES)]
     pub min_free_bytes: u64,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free one; the address is
+    /// printed). Off by default; `shardq up` turns it on.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
     #[command(flatten)]
     pub listener: ListenerArgs,
 }
@@ -113,6 +118,7 @@ impl BrokerArgs {
                 .then(|| (self.move_max_mbps * 1e6).max(1.0) as u64),
             min_free_bytes: self.min_free_bytes,
             listener: self.listener.listener().map_err(anyhow::Error::msg)?,
+            metrics: self.metrics.clone(),
         })
     }
 }
@@ -181,6 +187,10 @@ pub async fn run_until_stopped(args: BrokerArgs) -> anyhow::Result<Stopped> {
     // `shardq up` and scripts read this line to learn the bound address.
     let mut out = std::io::stdout().lock();
     writeln!(out, "broker {id} listening on {}", handle.addr())
+        .and_then(|()| match handle.metrics_addr() {
+            Some(m) => writeln!(out, "broker {id} metrics on http://{m}/metrics"),
+            None => Ok(()),
+        })
         .and_then(|()| out.flush())
         .context("cannot write to stdout")?;
     drop(out);

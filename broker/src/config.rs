@@ -106,6 +106,9 @@ pub struct BrokerConfig {
     /// The cluster secret, the open data plane and the connection limits of the listener; the
     /// secret is also what this broker proves to the router and to other brokers.
     pub listener: Listener,
+    /// Address of the Prometheus `/metrics` endpoint (`127.0.0.1:0` picks a free port; see
+    /// [`crate::BrokerHandle::metrics_addr`]); None: none.
+    pub metrics: Option<String>,
 }
 
 impl BrokerConfig {
@@ -126,6 +129,7 @@ impl BrokerConfig {
             move_rate_limit: None,
             min_free_bytes: crate::storage::DEFAULT_MIN_FREE_BYTES,
             listener: Listener::default(),
+            metrics: None,
         }
     }
 }

@@ -40,21 +40,30 @@ struct FlushProgress {
 pub struct Disk {
     pub db: sled::Db,
     files: SyncFiles,
+    /// How long successful flushes took, for `/metrics`.
+    flushes: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Disk {
     pub fn new(db: sled::Db, files: SyncFiles) -> Arc<Disk> {
-        Arc::new(Disk { db, files })
+        Arc::new(Disk {
+            db,
+            files,
+            flushes: crate::metrics::latency_histogram(),
+        })
     }
 
     /// Flushes sled's buffers, then makes them durable. Blocking.
     fn flush(&self, health: &Health) -> Result<(), ErrorKind> {
+        let start = std::time::Instant::now();
         self.db
             .flush()
             .map_err(|e| health.sled_error("flush to disk failed", &e))?;
         self.files
             .sync()
-            .map_err(|e| health.io_error("fdatasync of the database failed", &e))
+            .map_err(|e| health.io_error("fdatasync of the database failed", &e))?;
+        self.flushes.observe(start.elapsed().as_secs_f64());
+        Ok(())
     }
 }
 
@@ -97,6 +106,11 @@ impl Durability {
 
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// The histogram of flush times (a handle onto the same values).
+    pub fn flush_histogram(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.disk.flushes.clone()
     }
 
     /// Whether consumers may only read flushed records: under `always` an acknowledgement means

@@ -14,6 +14,7 @@ mod durability;
 pub mod identity;
 mod import;
 mod membership;
+mod metrics;
 pub mod replica;
 mod replication;
 mod router_link;
@@ -76,6 +77,7 @@ pub struct RemovedFromCluster {
 /// not wait for them.
 pub struct BrokerHandle {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     id: BrokerId,
     broker: Arc<Broker>,
     router: Option<Arc<RouterLink>>,
@@ -92,6 +94,11 @@ impl BrokerHandle {
     /// The address the broker is bound to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of `/metrics`, if it was asked for.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn id(&self) -> BrokerId {
@@ -358,7 +365,21 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     }
 
     let mut tasks = Vec::new();
-    let server_config = config.listener.server_config(config.max_frame);
+    let mut metrics_addr = None;
+    if let Some(at) = &config.metrics {
+        let listener = TcpListener::bind(at)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {at}"))?;
+        metrics_addr = Some(listener.local_addr()?);
+        let (broker, token) = (broker.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, broker, token).await {
+                warn!("metrics server stopped: {e}");
+            }
+        }));
+    }
+    let mut server_config = config.listener.server_config(config.max_frame);
+    server_config.open_connections = broker.metrics.connections.clone();
     tasks.push(tokio::spawn({
         let (broker, token) = (broker.clone(), shutdown.clone());
         async move {
@@ -396,6 +417,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     );
     Ok(BrokerHandle {
         addr,
+        metrics_addr,
         id: config.id,
         broker,
         router,

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::durability::Durability;
 use crate::import::{self, now_ms, ImportCtx, ImportRecord, ImportStore, Job};
+use crate::metrics::BrokerMetrics;
 use crate::replication::Replication;
 use crate::router_link::RouterLink;
 use crate::shard::{tree_name, Access, Limit, Ownership, Shard, ShardEnv};
@@ -59,6 +60,8 @@ pub struct Broker {
     pub(crate) incarnation: u64,
     /// The cluster secret this broker proves to the brokers it imports shards from.
     secret: Option<Secret>,
+    /// What `/metrics` reports.
+    pub(crate) metrics: BrokerMetrics,
 }
 
 /// One instance of the database and its `shards` tree.
@@ -180,6 +183,7 @@ impl Broker {
             move_rate_limit: None,
             incarnation: new_incarnation(),
             secret: None,
+            metrics: BrokerMetrics::default(),
         })
     }
 
@@ -953,6 +957,47 @@ impl Service for Broker {
     }
 
     fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
+        // For /metrics: what a produce appends and which shard a fetch reads.
+        let name = request.name();
+        let start = std::time::Instant::now();
+        let produced = match &request {
+            Request::Produce(p) => Some((p.shard.clone(), p.batch.count, p.batch.data.len())),
+            _ => None,
+        };
+        let fetched = match &request {
+            Request::Fetch(f) => Some(f.shard.clone()),
+            _ => None,
+        };
+        let answer = self.dispatch(request);
+        let me = self.clone();
+        Box::pin(async move {
+            let r = answer.await;
+            let m = &me.metrics;
+            m.request(name, start.elapsed());
+            match (&r, produced, fetched) {
+                (
+                    Ok(Response::Produced {
+                        duplicate: false, ..
+                    }),
+                    Some((shard, n, b)),
+                    _,
+                ) => m.produced(&shard, u64::from(n), b as u64),
+                (Ok(Response::Fetched { batches, .. }), _, Some(shard)) => {
+                    let (n, b) = batches.iter().fold((0u64, 0u64), |(n, b), s| {
+                        (n + u64::from(s.batch.count), b + s.batch.data.len() as u64)
+                    });
+                    m.fetched(&shard, n, b)
+                }
+                _ => {}
+            }
+            r
+        })
+    }
+}
+
+impl Broker {
+    /// Answers `request` (what [`Service::call`] times and counts).
+    fn dispatch(self: &Arc<Self>, request: Request) -> ServiceFuture {
         match request {
             Request::Produce(p) => self.produce(p),
             Request::Fetch(f) => self.fetch(f),

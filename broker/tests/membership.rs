@@ -322,6 +322,7 @@ async fn a_broker_whose_id_was_removed_does_not_start_and_never_serves_its_old_d
         max_record_bytes: shardq_broker::DEFAULT_MAX_RECORD_BYTES,
         move_max_mbps: 0.0,
         min_free_bytes: 0,
+        metrics: None,
         listener: shardq_protocol::cli_args::ListenerArgs {
             insecure_no_auth: true,
             ..Default::default()

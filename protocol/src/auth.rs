@@ -159,6 +159,17 @@ impl Secret {
             .is_ok()
     }
 
+    /// Whether `token` (a bearer token: the token file's hex line) is this secret, compared in
+    /// constant time (as MACs of the same message under both keys).
+    pub fn matches_token(&self, token: &str) -> bool {
+        let Some(bytes) = decode_hex(token.trim()) else {
+            return false;
+        };
+        let other = Secret(bytes.into());
+        let mine = self.mac(b"bearer", b"", b"").finalize().into_bytes();
+        other.mac(b"bearer", b"", b"").verify_slice(&mine).is_ok()
+    }
+
     /// Checks a server's proof in constant time.
     pub fn verify_server(&self, client_nonce: &[u8], server_nonce: &[u8], proof: &[u8]) -> bool {
         self.mac(b"server", client_nonce, server_nonce)

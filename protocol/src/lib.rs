@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod codec;
 pub mod connection;
 pub mod error;
+pub mod exposition;
 pub mod message;
 pub mod server;
 pub mod types;

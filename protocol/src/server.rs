@@ -69,6 +69,8 @@ pub struct ServerConfig {
     /// With a secret: let unauthenticated connections use the data plane (produce, fetch,
     /// offsets, metadata and read-only views). Control, admin and transfer always need the secret.
     pub open_data_plane: bool,
+    /// Connections open now (handshakes included), kept by the server for metrics.
+    pub open_connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Default of [`ServerConfig::idle_timeout`] (as Kafka's `connections.max.idle.ms`).
@@ -92,6 +94,7 @@ impl Default for ServerConfig {
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             secret: None,
             open_data_plane: false,
+            open_connections: Arc::default(),
         }
     }
 }
@@ -190,7 +193,17 @@ pub async fn serve<S: Service>(
                     slots: slots.clone(),
                     shutdown: shutdown.child_token(),
                 };
+                let open = config.open_connections.clone();
+                open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 conns.spawn(async move {
+                    // Counted down however the connection ends (a panic included).
+                    struct Open(Arc<std::sync::atomic::AtomicUsize>);
+                    impl Drop for Open {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    let _open = Open(open);
                     if let Err(reason) = conn.run(stream, handshake).await {
                         // Peers cause these (garbage, stalls, refusals): a warning each would
                         // let any peer fill the logs.

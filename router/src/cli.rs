@@ -65,6 +65,15 @@ pub struct RouterArgs {
 
     #[command(flatten)]
     pub listener: ListenerArgs,
+    /// Serve the HTTP admin API, Prometheus metrics (`/metrics`) and the web page on this
+    /// address (port 0 picks a free one; the address is printed). Off by default; `shardq up`
+    /// turns it on.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Set by `shardq up`: its data directory, where `POST /api/brokers` asks it for one more
+    /// broker.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub up_data: Option<PathBuf>,
 }
 
 fn parse_frame(s: &str) -> Result<usize, String> {
@@ -102,6 +111,8 @@ impl RouterArgs {
             max_moves: usize::try_from(self.max_moves).unwrap_or(DEFAULT_MAX_MOVES),
             move_timeout: Duration::from_millis(self.move_timeout_ms),
             listener: self.listener.listener().map_err(anyhow::Error::msg)?,
+            http: self.http.clone(),
+            up_data: self.up_data.clone(),
             ..RouterConfig::new(self.data.clone())
         })
     }
@@ -114,6 +125,9 @@ pub async fn run(args: RouterArgs) -> anyhow::Result<()> {
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "router listening on {}", handle.addr()).context("writing to stdout")?;
+        if let Some(http) = handle.http_addr() {
+            writeln!(out, "router http on http://{http}/").context("writing to stdout")?;
+        }
         out.flush().context("writing to stdout")?;
     }
     wait_for_signal().await?;

@@ -12,6 +12,7 @@
 //! a broker that really is gone turns `Down` one timeout later. Liveness is never persisted.
 
 pub mod cli;
+mod http;
 mod identity;
 mod liveness;
 mod pool;
@@ -21,6 +22,7 @@ mod replication;
 mod service;
 mod state;
 mod store;
+pub mod up_control;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -88,6 +90,12 @@ pub struct RouterConfig {
     pub default_replication_factor: u32,
     /// A broker down for longer than this has its replicas re-created on other brokers.
     pub replace_after: Duration,
+    /// Address of the HTTP API, metrics and web page (`127.0.0.1:0` picks a free port; see
+    /// [`RouterHandle::http_addr`]); None: no HTTP.
+    pub http: Option<String>,
+    /// The data directory of the `shardq up` that runs this router, so the HTTP API can ask
+    /// it for more brokers; None: not run by `shardq up`.
+    pub up_data: Option<PathBuf>,
 }
 
 impl RouterConfig {
@@ -105,6 +113,8 @@ impl RouterConfig {
             listener: Listener::default(),
             default_replication_factor: DEFAULT_REPLICATION_FACTOR,
             replace_after: DEFAULT_REPLACE_AFTER,
+            http: None,
+            up_data: None,
         }
     }
 }
@@ -121,9 +131,30 @@ pub(crate) struct Shared {
     /// Wakes the rebalancer early (membership changed, a move ended).
     rebalance: tokio::sync::Notify,
     dropping: rebalance::Dropping,
+    metrics: http::RouterMetrics,
 }
 
 impl Shared {
+    /// Records move `move_id` finished in `phase` ([`State::finish`], persisted through the
+    /// store) and counts it in the metrics.
+    fn finish_move(
+        &self,
+        st: &mut State,
+        move_id: u64,
+        phase: shardq_protocol::MovePhase,
+        error: Option<String>,
+        drop: Option<store::PendingDrop>,
+    ) -> Result<Option<store::MoveRecord>, shardq_protocol::ErrorKind> {
+        let finished = st.finish(move_id, phase, error, rebalance::now_ms(), drop, |ops| {
+            self.persist(ops)
+        })?;
+        if let Some(r) = &finished {
+            self.metrics
+                .move_finished(phase, r.bytes_copied, r.write_pause_ms);
+        }
+        Ok(finished)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug; keep serving with the state as it is
         // rather than failing every later request.
@@ -134,6 +165,8 @@ impl Shared {
 /// A running router.
 pub struct RouterHandle {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     liveness: JoinHandle<()>,
@@ -147,6 +180,11 @@ impl RouterHandle {
         self.addr
     }
 
+    /// The address of the HTTP API, if it was asked for.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// Stops accepting, ends every connection and background task, flushes the metadata store
     /// and closes it, so the same data directory can be opened again (even in this process).
     pub async fn shutdown(self) {
@@ -155,6 +193,13 @@ impl RouterHandle {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!("router server ended with an error: {e}"),
             Err(e) => warn!("router server task failed: {e}"),
+        }
+        if let Some(http) = self.http {
+            match http.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("router HTTP server ended with an error: {e}"),
+                Err(e) => warn!("router HTTP server task failed: {e}"),
+            }
         }
         if let Err(e) = self.liveness.await {
             warn!("liveness task failed: {e}");
@@ -229,6 +274,18 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let http_listener = match &config.http {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {at}"))?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let shutdown = CancellationToken::new();
     let pool = BrokerPool::new(ConnectionConfig {
         max_frame: config.max_frame,
@@ -245,6 +302,7 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         shutdown: shutdown.clone(),
         rebalance: tokio::sync::Notify::new(),
         dropping: rebalance::Dropping::default(),
+        metrics: http::RouterMetrics::default(),
         config,
     });
     let server_config = shared
@@ -257,11 +315,15 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         server_config,
         shutdown.clone(),
     ));
+    let http =
+        http_listener.map(|l| tokio::spawn(http::serve(l, shared.clone(), shutdown.clone())));
     let liveness = tokio::spawn(liveness::liveness_task(shared.clone()));
     let rebalancer = tokio::spawn(rebalance::rebalancer_task(shared.clone()));
-    info!(%addr, %cluster, epoch, members, topics, moves, "router started");
+    info!(%addr, http = ?http_addr, %cluster, epoch, members, topics, moves, "router started");
     Ok(RouterHandle {
         addr,
+        http_addr,
+        http,
         shutdown,
         server,
         liveness,

@@ -161,14 +161,7 @@ pub(crate) async fn drive_replica_move(shared: Arc<Shared>, move_id: u64) {
                 p.lag = 0;
                 st.progress(&p);
             }
-            st.finish(
-                move_id,
-                MovePhase::Done,
-                None,
-                now_ms(),
-                Some(f.drop),
-                |ops| shared.persist(ops),
-            )
+            shared.finish_move(&mut st, move_id, MovePhase::Done, None, Some(f.drop))
         };
         match done {
             Ok(Some(m)) => {
@@ -195,13 +188,12 @@ async fn roll_back(shared: &Arc<Shared>, move_id: u64, why: &str) {
         st.roll_back_replica_move(move_id, |ops| shared.persist(ops))
             .and_then(|(pushes, drop)| {
                 let shard = st.moves.get(&move_id).map(|m| m.shard.clone());
-                st.finish(
+                shared.finish_move(
+                    &mut st,
                     move_id,
                     MovePhase::RolledBack,
                     Some(why.to_string()),
-                    now_ms(),
                     drop,
-                    |ops| shared.persist(ops),
                 )?;
                 if let Some(shard) = shard {
                     st.retry_after

@@ -644,14 +644,8 @@ impl Driver {
         };
         let finished = {
             let mut st = self.shared.state();
-            st.finish(
-                self.move_id,
-                MovePhase::Done,
-                None,
-                now_ms(),
-                Some(drop),
-                |ops| self.shared.persist(ops),
-            )
+            self.shared
+                .finish_move(&mut st, self.move_id, MovePhase::Done, None, Some(drop))
         };
         match finished {
             Ok(Some(r)) => {
@@ -719,14 +713,8 @@ impl Driver {
             let mut st = self.shared.state();
             st.retry_after
                 .insert(m.shard.clone(), Instant::now() + FAILED_MOVE_BACKOFF);
-            st.finish(
-                self.move_id,
-                phase,
-                Some(reason),
-                now_ms(),
-                Some(drop),
-                |ops| self.shared.persist(ops),
-            )
+            self.shared
+                .finish_move(&mut st, self.move_id, phase, Some(reason), Some(drop))
         };
         match finished {
             Ok(_) => {

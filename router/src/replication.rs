@@ -159,6 +159,7 @@ impl Shared {
         if f.elected.is_empty() && f.isr_shrunk == 0 {
             return;
         }
+        self.metrics.failover();
         let offline: Vec<&ShardId> = f
             .elected
             .iter()

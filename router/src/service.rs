@@ -40,6 +40,7 @@ impl Service for Shared {
     }
 
     fn call(self: &Arc<Self>, request: Request) -> ServiceFuture {
+        self.metrics.request(request.name());
         match request {
             Request::Fetch(ref f) => {
                 let timeout =

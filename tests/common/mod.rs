@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -70,6 +72,7 @@ impl Cluster {
         rc.listen = "127.0.0.1:0".into();
         rc.listener.secret = Some(secret.clone());
         rc.listener.open_data_plane = open_data_plane;
+        rc.http = Some("127.0.0.1:0".into());
         let router = shardq_router::start(rc).await.expect("router starts");
         let mut handles = Vec::new();
         for id in 1..=brokers {
@@ -99,6 +102,19 @@ impl Cluster {
         })
         .await;
         c
+    }
+
+    /// The router's HTTP address.
+    pub fn http(&self) -> String {
+        self.router.http_addr().expect("http on").to_string()
+    }
+
+    /// The bearer token of the cluster's HTTP API: the token file's line.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cluster.token"))
+            .expect("token file")
+            .trim()
+            .to_string()
     }
 
     pub fn addr(&self) -> String {
