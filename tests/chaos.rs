@@ -230,10 +230,43 @@ async fn kills_a_frozen_leader_and_a_lost_disk_lose_nothing_acknowledged() {
         if drained {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "broker {leaving} not drained (or broker {added} holds nothing) after 120 s"
-        );
+        if Instant::now() >= deadline {
+            let detail = st.map(|st| {
+                let brokers: Vec<String> = st
+                    .brokers
+                    .iter()
+                    .map(|b| format!("{}:{:?}/{} shards", b.addr.id, b.status, b.shards))
+                    .collect();
+                let moves: Vec<String> = st
+                    .moves
+                    .iter()
+                    .filter(|m| !matches!(m.phase, MovePhase::Done))
+                    .map(|m| {
+                        format!(
+                            "#{} {} {:?}->{} {:?} lag {} {}",
+                            m.move_id,
+                            m.shard,
+                            m.from,
+                            m.to,
+                            m.phase,
+                            m.lag,
+                            m.error.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                let leaderless: Vec<String> = st
+                    .shards
+                    .iter()
+                    .filter(|(r, _)| r.owner.is_none() || r.replicas.contains(&leaving))
+                    .map(|(r, _)| format!("{} replicas {:?} isr {:?}", r.shard, r.replicas, r.isr))
+                    .collect();
+                format!("brokers {brokers:?}\nmoves not done {moves:?}\nshards still on {leaving} or leaderless {leaderless:?}")
+            });
+            panic!(
+                "broker {leaving} not drained (or broker {added} holds nothing) after 120 s\n{}",
+                detail.unwrap_or_default()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 

@@ -240,6 +240,47 @@ async fn every_documented_route_answers_and_mutations_need_the_secret() {
     )
     .await;
 
+    // The web page (embedded, nothing fetched from elsewhere) and the data it draws.
+    let page = call(h, "GET", "/", None, None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
+    assert!(page.body.contains("<svg id=\"ring\""));
+    for external in ["src=\"http", "href=\"http", "@import", "url(http"] {
+        assert!(
+            !page.body.contains(external),
+            "the page loads {external}..."
+        );
+    }
+    hit("GET", "/");
+    let v = call(h, "GET", "/api/view", None, None).await.json();
+    // Broker 3 left above: the ring holds the tokens of 1 and 2, as many each (equal weights).
+    let mut per_broker: std::collections::BTreeMap<u64, usize> = Default::default();
+    for t in v["tokens"].as_array().expect("tokens") {
+        *per_broker.entry(t[1].as_u64().unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_broker.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(per_broker[&1], per_broker[&2], "{per_broker:?}");
+    let shards = v["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 6);
+    for s in shards {
+        let at = s["at"].as_f64().expect("a position");
+        assert!((0.0..1.0).contains(&at), "{s}");
+    }
+    hit("GET", "/api/view");
+    let first = first_event(h, "/api/events").await;
+    assert!(first.contains("text/event-stream"), "{first}");
+    let data = first
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("a data line");
+    let pushed: serde_json::Value = serde_json::from_str(data).expect("the event is a view");
+    assert_eq!(pushed["shards"].as_array().map(Vec::len), Some(6));
+    hit("GET", "/api/events");
+
     let a = call(h, "GET", "/no/such/route", None, None).await;
     assert_eq!(a.status, 404);
     assert!(a.json()["error"].as_str().unwrap().contains("openapi"));
@@ -301,4 +342,30 @@ async fn call_accepting(addr: &str, path: &str, accept: &str) -> String {
         .expect("an answer within 30 s")
         .unwrap();
     raw
+}
+
+/// The headers and first event of a server-sent event stream (which never ends by itself).
+async fn first_event(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let read = async {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended before its first event");
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            if let Some((_, body)) = text.split_once("\r\n\r\n") {
+                if body.contains("data: ") && body.contains("\n\n") {
+                    return text;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("a first event within 30 s")
 }

@@ -241,6 +241,14 @@ impl Ring {
         &self.members
     }
 
+    /// Every token on the ring with its owner, in ring order.
+    pub fn tokens(&self) -> impl Iterator<Item = (u64, BrokerId)> + '_ {
+        self.tokens
+            .iter()
+            .zip(&self.slots)
+            .map(|(t, s)| (*t, self.members[*s as usize].id))
+    }
+
     /// Total number of tokens on the ring.
     pub fn token_count(&self) -> usize {
         self.tokens.len()

@@ -1,6 +1,6 @@
-//! A minimal HTTP/1.0 client for the tests of the router's HTTP side (one request per
-//! connection; the server closes it after the answer, so the body is everything after the
-//! headers).
+//! A minimal HTTP/1.1 client for the tests of the HTTP sides (the router's API, Prometheus,
+//! chromedriver): one request per connection with `Connection: close`, so the answer ends when
+//! the server closes it; chunked bodies are decoded.
 
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ pub async fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Answer {
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -42,8 +42,20 @@ pub async fn call(
     let exchange = async {
         let mut s = TcpStream::connect(addr).await.expect("connects");
         s.write_all(req.as_bytes()).await.expect("request sent");
+        // Until the body is complete: by its Content-Length, its last chunk, or the close
+        // (some servers, chromedriver among them, keep the connection open regardless).
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.expect("answer read");
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if complete(&raw) {
+                break;
+            }
+            let n = s.read(&mut buf).await.expect("answer read");
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
         raw
     };
     let raw = tokio::time::timeout(Duration::from_secs(30), exchange)
@@ -58,17 +70,54 @@ pub async fn call(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{method} {path}: no status in {head:?}"));
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
+    let content_type = header(head, "content-type").unwrap_or("").to_string();
+    let chunked =
+        header(head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     Answer {
         status,
         content_type,
-        body: body.to_string(),
+        body: if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
     }
+}
+
+/// The value of header `name` in `head`.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Whether `raw` holds a whole answer (headers and a body of known length).
+fn complete(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    if let Some(n) = header(head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+        return body.len() >= n;
+    }
+    if header(head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        return body.ends_with("0\r\n\r\n");
+    }
+    false
+}
+
+/// The payload of a chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {size:?}"));
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }

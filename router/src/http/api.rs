@@ -199,6 +199,7 @@ fn route(
         alias_of: None,
         body: None,
         query: &[],
+        produces: "application/json",
         handler,
     }
 }

@@ -9,6 +9,7 @@
 //! secret (`--insecure-no-auth`).
 
 mod api;
+mod live;
 mod metrics;
 mod openapi;
 
@@ -45,32 +46,58 @@ pub(crate) struct Route {
     pub body: Option<serde_json::Value>,
     /// Query parameters: (name, description).
     pub query: &'static [(&'static str, &'static str)],
+    /// The media type of a successful answer.
+    pub produces: &'static str,
     pub handler: MethodRouter<App>,
 }
+
+/// The web page, embedded in the binary (it fetches nothing else from anywhere).
+const PAGE: &str = include_str!("page.html");
 
 /// Every route the HTTP side serves.
 pub(crate) fn routes() -> Vec<Route> {
     let mut r = api::routes();
-    r.push(Route {
+    let get = |path, summary, produces, handler| Route {
         method: Method::GET,
-        path: "/metrics",
-        summary: "Prometheus metrics of the cluster as the router sees it",
+        path,
+        summary,
         mutating: false,
         alias_of: None,
         body: None,
         query: &[],
-        handler: axum::routing::get(metrics::handler),
-    });
-    r.push(Route {
-        method: Method::GET,
-        path: "/api/openapi.json",
-        summary: "This API's OpenAPI 3.0 document",
-        mutating: false,
-        alias_of: None,
-        body: None,
-        query: &[],
-        handler: axum::routing::get(|| async { Json(openapi::document(&routes())) }),
-    });
+        produces,
+        handler,
+    };
+    r.push(get(
+        "/metrics",
+        "Prometheus metrics of the cluster as the router sees it (OpenMetrics on request)",
+        "text/plain",
+        axum::routing::get(metrics::handler),
+    ));
+    r.push(get(
+        "/api/openapi.json",
+        "This API's OpenAPI 3.0 document",
+        "application/json",
+        axum::routing::get(|| async { Json(openapi::document(&routes())) }),
+    ));
+    r.push(get(
+        "/",
+        "The live web page: the ring, shards, brokers and moves",
+        "text/html",
+        axum::routing::get(|| async { axum::response::Html(PAGE) }),
+    ));
+    r.push(get(
+        "/api/view",
+        "The cluster as the web page draws it: ring tokens, shards at their hashes, brokers, moves",
+        "application/json",
+        axum::routing::get(live::snapshot),
+    ));
+    r.push(get(
+        "/api/events",
+        "Server-sent events: the /api/view snapshot each time it changes",
+        "text/event-stream",
+        axum::routing::get(live::events),
+    ));
     r
 }
 

@@ -24,19 +24,18 @@ fn operation(r: &Route) -> Value {
             "description": description, "schema": { "type": ty }
         }));
     }
-    let (ok, content) = if r.path == "/metrics" {
-        (
-            "200",
-            json!({ "application/openmetrics-text": { "schema": { "type": "string" } } }),
-        )
+    let ok = if r.method == axum::http::Method::POST && r.path.starts_with("/api/") {
+        "201"
     } else {
-        let code = if r.method == axum::http::Method::POST && r.path.starts_with("/api/") {
-            "201"
-        } else {
-            "200"
-        };
-        (code, json!({ "application/json": { "schema": {} } }))
+        "200"
     };
+    let schema = if r.produces == "application/json" {
+        json!({})
+    } else {
+        json!({ "type": "string" })
+    };
+    let mut content = Map::new();
+    content.insert(r.produces.into(), json!({ "schema": schema }));
     let error = json!({ "description": "an error: `{\"error\": message, \"kind\": detail}`",
         "content": { "application/json": { "schema": { "type": "object",
             "properties": { "error": { "type": "string" }, "kind": {} } } } } });

@@ -63,6 +63,23 @@ impl State {
         self.ring_of(&members)
     }
 
+    /// The ring placement uses now: every token with its owner, and each shard's key with its
+    /// hash on it (for the web page's picture of the ring).
+    #[allow(clippy::type_complexity)]
+    pub fn ring_view(&self) -> Result<(Vec<(u64, BrokerId)>, Vec<(String, u64)>), ErrorKind> {
+        let ring = self.member_ring()?;
+        let tokens = ring.tokens().collect();
+        let shards = self
+            .all_keys(&[])
+            .into_iter()
+            .map(|k| {
+                let h = ring.key_hash(&k);
+                (k, h)
+            })
+            .collect();
+        Ok((tokens, shards))
+    }
+
     /// Every shard key of every topic plus `extra`, for `Ring::place`.
     pub(super) fn all_keys(&self, extra: &[ShardId]) -> Vec<String> {
         self.topics
