@@ -2,6 +2,7 @@
 //! the local-cluster supervisor, admin commands, the run verifier and the benchmark.
 
 pub mod admin;
+pub mod autoscale;
 pub mod bench;
 pub mod bench_failover;
 pub mod up;

@@ -53,6 +53,8 @@ pub struct UpArgs {
     /// router port + 80, e.g. 7480; any free port when --port is 0).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    #[command(flatten)]
+    pub autoscale: crate::autoscale::AutoscaleArgs,
 }
 
 /// Where the router serves HTTP: `--http`, else the router port + 80, else (port 0) a port that
@@ -479,6 +481,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
         );
     }
 
+    if let Some(range) = args.autoscale.autoscale {
+        tokio::spawn(crate::autoscale::run(
+            args.autoscale.clone(),
+            range,
+            args.data.clone(),
+            router_addr.clone(),
+        ));
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let control = args.data.join("control");

@@ -7,6 +7,22 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+
+/// The file in DATA where the autoscaler of `shardq up` appends its decisions, one JSON object
+/// a line (`time_ms`, `action`, `reason`, `brokers`, `broker`).
+pub const AUTOSCALER_LOG: &str = "autoscaler.log";
+
+/// The autoscaler's decisions in `data` (none if it never decided, or the file is unreadable),
+/// oldest first; lines that are not JSON (a torn last line) are skipped.
+pub fn autoscaler_decisions(data: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(data.join(AUTOSCALER_LOG))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
 use tokio::time::Instant;
 
 /// Asks the `shardq up` running on `data` to start one more broker; returns its id and address.

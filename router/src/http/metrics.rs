@@ -35,6 +35,11 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -319,11 +324,36 @@ fn registry(m: &RouterMetrics, status: &ClusterStatus) -> Registry {
     r
 }
 
-/// Encodes the metrics of `status` (tests and the handler).
-pub(crate) fn render(m: &RouterMetrics, status: &ClusterStatus) -> String {
+/// Encodes the metrics of `status` and the autoscaler's `decisions`.
+pub(crate) fn render(
+    m: &RouterMetrics,
+    status: &ClusterStatus,
+    decisions: &[serde_json::Value],
+) -> String {
+    let mut r = registry(m, status);
+    let by_action: Family<ActionLabels, Counter> = Family::default();
+    for action in ["add", "remove"] {
+        let _ = by_action.get_or_create(&ActionLabels {
+            action: action.into(),
+        });
+    }
+    for d in decisions {
+        if let Some(action) = d["action"].as_str() {
+            by_action
+                .get_or_create(&ActionLabels {
+                    action: action.into(),
+                })
+                .inc();
+        }
+    }
+    r.register(
+        "autoscaler_decisions",
+        "Brokers the autoscaler of `shardq up` added and removed",
+        by_action,
+    );
     let mut out = String::new();
     // Writing to a String cannot fail.
-    let _ = encode(&mut out, &registry(m, status));
+    let _ = encode(&mut out, &r);
     out
 }
 
@@ -331,7 +361,13 @@ pub(crate) fn render(m: &RouterMetrics, status: &ClusterStatus) -> String {
 /// everyone else.
 pub(super) async fn handler(State(shared): State<App>, headers: HeaderMap) -> impl IntoResponse {
     let status = shared.state().status(Instant::now());
-    let body = render(&shared.metrics, &status);
+    let decisions = shared
+        .config
+        .up_data
+        .as_deref()
+        .map(crate::up_control::autoscaler_decisions)
+        .unwrap_or_default();
+    let body = render(&shared.metrics, &status, &decisions);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     if exposition::wants_openmetrics(accept) {
         ([(header::CONTENT_TYPE, exposition::OPENMETRICS)], body)
