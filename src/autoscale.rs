@@ -288,23 +288,14 @@ async fn step(
     }) || st.brokers.iter().any(|b| b.status == BrokerStatus::Leaving);
     let total = if mb { bytes / 1e6 } else { msgs };
     let load = total / f64::from(brokers.max(1));
-    match scaler.observe(now, load, brokers, moving) {
-        Decision::Hold => Ok(()),
+    let (action, reason, broker) = match scaler.observe(now, load, brokers, moving) {
+        Decision::Hold => return Ok(()),
         Decision::Add(reason) => {
             println!("autoscaler: adding a broker: {reason}");
             info!(%reason, brokers, "autoscaler adds a broker");
             let (id, addr) = crate::up::request_broker(data).await?;
             println!("autoscaler: broker {id} added on {addr}");
-            append(
-                data,
-                &Logged {
-                    time_ms: now_ms(),
-                    action: "add",
-                    reason: &reason,
-                    brokers,
-                    broker: Some(id),
-                },
-            )
+            ("add", reason, id)
         }
         Decision::Remove(reason) => {
             // The newest broker goes: the first ones keep their places on the ring.
@@ -317,18 +308,19 @@ async fn step(
                 .admin(Request::LeaveBroker { id })
                 .await
                 .with_context(|| format!("cannot remove broker {id}"))?;
-            append(
-                data,
-                &Logged {
-                    time_ms: now_ms(),
-                    action: "remove",
-                    reason: &reason,
-                    brokers,
-                    broker: Some(id),
-                },
-            )
+            ("remove", reason, id)
         }
-    }
+    };
+    append(
+        data,
+        &Logged {
+            time_ms: now_ms(),
+            action,
+            reason: &reason,
+            brokers,
+            broker: Some(broker),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -37,21 +37,7 @@ async fn the_cluster_grows_under_load_and_shrinks_back_when_it_stops() {
     )
     .await;
     let at = up.endpoint();
-    let client = at.client().await;
-    wait_until(Duration::from_secs(30), "both brokers up", || {
-        let client = client.clone();
-        async move { serving(&client).await == 2 }
-    })
-    .await;
-    client
-        .admin(Request::CreateTopic {
-            name: "A".into(),
-            partitions: 6,
-            replication_factor: None,
-            min_insync: None,
-        })
-        .await
-        .expect("topic created");
+    let client = up.ready_with_topic(2, "A", 6, None).await;
 
     // 4 producers x 400 records/s for 20 s: 800 per broker, well above 300 at 2 or 3 brokers.
     let logs = tempfile::tempdir().unwrap();
@@ -102,13 +88,7 @@ async fn the_cluster_grows_under_load_and_shrinks_back_when_it_stops() {
     eprintln!("shrank back to 2 brokers at {:?}", started.elapsed());
 
     // The decisions, with their reasons, in the router's metrics and page data.
-    let info = up.info();
-    let h = info["http"]
-        .as_str()
-        .and_then(|u| u.strip_prefix("http://"))
-        .and_then(|u| u.strip_suffix('/'))
-        .expect("http in cluster.json")
-        .to_string();
+    let h = up.http();
     let m = call(&h, "GET", "/metrics", None, None).await.body;
     for line in [
         "shardq_autoscaler_decisions_total{action=\"add\"} 1",

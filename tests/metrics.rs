@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::http::call;
 use common::{wait_until, UpCluster};
-use shardq_protocol::{Request, Response, ShardId, ShardSpec};
+use shardq_protocol::{ShardId, ShardSpec};
 
 /// `http://ADDR/...` -> `ADDR`.
 fn host(url: &str) -> String {
@@ -126,24 +126,7 @@ async fn router_and_brokers_export_metrics_prometheus_scrapes() {
 
     // Some traffic: a topic, records produced and read back.
     let at = up.endpoint();
-    let client = at.client().await;
-    wait_until(Duration::from_secs(30), "both brokers up", || {
-        let client = client.clone();
-        async move {
-            matches!(client.admin(Request::ListBrokers).await,
-                Ok(Response::Brokers(b)) if b.len() == 2)
-        }
-    })
-    .await;
-    client
-        .admin(Request::CreateTopic {
-            name: "M".into(),
-            partitions: 2,
-            replication_factor: Some(2),
-            min_insync: None,
-        })
-        .await
-        .expect("topic created");
+    up.ready_with_topic(2, "M", 2, Some(2)).await;
     let producer = shardq_producer::Producer::connect(at.producer_config())
         .await
         .expect("producer");

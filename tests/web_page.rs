@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::http::call;
 use common::{wait_until, UpCluster};
 use serde_json::{json, Value};
-use shardq_protocol::{Request, Response, ShardSpec};
+use shardq_protocol::ShardSpec;
 
 /// A chromedriver process and one headless Chromium session on it.
 struct Browser {
@@ -168,33 +168,9 @@ async fn the_page_shows_a_new_brokers_moves_progress_and_finish() {
     }
     // Moves throttled to 1 MB/s over ~2 MB shards, so each lasts long enough to be seen.
     let up = UpCluster::start(2, &["--broker-arg=--move-max-mbps=1"]).await;
-    let info = up.info();
-    let h = info["http"]
-        .as_str()
-        .and_then(|u| u.strip_prefix("http://"))
-        .and_then(|u| u.strip_suffix('/'))
-        .expect("http://ADDR/ in cluster.json")
-        .to_string();
-    let token = std::fs::read_to_string(up.dir.path().join("cluster.token")).unwrap();
+    let (h, token) = (up.http(), up.token());
     let at = up.endpoint();
-    let client = at.client().await;
-    wait_until(Duration::from_secs(30), "both brokers up", || {
-        let client = client.clone();
-        async move {
-            matches!(client.admin(Request::ListBrokers).await,
-                Ok(Response::Brokers(b)) if b.len() == 2)
-        }
-    })
-    .await;
-    client
-        .admin(Request::CreateTopic {
-            name: "W".into(),
-            partitions: 8,
-            replication_factor: Some(1),
-            min_insync: None,
-        })
-        .await
-        .expect("topic created");
+    up.ready_with_topic(2, "W", 8, Some(1)).await;
     // Preload ~16 MB, then keep a producer running throughout.
     let producer = Arc::new(
         shardq_producer::Producer::connect(at.producer_config())
@@ -250,7 +226,7 @@ async fn the_page_shows_a_new_brokers_moves_progress_and_finish() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let a = call(&h, "POST", "/api/brokers", Some(token.trim()), None).await;
+    let a = call(&h, "POST", "/api/brokers", Some(&token), None).await;
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(a.json()["id"], 3);
 

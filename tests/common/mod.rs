@@ -242,6 +242,56 @@ impl UpCluster {
         read_cluster(self.dir.path()).expect("cluster.json readable")
     }
 
+    /// The router's HTTP address (`HOST:PORT`), from cluster.json.
+    pub fn http(&self) -> String {
+        let info = self.info();
+        info["http"]
+            .as_str()
+            .and_then(|u| u.strip_prefix("http://"))
+            .and_then(|u| u.strip_suffix('/'))
+            .expect("http://ADDR/ in cluster.json")
+            .to_string()
+    }
+
+    /// The HTTP API's bearer token: the token file's line.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cluster.token"))
+            .expect("token file")
+            .trim()
+            .to_string()
+    }
+
+    /// A client once `brokers` brokers are members, with topic `topic` created (`partitions`,
+    /// `replication_factor`, None: the default).
+    pub async fn ready_with_topic(
+        &self,
+        brokers: usize,
+        topic: &str,
+        partitions: u32,
+        replication_factor: Option<u32>,
+    ) -> ClusterClient {
+        let client = self.endpoint().client().await;
+        wait_until(Duration::from_secs(30), "every broker registered", || {
+            let client = client.clone();
+            async move {
+                matches!(client.admin(Request::ListBrokers).await,
+                    Ok(Response::Brokers(b)) if b.len() == brokers)
+            }
+        })
+        .await;
+        let r = client
+            .admin(Request::CreateTopic {
+                name: topic.into(),
+                partitions,
+                replication_factor,
+                min_insync: None,
+            })
+            .await
+            .expect("topic created");
+        assert!(matches!(r, Response::TopicCreated(_)), "{r:?}");
+        client
+    }
+
     pub fn router_pid(&self) -> i32 {
         self.info()["router_pid"].as_u64().expect("router pid") as i32
     }

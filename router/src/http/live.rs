@@ -68,12 +68,7 @@ pub(crate) fn view(shared: &Shared) -> Value {
         .into_iter()
         .map(|(t, b)| json!([turn(t), b]))
         .collect();
-    let decisions = shared
-        .config
-        .up_data
-        .as_deref()
-        .map(crate::up_control::autoscaler_decisions)
-        .unwrap_or_default();
+    let decisions = shared.autoscaler_decisions();
     let recent = &decisions[decisions.len().saturating_sub(10)..];
     json!({
         "epoch": status.epoch,

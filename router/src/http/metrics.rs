@@ -361,12 +361,7 @@ pub(crate) fn render(
 /// everyone else.
 pub(super) async fn handler(State(shared): State<App>, headers: HeaderMap) -> impl IntoResponse {
     let status = shared.state().status(Instant::now());
-    let decisions = shared
-        .config
-        .up_data
-        .as_deref()
-        .map(crate::up_control::autoscaler_decisions)
-        .unwrap_or_default();
+    let decisions = shared.autoscaler_decisions();
     let body = render(&shared.metrics, &status, &decisions);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     if exposition::wants_openmetrics(accept) {
