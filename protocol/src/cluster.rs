@@ -642,9 +642,12 @@ mod tests {
             .skip(1)
             .map(|w| (w[1] - w[0]).as_millis())
             .collect();
-        // 50 ms pauses, with room for a loaded machine; the old 200 ms cap fails this.
+        // 50 ms pauses: the median gap stays far below the old 200 ms cap (which this fails),
+        // while a loaded machine may stretch a few of them (a 211 ms one was seen in CI).
         assert!(gaps.len() >= 8, "{gaps:?}");
-        assert!(gaps.iter().all(|g| *g < 150), "{gaps:?}");
+        let mut sorted = gaps.clone();
+        sorted.sort_unstable();
+        assert!(sorted[sorted.len() / 2] < 120, "median of {gaps:?}");
         stop.cancel();
     }
 
