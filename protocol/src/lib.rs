@@ -13,6 +13,8 @@ pub mod cluster;
 pub mod codec;
 pub mod connection;
 pub mod error;
+#[cfg(feature = "cli")]
+pub mod logging;
 pub mod message;
 pub mod server;
 pub mod types;
