@@ -11,10 +11,18 @@ use clap::{Args, Parser, Subcommand};
 use shardq_ring::analyze;
 
 #[derive(Parser, Debug)]
-#[command(name = "shardq", version, about = "shardq: a distributed, sharded, persistent message queue", long_about = None)]
+#[command(
+    name = "shardq",
+    version,
+    propagate_version = true,
+    about = "shardq: a distributed, sharded, persistent message queue",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    log: shardq_protocol::logging::LogArgs,
 }
 
 /// Where admin commands find the cluster.
@@ -60,19 +68,28 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// A live view of the cluster, redrawn in place: members, shards per broker, moves with their
-    /// phase and progress, finished moves with duration and write pause.
+    /// A live view of the cluster. On a terminal: a pinned header (epoch, brokers with their
+    /// state, shards led/held and msgs/s), a progress bar per move in flight, and a scrolling
+    /// list of shards (Tab: finished moves). Keys: Up/Down, PgUp/PgDn, Home/End scroll; Tab
+    /// switches the list; q, Esc or Ctrl-C quits. When stdout is not a terminal (or with
+    /// --once) it prints the status as text instead.
     Watch {
         #[command(flatten)]
         target: Target,
         /// Refresh interval in milliseconds.
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
+        /// Print the status once, as text, and exit.
+        #[arg(long)]
+        once: bool,
     },
     /// Every shard move the router remembers, with a summary: copy rate, write pause median/max.
     Moves {
         #[command(flatten)]
         target: Target,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
     },
     /// Wait until no shard move is in flight (e.g. after adding or removing a broker), printing
     /// moves as they progress.
@@ -87,6 +104,9 @@ enum Cmd {
         quiet_ms: u64,
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
+        /// One JSON object per line: moves as they change phase, progress, then "balanced".
+        #[arg(long)]
+        json: bool,
     },
     /// Consistent-hash ring tools.
     Ring {
@@ -131,6 +151,9 @@ enum BrokerAdmin {
     List {
         #[command(flatten)]
         target: Target,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a broker: drain its shards to their new owners (waits and shows progress; fails
     /// at once if the broker is down, since its shards cannot drain until it returns); with
@@ -148,6 +171,9 @@ enum BrokerAdmin {
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
+        /// Machine-readable output (JSON; with the wait, one object per line).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -169,6 +195,9 @@ enum BrokerAdmin {
         /// The data directory of the `shardq up` cluster.
         #[arg(long, default_value = "./shardq-data")]
         data: PathBuf,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -187,11 +216,23 @@ enum TopicCmd {
         /// replicas" (default: a majority of the replication factor).
         #[arg(long)]
         min_insync_replicas: Option<u32>,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
     },
     /// List topics.
-    List,
+    List {
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a topic's partitions: owner, offsets, consumer groups.
-    Describe { name: String },
+    Describe {
+        name: String,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -282,15 +323,11 @@ struct VerifyArgs {
 }
 
 /// Servers log their life at `info` by default; client-side commands only warn, so their own
-/// output stays readable. RUST_LOG overrides both.
-fn init_tracing(server: bool) {
+/// output stays readable. RUST_LOG overrides both. Colours only on a terminal; `--log-format
+/// json` writes one JSON object per line.
+fn init_tracing(server: bool, format: shardq_protocol::logging::LogFormat) {
     let default = if server { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    shardq_protocol::logging::init(format, default);
 }
 
 impl Cmd {
@@ -302,10 +339,10 @@ impl Cmd {
             | Cmd::Shard { target, .. }
             | Cmd::Status { target, .. }
             | Cmd::Watch { target, .. }
-            | Cmd::Moves { target }
+            | Cmd::Moves { target, .. }
             | Cmd::WaitBalanced { target, .. } => Some(target),
             Cmd::Broker(BrokerCmd { admin, .. }) => match admin.as_ref()? {
-                BrokerAdmin::List { target }
+                BrokerAdmin::List { target, .. }
                 | BrokerAdmin::Remove { target, .. }
                 | BrokerAdmin::Replace { target, .. } => Some(target),
                 // Asks the local `shardq up` through its data directory, not the cluster.
@@ -334,20 +371,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Router(args) => shardq_router::cli::run(args).await?,
         Cmd::Broker(BrokerCmd { admin: Some(a), .. }) => match a {
-            BrokerAdmin::List { target } => admin::broker_list(&target.broker).await?,
+            BrokerAdmin::List { target, json } => admin::broker_list(&target.broker, json).await?,
             BrokerAdmin::Remove {
                 id,
                 force,
                 no_wait,
                 timeout_secs,
+                json,
                 target,
             } => {
-                admin::broker_remove(&target.broker, id, force).await?;
+                admin::broker_remove(&target.broker, id, force, json).await?;
                 if !force && !no_wait {
                     admin::wait_drained(
                         &target.broker,
                         id,
                         std::time::Duration::from_secs(timeout_secs),
+                        json,
                     )
                     .await?;
                 }
@@ -355,9 +394,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             BrokerAdmin::Replace { id, json, target } => {
                 admin::broker_replace(&target.broker, id, json).await?
             }
-            BrokerAdmin::Add { data } => {
+            BrokerAdmin::Add { data, json } => {
                 let (id, addr) = up::request_broker(&data).await?;
-                println!("broker {id} listening on {addr}; the router moves shards to it now (see `shardq watch`)");
+                if json {
+                    println!("{}", serde_json::json!({ "id": id, "addr": addr }));
+                } else {
+                    println!("broker {id} listening on {addr}; the router moves shards to it now (see `shardq watch`)");
+                }
             }
         },
         Cmd::Broker(BrokerCmd {
@@ -373,6 +416,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 partitions,
                 replication_factor,
                 min_insync_replicas,
+                json,
             } => {
                 admin::topic_create(
                     &target.broker,
@@ -380,11 +424,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     partitions,
                     replication_factor,
                     min_insync_replicas,
+                    json,
                 )
                 .await?
             }
-            TopicCmd::List => admin::topic_list(&target.broker).await?,
-            TopicCmd::Describe { name } => admin::topic_describe(&target.broker, &name).await?,
+            TopicCmd::List { json } => admin::topic_list(&target.broker, json).await?,
+            TopicCmd::Describe { name, json } => {
+                admin::topic_describe(&target.broker, &name, json).await?
+            }
         },
         Cmd::Shard { cmd, target } => match cmd {
             ShardCmd::Elect {
@@ -397,28 +444,32 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         },
         Cmd::Status { target, json } => admin::status(&target.broker, json).await?,
-        Cmd::Moves { target } => admin::moves(&target.broker).await?,
+        Cmd::Moves { target, json } => admin::moves(&target.broker, json).await?,
         Cmd::WaitBalanced {
             target,
             owner,
             quiet_ms,
             timeout_secs,
+            json,
         } => {
             admin::wait_balanced(
                 &target.broker,
                 owner,
                 std::time::Duration::from_millis(quiet_ms),
                 std::time::Duration::from_secs(timeout_secs),
+                json,
             )
             .await?
         }
         Cmd::Watch {
             target,
             interval_ms,
+            once,
         } => {
             admin::watch(
                 &target.broker,
                 std::time::Duration::from_millis(interval_ms.max(50)),
+                once,
             )
             .await?
         }
@@ -490,7 +541,15 @@ fn main() -> ExitCode {
         cli.cmd,
         Cmd::Router(_) | Cmd::Up(_) | Cmd::Broker(BrokerCmd { run: Some(_), .. })
     );
-    init_tracing(server);
+    if matches!(cli.cmd, Cmd::Up(_)) {
+        // The router and brokers `up` starts log in the same format (they read the variable
+        // when their own flag is absent). Set before any thread exists.
+        std::env::set_var(
+            shardq_protocol::logging::LOG_FORMAT_ENV,
+            cli.log.log_format.as_str(),
+        );
+    }
+    init_tracing(server, cli.log.log_format);
     if server {
         let files = shardq::raise_fd_limit();
         tracing::debug!(files, "open-file limit");

@@ -11,6 +11,10 @@
 //! membership in `DATA/router`, so the brokers started are exactly its members (brokers added
 //! with `shardq broker add` included, removed ones not), each on its own `broker-N` data dir;
 //! `--brokers` only sizes a new cluster.
+//!
+//! What happens to the cluster (a broker exits, restarts, is held down or retired) is printed
+//! once, on stdout; the log (stderr) carries only what is not printed, so a terminal showing
+//! both shows each event once.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -527,7 +531,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
                          restarting it: its id is retired",
                         p.name
                     );
-                    info!("{} removed from the cluster; not restarting it", p.name);
                     retired.extend(
                         p.name
                             .strip_prefix("broker-")
@@ -541,7 +544,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
                         name: p.name.clone(),
                     };
                     println!("{e}; not restarting it");
-                    warn!("{e}; not restarting it");
                     left.push(i);
                     continue;
                 }
@@ -562,13 +564,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
                         p.name,
                         hold.display()
                     );
-                    info!("{} exited ({status}); held down", p.name);
                     p.held = true;
                 }
                 continue;
             }
             p.held = false;
-            warn!("{} exited ({status}); restarting", p.name);
             println!("{} exited ({status}); restarting", p.name);
             if p.started.elapsed() < Duration::from_secs(2) {
                 p.restarts += 1;
@@ -595,7 +595,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
                     // It was removed (a drain ended, or a forced removal) before it died, too
                     // late to notice: the router refuses it, so it stays down for good.
                     println!("{e}; not restarting it");
-                    warn!("{e}; not restarting it");
                     retired.extend(
                         p.name
                             .strip_prefix("broker-")
@@ -605,7 +604,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 }
                 Err(e) if e.downcast_ref::<IdentityRefused>().is_some() => {
                     println!("{e}; not restarting it");
-                    warn!("{e}; not restarting it");
                     left.push(i);
                 }
                 Err(e) => eprintln!("cannot restart {}: {e:#}", p.name),

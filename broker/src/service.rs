@@ -451,7 +451,7 @@ impl Broker {
         let job = match live {
             Some(j) if j.phase() == MovePhase::Activating && j.fence_end() == Some(end) => j,
             Some(j) => {
-                warn!(%shard, move_id = j.move_id, phase = ?j.phase(), epoch,
+                warn!(%shard, move_id = j.move_id, phase = %j.phase(), epoch,
                     "asked to own a shard whose import has not finished; keeping it importing (the router must wait for phase Activating)");
                 return Ok(());
             }
@@ -465,7 +465,7 @@ impl Broker {
                     j
                 }
                 other => {
-                    warn!(%shard, epoch, phase = ?other.map(|r| r.progress.phase),
+                    warn!(%shard, epoch, phase = other.map(|r| r.progress.phase.as_str()),
                         "asked to own a shard whose import has not finished; keeping it importing until ImportShard completes it");
                     return Ok(());
                 }
@@ -484,7 +484,7 @@ impl Broker {
         }
         info!(%shard, move_id = job.move_id, epoch, end_offset = end,
             records = progress.records_copied, bytes = progress.bytes_copied,
-            write_pause_ms = ?progress.write_pause_ms, "imported shard activated");
+            write_pause_ms = progress.write_pause_ms, "imported shard activated");
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -48,7 +49,8 @@ each bad line is reported as `producer_N.txt:LINE: why` and nothing is sent.
 Synthetic mode (--count N): sends N generated records of --size bytes, rotating over --topics;
 producer_N.txt is not read.
 
-At the end a summary goes to stderr: sent, acknowledged, failed, msgs/s, MB/s.
+While it runs, a progress line goes to stderr every --progress-secs (5): sent, acknowledged, failed,
+rate and ETA. At the end a summary goes to stderr: sent, acknowledged, failed, msgs/s, MB/s.
 Ctrl-C stops sending, waits up to --timeout-secs for outstanding acknowledgements, then prints the
 summary; a second Ctrl-C quits at once.
 Exit status: 0 when every record was acknowledged; 130 when Ctrl-C stopped it before everything was
@@ -106,6 +108,10 @@ pub struct Args {
     /// ack log.
     #[arg(long = "ack-log")]
     pub ack_log: bool,
+    /// Every this many seconds, a progress line on stderr (sent, acknowledged, failed, rate,
+    /// percent done and ETA); 0: none. A run shorter than this prints none.
+    #[arg(long = "progress-secs", default_value_t = 5, value_name = "SECS")]
+    pub progress_secs: u64,
 }
 
 fn parse_acks(s: &str) -> Result<Acks, String> {
@@ -328,9 +334,18 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
 
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let give_up = CancellationToken::new();
-    let acker = tokio::spawn(track_acks(ack_rx, ack_log, give_up.clone()));
+    let counts = Arc::new(Counts::default());
+    let acker = tokio::spawn(track_acks(ack_rx, ack_log, give_up.clone(), counts.clone()));
     let start = Instant::now();
     let total = args.count.unwrap_or(outgoing.len() as u64);
+    let progress = (args.progress_secs > 0).then(|| {
+        tokio::spawn(report_progress(
+            args.id,
+            Duration::from_secs(args.progress_secs),
+            total,
+            counts.clone(),
+        ))
+    });
     let sender = Sender {
         producer: &producer,
         rate: args.rate,
@@ -338,6 +353,7 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
         acks: &ack_tx,
         stop: &stop,
         sent: AtomicU64::new(0),
+        counts: &counts,
     };
     let outcome = match args.count {
         Some(n) => send_synthetic(&sender, &args, n).await,
@@ -358,6 +374,9 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
     let acks = acker
         .await
         .context("the acknowledgement tracker failed")??;
+    if let Some(p) = progress {
+        p.abort();
+    }
     let elapsed = start.elapsed();
     let mut errors = acks.errors;
     if let Some(e) = &outcome.error {
@@ -419,6 +438,42 @@ fn open_ack_log(path: &Path, id: u32) -> Result<File> {
     Ok(file)
 }
 
+/// Records sent, acknowledged and failed so far, for the progress line.
+#[derive(Default)]
+struct Counts {
+    sent: AtomicU64,
+    acknowledged: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Every `every`: `runproduce N: sent S acknowledged A failed F | R msgs/s | P% | ETA Ts` on
+/// stderr, so a long run shows it is alive. Runs until aborted.
+async fn report_progress(id: u32, every: Duration, total: u64, counts: Arc<Counts>) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval_at(start + every, every);
+    loop {
+        tick.tick().await;
+        let sent = counts.sent.load(Ordering::Relaxed);
+        let acked = counts.acknowledged.load(Ordering::Relaxed);
+        let failed = counts.failed.load(Ordering::Relaxed);
+        let secs = start.elapsed().as_secs_f64().max(1e-3);
+        let rate = acked as f64 / secs;
+        let left = total.saturating_sub(acked + failed);
+        let eta = if left == 0 {
+            "0s".to_string()
+        } else if rate > 0.0 {
+            format!("{:.0}s", left as f64 / rate)
+        } else {
+            "?".to_string()
+        };
+        eprintln!(
+            "runproduce {id}: sent {sent} acknowledged {acked} failed {failed} of {total} | \
+             {rate:.0} msgs/s | {}% | ETA {eta}",
+            (acked + failed) * 100 / total.max(1)
+        );
+    }
+}
+
 /// A record's delivery, its value, and its 1-based position in the input (send order).
 type Pending = (DeliveryFuture, Bytes, u64);
 
@@ -436,6 +491,7 @@ struct Sender<'a> {
     stop: &'a CancellationToken,
     /// Records sent so far (numbers them for the ack log).
     sent: AtomicU64,
+    counts: &'a Counts,
 }
 
 /// How a send loop ended.
@@ -475,6 +531,7 @@ impl Sender<'_> {
             }
         };
         let seq = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        self.counts.sent.store(seq, Ordering::Relaxed);
         // The tracker only goes away if it failed; its error is reported instead.
         let _ = self.acks.send((fut, value, seq));
         Ok(true)
@@ -568,6 +625,7 @@ async fn track_acks(
     mut rx: mpsc::UnboundedReceiver<Pending>,
     log: Option<File>,
     give_up: CancellationToken,
+    counts: Arc<Counts>,
 ) -> Result<AckReport> {
     let mut log = log.map(|f| BufWriter::with_capacity(64 * 1024, f));
     if let Some(w) = log.as_mut() {
@@ -618,6 +676,7 @@ async fn track_acks(
             match delivered {
                 Ok(d) => {
                     report.acknowledged += 1;
+                    counts.acknowledged.fetch_add(1, Ordering::Relaxed);
                     if let Some(w) = log.as_mut() {
                         line.clear();
                         write!(line, "{} {} {seq} ", d.shard, d.offset).expect("writing to a Vec");
@@ -628,6 +687,7 @@ async fn track_acks(
                     }
                 }
                 Err(e) => {
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
                     let e = e.to_string();
                     if report.errors.len() < MAX_REPORTED_ERRORS && !report.errors.contains(&e) {
                         report.errors.push(e);

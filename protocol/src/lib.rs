@@ -14,6 +14,8 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 pub mod exposition;
+#[cfg(feature = "cli")]
+pub mod logging;
 pub mod message;
 pub mod server;
 pub mod types;

@@ -184,13 +184,33 @@ pub struct TopicDescription {
     pub shards: Vec<(ShardRoute, Option<ShardReport>)>,
 }
 
+/// A broker's state as the router sees it. Spelled one way everywhere people read it (`shardq
+/// status`, `--json`, logs): lowercase `up`, `down`, `leaving` ([`std::fmt::Display`] and serde
+/// agree; bincode on the wire uses the variant index, so the names cost nothing there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BrokerStatus {
     Up,
     /// Missed heartbeats for longer than the router's timeout.
     Down,
     /// Draining its shards before leaving.
     Leaving,
+}
+
+impl BrokerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerStatus::Up => "up",
+            BrokerStatus::Down => "down",
+            BrokerStatus::Leaving => "leaving",
+        }
+    }
+}
+
+impl std::fmt::Display for BrokerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -338,7 +358,10 @@ pub struct Election {
     pub may_lose: Option<u64>,
 }
 
+/// Where a shard move is. Displayed and serialized (JSON) in lowercase with dashes:
+/// `pending`, `copying`, `fenced`, `activating`, `done`, `failed`, `rolled-back`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum MovePhase {
     Pending,
     /// Destination copies the log while the source serves.
@@ -351,6 +374,34 @@ pub enum MovePhase {
     Failed,
     /// Gave up and returned the shard to its source.
     RolledBack,
+}
+
+impl MovePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MovePhase::Pending => "pending",
+            MovePhase::Copying => "copying",
+            MovePhase::Fenced => "fenced",
+            MovePhase::Activating => "activating",
+            MovePhase::Done => "done",
+            MovePhase::Failed => "failed",
+            MovePhase::RolledBack => "rolled-back",
+        }
+    }
+
+    /// Done, failed or rolled back: the move is over.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            MovePhase::Done | MovePhase::Failed | MovePhase::RolledBack
+        )
+    }
+}
+
+impl std::fmt::Display for MovePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// Progress of one shard move, reported by the destination and kept by the router.

@@ -165,7 +165,7 @@ pub(crate) async fn drive_replica_move(shared: Arc<Shared>, move_id: u64) {
         };
         match done {
             Ok(Some(m)) => {
-                info!(shard = %m.shard, from = m.from, to = m.to, write_pause_ms = ?pause,
+                info!(shard = %m.shard, from = m.from, to = m.to, write_pause_ms = pause,
                     "replica move done")
             }
             Ok(None) => {}

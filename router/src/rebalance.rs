@@ -380,7 +380,7 @@ impl Driver {
         match r {
             Ok(()) => true,
             Err(e) => {
-                warn!("cannot record phase {phase:?}: {e}");
+                warn!("cannot record phase {phase}: {e}");
                 false
             }
         }
@@ -656,7 +656,7 @@ impl Driver {
                     to = r.to,
                     records = r.records_copied,
                     bytes = r.bytes_copied,
-                    write_pause_ms = ?r.write_pause_ms,
+                    write_pause_ms = r.write_pause_ms,
                     took_ms = r.finished_ms.unwrap_or(r.started_ms).saturating_sub(r.started_ms),
                     "move done"
                 );
@@ -719,9 +719,9 @@ impl Driver {
         match finished {
             Ok(_) => {
                 self.shared.flush_logged().await;
-                info!(shard = %m.shard, ?phase, "move ended; the shard stays with broker {}", m.from);
+                info!(shard = %m.shard, %phase, "move ended; the shard stays with broker {}", m.from);
             }
-            Err(e) => warn!("cannot record the move as {phase:?}: {e}"),
+            Err(e) => warn!("cannot record the move as {phase}: {e}"),
         }
         self.shared.kick_rebalancer();
     }

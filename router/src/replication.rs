@@ -68,7 +68,7 @@ impl Shared {
         };
         if election.unclean {
             warn!(%shard, leader = election.leader, leader_epoch = election.leader_epoch,
-                may_lose = ?election.may_lose, "UNCLEAN election: records only the old in-sync replicas held may be lost");
+                may_lose = election.may_lose, "UNCLEAN election: records only the old in-sync replicas held may be lost");
         } else {
             info!(%shard, leader = election.leader, leader_epoch = election.leader_epoch, "leader elected");
         }
@@ -152,7 +152,7 @@ impl Shared {
         let (f, epoch) = match result {
             Ok(r) => r,
             Err(e) => {
-                warn!(broker = ?failed, "failover could not be recorded: {e}");
+                warn!(broker = failed, "failover could not be recorded: {e}");
                 return;
             }
         };
@@ -166,8 +166,14 @@ impl Shared {
             .filter(|(_, l)| l.is_none())
             .map(|(s, _)| s)
             .collect();
-        info!(broker = ?failed, elected = f.elected.len() - offline.len(), offline = offline.len(),
-            isr_shrunk = f.isr_shrunk, epoch, "failover");
+        info!(
+            broker = failed,
+            elected = f.elected.len() - offline.len(),
+            offline = offline.len(),
+            isr_shrunk = f.isr_shrunk,
+            epoch,
+            "failover"
+        );
         for s in offline {
             warn!(shard = %s, "offline: every in-sync replica is down; it waits for one to return (or `shardq shard elect {s} --unclean`)");
         }

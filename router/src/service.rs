@@ -157,7 +157,7 @@ impl Shared {
         match was {
             None => info!(broker = id, %addr, weight, "broker registered"),
             Some((old, status)) => {
-                info!(broker = id, %addr, previously = %old, ?status, "broker registered again")
+                info!(broker = id, %addr, previously = %old, %status, "broker registered again")
             }
         }
         let shared = self.clone();

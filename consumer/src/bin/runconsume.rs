@@ -4,20 +4,25 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args as _, CommandFactory, FromArgMatches};
 use shardq_consumer::cli::{self, Args};
+use shardq_protocol::logging::LogArgs;
 use shardq_protocol::CancellationToken;
+
+/// The library's flags plus `--version` and `--log-format` (text or json logs on stderr).
+fn parse_args() -> (Args, LogArgs) {
+    let matches = LogArgs::augment_args(Args::command())
+        .version(env!("CARGO_PKG_VERSION"))
+        .get_matches();
+    let log = LogArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    (args, log)
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
+    let (args, log) = parse_args();
+    shardq_protocol::logging::init(log.log_format, "warn");
     let id = args.id;
     let stop = CancellationToken::new();
     let on_signal = stop.clone();

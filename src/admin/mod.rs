@@ -1,4 +1,10 @@
-//! Admin commands that talk to a running cluster: topics, brokers, status.
+//! Admin commands that talk to a running cluster: topics, brokers, status, moves. Every command
+//! that prints data takes `--json` (the views are in [`json`]); `watch` is in [`watch`].
+
+mod json;
+pub mod watch;
+
+pub use watch::watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -44,6 +50,7 @@ pub async fn topic_create(
     partitions: u32,
     replication_factor: Option<u32>,
     min_insync: Option<u32>,
+    as_json: bool,
 ) -> Result<()> {
     match ask(
         bootstrap,
@@ -57,6 +64,10 @@ pub async fn topic_create(
     .await?
     {
         Response::TopicCreated(t) => {
+            if as_json {
+                println!("{}", json::topic(&t));
+                return Ok(());
+            }
             println!(
                 "topic {} with {} partition(s), replication factor {}, min in-sync replicas {}",
                 t.name, t.partitions, t.replication_factor, t.min_insync
@@ -67,9 +78,14 @@ pub async fn topic_create(
     }
 }
 
-pub async fn topic_list(bootstrap: &str) -> Result<()> {
+pub async fn topic_list(bootstrap: &str, as_json: bool) -> Result<()> {
     match ask(bootstrap, Request::ListTopics).await? {
         Response::Topics(ts) => {
+            if as_json {
+                let v: Vec<_> = ts.iter().map(json::topic).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             if ts.is_empty() {
                 println!("no topics");
             }
@@ -85,7 +101,7 @@ pub async fn topic_list(bootstrap: &str) -> Result<()> {
     }
 }
 
-pub async fn topic_describe(bootstrap: &str, name: &str) -> Result<()> {
+pub async fn topic_describe(bootstrap: &str, name: &str, as_json: bool) -> Result<()> {
     let c = client(bootstrap).await?;
     let d = match c
         .admin(Request::DescribeTopic {
@@ -104,7 +120,14 @@ pub async fn topic_describe(bootstrap: &str, name: &str) -> Result<()> {
             .collect(),
         other => bail!("unexpected answer {}", other.name()),
     };
-    print!("{}", render_topic(&d, &down));
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json::topic_description(&d, &down))?
+        );
+    } else {
+        print!("{}", render_topic(&d, &down));
+    }
     Ok(())
 }
 
@@ -210,12 +233,7 @@ pub fn render_status(st: &ClusterStatus) -> String {
         "id", "address", "status", "weight", "shards", "last seen"
     ));
     for b in &st.brokers {
-        let mut status = match b.status {
-            BrokerStatus::Up => "up",
-            BrokerStatus::Down => "DOWN",
-            BrokerStatus::Leaving => "leaving",
-        }
-        .to_string();
+        let mut status = b.status.to_string();
         if let Some(why) = &b.degraded {
             // The short cause in the table ("storage full"), the whole reason below it.
             let short = why.split(':').next().unwrap_or(why);
@@ -270,8 +288,9 @@ pub fn render_status(st: &ClusterStatus) -> String {
         s.push_str("\nmoves in flight:\n");
         for m in &active {
             s.push_str(&format!(
-                "  {} copied {} records / {}, lag {}\n",
+                "  {} {:>3}% copied {} records / {}, lag {}\n",
                 move_head(m),
+                move_percent(m),
                 m.records_copied,
                 human_bytes(m.bytes_copied),
                 m.lag,
@@ -306,7 +325,7 @@ pub async fn status(bootstrap: &str, json: bool) -> Result<()> {
     match ask(bootstrap, Request::Status).await? {
         Response::Status(st) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&status_json(&st))?);
+                println!("{}", serde_json::to_string_pretty(&json::status(&st))?);
             } else {
                 print!("{}", render_status(&st));
             }
@@ -314,46 +333,6 @@ pub async fn status(bootstrap: &str, json: bool) -> Result<()> {
         }
         other => bail!("unexpected answer {}", other.name()),
     }
-}
-
-/// A stable JSON view of the status for scripts.
-fn status_json(st: &ClusterStatus) -> serde_json::Value {
-    let down = down_brokers(st);
-    serde_json::json!({
-        "epoch": st.epoch,
-        "brokers": st.brokers.iter().map(|b| serde_json::json!({
-            "id": b.addr.id, "addr": b.addr.addr, "status": format!("{:?}", b.status),
-            "weight": b.weight, "shards": b.shards, "last_seen_ms": b.last_seen_ms,
-            "degraded": b.degraded,
-        })).collect::<Vec<_>>(),
-        "topics": st.topics.iter().map(|t| serde_json::json!({
-            "name": t.name, "partitions": t.partitions,
-            "replication_factor": t.replication_factor, "min_insync": t.min_insync,
-        })).collect::<Vec<_>>(),
-        "under_replicated": st.shards.iter().filter(|(r, _)| r.isr.len() < r.replicas.len()).count(),
-        "offline": st.shards.iter().filter(|(r, _)| r.owner.is_none()).count(),
-        "shards": st.shards.iter().map(|(r, rep)| serde_json::json!({
-            "shard": r.shard.to_string(),
-            "owner": r.owner.as_ref().map(|o| o.id),
-            "owner_down": r.owner.as_ref().is_some_and(|o| down.contains(&o.id)),
-            "moving": r.moving,
-            "leader": r.owner.as_ref().map(|o| o.id),
-            "leader_epoch": r.leader_epoch,
-            "replicas": r.replicas,
-            "isr": r.isr,
-            "end_offset": rep.as_ref().map(|x| x.end_offset),
-            "high_watermark": rep.as_ref().map(|x| x.high_watermark),
-            "followers": rep.as_ref().map(|x| x.followers.iter().map(|f| serde_json::json!({
-                "broker": f.broker, "end": f.end, "lag": f.lag, "in_sync": f.in_sync,
-            })).collect::<Vec<_>>()),
-            "groups": rep.as_ref().map(|x| x.groups.iter().map(|(g, o)| (g.clone(), *o)).collect::<BTreeMap<_, _>>()),
-        })).collect::<Vec<_>>(),
-        "moves": st.moves.iter().map(|m| serde_json::json!({
-            "id": m.move_id, "shard": m.shard.to_string(), "from": m.from, "to": m.to,
-            "phase": format!("{:?}", m.phase), "records_copied": m.records_copied,
-            "bytes_copied": m.bytes_copied, "lag": m.lag, "write_pause_ms": m.write_pause_ms,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 /// `shardq shard elect`: a new leader for `shard` now.
@@ -459,12 +438,17 @@ pub async fn shard_checksum(bootstrap: &str, shard: &ShardId, json: bool) -> Res
     Ok(())
 }
 
-pub async fn broker_list(bootstrap: &str) -> Result<()> {
+pub async fn broker_list(bootstrap: &str, as_json: bool) -> Result<()> {
     match ask(bootstrap, Request::ListBrokers).await? {
         Response::Brokers(bs) => {
+            if as_json {
+                let v: Vec<_> = bs.iter().map(json::broker).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             for b in bs {
                 println!(
-                    "broker {:<4} {:<22} {:?}{} weight {} shards {} last seen {} ms ago",
+                    "broker {:<4} {:<22} {}{} weight {} shards {} last seen {} ms ago",
                     b.addr.id,
                     b.addr.addr,
                     b.status,
@@ -482,9 +466,18 @@ pub async fn broker_list(bootstrap: &str) -> Result<()> {
     }
 }
 
-pub async fn broker_remove(bootstrap: &str, id: u32, force: bool) -> Result<()> {
+pub async fn broker_remove(bootstrap: &str, id: u32, force: bool, as_json: bool) -> Result<()> {
     match ask(bootstrap, Request::RemoveBroker { id, force }).await? {
         Response::BrokerRemoved { id, shards, forced } => {
+            let names: Vec<String> = shards.iter().map(|s| s.to_string()).collect();
+            if as_json {
+                let key = if forced { "discarded" } else { "draining" };
+                println!(
+                    "{}",
+                    serde_json::json!({ "event": "removed", "id": id, "forced": forced, key: names })
+                );
+                return Ok(());
+            }
             if forced {
                 println!(
                     "broker {id} removed; the data of {} shard(s) it held was DISCARDED: {}",
@@ -564,8 +557,24 @@ fn move_head(m: &shardq_protocol::MoveProgress) -> String {
         m.shard.to_string(),
         m.from.map_or("-".into(), |f| f.to_string()),
         m.to,
-        format!("{:?}", m.phase)
+        m.phase.as_str()
     )
+}
+
+/// How far a move is: records copied against records copied plus the destination's lag, 100
+/// once done (a move that has not counted anything yet is at 0, or 100 once fenced).
+pub fn move_percent(m: &shardq_protocol::MoveProgress) -> u8 {
+    if m.phase == MovePhase::Done {
+        return 100;
+    }
+    let total = m.records_copied + m.lag;
+    if total == 0 {
+        return match m.phase {
+            MovePhase::Fenced | MovePhase::Activating => 100,
+            _ => 0,
+        };
+    }
+    (m.records_copied.saturating_mul(100) / total).min(100) as u8
 }
 
 pub fn human_bytes(b: u64) -> String {
@@ -583,54 +592,34 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-async fn fetch_status(client: &ClusterClient) -> Result<ClusterStatus> {
+pub(crate) async fn fetch_status(client: &ClusterClient) -> Result<ClusterStatus> {
     match client.admin(Request::Status).await? {
         Response::Status(st) => Ok(st),
         other => bail!("unexpected answer {}", other.name()),
     }
 }
 
-/// `shardq watch`: the status, redrawn in place every `interval` until Ctrl-C.
-pub async fn watch(bootstrap: &str, interval: std::time::Duration) -> Result<()> {
-    use std::io::{IsTerminal, Write};
-    let client = client(bootstrap).await?;
-    let tty = std::io::stdout().is_terminal();
-    loop {
-        let frame = match fetch_status(&client).await {
-            Ok(st) => render_status(&st),
-            Err(e) => format!("cannot get the status from {bootstrap}: {e:#}\n"),
-        };
-        let mut out = std::io::stdout().lock();
-        if tty {
-            // Home + clear: redraw in place.
-            write!(out, "\x1b[H\x1b[2J")?;
-        } else {
-            writeln!(out, "---")?;
-        }
-        write!(
-            out,
-            "shardq watch {bootstrap} (every {} ms; Ctrl-C to stop)\n\n{frame}",
-            interval.as_millis()
-        )?;
-        out.flush()?;
-        drop(out);
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-}
-
 /// After a graceful remove: waits until the router has drained and removed broker `id`, printing
 /// progress.
-pub async fn wait_drained(bootstrap: &str, id: u32, timeout: std::time::Duration) -> Result<()> {
+/// With `as_json`, one JSON object per line: `{"event":"draining",...}` on each change, then
+/// `{"event":"drained",...}`.
+pub async fn wait_drained(
+    bootstrap: &str,
+    id: u32,
+    timeout: std::time::Duration,
+    as_json: bool,
+) -> Result<()> {
     let client = client(bootstrap).await?;
     let deadline = std::time::Instant::now() + timeout;
     let mut last = String::new();
     loop {
         let st = fetch_status(&client).await?;
         let Some(broker) = st.brokers.iter().find(|b| b.addr.id == id) else {
-            println!("broker {id} drained and removed");
+            if as_json {
+                println!("{}", serde_json::json!({ "event": "drained", "id": id }));
+            } else {
+                println!("broker {id} drained and removed");
+            }
             return Ok(());
         };
         // The router's count: it includes shards whose routes are gone because it is down.
@@ -668,7 +657,16 @@ pub async fn wait_drained(bootstrap: &str, id: u32, timeout: std::time::Duration
         }
         let line = format!("broker {id}: {owned} shard(s) left, {moving} moving");
         if line != last {
-            println!("{line}");
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "draining", "id": id, "shards_left": owned, "moving": moving,
+                    })
+                );
+            } else {
+                println!("{line}");
+            }
             last = line;
         }
         if std::time::Instant::now() > deadline {
@@ -683,28 +681,67 @@ pub async fn wait_drained(bootstrap: &str, id: u32, timeout: std::time::Duration
 
 /// `shardq moves`: every move the router remembers, and a summary of the finished ones (count,
 /// records and bytes copied, copy rate, write pause median and max).
-pub async fn moves(bootstrap: &str) -> Result<()> {
+pub async fn moves(bootstrap: &str, as_json: bool) -> Result<()> {
     let st = fetch_status(&client(bootstrap).await?).await?;
-    print!("{}", render_moves(&st));
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json::moves(&st))?);
+    } else {
+        print!("{}", render_moves(&st));
+    }
     Ok(())
+}
+
+/// The finished moves of a status, summed up (`shardq moves`' last line).
+pub(crate) struct MoveSummary {
+    pub done: usize,
+    pub bytes: u64,
+    pub took_ms: u64,
+    pub pause_median: Option<u64>,
+    pub pause_max: Option<u64>,
+}
+
+impl MoveSummary {
+    pub fn of(st: &ClusterStatus) -> MoveSummary {
+        let mut pauses = Vec::new();
+        let (mut bytes, mut took_ms, mut done) = (0u64, 0u64, 0usize);
+        for m in st.moves.iter().filter(|m| m.phase == MovePhase::Done) {
+            done += 1;
+            bytes += m.bytes_copied;
+            took_ms += m.finished_ms.map_or(0, |f| f.saturating_sub(m.started_ms));
+            if let Some(p) = m.write_pause_ms {
+                pauses.push(p);
+            }
+        }
+        pauses.sort_unstable();
+        MoveSummary {
+            done,
+            bytes,
+            took_ms,
+            pause_median: pauses.get(pauses.len() / 2).copied(),
+            pause_max: pauses.last().copied(),
+        }
+    }
+
+    /// Copy rate over the moves' durations, MB/s.
+    pub fn mb_per_s(&self) -> Option<f64> {
+        (self.took_ms > 0).then(|| self.bytes as f64 / 1e6 / (self.took_ms as f64 / 1e3))
+    }
 }
 
 pub fn render_moves(st: &ClusterStatus) -> String {
     let mut s = format!(
-        "{:<6} {:<20} {:>4} {:>4} {:<10} {:>10} {:>10} {:>9} {:>8} {:>9}\n",
+        "{:<6} {:<20} {:>4} {:>4} {:<11} {:>10} {:>10} {:>9} {:>8} {:>9}\n",
         "move", "shard", "from", "to", "phase", "records", "bytes", "took ms", "MB/s", "pause ms"
     );
-    let mut pauses = Vec::new();
-    let (mut bytes, mut took_ms, mut done) = (0u64, 0u64, 0usize);
     for m in &st.moves {
         let took = m.finished_ms.map(|f| f.saturating_sub(m.started_ms));
         s.push_str(&format!(
-            "#{:<5} {:<20} {:>4} {:>4} {:<10} {:>10} {:>10} {:>9} {:>8} {:>9}\n",
+            "#{:<5} {:<20} {:>4} {:>4} {:<11} {:>10} {:>10} {:>9} {:>8} {:>9}\n",
             m.move_id,
             m.shard.to_string(),
             m.from.map_or("-".into(), |f| f.to_string()),
             m.to,
-            format!("{:?}", m.phase),
+            m.phase.as_str(),
             m.records_copied,
             human_bytes(m.bytes_copied),
             took.map_or("-".into(), |t| t.to_string()),
@@ -714,54 +751,58 @@ pub fn render_moves(st: &ClusterStatus) -> String {
             )),
             m.write_pause_ms.map_or("-".into(), |p| p.to_string()),
         ));
-        if m.phase == MovePhase::Done {
-            done += 1;
-            bytes += m.bytes_copied;
-            took_ms += took.unwrap_or(0);
-            if let Some(p) = m.write_pause_ms {
-                pauses.push(p);
-            }
-        }
     }
-    pauses.sort_unstable();
-    let median = pauses.get(pauses.len() / 2).copied();
-    let max = pauses.last().copied();
+    let sum = MoveSummary::of(st);
     s.push_str(&format!(
-        "{done} move(s) done, {} copied{}; write pause median {} ms, max {} ms\n",
-        human_bytes(bytes),
-        if took_ms > 0 {
-            format!(
-                " ({:.1} MB/s over their durations)",
-                bytes as f64 / 1e6 / (took_ms as f64 / 1e3)
-            )
-        } else {
-            String::new()
-        },
-        median.map_or("-".into(), |m| m.to_string()),
-        max.map_or("-".into(), |m| m.to_string()),
+        "{} move(s) done, {} copied{}; write pause median {} ms, max {} ms\n",
+        sum.done,
+        human_bytes(sum.bytes),
+        sum.mb_per_s().map_or(String::new(), |r| format!(
+            " ({r:.1} MB/s over their durations)"
+        )),
+        sum.pause_median.map_or("-".into(), |m| m.to_string()),
+        sum.pause_max.map_or("-".into(), |m| m.to_string()),
     ));
     s
 }
 
+/// How often `wait-balanced` says how far it is while moves run.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Waits until no move is in flight for `quiet` in a row (and, with `broker`, until that broker
-/// owns at least one shard), printing moves as they start and finish.
+/// owns at least one shard), printing moves as they change phase and, every 5 s while moves
+/// run, a progress line (moves in flight, their copy progress, moves done, elapsed). With
+/// `as_json`, one JSON object per line: `{"event":"move",...}`, `{"event":"progress",...}`,
+/// then `{"event":"balanced",...}`.
 pub async fn wait_balanced(
     bootstrap: &str,
     broker: Option<u32>,
     quiet: std::time::Duration,
     timeout: std::time::Duration,
+    as_json: bool,
 ) -> Result<()> {
     let client = client(bootstrap).await?;
     let start = std::time::Instant::now();
     let mut quiet_since: Option<std::time::Instant> = None;
+    let mut next_progress = start + PROGRESS_EVERY;
     // Moves already known at the start are history: only changes from here on are printed.
     let mut reported: Option<std::collections::BTreeMap<u64, MovePhase>> = None;
+    let mut finished_here = 0usize;
     loop {
         let st = fetch_status(&client).await?;
         let first = reported.is_none();
         let seen = reported.get_or_insert_with(Default::default);
         for m in &st.moves {
             if seen.insert(m.move_id, m.phase) == Some(m.phase) || first {
+                continue;
+            }
+            if m.phase.is_finished() {
+                finished_here += 1;
+            }
+            if as_json {
+                let mut v = json::move_progress(m);
+                v["event"] = "move".into();
+                println!("{v}");
                 continue;
             }
             let extra = if m.phase == MovePhase::Done {
@@ -775,7 +816,7 @@ pub async fn wait_balanced(
                 String::new()
             };
             println!(
-                "  move #{} {} {} -> {}: {:?}{extra}",
+                "  move #{} {} {} -> {}: {}{extra}",
                 m.move_id,
                 m.shard,
                 m.from.map_or("-".into(), |f| f.to_string()),
@@ -783,24 +824,53 @@ pub async fn wait_balanced(
                 m.phase
             );
         }
-        let in_flight = st.moves.iter().any(|m| {
-            !matches!(
-                m.phase,
-                MovePhase::Done | MovePhase::Failed | MovePhase::RolledBack
-            )
-        });
+        let active: Vec<_> = st.moves.iter().filter(|m| !m.phase.is_finished()).collect();
         let owns = broker.is_none_or(|id| {
             st.shards
                 .iter()
                 .any(|(r, _)| r.owner.as_ref().is_some_and(|o| o.id == id))
         });
-        if in_flight || !owns {
+        let now = std::time::Instant::now();
+        if now >= next_progress {
+            next_progress = now + PROGRESS_EVERY;
+            let copied: u64 = active.iter().map(|m| m.records_copied).sum();
+            let left: u64 = active.iter().map(|m| m.lag).sum();
+            let pct = (copied + left > 0).then(|| copied * 100 / (copied + left));
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "progress", "in_flight": active.len(), "done": finished_here,
+                        "records_copied": copied, "records_left": left, "percent": pct,
+                        "elapsed_ms": start.elapsed().as_millis() as u64,
+                    })
+                );
+            } else {
+                println!(
+                    "  ... {} move(s) in flight{}, {finished_here} finished, {}s elapsed{}",
+                    active.len(),
+                    pct.map_or(String::new(), |p| format!(" ({p}% copied)")),
+                    start.elapsed().as_secs(),
+                    if owns {
+                        String::new()
+                    } else {
+                        format!("; broker {} owns no shard yet", broker.unwrap_or_default())
+                    }
+                );
+            }
+        }
+        if !active.is_empty() || !owns {
             quiet_since = None;
-        } else if quiet_since
-            .get_or_insert_with(std::time::Instant::now)
-            .elapsed()
-            >= quiet
-        {
+        } else if quiet_since.get_or_insert(now).elapsed() >= quiet {
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "balanced", "done": finished_here,
+                        "elapsed_ms": start.elapsed().as_millis() as u64,
+                    })
+                );
+            }
             return Ok(());
         }
         if start.elapsed() > timeout {
@@ -860,6 +930,8 @@ mod tests {
         };
         assert!(line("T:P2").contains("4 (down)"), "{text}");
         assert!(!line("T:P1").contains("down"), "{text}");
-        assert_eq!(status_json(&st)["shards"][1]["owner_down"], true);
+        let v = json::status(&st);
+        assert_eq!(v["shards"][1]["owner_down"], true);
+        assert_eq!(v["brokers"][1]["status"], "down");
     }
 }
