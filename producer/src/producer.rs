@@ -35,7 +35,12 @@ use shardq_protocol::{
     ProduceRequest, ProducerSeq, RecordBatch, Request, Response, ShardId, ShardSpec,
 };
 use thiserror::Error;
-use tokio::sync::{oneshot, Notify};
+// futures' oneshot, not tokio's: a batch's outcome is polled through `Shared` by every record's
+// future, and tokio's channel takes part in the task's cooperative budget: once an ack tracker
+// polled many futures, a pending poll of a batch outcome would wake every sibling sharing it,
+// again and again (a wake storm that slowed a run with many records failing fast 40-fold).
+use futures::channel::oneshot;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
