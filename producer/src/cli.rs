@@ -54,8 +54,8 @@ Circuit breakers (one per broker): after --breaker-failures consecutive failures
 down while a request waits on it more than 1 s) its breaker opens, and records for the shards it
 leads stop taking room in the producer's buffer, so the other shards keep flowing:
   --breaker wait       (default) they wait outside the buffer until the shard moves to another broker
-                       or the breaker closes, at most --timeout-secs; as much as the buffer holds
-                       (64 MiB) may wait, records beyond that fail at once
+                       or the breaker closes, at most --timeout-secs; up to 64 MiB may wait,
+                       records beyond that fail at once
   --breaker fail-fast  they fail at once with \"circuit breaker for broker N (ADDR) is open ...\"
   --breaker off        no breakers: every record is retried until --timeout-secs and waits for room
 A shard that moves or fails over is followed at once, whatever the old broker's breaker says.

@@ -77,6 +77,9 @@ pub struct ProducerConfig {
     /// The per-broker circuit breakers (see the module docs). Applied to the cluster client,
     /// which shares them with everyone using it.
     pub breaker: BreakerConfig,
+    /// Wait mode: bytes of records that may wait outside the shared buffer for open breakers;
+    /// records beyond it fail at once with [`ProducerError::BreakerBacklogFull`].
+    pub breaker_wait_bytes: usize,
     pub connection: ConnectionConfig,
 }
 
@@ -95,6 +98,7 @@ impl ProducerConfig {
             max_in_flight_per_shard: 1,
             buffer_bytes: 64 << 20,
             breaker: BreakerConfig::default(),
+            breaker_wait_bytes: 64 << 20,
             connection: ConnectionConfig {
                 client_name: "shardq-producer".into(),
                 ..ConnectionConfig::default()
@@ -140,9 +144,9 @@ pub enum ProducerError {
     /// stayed open until the record's delivery timeout (wait mode).
     #[error("delivery to {shard} failed: {open}")]
     BreakerOpen { shard: ShardId, open: BreakerOpen },
-    /// Wait mode: the shard's broker's breaker is open and as many bytes as the buffer holds
-    /// already wait outside it for open breakers.
-    #[error("delivery to {shard} failed: {open}; {parked} bytes already wait for open breakers (at most buffer_bytes), so this record is refused")]
+    /// Wait mode: the shard's broker's breaker is open and `breaker_wait_bytes` already wait
+    /// outside the buffer for open breakers.
+    #[error("delivery to {shard} failed: {open}; {parked} bytes already wait for open breakers (at most breaker_wait_bytes), so this record is refused")]
     BreakerBacklogFull {
         shard: ShardId,
         open: BreakerOpen,
@@ -447,7 +451,7 @@ impl Producer {
                         open,
                     })
                 } else {
-                    let limit = inner.config.buffer_bytes;
+                    let limit = inner.config.breaker_wait_bytes;
                     let parked = inner.parked.fetch_add(size, Ordering::AcqRel);
                     if parked > 0 && parked + size > limit {
                         inner.parked.fetch_sub(size, Ordering::AcqRel);
