@@ -376,38 +376,39 @@ async fn a_paused_broker_does_not_starve_the_healthy_shards() {
         phase.before,
         phase.during
     );
-    let l = log.lock().unwrap();
-    assert!(
-        l.healthy_failures.is_empty(),
-        "{:?}",
-        &l.healthy_failures[..l.healthy_failures.len().min(3)]
-    );
-    let failed: Vec<_> = l.paused.iter().filter(|(_, _, r)| r.is_err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} paused records failed: {:?}",
-        failed.len(),
-        failed.first()
-    );
-    let waited: Vec<_> = l
-        .paused
-        .iter()
-        .filter(|(at, _, _)| *at >= stopped_at && *at < resumed_at)
-        .collect();
-    assert!(
-        waited.len() > 100,
-        "only {} records for the paused shards",
-        waited.len()
-    );
-    let last = waited.iter().map(|(_, done, _)| *done).max().unwrap();
-    println!(
+    {
+        let l = log.lock().unwrap();
+        assert!(
+            l.healthy_failures.is_empty(),
+            "{:?}",
+            &l.healthy_failures[..l.healthy_failures.len().min(3)]
+        );
+        let failed: Vec<_> = l.paused.iter().filter(|(_, _, r)| r.is_err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} paused records failed: {:?}",
+            failed.len(),
+            failed.first()
+        );
+        let waited: Vec<_> = l
+            .paused
+            .iter()
+            .filter(|(at, _, _)| *at >= stopped_at && *at < resumed_at)
+            .collect();
+        assert!(
+            waited.len() > 100,
+            "only {} records for the paused shards",
+            waited.len()
+        );
+        let last = waited.iter().map(|(_, done, _)| *done).max().unwrap();
+        println!(
         "wait: {} records sent to the paused shards while paused, all acknowledged, the last {:?} \
          after SIGCONT",
         waited.len(),
         last.saturating_duration_since(resumed_at)
     );
-    assert!(waited.iter().all(|(_, done, _)| *done >= resumed_at));
-    drop(l);
+        assert!(waited.iter().all(|(_, done, _)| *done >= resumed_at));
+    }
     client.close();
     up.stop().await;
 }

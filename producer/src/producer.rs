@@ -143,13 +143,16 @@ pub enum ProducerError {
     /// The shard's broker's circuit breaker is open: refused at once (fail-fast mode), or it
     /// stayed open until the record's delivery timeout (wait mode).
     #[error("delivery to {shard} failed: {open}")]
-    BreakerOpen { shard: ShardId, open: BreakerOpen },
+    BreakerOpen {
+        shard: ShardId,
+        open: Box<BreakerOpen>,
+    },
     /// Wait mode: the shard's broker's breaker is open and `breaker_wait_bytes` already wait
     /// outside the buffer for open breakers.
     #[error("delivery to {shard} failed: {open}; {parked} bytes already wait for open breakers (at most breaker_wait_bytes), so this record is refused")]
     BreakerBacklogFull {
         shard: ShardId,
-        open: BreakerOpen,
+        open: Box<BreakerOpen>,
         parked: usize,
     },
     #[error("no room in the producer's buffer within the delivery timeout ({0:?}); the cluster is not keeping up")]
@@ -448,7 +451,7 @@ impl Producer {
                 let refused = if inner.cluster.breaker_config().mode == BreakerMode::FailFast {
                     Some(ProducerError::BreakerOpen {
                         shard: queue.shard.as_ref().clone(),
-                        open,
+                        open: Box::new(open),
                     })
                 } else {
                     let limit = inner.config.breaker_wait_bytes;
@@ -457,7 +460,7 @@ impl Producer {
                         inner.parked.fetch_sub(size, Ordering::AcqRel);
                         Some(ProducerError::BreakerBacklogFull {
                             shard: queue.shard.as_ref().clone(),
-                            open,
+                            open: Box::new(open),
                             parked,
                         })
                     } else {
@@ -904,7 +907,7 @@ async fn deliver(
                 renew(session, shard);
                 return Err(ProducerError::BreakerOpen {
                     shard: shard.clone(),
-                    open,
+                    open: Box::new(open),
                 });
             }
             Err(ShardError::Client(e)) => e,
