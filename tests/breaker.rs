@@ -357,16 +357,16 @@ async fn a_paused_broker_does_not_starve_the_healthy_shards() {
         );
     }
 
-    // Wait mode, paced (3,000 records/s, 512 KiB buffer: a producer without breakers fills it
-    // with the paused broker's records in about 2.5 s): nothing fails, the paused records are
-    // all acknowledged after SIGCONT.
+    // Wait mode, paced (3,000 records/s, 1 MiB buffer: a producer without breakers fills it
+    // with the paused broker's records in about 5 s of the 10 s pause, while the breaker opens
+    // after 1 to 2 s): nothing fails, the paused records are all acknowledged after SIGCONT.
     let (phase, log, stopped_at, resumed_at, broker) = run_pause(
         &up,
         "WAIT",
         BreakerMode::Wait,
-        512 << 10,
+        1 << 20,
         Some(3_000),
-        Duration::from_secs(6),
+        Duration::from_secs(10),
         |l, resumed| l.paused.iter().any(|(at, _, r)| *at > resumed && r.is_ok()),
     )
     .await;
