@@ -321,9 +321,8 @@ async fn a_shardq_up_cluster_starts_a_broker_when_asked_through_the_api() {
         let h = h.clone();
         async move {
             let b = call(&h, "GET", "/api/brokers", None, None).await.json();
-            b.as_array().is_some_and(|b| {
-                b.len() == 3 && b.iter().all(|x| x["status"] == "Up" || x["status"] == "up")
-            })
+            b.as_array()
+                .is_some_and(|b| b.len() == 3 && b.iter().all(|x| x["status"] == "up"))
         }
     })
     .await;

@@ -242,7 +242,7 @@ async fn the_page_shows_a_new_brokers_moves_progress_and_finish() {
             .filter(|m| m["to"] == 3)
             .collect();
         for m in &to3 {
-            if m["phase"] != "Done" {
+            if m["phase"] != "done" {
                 seen_moving = true;
                 let p = m["progress"].as_u64().unwrap_or(0);
                 if p > 0 && p < 100 {
@@ -250,7 +250,7 @@ async fn the_page_shows_a_new_brokers_moves_progress_and_finish() {
                 }
             }
         }
-        let finished = !to3.is_empty() && to3.iter().all(|m| m["phase"] == "Done");
+        let finished = !to3.is_empty() && to3.iter().all(|m| m["phase"] == "done");
         if finished && v["led3"].as_u64().unwrap_or(0) > 0 {
             break v;
         }

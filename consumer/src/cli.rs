@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use shardq_protocol::cluster::{BreakerArgs, BreakerMode, BreakerStatus};
 use shardq_protocol::{CancellationToken, ShardSpec};
 use tokio::time::Instant;
 use tracing::warn;
@@ -30,6 +31,13 @@ Only one runconsume at a time may write a given consumer_N.txt; a second one exi
 Stops once the brokers have answered \"nothing new\" for --idle-timeout seconds (fetches that fail
 or time out are retried and do not count, nor does time the process was stopped, e.g. by SIGSTOP),
 or on Ctrl-C (after writing and committing what it has; a second Ctrl-C quits at once).
+Circuit breakers (one per broker, --breaker on by default): after --breaker-failures consecutive
+failures of a broker within --breaker-window-ms (connection errors, timeouts, `unavailable` answers,
+or the router reporting it down while a fetch waits on it) its breaker opens: the shards it leads are
+neither fetched nor committed (they keep their positions) while every other shard is read as
+usual. A shard that moves or fails over is followed at once. After --breaker-cooldown-ms one fetch
+goes to the broker as a trial (half-open): success closes the breaker, failure opens it again.
+Opening is logged as a warning, closing as info; the summary names every breaker that opened.
 Exit status: 0 when it stopped that way, 1 on an error, 130 on a second Ctrl-C.
 RUST_LOG sets the log level (default warn)."
 )]
@@ -62,6 +70,20 @@ pub struct Args {
     /// How long one fetch waits on the broker for new records, in milliseconds.
     #[arg(long = "max-wait-ms", default_value_t = 500)]
     pub max_wait_ms: u64,
+    /// Per-broker circuit breakers: on (skip the shards of a broker whose breaker is open) or
+    /// off.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub breaker: bool,
+    #[command(flatten)]
+    pub breaker_args: BreakerArgs,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
 }
 
 impl Args {
@@ -81,6 +103,8 @@ pub struct Summary {
     pub errors: u64,
     /// Whether it stopped because it was asked to (rather than being idle).
     pub stopped: bool,
+    /// The brokers' circuit breakers, as the run ended.
+    pub breakers: Vec<BreakerStatus>,
 }
 
 impl fmt::Display for Summary {
@@ -97,7 +121,17 @@ impl fmt::Display for Summary {
             } else {
                 String::new()
             }
-        )
+        )?;
+        let opened: Vec<String> = self
+            .breakers
+            .iter()
+            .filter(|b| b.opened > 0)
+            .map(ToString::to_string)
+            .collect();
+        if !opened.is_empty() {
+            write!(f, "; breakers: {}", opened.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -114,12 +148,17 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
     let mut config = ConsumerConfig {
         from: args.from,
         max_wait: Duration::from_millis(args.max_wait_ms.max(1)),
+        breaker: args.breaker_args.config(if args.breaker {
+            BreakerMode::FailFast
+        } else {
+            BreakerMode::Off
+        }),
         ..ConsumerConfig::new(args.broker.clone(), args.group(), args.topics.clone())
     };
     config.connection.secret = args.token.secret()?;
     let mut consumer = tokio::select! {
         c = Consumer::connect(config) => c.with_context(|| format!("cannot start a consumer against {}", args.broker))?,
-        _ = stop.cancelled() => return Ok(Summary { records: 0, elapsed: Duration::ZERO, errors: 0, stopped: true }),
+        _ = stop.cancelled() => return Ok(Summary { records: 0, elapsed: Duration::ZERO, errors: 0, stopped: true, breakers: Vec::new() }),
     };
     let idle = Duration::from_secs_f64(args.idle_timeout.max(0.0));
     let start = Instant::now();
@@ -128,6 +167,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
         elapsed: Duration::ZERO,
         errors: 0,
         stopped: false,
+        breakers: Vec::new(),
     };
     let mut line = Vec::with_capacity(256);
     loop {
@@ -177,6 +217,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
         summary.errors += 1;
         warn!(error = %e, "final commit failed");
     }
+    summary.breakers = consumer.breakers();
     consumer.close();
     summary.elapsed = start.elapsed();
     Ok(summary)
@@ -256,7 +297,24 @@ mod tests {
         .unwrap();
         assert_eq!(a.group(), "g");
         assert_eq!(a.from, StartFrom::Latest);
+        assert!(a.breaker);
         assert!(Args::try_parse_from(["runconsume", "--id", "1", "--topics", "T1:P1"]).is_err());
+        let a = Args::try_parse_from([
+            "runconsume",
+            "--id",
+            "2",
+            "--topics",
+            "T1:P1",
+            "--log-loc",
+            "d",
+            "--breaker",
+            "off",
+            "--breaker-failures",
+            "9",
+        ])
+        .unwrap();
+        assert!(!a.breaker);
+        assert_eq!(a.breaker_args.failures, 9);
     }
 
     /// Flags for a run that must fail before it connects (nothing listens on port 1).
@@ -336,7 +394,25 @@ mod tests {
             elapsed: Duration::from_secs(2),
             errors: 0,
             stopped: false,
+            breakers: vec![BreakerStatus {
+                broker: 2,
+                ..BreakerStatus::default()
+            }],
         };
         assert_eq!(s.to_string(), "consumed 10 records in 2.000s: 5 msgs/s");
+        let s = Summary {
+            breakers: vec![BreakerStatus {
+                broker: 2,
+                state: Some(shardq_protocol::cluster::BreakerState::Closed),
+                opened: 1,
+                rejected: 3,
+                ..BreakerStatus::default()
+            }],
+            ..s
+        };
+        assert_eq!(
+            s.to_string(),
+            "consumed 10 records in 2.000s: 5 msgs/s; breakers: broker 2 closed (opened 1x, 3 requests refused)"
+        );
     }
 }

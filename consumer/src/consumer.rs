@@ -2,10 +2,16 @@
 //! in flight at a time, all shards concurrently; `poll` returns as soon as any shard has data.
 //! Positions advance only past records handed out, so every record is handed out exactly once
 //! per `Consumer`, in shard order, whatever retries, moves or reconnects happen underneath.
+//!
+//! Circuit breakers (one per broker, in the [`ClusterClient`], see [`ConsumerConfig::breaker`]):
+//! while a broker's breaker is open the consumer neither fetches from nor commits to the shards
+//! it leads (they keep their positions) and keeps fetching every other shard; once the
+//! breaker's cool-down is over one fetch is the trial that closes it again.
 
 use std::time::Duration;
 
 use futures::future::join_all;
+use shardq_protocol::cluster::{BreakerConfig, BreakerMode, BreakerStatus, ShardError};
 use shardq_protocol::{
     unexpected, ClientError, ClusterClient, ConnectionConfig, ErrorKind, FetchRequest, Offset,
     Record, Request, Response, RoutingTable, ShardId, ShardSpec, StoredBatch,
@@ -55,6 +61,10 @@ pub struct ConsumerConfig {
     /// How long one fetch or commit keeps retrying retriable failures (owner moving or down)
     /// before `poll`/`commit` report it.
     pub retry_timeout: Duration,
+    /// The per-broker circuit breakers (applied to the cluster client, which shares them with
+    /// everyone using it). Requests refused by an open breaker are skipped, never reported as
+    /// errors; `BreakerMode::Off` turns them off.
+    pub breaker: BreakerConfig,
     pub connection: ConnectionConfig,
 }
 
@@ -73,6 +83,10 @@ impl ConsumerConfig {
             max_bytes: 1 << 20,
             request_timeout: Duration::from_secs(10),
             retry_timeout: Duration::from_secs(30),
+            breaker: BreakerConfig {
+                mode: BreakerMode::FailFast,
+                ..BreakerConfig::default()
+            },
             connection: ConnectionConfig {
                 client_name: "shardq-consumer".into(),
                 ..ConnectionConfig::default()
@@ -112,7 +126,7 @@ pub struct ConsumedRecord {
 }
 
 /// The answer of one fetch: shard index, the offset it was asked for, the outcome.
-type FetchDone = (usize, Offset, Result<Response, ClientError>);
+type FetchDone = (usize, Offset, Result<Response, ShardError>);
 
 struct ShardCursor {
     shard: ShardId,
@@ -147,6 +161,12 @@ pub struct Consumer {
 /// Pause before re-fetching a shard whose fetch failed.
 const FETCH_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// Pause before looking again at a shard skipped for an open breaker whose next trial is
+/// `retry_in` away (zero: a trial is under way).
+fn breaker_pause(retry_in: Duration) -> Duration {
+    retry_in.clamp(Duration::from_millis(20), FETCH_RETRY_PAUSE)
+}
+
 impl Consumer {
     /// Connects, resolves the subscriptions (`T:*` to every partition) and finds each shard's
     /// start position: the group's committed offset, else the start or end per `from`.
@@ -165,6 +185,7 @@ impl Consumer {
         if config.group.is_empty() {
             return Err(ConsumerError::InvalidGroup(config.group));
         }
+        cluster.set_breakers(config.breaker.clone());
         let mut table = cluster.table();
         let topics: Vec<String> = config
             .subscriptions
@@ -264,6 +285,20 @@ impl Consumer {
         &self.cluster
     }
 
+    /// Every broker's circuit breaker that saw a request.
+    pub fn breakers(&self) -> Vec<BreakerStatus> {
+        self.cluster.breakers()
+    }
+
+    /// The shards not fetched now because their broker's breaker is open.
+    pub fn skipped(&self) -> Vec<ShardId> {
+        self.shards
+            .iter()
+            .filter(|c| c.fetch.is_none() && self.cluster.shard_gate(&c.shard).is_err())
+            .map(|c| c.shard.clone())
+            .collect()
+    }
+
     /// Waits up to `max_wait` for records; returns as soon as any shard has some (possibly
     /// empty after `max_wait`). Shard failures that outlast `retry_timeout` are returned as
     /// errors; the consumer stays usable and retries them on the next call. Cancel-safe: a
@@ -324,6 +359,12 @@ impl Consumer {
             if c.fetch.is_some() || c.retry_at.is_some_and(|t| t > now) {
                 continue;
             }
+            // Its broker's breaker is open: skip it (the others keep going) and look again when
+            // a trial may go.
+            if let Err(open) = self.cluster.shard_gate(&c.shard) {
+                c.retry_at = Some(now + breaker_pause(open.retry_in));
+                continue;
+            }
             c.retry_at = None;
             let cluster = self.cluster.clone();
             let tx = self.done_tx.clone();
@@ -335,7 +376,7 @@ impl Consumer {
             let deadline = now + self.config.retry_timeout.max(per_try);
             c.fetch = Some(tokio::spawn(async move {
                 let res = cluster
-                    .shard_request(
+                    .shard_request_checked(
                         &shard,
                         |epoch| {
                             Request::Fetch(FetchRequest {
@@ -419,7 +460,12 @@ impl Consumer {
                     error: ClientError::Server(unexpected("fetched", &other)),
                 });
             }
-            Err(e) => {
+            Err(ShardError::BreakerOpen(open)) => {
+                // Not an error of this shard: its broker's breaker opened meanwhile.
+                debug!(shard = %c.shard, %open, "fetch skipped");
+                c.retry_at = Some(Instant::now() + breaker_pause(open.retry_in));
+            }
+            Err(ShardError::Client(e)) => {
                 c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
                 warn!(shard = %c.shard, error = %e, "fetch failed");
                 error.get_or_insert(ConsumerError::Shard {
@@ -436,11 +482,13 @@ impl Consumer {
     /// the first failure is returned after every shard was tried.
     pub async fn commit(&mut self) -> Result<(), ConsumerError> {
         let deadline = Instant::now() + self.config.retry_timeout;
+        // Shards whose broker's breaker is open keep their commit for later.
         let todo: Vec<(usize, ShardId, Offset)> = self
             .shards
             .iter()
             .enumerate()
             .filter(|(_, c)| c.committed != Some(c.position))
+            .filter(|(_, c)| self.cluster.shard_gate(&c.shard).is_ok())
             .map(|(i, c)| (i, c.shard.clone(), c.position))
             .collect();
         let group = &self.config.group;

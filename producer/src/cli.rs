@@ -17,6 +17,7 @@ use clap::Parser;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use shardq_protocol::batch::encoded_record_size;
+use shardq_protocol::cluster::{BreakerArgs, BreakerMode, BreakerStatus};
 use shardq_protocol::{Acks, CancellationToken, ConnectionConfig, ShardSpec};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -49,8 +50,22 @@ each bad line is reported as `producer_N.txt:LINE: why` and nothing is sent.
 Synthetic mode (--count N): sends N generated records of --size bytes, rotating over --topics;
 producer_N.txt is not read.
 
+Circuit breakers (one per broker): after --breaker-failures consecutive failures of a broker within
+--breaker-window-ms (connection errors, timeouts, `unavailable` answers, or the router reporting it
+down while a request waits on it more than 1 s) its breaker opens, and records for the shards it
+leads stop taking room in the producer's buffer, so the other shards keep flowing:
+  --breaker wait       (default) they wait outside the buffer until the shard moves to another broker
+                       or the breaker closes, at most --timeout-secs; up to 64 MiB may wait,
+                       records beyond that fail at once
+  --breaker fail-fast  they fail at once with \"circuit breaker for broker N (ADDR) is open ...\"
+  --breaker off        no breakers: every record is retried until --timeout-secs and waits for room
+A shard that moves or fails over is followed at once, whatever the old broker's breaker says.
+After --breaker-cooldown-ms one trial request goes to the broker (half-open): success closes the
+breaker, failure opens it for another cool-down. Opening is logged as a warning, closing as info.
+
 While it runs, a progress line goes to stderr every --progress-secs (5): sent, acknowledged, failed,
-rate and ETA. At the end a summary goes to stderr: sent, acknowledged, failed, msgs/s, MB/s.
+rate and ETA. At the end a summary goes to stderr: sent, acknowledged, failed, msgs/s, MB/s, and
+the state of every breaker that opened.
 Ctrl-C stops sending, waits up to --timeout-secs for outstanding acknowledgements, then prints the
 summary; a second Ctrl-C quits at once.
 Exit status: 0 when every record was acknowledged; 130 when Ctrl-C stopped it before everything was
@@ -112,6 +127,13 @@ pub struct Args {
     /// percent done and ETA); 0: none. A run shorter than this prints none.
     #[arg(long = "progress-secs", default_value_t = 5, value_name = "SECS")]
     pub progress_secs: u64,
+    /// What records for a broker whose circuit breaker is open do: wait (outside the buffer,
+    /// until the shard moves or the breaker closes, at most --timeout-secs), fail-fast, or off
+    /// (no breakers).
+    #[arg(long, default_value = "wait", value_name = "MODE")]
+    pub breaker: BreakerMode,
+    #[command(flatten)]
+    pub breaker_args: BreakerArgs,
 }
 
 fn parse_acks(s: &str) -> Result<Acks, String> {
@@ -170,6 +192,10 @@ pub struct Summary {
     pub errors: Vec<String>,
     /// Sending was stopped by Ctrl-C (the stop token) rather than running to the end.
     pub interrupted: bool,
+    /// Records failed at once by an open circuit breaker (included in `failed`).
+    pub breaker_refused: u64,
+    /// The brokers' circuit breakers, as the run ended.
+    pub breakers: Vec<BreakerStatus>,
 }
 
 impl Summary {
@@ -196,12 +222,35 @@ impl fmt::Display for Summary {
             self.bytes as f64 / secs / 1e6
         )?;
         match (self.interrupted, self.not_sent) {
-            (true, 0) => write!(f, " (interrupted by Ctrl-C after everything was sent)"),
-            (true, n) => write!(f, " (interrupted by Ctrl-C: {n} records not sent)"),
-            (false, 0) => Ok(()),
-            (false, n) => write!(f, " ({n} records not sent)"),
+            (true, 0) => write!(f, " (interrupted by Ctrl-C after everything was sent)")?,
+            (true, n) => write!(f, " (interrupted by Ctrl-C: {n} records not sent)")?,
+            (false, 0) => {}
+            (false, n) => write!(f, " ({n} records not sent)")?,
         }
+        write_breakers(f, &self.breakers, self.breaker_refused)
     }
+}
+
+/// `; breakers: broker 3 open (opened 1x, 40 requests refused), ...` for every breaker that
+/// opened (nothing when none did), and how many records they failed at once.
+pub fn write_breakers(
+    f: &mut fmt::Formatter<'_>,
+    breakers: &[BreakerStatus],
+    refused_records: u64,
+) -> fmt::Result {
+    let opened: Vec<String> = breakers
+        .iter()
+        .filter(|b| b.opened > 0)
+        .map(ToString::to_string)
+        .collect();
+    if opened.is_empty() {
+        return Ok(());
+    }
+    write!(f, "; breakers: {}", opened.join(", "))?;
+    if refused_records > 0 {
+        write!(f, "; {refused_records} records failed fast")?;
+    }
+    Ok(())
 }
 
 /// One record to send, in order.
@@ -285,6 +334,7 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
         delivery_timeout,
         acks: args.acks,
         partitioner: args.partitioner.clone(),
+        breaker: args.breaker_args.config(args.breaker),
         ..ProducerConfig::new(args.broker.clone())
     };
     config.connection.secret = args.token.secret()?;
@@ -398,6 +448,8 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
         elapsed,
         errors,
         interrupted: outcome.interrupted,
+        breaker_refused: stats.breaker_refused,
+        breakers: stats.breakers,
     })
 }
 
@@ -857,6 +909,8 @@ mod tests {
             elapsed: Duration::from_secs(1),
             errors: Vec::new(),
             interrupted: false,
+            breaker_refused: 0,
+            breakers: Vec::new(),
         };
         assert!(all.ok(), "{all}");
         let refused = Summary {
@@ -884,6 +938,70 @@ mod tests {
             ..all
         }
         .ok());
+    }
+
+    #[test]
+    fn breaker_flags_parse_and_the_summary_names_opened_breakers() {
+        let base = ["runproduce", "--id", "1", "--topics", "T1:*"];
+        let a = Args::try_parse_from(base).unwrap();
+        assert_eq!(a.breaker, BreakerMode::Wait);
+        let c = a.breaker_args.config(a.breaker);
+        assert_eq!(
+            (c.failures, c.window, c.cooldown),
+            (5, Duration::from_secs(10), Duration::from_secs(2))
+        );
+        let mut argv = base.to_vec();
+        argv.extend([
+            "--breaker",
+            "fail-fast",
+            "--breaker-failures",
+            "3",
+            "--breaker-window-ms",
+            "4000",
+            "--breaker-cooldown-ms",
+            "500",
+        ]);
+        let a = Args::try_parse_from(argv).unwrap();
+        let c = a.breaker_args.config(a.breaker);
+        assert_eq!(c.mode, BreakerMode::FailFast);
+        assert_eq!(
+            (c.failures, c.window, c.cooldown),
+            (3, Duration::from_secs(4), Duration::from_millis(500))
+        );
+        let mut argv = base.to_vec();
+        argv.extend(["--breaker", "sometimes"]);
+        assert!(Args::try_parse_from(argv).is_err());
+
+        let s = Summary {
+            sent: 10,
+            acknowledged: 6,
+            failed: 4,
+            not_sent: 0,
+            bytes: 60,
+            elapsed: Duration::from_secs(1),
+            errors: Vec::new(),
+            interrupted: false,
+            breaker_refused: 4,
+            breakers: vec![
+                BreakerStatus {
+                    broker: 1,
+                    ..BreakerStatus::default()
+                },
+                BreakerStatus {
+                    broker: 3,
+                    state: Some(shardq_protocol::cluster::BreakerState::Open),
+                    opened: 2,
+                    rejected: 7,
+                    ..BreakerStatus::default()
+                },
+            ],
+        };
+        assert!(
+            s.to_string().ends_with(
+                "; breakers: broker 3 open (opened 2x, 7 requests refused); 4 records failed fast"
+            ),
+            "{s}"
+        );
     }
 
     #[test]

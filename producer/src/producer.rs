@@ -6,6 +6,13 @@
 //! Hot-path cost per record: two uncontended mutex locks (topic map, the shard's accumulator), one
 //! copy of the payload into the batch buffer and an `Arc` clone for the delivery future; all
 //! records of a batch share one oneshot.
+//!
+//! Circuit breakers (one per broker, in the [`ClusterClient`], see [`ProducerConfig::breaker`]):
+//! while a broker's breaker is open, records for the shards it leads do not take room in the
+//! shared buffer, so the other shards keep flowing. They fail at once with
+//! [`ProducerError::BreakerOpen`] ([`BreakerMode::FailFast`]), or wait outside the buffer for the
+//! shard to move or the breaker to close, at most until their delivery timeout
+//! ([`BreakerMode::Wait`], the default).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -20,12 +27,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::future::{FutureExt, Shared};
 use shardq_protocol::batch::encoded_record_size;
+use shardq_protocol::cluster::{
+    BreakerConfig, BreakerMode, BreakerOpen, BreakerStatus, ShardError,
+};
 use shardq_protocol::{
     Acks, BatchBuilder, ClientError, ClusterClient, ConnectionConfig, ErrorKind, Offset,
     ProduceRequest, ProducerSeq, RecordBatch, Request, Response, ShardId, ShardSpec,
 };
 use thiserror::Error;
-use tokio::sync::{oneshot, Notify};
+// futures' oneshot, not tokio's: a batch's outcome is polled through `Shared` by every record's
+// future, and tokio's channel takes part in the task's cooperative budget: once an ack tracker
+// polled many futures, a pending poll of a batch outcome would wake every sibling sharing it,
+// again and again (a wake storm that slowed a run with many records failing fast 40-fold).
+use futures::channel::oneshot;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -59,6 +74,12 @@ pub struct ProducerConfig {
     pub max_in_flight_per_shard: usize,
     /// Bytes of records queued and in flight over all shards; `send` waits when it is reached.
     pub buffer_bytes: usize,
+    /// The per-broker circuit breakers (see the module docs). Applied to the cluster client,
+    /// which shares them with everyone using it.
+    pub breaker: BreakerConfig,
+    /// Wait mode: bytes of records that may wait outside the shared buffer for open breakers;
+    /// records beyond it fail at once with [`ProducerError::BreakerBacklogFull`].
+    pub breaker_wait_bytes: usize,
     pub connection: ConnectionConfig,
 }
 
@@ -76,6 +97,8 @@ impl ProducerConfig {
             idempotent: true,
             max_in_flight_per_shard: 1,
             buffer_bytes: 64 << 20,
+            breaker: BreakerConfig::default(),
+            breaker_wait_bytes: 64 << 20,
             connection: ConnectionConfig {
                 client_name: "shardq-producer".into(),
                 ..ConnectionConfig::default()
@@ -117,6 +140,21 @@ pub enum ProducerError {
     RecordTooLarge { size: usize, max: usize },
     #[error("delivery to {shard} failed: {error}")]
     Delivery { shard: ShardId, error: ClientError },
+    /// The shard's broker's circuit breaker is open: refused at once (fail-fast mode), or it
+    /// stayed open until the record's delivery timeout (wait mode).
+    #[error("delivery to {shard} failed: {open}")]
+    BreakerOpen {
+        shard: ShardId,
+        open: Box<BreakerOpen>,
+    },
+    /// Wait mode: the shard's broker's breaker is open and `breaker_wait_bytes` already wait
+    /// outside the buffer for open breakers.
+    #[error("delivery to {shard} failed: {open}; {parked} bytes already wait for open breakers (at most breaker_wait_bytes), so this record is refused")]
+    BreakerBacklogFull {
+        shard: ShardId,
+        open: Box<BreakerOpen>,
+        parked: usize,
+    },
     #[error("no room in the producer's buffer within the delivery timeout ({0:?}); the cluster is not keeping up")]
     BufferFull(Duration),
     #[error("the producer is closed")]
@@ -143,6 +181,13 @@ pub struct ProducerStats {
     pub batches: u64,
     /// Payload bytes (encoded records) acknowledged.
     pub bytes: u64,
+    /// Records failed at once because their broker's circuit breaker was open (included in
+    /// `failed`).
+    pub breaker_refused: u64,
+    /// Bytes now held outside the shared buffer for shards whose breaker is open (wait mode).
+    pub parked_bytes: u64,
+    /// Every broker's circuit breaker that saw a request.
+    pub breakers: Vec<BreakerStatus>,
 }
 
 /// The outcome of one batch: its base offset or why it failed.
@@ -161,6 +206,17 @@ pub struct DeliveryFuture {
 impl DeliveryFuture {
     pub fn shard(&self) -> &ShardId {
         &self.shard
+    }
+
+    /// A delivery that already failed.
+    fn failed(shard: Arc<ShardId>, error: ProducerError) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(error));
+        DeliveryFuture {
+            shard,
+            index: 0,
+            outcome: rx.shared(),
+        }
     }
 }
 
@@ -195,12 +251,15 @@ struct Inner {
     senders: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
     buffered: AtomicUsize,
+    /// Bytes of records held outside `buffered` because their shard's breaker is open.
+    parked: AtomicUsize,
     space: Notify,
     sent: AtomicU64,
     acknowledged: AtomicU64,
     failed: AtomicU64,
     batches: AtomicU64,
     bytes: AtomicU64,
+    breaker_refused: AtomicU64,
 }
 
 struct TopicState {
@@ -235,12 +294,19 @@ struct OpenBatch {
     started: Instant,
     reply: oneshot::Sender<BatchResult>,
     outcome: BatchOutcome,
+    /// Bytes of its records (as reserved), and how many of them are charged to the shared
+    /// buffer (the rest are parked: their breaker was open).
+    held: usize,
+    charged: usize,
 }
 
 struct SealedBatch {
     batch: RecordBatch,
     started: Instant,
     reply: oneshot::Sender<BatchResult>,
+    held: usize,
+    /// Zeroed when the batch is parked (its bytes then count as parked).
+    charged: AtomicUsize,
 }
 
 impl OpenBatch {
@@ -249,6 +315,8 @@ impl OpenBatch {
             batch: self.builder.finish(),
             started: self.started,
             reply: self.reply,
+            held: self.held,
+            charged: AtomicUsize::new(self.charged),
         }
     }
 }
@@ -289,6 +357,7 @@ impl Producer {
     pub fn with_cluster(cluster: ClusterClient, config: ProducerConfig) -> Producer {
         let producer_id = random_id();
         debug!(producer_id, "producer session started");
+        cluster.set_breakers(config.breaker.clone());
         Producer {
             inner: Arc::new(Inner {
                 config,
@@ -298,12 +367,14 @@ impl Producer {
                 senders: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 buffered: AtomicUsize::new(0),
+                parked: AtomicUsize::new(0),
                 space: Notify::new(),
                 sent: AtomicU64::new(0),
                 acknowledged: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 batches: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
+                breaker_refused: AtomicU64::new(0),
             }),
         }
     }
@@ -371,10 +442,45 @@ impl Producer {
                 })
             }
         };
-        inner.reserve(size).await?;
         let queue = inner.queue(target.topic(), &topic, partition);
+        // A shard whose broker's breaker is open takes no room in the shared buffer: the
+        // record fails at once, or waits outside it.
+        let charged = match inner.cluster.shard_gate(&queue.shard) {
+            Ok(()) => true,
+            Err(open) => {
+                let refused = if inner.cluster.breaker_config().mode == BreakerMode::FailFast {
+                    Some(ProducerError::BreakerOpen {
+                        shard: queue.shard.as_ref().clone(),
+                        open: Box::new(open),
+                    })
+                } else {
+                    let limit = inner.config.breaker_wait_bytes;
+                    let parked = inner.parked.fetch_add(size, Ordering::AcqRel);
+                    if parked > 0 && parked + size > limit {
+                        inner.parked.fetch_sub(size, Ordering::AcqRel);
+                        Some(ProducerError::BreakerBacklogFull {
+                            shard: queue.shard.as_ref().clone(),
+                            open: Box::new(open),
+                            parked,
+                        })
+                    } else {
+                        None
+                    }
+                };
+                if let Some(e) = refused {
+                    inner.sent.fetch_add(1, Ordering::Relaxed);
+                    inner.failed.fetch_add(1, Ordering::Relaxed);
+                    inner.breaker_refused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(DeliveryFuture::failed(queue.shard.clone(), e));
+                }
+                false
+            }
+        };
+        if charged {
+            inner.reserve(size).await?;
+        }
         inner.sent.fetch_add(1, Ordering::Relaxed);
-        Ok(queue.push(key.as_deref(), &value, size, &inner.config))
+        Ok(queue.push(key.as_deref(), &value, size, charged, &inner.config))
     }
 
     /// Sends everything queued so far without waiting for linger, and waits until every record
@@ -431,7 +537,43 @@ impl Inner {
             failed: self.failed.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
+            breaker_refused: self.breaker_refused.load(Ordering::Relaxed),
+            parked_bytes: self.parked.load(Ordering::Relaxed) as u64,
+            breakers: self.cluster.breakers(),
         }
+    }
+
+    /// Moves the shard's records out of the shared buffer while its broker's breaker refuses
+    /// it (wait mode): the in-flight batch, the sealed ones and the open one. They count as
+    /// parked until they complete.
+    fn park_if_refused(&self, q: &ShardQueue, in_flight: &SealedBatch) {
+        if self.cluster.shard_gate(&q.shard).is_ok() {
+            return;
+        }
+        let mut freed = in_flight.charged.swap(0, Ordering::AcqRel);
+        {
+            let mut st = lock(&q.state);
+            for b in &st.sealed {
+                freed += b.charged.swap(0, Ordering::AcqRel);
+            }
+            if let Some(o) = st.open.as_mut() {
+                freed += std::mem::take(&mut o.charged);
+            }
+        }
+        if freed > 0 {
+            debug!(shard = %q.shard, bytes = freed, "breaker open: the shard's records leave the shared buffer");
+            self.parked.fetch_add(freed, Ordering::AcqRel);
+            self.release(freed);
+        }
+    }
+
+    /// A batch completed: its charged bytes go back to the buffer, the rest leave the parked
+    /// count.
+    fn settle(&self, b: &SealedBatch) {
+        let charged = b.charged.load(Ordering::Acquire);
+        self.parked
+            .fetch_sub(b.held.saturating_sub(charged), Ordering::AcqRel);
+        self.release(charged);
     }
 
     fn begin_close(&self) {
@@ -550,11 +692,14 @@ impl Inner {
 }
 
 impl ShardQueue {
+    /// Queues a record of `size` bytes; `charged`: its bytes were reserved in the shared
+    /// buffer (else they are parked).
     fn push(
         &self,
         key: Option<&[u8]>,
         value: &[u8],
         size: usize,
+        charged: bool,
         cfg: &ProducerConfig,
     ) -> DeliveryFuture {
         let mut st = lock(&self.state);
@@ -579,9 +724,15 @@ impl ShardQueue {
                     started: Instant::now(),
                     reply,
                     outcome,
+                    held: 0,
+                    charged: 0,
                 })
             }
         };
+        open.held += size;
+        if charged {
+            open.charged += size;
+        }
         let index = open.builder.len();
         open.builder.push(key, value, now_ms());
         let fut = DeliveryFuture {
@@ -650,10 +801,31 @@ async fn run_sender(inner: Arc<Inner>, q: Arc<ShardQueue>) {
         producer_id: inner.producer_id,
         sequence: 0,
     };
+    let mut changes = inner.cluster.breaker_changes();
     while let Some(b) = q.next_batch(inner.config.linger).await {
         let count = b.batch.count;
         let bytes = b.batch.size_bytes();
-        let result = deliver(&inner, &q.shard, &mut session, &b).await;
+        let mut wait_mode = {
+            let c = inner.cluster.breaker_config();
+            c.enabled() && c.mode == BreakerMode::Wait
+        };
+        if wait_mode {
+            inner.park_if_refused(&q, &b);
+        }
+        let result = {
+            let delivery = deliver(&inner, &q.shard, &mut session, &b);
+            tokio::pin!(delivery);
+            loop {
+                tokio::select! {
+                    r = &mut delivery => break r,
+                    changed = changes.changed(), if wait_mode => match changed {
+                        // A breaker changed: if this shard's opened, leave the buffer.
+                        Ok(()) => inner.park_if_refused(&q, &b),
+                        Err(_) => wait_mode = false,
+                    },
+                }
+            }
+        };
         match &result {
             Ok(_) => {
                 inner
@@ -668,7 +840,7 @@ async fn run_sender(inner: Arc<Inner>, q: Arc<ShardQueue>) {
             }
         }
         q.load.fetch_sub(u64::from(count), Ordering::Relaxed);
-        inner.release(bytes);
+        inner.settle(&b);
         let _ = b.reply.send(result);
     }
     debug!(shard = %q.shard, "shard sender done");
@@ -690,7 +862,7 @@ async fn deliver(
         });
         let res = inner
             .cluster
-            .shard_request(
+            .shard_request_checked(
                 shard,
                 |epoch| {
                     Request::Produce(ProduceRequest {
@@ -723,14 +895,22 @@ async fn deliver(
             Ok(other) => ClientError::Server(shardq_protocol::unexpected("produced", &other)),
             // The broker lost track of this session (e.g. its state did not travel with a
             // move): start a fresh session and try once more; the batch was not appended.
-            Err(ClientError::Server(ErrorKind::OutOfOrderSequence { .. }))
-                if !renewed && Instant::now() < deadline =>
-            {
+            Err(ShardError::Client(ClientError::Server(ErrorKind::OutOfOrderSequence {
+                ..
+            }))) if !renewed && Instant::now() < deadline => {
                 renew(session, shard);
                 renewed = true;
                 continue;
             }
-            Err(e) => e,
+            Err(ShardError::BreakerOpen(open)) => {
+                // A try may have reached the broker before it stalled: never reuse the sequence.
+                renew(session, shard);
+                return Err(ProducerError::BreakerOpen {
+                    shard: shard.clone(),
+                    open: Box::new(open),
+                });
+            }
+            Err(ShardError::Client(e)) => e,
         };
         // Whether an earlier try of this batch was appended is unknown here, so its sequence
         // must never be reused for other records: later batches go under a fresh session.
@@ -770,7 +950,7 @@ mod tests {
     }
 
     fn push(q: &ShardQueue, c: &ProducerConfig, v: &[u8]) -> DeliveryFuture {
-        q.push(None, v, encoded_record_size(None, v.len()), c)
+        q.push(None, v, encoded_record_size(None, v.len()), true, c)
     }
 
     fn batch_counts(q: &ShardQueue) -> (Vec<u32>, Option<u32>) {

@@ -4,17 +4,33 @@
 //! admin requests to the bootstrap node, and sends shard requests to the shard's owner, refreshing
 //! the table and retrying with backoff on retriable answers (`NotOwner`, `Moving`, `Unavailable`,
 //! connection failures) until the caller's deadline.
+//!
+//! It also keeps one circuit breaker per broker ([`breaker`]), off unless a client turns them on
+//! ([`ClusterClient::set_breakers`]; the producer and consumer do): a broker that keeps failing
+//! gets its shards' requests refused at once, or held back, instead of each waiting for its own
+//! deadline.
+
+mod breaker;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use thiserror::Error;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+#[cfg(feature = "cli")]
+pub use breaker::BreakerArgs;
+pub use breaker::{
+    Admit, Breaker, BreakerConfig, BreakerMode, BreakerOpen, BreakerState, BreakerStatus, Breakers,
+    Transition, DEFAULT_COOLDOWN, DEFAULT_FAILURES, DEFAULT_STALL_CHECK, DEFAULT_WINDOW,
+};
+
 use crate::connection::{Connection, ConnectionConfig};
 use crate::error::{ClientError, ErrorKind};
-use crate::message::{unexpected, Request, Response, RoutingTable};
+use crate::message::{unexpected, Request, Response, RoutingTable, ShardRoute};
 use crate::types::{with_default_port, Epoch, ShardId};
 use crate::DEFAULT_ROUTER_PORT;
 
@@ -34,6 +50,11 @@ const FAILOVER_WINDOW: Duration = Duration::from_secs(3);
 /// How long `admin` keeps retrying when the bootstrap node cannot be reached (e.g. it is
 /// restarting); long enough to ride over a restart, short enough that a typo fails fast.
 const ADMIN_CONNECT_RETRY: Duration = Duration::from_secs(2);
+/// While a shard's broker has an open breaker, its routing is re-read at most this often, so a
+/// shard that moved or failed over is followed at once whatever the old broker's breaker says.
+const OPEN_REFRESH: Duration = Duration::from_millis(250);
+/// How often a request waiting on an open breaker (wait mode) looks again.
+const OPEN_POLL: Duration = Duration::from_millis(100);
 
 /// A cluster handle. Cheap to clone (all clones share the table and the connections); every method
 /// takes `&self` and is safe to call from many tasks at once.
@@ -55,6 +76,101 @@ struct Inner {
     /// Serialises routing refreshes; holds when the last one finished, so callers that saw an
     /// error before that moment reuse its result instead of asking the router again.
     refresh: tokio::sync::Mutex<Option<Instant>>,
+    breakers: Breakers,
+    /// When a background refresh was last started for a refused request (throttle).
+    nudged: Mutex<Option<Instant>>,
+}
+
+/// Why a shard request failed: the cluster's answer or a transport failure, or the shard's
+/// broker's circuit breaker.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ShardError {
+    #[error("{0}")]
+    Client(ClientError),
+    #[error("{0}")]
+    BreakerOpen(BreakerOpen),
+}
+
+impl From<ClientError> for ShardError {
+    fn from(e: ClientError) -> Self {
+        ShardError::Client(e)
+    }
+}
+
+impl From<ShardError> for ClientError {
+    /// A refusal by a breaker reads as the broker being unavailable, with the breaker's words.
+    fn from(e: ShardError) -> Self {
+        match e {
+            ShardError::Client(e) => e,
+            ShardError::BreakerOpen(open) => ClientError::Server(ErrorKind::Unavailable {
+                what: format!("broker {}", open.broker),
+                reason: open.to_string(),
+            }),
+        }
+    }
+}
+
+/// The broker a shard's requests go to: its leader, or, while it has none, the in-sync replica
+/// it waits for (an offline shard's last leader).
+fn home(route: &ShardRoute) -> Option<(u32, Option<&str>)> {
+    match &route.owner {
+        Some(o) => Some((o.id, Some(o.addr.as_str()))),
+        None => route
+            .isr
+            .first()
+            .or(route.replicas.first())
+            .map(|id| (*id, None)),
+    }
+}
+
+/// Whether a failed try counts against its broker's breaker: the broker did not answer, or
+/// answered that it cannot serve. Typed application answers (not the owner, moving, unknown
+/// shard, storage full, not enough replicas, ...) mean the broker is alive.
+fn is_broker_failure(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } | ClientError::Closed { .. } | ClientError::Timeout { .. } => {
+            true
+        }
+        ClientError::Server(k) => matches!(
+            k,
+            ErrorKind::Unavailable { .. }
+                | ErrorKind::Timeout { .. }
+                | ErrorKind::ShuttingDown
+                | ErrorKind::TooManyConnections { .. }
+        ),
+        ClientError::Protocol { .. } => false,
+    }
+}
+
+/// A request let through by a breaker: its outcome must be reported. A trial dropped without
+/// an outcome (its caller went away) frees the trial slot.
+struct Permit<'a> {
+    breakers: &'a Breakers,
+    broker: u32,
+    trial: bool,
+    done: bool,
+}
+
+impl Permit<'_> {
+    fn success(mut self) {
+        self.done = true;
+        self.breakers
+            .record(self.broker, self.trial, Ok(()), Instant::now());
+    }
+
+    fn failure(mut self, error: &str) {
+        self.done = true;
+        self.breakers
+            .record(self.broker, self.trial, Err(error), Instant::now());
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.trial {
+            self.breakers.release_trial(self.broker);
+        }
+    }
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -81,6 +197,8 @@ impl ClusterClient {
                 pool: Mutex::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
                 refresh: tokio::sync::Mutex::new(None),
+                breakers: Breakers::default(),
+                nudged: Mutex::new(None),
             }),
         };
         client.refresh(&[]).await?;
@@ -218,11 +336,86 @@ impl ClusterClient {
         }
     }
 
+    /// Turns the per-broker circuit breakers on (or off, or changes their settings). They are
+    /// this client's, shared by everyone using it (every clone).
+    pub fn set_breakers(&self, config: BreakerConfig) {
+        self.inner.breakers.set_config(config);
+    }
+
+    pub fn breaker_config(&self) -> BreakerConfig {
+        self.inner.breakers.config()
+    }
+
+    /// Every broker's breaker that has seen a request, by broker id.
+    pub fn breakers(&self) -> Vec<BreakerStatus> {
+        self.inner.breakers.status(Instant::now())
+    }
+
+    /// Changes whenever a breaker opens, goes half-open or closes.
+    pub fn breaker_changes(&self) -> watch::Receiver<u64> {
+        self.inner.breakers.subscribe()
+    }
+
+    /// Whether a request for `shard` would be refused now by its broker's breaker, from the
+    /// cached routing table (no request is made; a refusal is not counted). While it is
+    /// refused, the shard's routing is refreshed in the background now and then, so a shard that
+    /// moved or failed over is followed.
+    pub fn shard_gate(&self, shard: &ShardId) -> Result<(), BreakerOpen> {
+        if !self.inner.breakers.enabled() {
+            return Ok(());
+        }
+        let table = self.table();
+        let Some((id, addr)) = table.route(shard).and_then(home) else {
+            return Ok(());
+        };
+        match self.inner.breakers.refuses(id, addr, Instant::now()) {
+            None => Ok(()),
+            Some(open) => {
+                self.nudge_refresh(&shard.topic);
+                Err(open)
+            }
+        }
+    }
+
+    /// Starts a background refresh of `topic`'s routing unless one started recently.
+    fn nudge_refresh(&self, topic: &str) {
+        let now = Instant::now();
+        {
+            let mut last = lock(&self.inner.nudged);
+            if last.is_some_and(|t| now.saturating_duration_since(t) < OPEN_REFRESH) {
+                return;
+            }
+            *last = Some(now);
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = self.clone();
+            let topic = topic.to_string();
+            rt.spawn(async move {
+                let since = Instant::now();
+                if let Err(e) = client.refresh_after(&topic, since).await {
+                    debug!(%topic, error = %e, "cannot refresh the routing table");
+                }
+            });
+        }
+    }
+
+    /// Re-reads `topic`'s routing unless that was done within `fresh`.
+    async fn refresh_if_older(&self, topic: &str, fresh: Duration) {
+        let since = Instant::now()
+            .checked_sub(fresh)
+            .unwrap_or_else(Instant::now);
+        if let Err(e) = self.refresh_after(topic, since).await {
+            debug!(%topic, error = %e, "cannot refresh the routing table");
+        }
+    }
+
     /// Sends `make(epoch)` to the owner of `shard`. Retriable failures (not the owner, moving,
     /// no live owner, connection problems, timeouts) refresh the routing table and try again with
     /// backoff until `deadline` (5 ms doubling to 50 ms for the first 3 s of failures, when a
     /// new leader is most likely to appear, then to 200 ms); then the last error is returned.
-    /// Each try waits at most `timeout_per_try` for its answer.
+    /// Each try waits at most `timeout_per_try` for its answer. A refusal by the shard's
+    /// broker's breaker reads as that broker being unavailable, in the breaker's words
+    /// ([`ClusterClient::shard_request_checked`] keeps it typed).
     pub async fn shard_request(
         &self,
         shard: &ShardId,
@@ -230,68 +423,185 @@ impl ClusterClient {
         timeout_per_try: Duration,
         deadline: Instant,
     ) -> Result<Response, ClientError> {
+        self.shard_request_checked(shard, make, timeout_per_try, deadline)
+            .await
+            .map_err(ClientError::from)
+    }
+
+    /// [`ClusterClient::shard_request`] under the breakers (when they are on): a request for a
+    /// shard whose broker's breaker is open fails at once with [`ShardError::BreakerOpen`]
+    /// ([`BreakerMode::FailFast`]), or waits until the shard's routing names another broker or
+    /// the breaker lets it through, at most until `deadline` ([`BreakerMode::Wait`]). A shard
+    /// that moved goes to its new broker whatever the old one's breaker says. Every try's
+    /// outcome feeds its broker's breaker, and a try left unanswered for the breakers'
+    /// `stall_check` is given up once the router no longer routes the shard to that broker.
+    pub async fn shard_request_checked(
+        &self,
+        shard: &ShardId,
+        make: impl Fn(Epoch) -> Request,
+        timeout_per_try: Duration,
+        deadline: Instant,
+    ) -> Result<Response, ShardError> {
+        let breakers = &self.inner.breakers;
+        let config = breakers.config();
+        let guarded = config.enabled();
+        let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         let mut first_failure: Option<Instant> = None;
         let mut refreshed_unknown = false;
+        let mut trial_refreshed = false;
         // The last failure of a try that had its full time: when the deadline cuts the final try
         // short, its timeout says less than this (e.g. "storage full").
         let mut last_full_try: Option<ClientError> = None;
         loop {
             let table = self.table();
-            let err = match table.route(shard) {
-                None => {
-                    // The cache may simply not know this topic yet: ask once before refusing.
-                    if !refreshed_unknown {
-                        refreshed_unknown = true;
-                        let since = Instant::now();
-                        self.refresh_after(&shard.topic, since).await?;
+            let Some(route) = table.route(shard) else {
+                // The cache may simply not know this topic yet: ask once before refusing.
+                if !refreshed_unknown {
+                    refreshed_unknown = true;
+                    let since = Instant::now();
+                    self.refresh_after(&shard.topic, since).await?;
+                    continue;
+                }
+                return Err(ClientError::Server(unknown_shard(&table, shard)).into());
+            };
+            let mut permit = None;
+            if let Some((id, addr)) = home(route).filter(|_| guarded) {
+                match breakers.admit(id, addr, Instant::now()) {
+                    Admit::Go => {
+                        permit = Some(Permit {
+                            breakers,
+                            broker: id,
+                            trial: false,
+                            done: false,
+                        })
+                    }
+                    Admit::Trial => {
+                        let trial = Permit {
+                            breakers,
+                            broker: id,
+                            trial: true,
+                            done: false,
+                        };
+                        // The one trial must see the current routing, not the table cached
+                        // when the breaker opened.
+                        if !trial_refreshed {
+                            trial_refreshed = true;
+                            self.refresh_if_older(&shard.topic, Duration::ZERO).await;
+                            let fresh = self.table();
+                            if fresh.route(shard).and_then(home).map(|h| h.0) != Some(id) {
+                                // Moved: the trial is for whoever asks next.
+                                drop(trial);
+                                continue;
+                            }
+                            if *fresh != *table {
+                                drop(trial);
+                                continue;
+                            }
+                        }
+                        permit = Some(trial);
+                    }
+                    Admit::Refuse(mut open) => {
+                        // A routing change wins over the breaker: look again (now and then).
+                        self.refresh_if_older(&shard.topic, OPEN_REFRESH).await;
+                        if self.table().route(shard).and_then(home).map(|h| h.0) != Some(id) {
+                            continue;
+                        }
+                        let now = Instant::now();
+                        if config.mode == BreakerMode::FailFast {
+                            return Err(ShardError::BreakerOpen(open));
+                        }
+                        if now >= deadline {
+                            open.waited = Some(now.saturating_duration_since(started));
+                            return Err(ShardError::BreakerOpen(open));
+                        }
+                        let wake = (now + open.retry_in.max(Duration::from_millis(1)))
+                            .min(now + OPEN_POLL)
+                            .min(deadline);
+                        tokio::time::sleep_until(wake).await;
                         continue;
                     }
-                    return Err(ClientError::Server(unknown_shard(&table, shard)));
                 }
-                Some(route) => match &route.owner {
-                    None => ClientError::Server(ErrorKind::Unavailable {
+            }
+            let err = match &route.owner {
+                None => {
+                    if let Some(p) = permit {
+                        p.failure(&format!(
+                            "the router reports it down ({shard} has no live owner)"
+                        ));
+                    }
+                    ClientError::Server(ErrorKind::Unavailable {
                         what: shard.to_string(),
                         reason: "the shard has no live owner (its broker is down); \
                                  retried until the deadline"
                             .into(),
-                    }),
-                    Some(owner) => {
-                        let now = Instant::now();
-                        let per_try = timeout_per_try.min(deadline.saturating_duration_since(now));
-                        let cut_short = per_try < timeout_per_try;
-                        let res = match self.connection(&owner.addr).await {
-                            Ok(conn) => conn.request_with_timeout(make(table.epoch), per_try).await,
-                            Err(e) => Err(e),
-                        };
-                        match res {
-                            Ok(resp) => return Ok(resp),
-                            Err(e) => {
-                                if matches!(
-                                    e,
-                                    ClientError::Closed { .. } | ClientError::Connect { .. }
-                                ) {
-                                    self.forget(&owner.addr);
+                    })
+                }
+                Some(owner) => {
+                    let now = Instant::now();
+                    let per_try = timeout_per_try.min(deadline.saturating_duration_since(now));
+                    let cut_short = per_try < timeout_per_try;
+                    let res = match self.connection(&owner.addr).await {
+                        Ok(conn) => {
+                            let request = make(table.epoch);
+                            let long_poll = match &request {
+                                Request::Fetch(f) => {
+                                    Duration::from_millis(u64::from(f.max_wait_ms))
                                 }
-                                if cut_short && matches!(e, ClientError::Timeout { .. }) {
-                                    if let Some(earlier) = last_full_try.take() {
-                                        return Err(earlier);
-                                    }
-                                }
-                                e
+                                _ => Duration::ZERO,
+                            };
+                            let answer = conn.request_with_timeout(request, per_try);
+                            if guarded {
+                                self.watch_stall(answer, shard, owner.id, long_poll, &config)
+                                    .await
+                            } else {
+                                answer.await
                             }
                         }
+                        Err(e) => Err(e),
+                    };
+                    match res {
+                        Ok(resp) => {
+                            if let Some(p) = permit {
+                                p.success();
+                            }
+                            return Ok(resp);
+                        }
+                        Err(e) => {
+                            if matches!(e, ClientError::Closed { .. } | ClientError::Connect { .. })
+                            {
+                                self.forget(&owner.addr);
+                            }
+                            let short_timeout =
+                                cut_short && matches!(e, ClientError::Timeout { .. });
+                            if let Some(p) = permit {
+                                if short_timeout {
+                                    // Our deadline cut it short: says nothing of the broker.
+                                    drop(p);
+                                } else if is_broker_failure(&e) {
+                                    p.failure(&e.to_string());
+                                } else {
+                                    p.success();
+                                }
+                            }
+                            if short_timeout {
+                                if let Some(earlier) = last_full_try.take() {
+                                    return Err(earlier.into());
+                                }
+                            }
+                            e
+                        }
                     }
-                },
+                }
             };
             if !err.is_retriable() {
-                return Err(err);
+                return Err(err.into());
             }
             last_full_try = Some(err.clone());
             let failed_at = Instant::now();
             if failed_at + backoff >= deadline {
                 debug!(%shard, error = %err, "giving up at the deadline");
-                return Err(err);
+                return Err(err.into());
             }
             debug!(%shard, error = %err, backoff_ms = backoff.as_millis() as u64, "retrying");
             tokio::time::sleep(backoff).await;
@@ -301,6 +611,50 @@ impl ClusterClient {
                 // The router may be away; brokers keep serving, so keep trying with the cache.
                 warn!(%shard, error = %e, "cannot refresh the routing table");
             }
+        }
+    }
+
+    /// Awaits `answer`, a try sent to `broker` for `shard`. Once it has gone unanswered for
+    /// `long_poll` plus the breakers' `stall_check` (and again every `stall_check`), the
+    /// shard's routing is re-read: when the router no longer routes the shard to `broker` (it
+    /// reports the broker down, or the shard moved or failed over) the try is given up as an
+    /// `Unavailable` failure of the broker, so the request is re-routed (or the breaker
+    /// decides) instead of waiting out its timeout on a paused broker.
+    async fn watch_stall(
+        &self,
+        answer: impl std::future::Future<Output = Result<Response, ClientError>>,
+        shard: &ShardId,
+        broker: u32,
+        long_poll: Duration,
+        config: &BreakerConfig,
+    ) -> Result<Response, ClientError> {
+        let every = config.stall_check.max(Duration::from_millis(10));
+        tokio::pin!(answer);
+        let sent = Instant::now();
+        let mut check_at = sent + long_poll + every;
+        loop {
+            tokio::select! {
+                res = &mut answer => return res,
+                _ = tokio::time::sleep_until(check_at) => {}
+            }
+            self.refresh_if_older(&shard.topic, every / 2).await;
+            let table = self.table();
+            let now_at = table
+                .route(shard)
+                .and_then(|r| r.owner.as_ref())
+                .map(|o| o.id);
+            if now_at != Some(broker) {
+                let waited = sent.elapsed().as_secs_f64();
+                let why = match now_at {
+                    None => format!("the router reports {shard} without a live owner"),
+                    Some(o) => format!("the router now routes {shard} to broker {o}"),
+                };
+                return Err(ClientError::Server(ErrorKind::Unavailable {
+                    what: format!("broker {broker}"),
+                    reason: format!("no answer for {waited:.1} s and {why}"),
+                }));
+            }
+            check_at = Instant::now() + every;
         }
     }
 
