@@ -175,30 +175,7 @@ fn render_shards(
         } else {
             owner
         };
-        let (end, hw, lag, bytes, groups) = match report {
-            Some(r) => (
-                r.end_offset.to_string(),
-                r.high_watermark.to_string(),
-                r.followers
-                    .iter()
-                    .map(|f| f.lag)
-                    .max()
-                    .map_or("-".to_string(), |l| l.to_string()),
-                r.bytes.to_string(),
-                r.groups
-                    .iter()
-                    .map(|(g, o)| format!("{g}={o}/{}", r.end_offset.saturating_sub(*o)))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
-            None => (
-                "?".into(),
-                "?".into(),
-                "?".into(),
-                "?".into(),
-                String::new(),
-            ),
-        };
+        let (end, hw, lag, bytes, groups) = report_cells(report.as_ref(), |b| b.to_string());
         let ids = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         s.push_str(&format!(
             "{:<24} {:<10} {:<12} {:<12} {:>12} {:>12} {:>10} {:>12}  {}\n",
@@ -575,6 +552,38 @@ pub fn move_percent(m: &shardq_protocol::MoveProgress) -> u8 {
         };
     }
     (m.records_copied.saturating_mul(100) / total).min(100) as u8
+}
+
+/// A shard report's cells (end, high watermark, largest follower lag, bytes, groups with their
+/// committed offset and lag), `?` where no report came yet.
+pub(crate) fn report_cells(
+    report: Option<&shardq_protocol::ShardReport>,
+    bytes: impl Fn(u64) -> String,
+) -> (String, String, String, String, String) {
+    match report {
+        Some(r) => (
+            r.end_offset.to_string(),
+            r.high_watermark.to_string(),
+            r.followers
+                .iter()
+                .map(|f| f.lag)
+                .max()
+                .map_or("-".to_string(), |l| l.to_string()),
+            bytes(r.bytes),
+            r.groups
+                .iter()
+                .map(|(g, o)| format!("{g}={o}/{}", r.end_offset.saturating_sub(*o)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        None => (
+            "?".into(),
+            "?".into(),
+            "?".into(),
+            "?".into(),
+            String::new(),
+        ),
+    }
 }
 
 pub fn human_bytes(b: u64) -> String {

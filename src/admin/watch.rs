@@ -28,7 +28,7 @@ use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 use shardq_protocol::{BrokerStatus, ClusterStatus, MovePhase, MoveProgress};
 
-use super::{client, fetch_status, human_bytes, move_percent, render_status};
+use super::{client, fetch_status, human_bytes, move_percent, render_status, report_cells};
 
 /// `shardq watch`: the full-screen view on a terminal; text otherwise or with `once`.
 pub async fn watch(bootstrap: &str, interval: Duration, once: bool) -> Result<()> {
@@ -509,30 +509,7 @@ fn shard_rows(app: &App, st: &ClusterStatus, width: usize) -> (Line<'static>, Ve
             if r.isr.len() < r.replicas.len() && r.owner.is_some() {
                 style = style.fg(Color::Yellow);
             }
-            let (end, hw, lag, bytes, groups) = match rep {
-                Some(x) => (
-                    x.end_offset.to_string(),
-                    x.high_watermark.to_string(),
-                    x.followers
-                        .iter()
-                        .map(|f| f.lag)
-                        .max()
-                        .map_or("-".to_string(), |l| l.to_string()),
-                    human_bytes(x.bytes),
-                    x.groups
-                        .iter()
-                        .map(|(g, o)| format!("{g}={o}/{}", x.end_offset.saturating_sub(*o)))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                ),
-                None => (
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    String::new(),
-                ),
-            };
+            let (end, hw, lag, bytes, groups) = report_cells(rep.as_ref(), human_bytes);
             let msgs = rate(app.rates.per_shard.get(&name).copied());
             Line::styled(
                 row([
