@@ -61,8 +61,8 @@ pub struct UpArgs {
     pub autoscale: crate::autoscale::AutoscaleArgs,
 }
 
-/// Where the router serves HTTP: `--http`, else the router port + 80, else (port 0) a port that
-/// is free now (picked here, so restarts of the router keep it).
+/// Where the router serves HTTP: `--http`, else the router port + 80, else (port 0) a free port
+/// the router picks and reports.
 fn http_listen(args: &UpArgs) -> Result<String> {
     match &args.http {
         Some(a) => Ok(a.clone()),
@@ -70,20 +70,20 @@ fn http_listen(args: &UpArgs) -> Result<String> {
     }
 }
 
-/// Where broker `id` serves `/metrics`: the router port + 100 + id, or a free port.
+/// Where broker `id` serves `/metrics`: the router port + 100 + id, or a free port it reports.
 fn metrics_listen(args: &UpArgs, id: u32) -> Result<String> {
     local_port(args, 100 + id)
 }
 
-/// 127.0.0.1 at the router port + `offset`, or (port 0) at a port that is free now: picked here
-/// and passed explicitly, so a restarted process gets the same one.
+/// 127.0.0.1 at the router port + `offset`, or (port 0) port 0: the process binds a free port
+/// and reports it ([`spawn`] reads it), and [`pin_flag`] keeps it for restarts. Picking a free
+/// port here and passing it would race: another process started in between (a broker binding
+/// its own port 0) can take it.
 fn local_port(args: &UpArgs, offset: u32) -> Result<String> {
     if args.port != 0 {
         return Ok(format!("127.0.0.1:{}", u32::from(args.port) + offset));
     }
-    let probe =
-        std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free local port")?;
-    Ok(probe.local_addr()?.to_string())
+    Ok("127.0.0.1:0".to_string())
 }
 
 /// The cluster secret of the cluster in `data`: `DATA/cluster.token`, created (mode 0600) on
@@ -194,8 +194,22 @@ impl std::fmt::Display for IdentityRefused {
 
 impl std::error::Error for IdentityRefused {}
 
-/// Starts `shardq <args>` and waits for its "... listening on ADDR" line.
-async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, String)> {
+/// A process [`spawn`] started and the addresses it reported.
+struct Started {
+    child: Child,
+    /// From its "... listening on ADDR" line.
+    addr: String,
+    /// From its "... on http://ADDR/..." line, when it was given `--http` or `--metrics`.
+    http: Option<String>,
+}
+
+/// The flag whose HTTP address a process reports after its listen address, if it has one.
+const HTTP_FLAGS: [&str; 2] = ["--http", "--metrics"];
+
+/// Starts `shardq <args>` and waits for its "... listening on ADDR" line, and then, when it
+/// serves HTTP, for its "... on http://ADDR/..." line.
+async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<Started> {
+    let serves_http = args.iter().any(|a| HTTP_FLAGS.contains(&a.as_str()));
     let exe = std::env::current_exe().context("cannot find the shardq executable")?;
     let mut child = Command::new(exe)
         .args(args)
@@ -208,7 +222,8 @@ async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, Strin
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
+    let mut addr = None;
+    let http = loop {
         let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
             .await
             .with_context(|| {
@@ -220,8 +235,16 @@ async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, Strin
             .with_context(|| format!("reading {name}'s output"))?;
         match line {
             Some(l) => {
-                if let Some((_, addr)) = l.rsplit_once(" listening on ") {
-                    break addr.trim().to_string();
+                if let Some((_, a)) = l.rsplit_once(" listening on ") {
+                    addr = Some(a.trim().to_string());
+                    if !serves_http {
+                        break None;
+                    }
+                } else if let Some((_, url)) = l.split_once(" on http://") {
+                    if addr.is_some() {
+                        let a = url.split('/').next().unwrap_or(url).trim();
+                        break Some(a.to_string());
+                    }
                 }
             }
             None => {
@@ -253,7 +276,8 @@ async fn spawn(name: &str, args: &[String], logs: &Path) -> Result<(Child, Strin
             let _ = writeln!(out, "{l}");
         }
     });
-    Ok((child, addr))
+    let addr = addr.context("no listen address")?;
+    Ok(Started { child, addr, http })
 }
 
 fn broker_listen(args: &UpArgs, id: u32) -> String {
@@ -282,12 +306,12 @@ async fn add_broker(args: &UpArgs, router: &str, id: u32, logs: &Path) -> Result
     bargs.extend(["--metrics".into(), metrics_listen(args, id)?]);
     bargs.extend(args.broker_args.iter().cloned());
     let name = format!("broker-{id}");
-    let (child, addr) = spawn(&name, &bargs, logs).await?;
-    pin_listen(&mut bargs, &addr);
+    let started = spawn(&name, &bargs, logs).await?;
+    pin_addresses(&mut bargs, &started);
     Ok(Proc {
         name,
-        child,
-        addr,
+        child: started.child,
+        addr: started.addr,
         args: bargs,
         restarts: 0,
         held: false,
@@ -375,11 +399,18 @@ async fn members(router: &str) -> Result<Vec<u32>> {
     }
 }
 
-/// Restarts must come back on the same address, so pin the port a process got.
-fn pin_listen(args: &mut [String], addr: &str) {
-    if let Some(i) = args.iter().position(|a| a == "--listen") {
+/// Restarts must come back on the same addresses, so pin the ports a process got.
+fn pin_addresses(args: &mut [String], started: &Started) {
+    pin_flag(args, &["--listen"], &started.addr);
+    if let Some(http) = &started.http {
+        pin_flag(args, &HTTP_FLAGS, http);
+    }
+}
+
+fn pin_flag(args: &mut [String], flags: &[&str], value: &str) {
+    if let Some(i) = args.iter().position(|a| flags.contains(&a.as_str())) {
         if let Some(v) = args.get_mut(i + 1) {
-            *v = addr.to_string();
+            *v = value.to_string();
         }
     }
 }
@@ -417,8 +448,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
         args.data.display().to_string(),
     ]);
     router_args.extend(args.router_args.iter().cloned());
-    let (child, router_addr) = spawn("router", &router_args, &logs).await?;
-    pin_listen(&mut router_args, &router_addr);
+    let started = spawn("router", &router_args, &logs).await?;
+    pin_addresses(&mut router_args, &started);
+    let (child, router_addr) = (started.child, started.addr);
+    let http = started.http.unwrap_or(http);
     println!("router   listening on {router_addr}");
     println!("web, API http://{http}/ (JSON API under /api, metrics at /metrics)");
     let mut procs = vec![Proc {
@@ -585,9 +618,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 continue;
             }
             match spawn(&p.name, &p.args, &logs).await {
-                Ok((child, addr)) => {
-                    p.child = child;
-                    p.addr = addr;
+                Ok(started) => {
+                    p.child = started.child;
+                    p.addr = started.addr;
                     p.started = Instant::now();
                     println!("{} restarted on {}", p.name, p.addr);
                 }

@@ -139,11 +139,7 @@ async fn full_disk(fsync: &str) {
     let router = shardq_router::start(rc).await.expect("router starts");
     // A broker process, not an in-process one: after a failed write sled 0.34 can hang when its
     // last handle goes, so the test ends it with SIGKILL (see `KillOnDrop`).
-    let broker_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
-    let _broker = KillOnDrop(
+    let mut broker = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_shardq"))
             .args([
                 "broker",
@@ -161,15 +157,18 @@ async fn full_disk(fsync: &str) {
             .arg(&token)
             .args([
                 "--listen",
-                &broker_addr,
+                "127.0.0.1:0",
                 "--router",
                 &router.addr().to_string(),
             ])
             .arg("--data")
             .arg(&data)
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start the broker"),
     );
+    let broker_addr =
+        storage_common::listen_address(broker.0.stdout.take().expect("piped stdout"), None);
     let connection = ConnectionConfig {
         secret: Some(secret.clone()),
         ..ConnectionConfig::default()
@@ -317,6 +316,6 @@ async fn full_disk(fsync: &str) {
     );
     drop(conn);
     producer.close().await;
-    drop(_broker);
+    drop(broker);
     router.shutdown().await;
 }

@@ -29,9 +29,31 @@ pub struct TracedBroker {
     pub stderr: PathBuf,
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+/// Reads the broker's "broker 1 listening on ADDR" line (within 30 s) and keeps draining its
+/// stdout on a thread so it never blocks on a full pipe.
+pub fn listen_address(stdout: std::process::ChildStdout, stderr: Option<&Path>) -> String {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some((_, addr)) = line.rsplit_once(" listening on ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|e| {
+            panic!(
+                "the broker did not report its address ({e})\nstderr:\n{}",
+                stderr
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default()
+            )
+        })
 }
 
 /// The first child of `pid` (the traced broker under strace).
@@ -48,8 +70,6 @@ impl TracedBroker {
     /// Starts the broker under strace with `--fsync fsync`, data in `dir`. Panics (the test
     /// fails) if strace is not installed: these tests exist to look at system calls.
     pub fn start(dir: &Path, fsync: &str) -> TracedBroker {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
         let trace = dir.join("strace.out");
         let stderr = dir.join("broker.stderr");
         let token = dir.join("cluster.token");
@@ -59,11 +79,11 @@ impl TracedBroker {
             .arg(&trace)
             .arg(env!("CARGO_BIN_EXE_shardq"))
             .args(["broker", "--id", "1", "--router", "none", "--fsync", fsync])
-            .args(["--listen", &addr, "--data"])
+            .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(dir.join("data"))
             .arg("--token-file")
             .arg(&token)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .unwrap_or_else(|e| {
@@ -72,6 +92,8 @@ impl TracedBroker {
                      checks the broker's system calls and cannot pass without it"
                 )
             });
+        let mut strace = strace;
+        let addr = listen_address(strace.stdout.take().expect("piped stdout"), Some(&stderr));
         TracedBroker {
             strace,
             addr,
