@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use shardq_protocol::ScalingDecision;
 use shardq_protocol::{BrokerStatus, ClusterStatus, Request, Response};
 use tracing::{info, warn};
 
@@ -202,18 +202,7 @@ impl Meter {
     }
 }
 
-/// One line of `DATA/autoscaler.log`.
-#[derive(Serialize)]
-struct Logged<'a> {
-    time_ms: u64,
-    action: &'a str,
-    reason: &'a str,
-    brokers: u32,
-    /// The broker added or removed.
-    broker: Option<u32>,
-}
-
-fn append(data: &Path, entry: &Logged) -> Result<()> {
+fn append(data: &Path, entry: &ScalingDecision) -> Result<()> {
     let path: PathBuf = data.join(AUTOSCALER_LOG);
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -313,10 +302,10 @@ async fn step(
     };
     append(
         data,
-        &Logged {
+        &ScalingDecision {
             time_ms: now_ms(),
-            action,
-            reason: &reason,
+            action: action.to_string(),
+            reason,
             brokers,
             broker: Some(broker),
         },

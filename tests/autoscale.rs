@@ -109,6 +109,14 @@ async fn the_cluster_grows_under_load_and_shrinks_back_when_it_stops() {
         .as_str()
         .unwrap()
         .contains("below 50"));
+    // And in the status `shardq status` and `shardq watch` show.
+    match client.admin(Request::Status).await {
+        Ok(Response::Status(st)) => {
+            let actions: Vec<&str> = st.scaling.iter().map(|d| d.action.as_str()).collect();
+            assert_eq!(actions, ["add", "remove"], "{:?}", st.scaling);
+        }
+        other => panic!("status: {other:?}"),
+    }
 
     consumer.await.unwrap().expect("runconsume runs");
     verify_passes(logs.path(), &[(1, &["A:*"])]);

@@ -412,3 +412,92 @@ async fn a_paused_broker_does_not_starve_the_healthy_shards() {
     client.close();
     up.stop().await;
 }
+
+/// The metrics of `runproduce --metrics` (scraped over HTTP), once it serves them.
+async fn scrape(addr: &str) -> String {
+    common::wait_until(
+        Duration::from_secs(30),
+        "runproduce serves /metrics",
+        || {
+            let addr = addr.to_string();
+            async move { tokio::net::TcpStream::connect(&addr).await.is_ok() }
+        },
+    )
+    .await;
+    common::http::call(addr, "GET", "/metrics", None, None)
+        .await
+        .body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runproduce_serves_its_breakers_states_as_metrics() {
+    let up = common::UpCluster::start(3, &[]).await;
+    let client = up.endpoint().client().await;
+    let leaders = topic_leaders(&client, "MX").await;
+    let (&broker, _) = leaders
+        .iter()
+        .max_by_key(|(_, s)| s.len())
+        .expect("leaders");
+    let dir = tempfile::tempdir().unwrap();
+    // runproduce binds it at once; another process taking it in between would fail the run
+    // with "cannot serve --metrics", not pass it.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .to_string();
+    let producer = common::spawn_producer(
+        &up.endpoint(),
+        dir.path(),
+        1,
+        &["MX:*"],
+        &[
+            "--count",
+            "60000",
+            "--rate",
+            "2000",
+            "--breaker",
+            "fail-fast",
+            "--timeout-secs",
+            "5",
+            "--metrics",
+            &metrics,
+        ],
+    );
+    let open = format!("shardq_client_breaker_state{{broker=\"{broker}\",state=\"open\"}} 1");
+    let closed = format!("shardq_client_breaker_state{{broker=\"{broker}\",state=\"closed\"}} 1");
+    let first = scrape(&metrics).await;
+    assert!(
+        first.contains("# TYPE shardq_client_records_acknowledged_total counter"),
+        "{first}"
+    );
+
+    let pid = up.broker_pid(broker).expect("broker runs");
+    common::signal(pid, libc::SIGSTOP);
+    let resume = Resume(pid);
+    common::wait_until(
+        Duration::from_secs(20),
+        "the paused broker's breaker opens",
+        || {
+            let (metrics, open) = (metrics.clone(), open.clone());
+            async move { scrape(&metrics).await.lines().any(|l| l == open) }
+        },
+    )
+    .await;
+    let opened = scrape(&metrics).await;
+    let refused = format!("shardq_client_breaker_refused_total{{broker=\"{broker}\"}} ");
+    assert!(
+        opened
+            .lines()
+            .any(|l| l.starts_with(&refused) && !l.ends_with(" 0")),
+        "no refusals counted for broker {broker}:\n{opened}"
+    );
+    drop(resume);
+    common::wait_until(Duration::from_secs(30), "the breaker closes again", || {
+        let (metrics, closed) = (metrics.clone(), closed.clone());
+        async move { scrape(&metrics).await.lines().any(|l| l == closed) }
+    })
+    .await;
+    let summary = producer.await.unwrap().expect("runproduce runs");
+    assert!(summary.acknowledged > 0, "{summary:?}");
+    up.stop().await;
+}

@@ -187,14 +187,8 @@ async fn handler(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> impl 
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry(&broker));
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    if exposition::wants_openmetrics(accept) {
-        ([(header::CONTENT_TYPE, exposition::OPENMETRICS)], out)
-    } else {
-        (
-            [(header::CONTENT_TYPE, exposition::PROMETHEUS_TEXT)],
-            exposition::to_prometheus_text(&out),
-        )
-    }
+    let (content_type, body) = exposition::negotiate(accept, out);
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 /// Serves `/metrics` of `broker` on `listener` until `shutdown`.

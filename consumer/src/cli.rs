@@ -4,10 +4,13 @@
 //! thin `main` over [`run`], so tests drive the same code in-process.
 
 use shardq_protocol::cli_args::TokenArgs;
+use shardq_protocol::client_metrics::{self, RunCounters};
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -76,6 +79,11 @@ pub struct Args {
     pub breaker: bool,
     #[command(flatten)]
     pub breaker_args: BreakerArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts: every broker's
+    /// circuit breaker (state, times opened, requests refused) and the records consumed.
+    /// Port 0 picks a free port (printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -160,6 +168,25 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
         c = Consumer::connect(config) => c.with_context(|| format!("cannot start a consumer against {}", args.broker))?,
         _ = stop.cancelled() => return Ok(Summary { records: 0, elapsed: Duration::ZERO, errors: 0, stopped: true, breakers: Vec::new() }),
     };
+    let consumed = Arc::new(AtomicU64::new(0));
+    let metrics = match &args.metrics {
+        Some(addr) => {
+            let seen = consumed.clone();
+            let counters: RunCounters = Arc::new(move || {
+                vec![(
+                    "records_consumed",
+                    "Records consumed and written out",
+                    seen.load(Ordering::Relaxed),
+                )]
+            });
+            let (at, task) = client_metrics::serve(addr, consumer.cluster().clone(), counters)
+                .await
+                .with_context(|| format!("cannot serve --metrics on {addr}"))?;
+            eprintln!("runconsume {}: metrics on http://{at}/metrics", args.id);
+            Some(task)
+        }
+        None => None,
+    };
     let idle = Duration::from_secs_f64(args.idle_timeout.max(0.0));
     let start = Instant::now();
     let mut summary = Summary {
@@ -194,6 +221,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
                 out.flush()
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 summary.records += records.len() as u64;
+                consumed.store(summary.records, Ordering::Relaxed);
                 if let Err(e) = consumer.commit().await {
                     summary.errors += 1;
                     warn!(error = %e, "commit failed; will retry with the next one");
@@ -218,6 +246,9 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
         warn!(error = %e, "final commit failed");
     }
     summary.breakers = consumer.breakers();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     consumer.close();
     summary.elapsed = start.elapsed();
     Ok(summary)

@@ -3,6 +3,7 @@
 //! same code in-process.
 
 use shardq_protocol::cli_args::TokenArgs;
+use shardq_protocol::client_metrics::{self, RunCounters};
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{BufWriter, Write};
@@ -134,6 +135,11 @@ pub struct Args {
     pub breaker: BreakerMode,
     #[command(flatten)]
     pub breaker_args: BreakerArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts: every broker's
+    /// circuit breaker (state, times opened, requests refused) and the records sent,
+    /// acknowledged and failed. Port 0 picks a free port (printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 fn parse_acks(s: &str) -> Result<Acks, String> {
@@ -386,6 +392,10 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
     let give_up = CancellationToken::new();
     let counts = Arc::new(Counts::default());
     let acker = tokio::spawn(track_acks(ack_rx, ack_log, give_up.clone(), counts.clone()));
+    let metrics = match &args.metrics {
+        Some(addr) => Some(serve_metrics(addr, args.id, &producer, counts.clone()).await?),
+        None => None,
+    };
     let start = Instant::now();
     let total = args.count.unwrap_or(outgoing.len() as u64);
     let progress = (args.progress_secs > 0).then(|| {
@@ -426,6 +436,9 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
         .context("the acknowledgement tracker failed")??;
     if let Some(p) = progress {
         p.abort();
+    }
+    if let Some(m) = metrics {
+        m.abort();
     }
     let elapsed = start.elapsed();
     let mut errors = acks.errors;
@@ -496,6 +509,39 @@ struct Counts {
     sent: AtomicU64,
     acknowledged: AtomicU64,
     failed: AtomicU64,
+}
+
+/// Starts `--metrics` on `addr` and says where on stderr.
+async fn serve_metrics(
+    addr: &str,
+    id: u32,
+    producer: &Producer,
+    counts: Arc<Counts>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let counters: RunCounters = Arc::new(move || {
+        vec![
+            (
+                "records_sent",
+                "Records handed to the producer",
+                counts.sent.load(Ordering::Relaxed),
+            ),
+            (
+                "records_acknowledged",
+                "Records the cluster acknowledged",
+                counts.acknowledged.load(Ordering::Relaxed),
+            ),
+            (
+                "records_failed",
+                "Records that failed",
+                counts.failed.load(Ordering::Relaxed),
+            ),
+        ]
+    });
+    let (at, task) = client_metrics::serve(addr, producer.cluster().clone(), counters)
+        .await
+        .with_context(|| format!("cannot serve --metrics on {addr}"))?;
+    eprintln!("runproduce {id}: metrics on http://{at}/metrics");
+    Ok(task)
 }
 
 /// Every `every`: `runproduce N: sent S acknowledged A failed F | R msgs/s | P% | ETA Ts` on

@@ -15,6 +15,16 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     accept.is_some_and(|a| a.contains("application/openmetrics-text"))
 }
 
+/// The content type and body of a `/metrics` answer: OpenMetrics for scrapers that ask for it
+/// (Prometheus does), the Prometheus text format for everyone else.
+pub fn negotiate(accept: Option<&str>, openmetrics: String) -> (&'static str, String) {
+    if wants_openmetrics(accept) {
+        (OPENMETRICS, openmetrics)
+    } else {
+        (PROMETHEUS_TEXT, to_prometheus_text(&openmetrics))
+    }
+}
+
 /// `openmetrics` rewritten in the Prometheus text format.
 pub fn to_prometheus_text(openmetrics: &str) -> String {
     let counters: HashSet<&str> = openmetrics

@@ -9,6 +9,8 @@ pub mod auth;
 pub mod batch;
 #[cfg(feature = "cli")]
 pub mod cli_args;
+#[cfg(feature = "cli")]
+pub mod client_metrics;
 pub mod cluster;
 pub mod codec;
 pub mod connection;
@@ -32,7 +34,7 @@ pub use tokio_util::sync::CancellationToken;
 pub use types::*;
 
 /// Bumped on any incompatible change to the messages below; the handshake refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Default TCP port of the router (the address clients pass as `--broker HOST`).
 pub const DEFAULT_ROUTER_PORT: u16 = 7400;

@@ -446,6 +446,24 @@ pub struct ClusterStatus {
     pub topics: Vec<TopicInfo>,
     pub shards: Vec<(ShardRoute, Option<ShardReport>)>,
     pub moves: Vec<MoveProgress>,
+    /// The last decisions of the autoscaler of the `shardq up` that runs this router, oldest
+    /// first (none for a router `shardq up` did not start, or before any decision).
+    pub scaling: Vec<ScalingDecision>,
+}
+
+/// One decision of the `shardq up --autoscale` autoscaler: a line of `DATA/autoscaler.log`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScalingDecision {
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// `add` or `remove`.
+    pub action: String,
+    /// Why, with the measured load and the thresholds.
+    pub reason: String,
+    /// Brokers serving when it was taken.
+    pub brokers: u32,
+    /// The broker added or removed.
+    pub broker: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -431,6 +431,13 @@ fn sample_responses() -> Vec<Response> {
             topics: vec![sample_topic()],
             shards: vec![(sample_route(3), Some(sample_report()))],
             moves: vec![sample_move()],
+            scaling: vec![ScalingDecision {
+                time_ms: 1_790_000_000_000,
+                action: "remove".into(),
+                reason: "average 120 msgs/s per broker below 2000 for 10 s".into(),
+                brokers: 3,
+                broker: Some(3),
+            }],
         }),
         Response::BrokerRemoved {
             id: 3,

@@ -134,6 +134,9 @@ pub(crate) struct Shared {
     metrics: http::RouterMetrics,
 }
 
+/// Autoscaler decisions a status carries (the newest).
+const SCALING_SHOWN: usize = 10;
+
 impl Shared {
     /// Records move `move_id` finished in `phase` ([`State::finish`], persisted through the
     /// store) and counts it in the metrics.
@@ -153,6 +156,25 @@ impl Shared {
                 .move_finished(phase, r.bytes_copied, r.write_pause_ms);
         }
         Ok(finished)
+    }
+
+    /// The cluster's status as `shardq status` and `watch` get it: the state's, with the last
+    /// decisions of the autoscaler of the `shardq up` next to this router.
+    fn status(&self) -> shardq_protocol::ClusterStatus {
+        let mut status = self.state().status(tokio::time::Instant::now());
+        let mut decisions = self.autoscaler_decisions();
+        status.scaling = decisions.split_off(decisions.len().saturating_sub(SCALING_SHOWN));
+        status
+    }
+
+    /// The decisions of the `shardq up` autoscaler next to this router (none when it was not
+    /// started by `shardq up`, or nothing was decided), oldest first.
+    fn autoscaler_decisions(&self) -> Vec<shardq_protocol::ScalingDecision> {
+        self.config
+            .up_data
+            .as_deref()
+            .map(up_control::autoscaler_decisions)
+            .unwrap_or_default()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -76,7 +76,7 @@ impl Service for Shared {
             Request::ListBrokers => {
                 done(Ok(Response::Brokers(self.state().brokers(Instant::now()))))
             }
-            Request::Status => done(Ok(Response::Status(self.state().status(Instant::now())))),
+            Request::Status => done(Ok(Response::Status(self.status()))),
             Request::RemoveBroker { id, force: true } => self.remove_broker(id, true),
             Request::RemoveBroker { id, force: false } | Request::LeaveBroker { id } => {
                 self.leave(id)

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use shardq_protocol::ScalingDecision;
 
 /// The file in DATA where the autoscaler of `shardq up` appends its decisions, one JSON object
 /// a line (`time_ms`, `action`, `reason`, `brokers`, `broker`).
@@ -14,7 +15,7 @@ pub const AUTOSCALER_LOG: &str = "autoscaler.log";
 
 /// The autoscaler's decisions in `data` (none if it never decided, or the file is unreadable),
 /// oldest first; lines that are not JSON (a torn last line) are skipped.
-pub fn autoscaler_decisions(data: &Path) -> Vec<serde_json::Value> {
+pub fn autoscaler_decisions(data: &Path) -> Vec<ScalingDecision> {
     std::fs::read_to_string(data.join(AUTOSCALER_LOG))
         .map(|text| {
             text.lines()

@@ -79,6 +79,7 @@ pub fn status(st: &ClusterStatus) -> Value {
         "offline": st.shards.iter().filter(|(r, _)| r.owner.is_none()).count(),
         "shards": st.shards.iter().map(|(r, rep)| shard(r, rep.as_ref(), &down)).collect::<Vec<_>>(),
         "moves": st.moves.iter().map(move_progress).collect::<Vec<_>>(),
+        "autoscaler": st.scaling,
     })
 }
 

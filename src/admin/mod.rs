@@ -295,7 +295,36 @@ pub fn render_status(st: &ClusterStatus) -> String {
             ));
         }
     }
+    if !st.scaling.is_empty() {
+        s.push_str(
+            "
+autoscaler decisions (latest last):
+",
+        );
+        for d in &st.scaling {
+            s.push_str(&format!(
+                "  {}
+",
+                scaling_line(d)
+            ));
+        }
+    }
     s
+}
+
+/// `08:41:07 add broker 3 (2 brokers serving): average 25000 msgs/s ...` (time of day in UTC).
+pub fn scaling_line(d: &shardq_protocol::ScalingDecision) -> String {
+    let secs = d.time_ms / 1000 % 86_400;
+    let who = d.broker.map_or(String::new(), |b| format!(" broker {b}"));
+    format!(
+        "{:02}:{:02}:{:02} {}{who} ({} brokers serving): {}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        d.action,
+        d.brokers,
+        d.reason
+    )
 }
 
 pub async fn status(bootstrap: &str, json: bool) -> Result<()> {
@@ -929,6 +958,14 @@ mod tests {
             }],
             shards: vec![(route(1, 1), None), (route(2, 4), None)],
             moves: Vec::new(),
+            scaling: vec![shardq_protocol::ScalingDecision {
+                // 01:02:03 UTC.
+                time_ms: 1_790_035_200_000 + 3_723_000,
+                action: "remove".into(),
+                reason: "average 10 msgs/s below 2000".into(),
+                brokers: 3,
+                broker: Some(3),
+            }],
         };
         let text = render_status(&st);
         let line = |shard: &str| {
@@ -942,5 +979,12 @@ mod tests {
         let v = json::status(&st);
         assert_eq!(v["shards"][1]["owner_down"], true);
         assert_eq!(v["brokers"][1]["status"], "down");
+        assert!(
+            text.contains(
+                "  01:02:03 remove broker 3 (3 brokers serving): average 10 msgs/s below 2000\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(v["autoscaler"][0]["action"], "remove");
     }
 }

@@ -225,8 +225,9 @@ fn state_style(s: BrokerStatus) -> Style {
 const CELL: usize = 25;
 const GAP: usize = 2;
 
-/// The pinned header: a title line, then the brokers in as many columns as fit, then the
-/// reasons of degraded brokers and the last refresh error. At most `max_rows` lines.
+/// The pinned header: a title line, then the brokers in as many columns as fit, the last
+/// autoscaler decision, the reasons of degraded brokers and the last refresh error. At most
+/// `max_rows` lines.
 fn header(app: &App, width: usize, max_rows: usize) -> Vec<Line<'static>> {
     let mut title = vec![
         Span::styled("shardq watch", BOLD),
@@ -299,7 +300,9 @@ fn header(app: &App, width: usize, max_rows: usize) -> Vec<Line<'static>> {
         vec![legend; cols.min(st.brokers.len().max(1))].join(&" ".repeat(GAP)),
         DIM,
     ));
-    let room = max_rows.saturating_sub(lines.len() + 1).max(1);
+    // Room for the brokers, keeping a line for the last autoscaler decision.
+    let reserved = 1 + usize::from(!st.scaling.is_empty());
+    let room = max_rows.saturating_sub(lines.len() + reserved).max(1);
     let rows = st.brokers.chunks(cols).count();
     for (i, chunk) in st.brokers.chunks(cols).enumerate() {
         if i + 1 == room && rows > room {
@@ -335,6 +338,14 @@ fn header(app: &App, width: usize, max_rows: usize) -> Vec<Line<'static>> {
             )));
         }
         lines.push(Line::from(spans));
+    }
+    if let Some(d) = st.scaling.last() {
+        if lines.len() + 1 < max_rows {
+            lines.push(Line::styled(
+                format!("autoscaler {}", super::scaling_line(d)),
+                Style::new().fg(Color::Cyan),
+            ));
+        }
     }
     for b in st.brokers.iter().filter(|b| b.degraded.is_some()) {
         if lines.len() + 1 >= max_rows {
@@ -810,6 +821,13 @@ mod tests {
                     error: None,
                 })
                 .collect(),
+            scaling: vec![shardq_protocol::ScalingDecision {
+                time_ms: 1_790_000_000_000 + 3_723_000,
+                action: "add".into(),
+                reason: "average 25000 msgs/s per broker above 20000 for 10 s".into(),
+                brokers: brokers - 1,
+                broker: Some(brokers),
+            }],
         }
     }
 
@@ -845,6 +863,11 @@ mod tests {
                 );
             }
             assert!(text.contains(" 23% "), "{text}");
+            assert!(
+                rows.iter()
+                    .any(|r| r.starts_with("autoscaler ") && r.contains(" add broker 5 ")),
+                "the last autoscaler decision is missing at {w}x{h}:\n{text}"
+            );
             assert!(rows[h as usize - 1].starts_with("update #1 "), "{text}");
         }
     }

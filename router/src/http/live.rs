@@ -12,7 +12,6 @@ use axum::Json;
 use futures::Stream;
 use serde_json::{json, Value};
 use shardq_protocol::BrokerStatus;
-use tokio::time::Instant;
 
 use super::App;
 use crate::Shared;
@@ -27,10 +26,8 @@ fn turn(h: u64) -> f64 {
 
 /// The cluster as the page draws it.
 pub(crate) fn view(shared: &Shared) -> Value {
-    let st = shared.state();
-    let status = st.status(Instant::now());
-    let (tokens, hashes) = st.ring_view().unwrap_or_default();
-    drop(st);
+    let status = shared.status();
+    let (tokens, hashes) = shared.state().ring_view().unwrap_or_default();
     let hash_of: std::collections::HashMap<String, u64> = hashes.into_iter().collect();
     let brokers: Vec<Value> = status
         .brokers
@@ -68,15 +65,13 @@ pub(crate) fn view(shared: &Shared) -> Value {
         .into_iter()
         .map(|(t, b)| json!([turn(t), b]))
         .collect();
-    let decisions = shared.autoscaler_decisions();
-    let recent = &decisions[decisions.len().saturating_sub(10)..];
     json!({
         "epoch": status.epoch,
         "brokers": brokers,
         "tokens": tokens,
         "shards": shards,
         "moves": status.moves,
-        "autoscaler": recent,
+        "autoscaler": status.scaling,
     })
 }
 

@@ -328,7 +328,7 @@ fn registry(m: &RouterMetrics, status: &ClusterStatus) -> Registry {
 pub(crate) fn render(
     m: &RouterMetrics,
     status: &ClusterStatus,
-    decisions: &[serde_json::Value],
+    decisions: &[shardq_protocol::ScalingDecision],
 ) -> String {
     let mut r = registry(m, status);
     let by_action: Family<ActionLabels, Counter> = Family::default();
@@ -338,13 +338,11 @@ pub(crate) fn render(
         });
     }
     for d in decisions {
-        if let Some(action) = d["action"].as_str() {
-            by_action
-                .get_or_create(&ActionLabels {
-                    action: action.into(),
-                })
-                .inc();
-        }
+        by_action
+            .get_or_create(&ActionLabels {
+                action: d.action.clone(),
+            })
+            .inc();
     }
     r.register(
         "autoscaler_decisions",
@@ -364,12 +362,6 @@ pub(super) async fn handler(State(shared): State<App>, headers: HeaderMap) -> im
     let decisions = shared.autoscaler_decisions();
     let body = render(&shared.metrics, &status, &decisions);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    if exposition::wants_openmetrics(accept) {
-        ([(header::CONTENT_TYPE, exposition::OPENMETRICS)], body)
-    } else {
-        (
-            [(header::CONTENT_TYPE, exposition::PROMETHEUS_TEXT)],
-            exposition::to_prometheus_text(&body),
-        )
-    }
+    let (content_type, body) = exposition::negotiate(accept, body);
+    ([(header::CONTENT_TYPE, content_type)], body)
 }

@@ -101,18 +101,6 @@ pub(crate) fn routes() -> Vec<Route> {
     r
 }
 
-impl Shared {
-    /// The decisions of the `shardq up` autoscaler next to this router (none when it was not
-    /// started by `shardq up`, or nothing was decided).
-    fn autoscaler_decisions(&self) -> Vec<serde_json::Value> {
-        self.config
-            .up_data
-            .as_deref()
-            .map(crate::up_control::autoscaler_decisions)
-            .unwrap_or_default()
-    }
-}
-
 /// The axum application over `shared`.
 pub(crate) fn app(shared: Arc<Shared>) -> axum::Router {
     let mut router = axum::Router::new();

@@ -47,6 +47,7 @@ impl State {
                 .chain(self.history.iter())
                 .map(MoveRecord::progress)
                 .collect(),
+            scaling: Vec::new(),
         }
     }
 }
