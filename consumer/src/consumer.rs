@@ -22,26 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-/// Where a group with no committed offset on a shard starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StartFrom {
-    /// The first record still stored.
-    #[default]
-    Earliest,
-    /// Only records produced after the consumer started.
-    Latest,
-}
-
-impl std::str::FromStr for StartFrom {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "earliest" => Ok(StartFrom::Earliest),
-            "latest" => Ok(StartFrom::Latest),
-            _ => Err(format!("unknown start {s:?}; expected earliest or latest")),
-        }
-    }
-}
+pub use crate::start::StartFrom;
 
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
@@ -141,6 +122,9 @@ struct ShardCursor {
     incarnation: Option<u64>,
     /// Its broker answered "nothing new" since the current idle round began.
     answered_empty: bool,
+    /// `--from TIMESTAMP` with no committed offset: records before the first one stamped at
+    /// or after this are skipped, not handed out.
+    not_before_ms: Option<u64>,
 }
 
 /// Reads its shards for one group. Not `Sync`: one task polls it.
@@ -223,6 +207,10 @@ impl Consumer {
                 retry_at: None,
                 incarnation: None,
                 answered_empty: false,
+                not_before_ms: match (committed, config.from) {
+                    (None, StartFrom::Timestamp(t)) => Some(t),
+                    _ => None,
+                },
             });
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -288,6 +276,23 @@ impl Consumer {
     /// Every broker's circuit breaker that saw a request.
     pub fn breakers(&self) -> Vec<BreakerStatus> {
         self.cluster.breakers()
+    }
+
+    /// Moves `shard`'s position back (or forward) to `offset`: the next records handed out for
+    /// it start there, and the next commit commits it. A fetch in flight for the old position
+    /// is dropped. Used to give back records handed out but not processed (e.g. past a
+    /// `--count`), so committing does not skip them. False if the shard is not assigned.
+    pub fn seek(&mut self, shard: &ShardId, offset: Offset) -> bool {
+        let Some(c) = self.shards.iter_mut().find(|c| &c.shard == shard) else {
+            return false;
+        };
+        if let Some(f) = c.fetch.take() {
+            f.abort();
+        }
+        c.position = offset;
+        c.retry_at = None;
+        c.not_before_ms = None;
+        true
     }
 
     /// The shards not fetched now because their broker's breaker is open.
@@ -408,8 +413,8 @@ impl Consumer {
         };
         c.fetch = None;
         if asked != c.position {
-            // Cannot happen with one fetch per shard; never hand out records from a stale view.
-            warn!(shard = %c.shard, asked, position = c.position, "dropping a stale fetch answer");
+            // The answer to a fetch dropped by a seek; never hand out records from a stale view.
+            debug!(shard = %c.shard, asked, position = c.position, "dropping a stale fetch answer");
             return;
         }
         match res {
@@ -427,6 +432,18 @@ impl Consumer {
                 };
                 let (handed, position) = (out.len(), c.position);
                 let taken = take_fetched(c, served, &batches, out);
+                if let Some(t) = c.not_before_ms {
+                    match out[handed..]
+                        .iter()
+                        .position(|r| r.record.timestamp_ms >= t)
+                    {
+                        Some(first) => {
+                            out.drain(handed..handed + first);
+                            c.not_before_ms = None;
+                        }
+                        None => out.truncate(handed),
+                    }
+                }
                 if taken.is_ok() {
                     if out.len() > handed || c.position != position {
                         // Records (or a rewind to re-read some): not idle.
@@ -714,8 +731,9 @@ async fn start_position(
     {
         Ok(Response::Offsets { start, end }) => Ok((
             match config.from {
-                StartFrom::Earliest => start,
+                StartFrom::Earliest | StartFrom::Timestamp(_) => start,
                 StartFrom::Latest => end,
+                StartFrom::Offset(o) => o.clamp(start, end),
             },
             None,
         )),
@@ -828,19 +846,13 @@ mod tests {
         assert_eq!(pos, 5);
     }
 
-    #[test]
-    fn start_from_parses() {
-        assert_eq!("Latest".parse::<StartFrom>().unwrap(), StartFrom::Latest);
-        assert!("middle".parse::<StartFrom>().is_err());
-    }
-
     fn batch_at(base: Offset, values: &[&str]) -> StoredBatch {
         let records: Vec<Record> = values
             .iter()
             .map(|v| Record {
                 key: None,
                 value: bytes::Bytes::copy_from_slice(v.as_bytes()),
-                timestamp_ms: 0,
+                ..Record::default()
             })
             .collect();
         StoredBatch {
@@ -860,6 +872,7 @@ mod tests {
             retry_at: None,
             incarnation: None,
             answered_empty: false,
+            not_before_ms: None,
         }
     }
 

@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod consumer;
+pub mod start;
 
 pub use consumer::{resolve, ConsumedRecord, Consumer, ConsumerConfig, ConsumerError, StartFrom};

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::{FutureExt, Shared};
-use shardq_protocol::batch::encoded_record_size;
+use shardq_protocol::batch::{encoded_headers_size, encoded_record_size};
 use shardq_protocol::cluster::{
     BreakerConfig, BreakerMode, BreakerOpen, BreakerStatus, ShardError,
 };
@@ -401,11 +401,23 @@ impl Producer {
         key: Option<Bytes>,
         value: Bytes,
     ) -> Result<DeliveryFuture, ProducerError> {
+        self.send_with_headers(target, key, value, Vec::new()).await
+    }
+
+    /// [`Producer::send`] with headers (name, value) carried with the record to its consumers.
+    pub async fn send_with_headers(
+        &self,
+        target: &ShardSpec,
+        key: Option<Bytes>,
+        value: Bytes,
+        headers: Vec<(String, Bytes)>,
+    ) -> Result<DeliveryFuture, ProducerError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(ProducerError::Closed);
         }
-        let size = encoded_record_size(key.as_ref().map(Bytes::len), value.len());
+        let size = encoded_record_size(key.as_ref().map(Bytes::len), value.len())
+            + encoded_headers_size(&headers);
         let max = inner
             .config
             .connection
@@ -480,7 +492,8 @@ impl Producer {
             inner.reserve(size).await?;
         }
         inner.sent.fetch_add(1, Ordering::Relaxed);
-        Ok(queue.push(key.as_deref(), &value, size, charged, &inner.config))
+        let record = (key.as_deref(), &value[..], &headers[..]);
+        Ok(queue.push(record, size, charged, &inner.config))
     }
 
     /// Sends everything queued so far without waiting for linger, and waits until every record
@@ -691,13 +704,15 @@ impl Inner {
     }
 }
 
+/// A record's key, value and headers, as [`ShardQueue::push`] takes them.
+type RecordParts<'a> = (Option<&'a [u8]>, &'a [u8], &'a [(String, Bytes)]);
+
 impl ShardQueue {
     /// Queues a record of `size` bytes; `charged`: its bytes were reserved in the shared
     /// buffer (else they are parked).
     fn push(
         &self,
-        key: Option<&[u8]>,
-        value: &[u8],
+        (key, value, headers): RecordParts<'_>,
         size: usize,
         charged: bool,
         cfg: &ProducerConfig,
@@ -734,7 +749,8 @@ impl ShardQueue {
             open.charged += size;
         }
         let index = open.builder.len();
-        open.builder.push(key, value, now_ms());
+        open.builder
+            .push_with_headers(key, value, now_ms(), headers);
         let fut = DeliveryFuture {
             shard: self.shard.clone(),
             index,
@@ -950,7 +966,7 @@ mod tests {
     }
 
     fn push(q: &ShardQueue, c: &ProducerConfig, v: &[u8]) -> DeliveryFuture {
-        q.push(None, v, encoded_record_size(None, v.len()), true, c)
+        q.push((None, v, &[]), encoded_record_size(None, v.len()), true, c)
     }
 
     fn batch_counts(q: &ShardQueue) -> (Vec<u32>, Option<u32>) {

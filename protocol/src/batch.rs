@@ -3,7 +3,11 @@
 //! A batch travels in one frame and is stored by the broker as one sled value, unchanged: the broker
 //! validates it in one pass over the lengths and never re-encodes it, and consumers slice records
 //! out of it without copying. Layout per record, little-endian:
-//! `timestamp_ms: u64 | key_len: u32 (u32::MAX = no key) | key | value_len: u32 | value`.
+//! `timestamp_ms: u64 | key_len: u32 (u32::MAX = no key) | key | value_len: u32 | value`, and when
+//! the top bit of `value_len` is set ([`HAS_HEADERS`]; the length is the other 31 bits) the
+//! headers follow the value: `count: u16`, then per header `name_len: u16 | name (UTF-8) |
+//! value_len: u32 | value`. A record without headers costs nothing for them, and batches written
+//! before headers existed read the same.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -13,16 +17,22 @@ use crate::message::ProducerState;
 use crate::types::{LeaderEpoch, Offset};
 
 const NO_KEY: u32 = u32::MAX;
+/// Set in a record's `value_len` when headers follow its value.
+pub const HAS_HEADERS: u32 = 1 << 31;
+/// Most headers one record may carry.
+pub const MAX_HEADERS: usize = u16::MAX as usize;
 /// Bytes of framing each record costs inside a batch.
 pub const RECORD_OVERHEAD: usize = 16;
 
 /// One message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Record {
     pub key: Option<Bytes>,
     pub value: Bytes,
     /// Producer-side wall clock, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// Name and value pairs, in the order the producer gave them (names may repeat).
+    pub headers: Vec<(String, Bytes)>,
 }
 
 /// A packed run of records (see the module docs for the layout).
@@ -79,8 +89,22 @@ impl BatchBuilder {
     }
 
     pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp_ms: u64) {
-        self.buf
-            .reserve(RECORD_OVERHEAD + key.map_or(0, <[u8]>::len) + value.len());
+        self.push_with_headers(key, value, timestamp_ms, &[]);
+    }
+
+    /// A record with headers. Lengths beyond the layout's fields (a value of 2 GiB, more than
+    /// [`MAX_HEADERS`] headers, a name over 64 KiB) are cut to fit: frames are far smaller, so
+    /// the producer refuses such a record long before it gets here.
+    pub fn push_with_headers(
+        &mut self,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp_ms: u64,
+        headers: &[(String, Bytes)],
+    ) {
+        self.buf.reserve(
+            encoded_record_size(key.map(<[u8]>::len), value.len()) + encoded_headers_size(headers),
+        );
         self.buf.put_u64_le(timestamp_ms);
         match key {
             Some(k) => {
@@ -89,13 +113,26 @@ impl BatchBuilder {
             }
             None => self.buf.put_u32_le(NO_KEY),
         }
-        self.buf.put_u32_le(value.len() as u32);
+        let value = &value[..value.len().min((HAS_HEADERS - 1) as usize)];
+        let flag = if headers.is_empty() { 0 } else { HAS_HEADERS };
+        self.buf.put_u32_le(value.len() as u32 | flag);
         self.buf.put_slice(value);
+        if !headers.is_empty() {
+            let headers = &headers[..headers.len().min(MAX_HEADERS)];
+            self.buf.put_u16_le(headers.len() as u16);
+            for (name, v) in headers {
+                let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+                self.buf.put_u16_le(name.len() as u16);
+                self.buf.put_slice(name);
+                self.buf.put_u32_le(v.len() as u32);
+                self.buf.put_slice(v);
+            }
+        }
         self.count += 1;
     }
 
     pub fn push_record(&mut self, r: &Record) {
-        self.push(r.key.as_deref(), &r.value, r.timestamp_ms);
+        self.push_with_headers(r.key.as_deref(), &r.value, r.timestamp_ms, &r.headers);
     }
 
     pub fn len(&self) -> u32 {
@@ -119,9 +156,20 @@ impl BatchBuilder {
     }
 }
 
-/// Size one record takes inside a batch.
+/// Size one record takes inside a batch, without its headers.
 pub fn encoded_record_size(key_len: Option<usize>, value_len: usize) -> usize {
     RECORD_OVERHEAD + key_len.unwrap_or(0) + value_len
+}
+
+/// Size a record's headers take inside a batch (0 for none).
+pub fn encoded_headers_size(headers: &[(String, Bytes)]) -> usize {
+    if headers.is_empty() {
+        return 0;
+    }
+    2 + headers
+        .iter()
+        .map(|(n, v)| 2 + n.len() + 4 + v.len())
+        .sum::<usize>()
 }
 
 /// Walks the packed records; yields an error (once) on a malformed buffer.
@@ -156,12 +204,20 @@ impl Iterator for BatchIter<'_> {
     }
 }
 
-/// Locates the record at `pos`: (key range, value range, timestamp, end).
-#[allow(clippy::type_complexity)]
-fn locate(
-    data: &[u8],
-    pos: usize,
-) -> Result<(Option<(usize, usize)>, (usize, usize), u64, usize), ErrorKind> {
+/// Where one record's parts lie in a batch's buffer.
+struct Located {
+    key: Option<(usize, usize)>,
+    value: (usize, usize),
+    timestamp_ms: u64,
+    /// (name range, value range) per header.
+    headers: Vec<((usize, usize), (usize, usize))>,
+    /// Bytes of the headers' names and values.
+    header_bytes: usize,
+    end: usize,
+}
+
+/// Locates the record at `pos`; with `headers` false the headers are skipped, not collected.
+fn locate(data: &[u8], pos: usize, headers: bool) -> Result<Located, ErrorKind> {
     let bad = |what: &str| ErrorKind::BadRequest {
         reason: format!("malformed record batch at byte {pos}: {what}"),
     };
@@ -183,24 +239,76 @@ fn locate(
         p = end;
         Some(k)
     };
-    let vlen = read_u32(data, p).ok_or_else(|| bad("truncated value length"))?;
+    let vfield = read_u32(data, p).ok_or_else(|| bad("truncated value length"))?;
     p += 4;
-    let end = p
-        .checked_add(vlen as usize)
+    let vend = p
+        .checked_add((vfield & !HAS_HEADERS) as usize)
         .filter(|e| *e <= data.len())
         .ok_or_else(|| bad("value runs past the end"))?;
-    Ok((key, (p, end), ts, end))
+    let value = (p, vend);
+    p = vend;
+    let mut found = Vec::new();
+    let mut header_bytes = 0;
+    if vfield & HAS_HEADERS != 0 {
+        let count = read_u16(data, p).ok_or_else(|| bad("truncated header count"))?;
+        p += 2;
+        for _ in 0..count {
+            let nlen = read_u16(data, p).ok_or_else(|| bad("truncated header name length"))?;
+            p += 2;
+            let nend = p
+                .checked_add(usize::from(nlen))
+                .filter(|e| *e <= data.len())
+                .ok_or_else(|| bad("header name runs past the end"))?;
+            let name = (p, nend);
+            p = nend;
+            let hlen = read_u32(data, p).ok_or_else(|| bad("truncated header value length"))?;
+            p += 4;
+            let hend = p
+                .checked_add(hlen as usize)
+                .filter(|e| *e <= data.len())
+                .ok_or_else(|| bad("header value runs past the end"))?;
+            header_bytes += usize::from(nlen) + hlen as usize;
+            if headers {
+                found.push((name, (p, hend)));
+            }
+            p = hend;
+        }
+    }
+    Ok(Located {
+        key,
+        value,
+        timestamp_ms: ts,
+        headers: found,
+        header_bytes,
+        end: p,
+    })
+}
+
+fn read_u16(data: &[u8], pos: usize) -> Option<u16> {
+    data.get(pos..pos + 2)
+        .map(|b| u16::from_le_bytes(b.try_into().expect("2 bytes")))
 }
 
 fn next_record(data: &Bytes, pos: usize) -> Result<(Record, usize), ErrorKind> {
-    let (key, (vs, ve), ts, end) = locate(data, pos)?;
+    let at = locate(data, pos, true)?;
+    let (vs, ve) = at.value;
     Ok((
         Record {
-            key: key.map(|(s, e)| data.slice(s..e)),
+            key: at.key.map(|(s, e)| data.slice(s..e)),
             value: data.slice(vs..ve),
-            timestamp_ms: ts,
+            timestamp_ms: at.timestamp_ms,
+            headers: at
+                .headers
+                .iter()
+                .map(|&((ns, ne), (hs, he))| {
+                    (
+                        String::from_utf8_lossy(&data[ns..ne]).into_owned(),
+                        data.slice(hs..he),
+                    )
+                })
+                .collect(),
         },
-        end,
+        at.end,
     ))
 }
 
@@ -231,8 +339,10 @@ impl RecordBatch {
         let mut pos = 0;
         let mut n: u64 = 0;
         while pos < self.data.len() {
-            let (key, (vs, ve), _, end) = locate(&self.data, pos)?;
-            let size = key.map_or(0, |(s, e)| e - s) + (ve - vs);
+            let at = locate(&self.data, pos, false)?;
+            let (vs, ve) = at.value;
+            let size = at.key.map_or(0, |(s, e)| e - s) + (ve - vs) + at.header_bytes;
+            let end = at.end;
             if size > max_record_bytes {
                 return Err(ErrorKind::RecordTooLarge {
                     size: size as u64,
@@ -267,7 +377,7 @@ impl RecordBatch {
         let mut parts = Vec::new();
         let (mut start, mut pos, mut count) = (0usize, 0usize, 0u32);
         while pos < self.data.len() {
-            let Ok((_, _, _, end)) = locate(&self.data, pos) else {
+            let Ok(Located { end, .. }) = locate(&self.data, pos, false) else {
                 break;
             };
             if count > 0 && end - start > max_bytes {
@@ -301,11 +411,16 @@ mod tests {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
             proptest::collection::vec(any::<u8>(), 0..300),
             any::<u64>(),
+            proptest::collection::vec(
+                ("[a-z-]{0,8}", proptest::collection::vec(any::<u8>(), 0..20)),
+                0..4,
+            ),
         )
-            .prop_map(|(k, v, t)| Record {
+            .prop_map(|(k, v, t, h)| Record {
                 key: k.map(Bytes::from),
                 value: Bytes::from(v),
                 timestamp_ms: t,
+                headers: h.into_iter().map(|(n, v)| (n, Bytes::from(v))).collect(),
             })
     }
 
@@ -346,6 +461,31 @@ mod tests {
             }) => {}
             other => panic!("expected RecordTooLarge, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn headers_count_towards_the_record_size_and_old_batches_read_the_same() {
+        let headers = vec![("trace".to_string(), Bytes::from_static(b"0123456789"))];
+        let mut b = BatchBuilder::default();
+        b.push_with_headers(Some(b"k"), &[0u8; 90], 7, &headers);
+        let batch = b.finish();
+        assert_eq!(
+            batch.size_bytes(),
+            encoded_record_size(Some(1), 90) + encoded_headers_size(&headers)
+        );
+        // 1 + 90 + 5 + 10 = 106 bytes of key, value and headers.
+        assert!(batch.validate(106).is_ok());
+        assert!(matches!(
+            batch.validate(105),
+            Err(ErrorKind::RecordTooLarge { size: 106, .. })
+        ));
+        // The layout without headers is the one batches had before headers existed.
+        let mut old = BatchBuilder::default();
+        old.push(None, b"v", 1);
+        assert_eq!(
+            &old.finish().data[..],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 1, 0, 0, 0, b'v'][..]
+        );
     }
 
     #[test]

@@ -32,6 +32,15 @@ fn sample_batch() -> RecordBatch {
     b.push(Some(b"key-1"), b"value one", 1_700_000_000_001);
     b.push(None, b"", 1_700_000_000_002);
     b.push(Some(b""), &[0xff; 300], u64::MAX);
+    b.push_with_headers(
+        Some(b"k"),
+        b"with headers",
+        1_700_000_000_003,
+        &[
+            ("trace-id".into(), Bytes::from_static(b"abc")),
+            ("empty".into(), Bytes::new()),
+        ],
+    );
     b.finish()
 }
 
@@ -775,7 +784,7 @@ fn every_response_variant_round_trips() {
         {
             let ra: Vec<_> = a.iter().flat_map(|s| s.records_from(0)).collect();
             let rb: Vec<_> = b.iter().flat_map(|s| s.records_from(0)).collect();
-            assert_eq!(ra.len(), 6);
+            assert_eq!(ra.len(), 8);
             assert_eq!(ra, rb);
         }
     }
@@ -850,11 +859,16 @@ fn arb_record() -> impl Strategy<Value = Record> {
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..24)),
         proptest::collection::vec(any::<u8>(), 0..256),
         any::<u64>(),
+        proptest::collection::vec(
+            (".{0,6}", proptest::collection::vec(any::<u8>(), 0..16)),
+            0..3,
+        ),
     )
-        .prop_map(|(k, v, t)| Record {
+        .prop_map(|(k, v, t, h)| Record {
             key: k.map(Bytes::from),
             value: Bytes::from(v),
             timestamp_ms: t,
+            headers: h.into_iter().map(|(n, v)| (n, Bytes::from(v))).collect(),
         })
 }
 

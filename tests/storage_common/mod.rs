@@ -290,7 +290,7 @@ pub fn batch(values: &[Vec<u8>]) -> RecordBatch {
         .map(|v| Record {
             key: None,
             value: Bytes::copy_from_slice(v),
-            timestamp_ms: 0,
+            ..Record::default()
         })
         .collect();
     RecordBatch::from_records(&records)

@@ -775,7 +775,7 @@ mod tests {
             .map(|v| shardq_protocol::Record {
                 key: None,
                 value: Bytes::copy_from_slice(v.as_bytes()),
-                timestamp_ms: 0,
+                ..shardq_protocol::Record::default()
             })
             .collect();
         RecordBatch::from_records(&records)
