@@ -5,6 +5,7 @@ pub mod admin;
 pub mod autoscale;
 pub mod bench;
 pub mod bench_failover;
+pub mod tools;
 pub mod up;
 pub mod verify;
 

@@ -1,7 +1,7 @@
 //! `shardq`: run a router or a broker, start a local cluster, administer topics and brokers, see
 //! the cluster's status, analyze ring placement, verify a run, and benchmark.
 
-use shardq::{admin, bench, bench_failover, up, verify};
+use shardq::{admin, bench, bench_failover, tools, up, verify};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +50,22 @@ enum Cmd {
     Topic {
         #[command(subcommand)]
         cmd: TopicCmd,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Send stdin as records, one per line (whole lines: spaces are part of the message).
+    /// `printf 'a\nb\n' | shardq produce T`.
+    Produce {
+        #[command(flatten)]
+        args: tools::produce::ProduceArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print records of a topic or shard, following new ones until Ctrl-C (or --count).
+    /// `shardq consume T --from earliest --count 2`.
+    Consume {
+        #[command(flatten)]
+        args: tools::consume::ConsumeArgs,
         #[command(flatten)]
         target: Target,
     },
@@ -336,6 +352,8 @@ impl Cmd {
     fn target(&self) -> Option<&Target> {
         match self {
             Cmd::Topic { target, .. }
+            | Cmd::Produce { target, .. }
+            | Cmd::Consume { target, .. }
             | Cmd::Shard { target, .. }
             | Cmd::Status { target, .. }
             | Cmd::Watch { target, .. }
@@ -410,6 +428,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             anyhow::bail!("`shardq broker` needs broker options (see --help) or a subcommand")
         }
         Cmd::Up(args) => up::run(args).await?,
+        Cmd::Produce { args, target } => {
+            let verbose = args.verbose;
+            let n = tools::produce::run(&target.broker, args).await?;
+            if verbose {
+                eprintln!("{n} record(s) acknowledged");
+            }
+        }
+        Cmd::Consume { args, target } => {
+            tools::consume::run(&target.broker, args).await?;
+        }
         Cmd::Topic { cmd, target } => match cmd {
             TopicCmd::Create {
                 name,

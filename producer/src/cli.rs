@@ -101,7 +101,9 @@ pub struct Args {
     /// When the broker acknowledges: durable (after its fsync policy) or appended (before it).
     #[arg(long, default_value = "durable", value_parser = parse_acks)]
     pub acks: Acks,
-    /// How `T:*` records pick a partition: round-robin, key-hash or least-loaded.
+    /// How `T:*` records pick a partition: round-robin, key-hash or least-loaded. With
+    /// key-hash each record is sent with its message text as its key, so equal messages land
+    /// on one partition (and consumers see the key).
     #[arg(long, default_value = "round-robin")]
     pub partitioner: Partitioner,
     /// How long a batch waits for more records before it is sent, in milliseconds.
@@ -142,7 +144,7 @@ pub struct Args {
     pub metrics: Option<String>,
 }
 
-fn parse_acks(s: &str) -> Result<Acks, String> {
+pub fn parse_acks(s: &str) -> Result<Acks, String> {
     match s.to_ascii_lowercase().as_str() {
         "durable" | "all" => Ok(Acks::Durable),
         "appended" | "leader" => Ok(Acks::Appended),
@@ -414,6 +416,7 @@ pub async fn run_until(args: Args, stop: CancellationToken) -> Result<Summary> {
         stop: &stop,
         sent: AtomicU64::new(0),
         counts: &counts,
+        keyed: matches!(args.partitioner, Partitioner::KeyHash),
     };
     let outcome = match args.count {
         Some(n) => send_synthetic(&sender, &args, n).await,
@@ -590,6 +593,8 @@ struct Sender<'a> {
     /// Records sent so far (numbers them for the ack log).
     sent: AtomicU64,
     counts: &'a Counts,
+    /// `--partitioner key-hash`: the message is the record's key too.
+    keyed: bool,
 }
 
 /// How a send loop ended.
@@ -624,7 +629,7 @@ impl Sender<'_> {
         let fut = tokio::select! {
             biased;
             _ = self.stop.cancelled() => return Ok(false),
-            f = self.producer.send(target, None, value.clone()) => {
+            f = self.producer.send(target, self.keyed.then(|| value.clone()), value.clone()) => {
                 f.map_err(|e| format!("cannot send to {target}: {e}"))?
             }
         };

@@ -77,7 +77,9 @@ pub fn parse_bytes(
         }
         let [time, message, partition, topic] = fields[..] else {
             errors.push(err(format!(
-                "expected 4 fields `<time> <message> <partition|*> <topic>`, found {}",
+                "expected 4 fields `<time> <message> <partition|*> <topic>`, found {} \
+                 (fields are separated by whitespace, so a message cannot contain spaces; \
+                 `shardq produce` sends whole lines)",
                 fields.len()
             )));
             continue;
@@ -287,6 +289,11 @@ mod tests {
             shown[0]
         );
         assert!(shown[1].contains("found 5"), "{}", shown[1]);
+        assert!(
+            shown[1].contains("a message cannot contain spaces"),
+            "{}",
+            shown[1]
+        );
         assert!(
             shown[2].starts_with("producer_7.txt:3: partition \"Px\""),
             "{}",
