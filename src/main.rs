@@ -46,7 +46,7 @@ enum Cmd {
     Broker(BrokerCmd),
     /// Start a local cluster (router + N brokers as child processes) and keep it running.
     Up(up::UpArgs),
-    /// Create, list and describe topics.
+    /// Create, list, describe, grow and delete topics.
     Topic {
         #[command(subcommand)]
         cmd: TopicCmd,
@@ -245,6 +245,30 @@ enum TopicCmd {
     /// Show a topic's partitions: owner, offsets, consumer groups.
     Describe {
         name: String,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grow a topic to N partitions (never shrinks; records stay where they were written).
+    /// The new shards are placed on the ring like a new topic's.
+    Alter {
+        name: String,
+        #[arg(long, short = 'p')]
+        partitions: u32,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a topic and its records on every replica. Clients get "unknown topic" at once;
+    /// a broker that is down deletes its copy when it is back, and the name can be created
+    /// again once every copy is gone (this waits for that, up to --timeout-secs).
+    Delete {
+        name: String,
+        /// Do not wait for the copies to be deleted.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
         /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
@@ -459,6 +483,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             TopicCmd::List { json } => admin::topic_list(&target.broker, json).await?,
             TopicCmd::Describe { name, json } => {
                 admin::topic_describe(&target.broker, &name, json).await?
+            }
+            TopicCmd::Alter {
+                name,
+                partitions,
+                json,
+            } => admin::topic_alter(&target.broker, &name, partitions, json).await?,
+            TopicCmd::Delete {
+                name,
+                no_wait,
+                timeout_secs,
+                json,
+            } => {
+                let timeout = std::time::Duration::from_secs(timeout_secs);
+                admin::topic_delete(&target.broker, &name, no_wait, timeout, json).await?
             }
         },
         Cmd::Shard { cmd, target } => match cmd {

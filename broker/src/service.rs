@@ -1022,6 +1022,8 @@ impl Broker {
             }
             r @ (Request::Metadata { .. }
             | Request::CreateTopic { .. }
+            | Request::DeleteTopic { .. }
+            | Request::AlterTopic { .. }
             | Request::ListTopics
             | Request::DescribeTopic { .. }
             | Request::ListBrokers

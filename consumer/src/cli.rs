@@ -113,6 +113,8 @@ pub struct Summary {
     pub stopped: bool,
     /// The brokers' circuit breakers, as the run ended.
     pub breakers: Vec<BreakerStatus>,
+    /// It stopped because this topic no longer exists (it was deleted while it was read).
+    pub topic_gone: Option<String>,
 }
 
 impl fmt::Display for Summary {
@@ -136,6 +138,9 @@ impl fmt::Display for Summary {
             .filter(|b| b.opened > 0)
             .map(ToString::to_string)
             .collect();
+        if let Some(t) = &self.topic_gone {
+            write!(f, "; stopped: topic {t:?} no longer exists (deleted)")?;
+        }
         if !opened.is_empty() {
             write!(f, "; breakers: {}", opened.join(", "))?;
         }
@@ -166,7 +171,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
     config.connection.secret = args.token.secret()?;
     let mut consumer = tokio::select! {
         c = Consumer::connect(config) => c.with_context(|| format!("cannot start a consumer against {}", args.broker))?,
-        _ = stop.cancelled() => return Ok(Summary { records: 0, elapsed: Duration::ZERO, errors: 0, stopped: true, breakers: Vec::new() }),
+        _ = stop.cancelled() => return Ok(Summary { records: 0, elapsed: Duration::ZERO, errors: 0, stopped: true, breakers: Vec::new(), topic_gone: None }),
     };
     let consumed = Arc::new(AtomicU64::new(0));
     let metrics = match &args.metrics {
@@ -195,6 +200,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
         errors: 0,
         stopped: false,
         breakers: Vec::new(),
+        topic_gone: None,
     };
     let mut line = Vec::with_capacity(256);
     loop {
@@ -230,6 +236,12 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
             Ok(_) => {}
             Err(e) => {
                 summary.errors += 1;
+                if let Some(topic) = e.unknown_topic() {
+                    // Deleted while we read it: retrying cannot help.
+                    warn!(topic, "the topic no longer exists (deleted?); stopping");
+                    summary.topic_gone = Some(topic.to_string());
+                    break;
+                }
                 warn!(error = %e, "poll failed; retrying");
             }
         }
@@ -429,6 +441,7 @@ mod tests {
                 broker: 2,
                 ..BreakerStatus::default()
             }],
+            topic_gone: None,
         };
         assert_eq!(s.to_string(), "consumed 10 records in 2.000s: 5 msgs/s");
         let s = Summary {

@@ -98,6 +98,21 @@ pub enum ConsumerError {
     },
 }
 
+impl ConsumerError {
+    /// The topic, when this error says it does not exist (any more: it was deleted). Such an
+    /// error does not go away by retrying.
+    pub fn unknown_topic(&self) -> Option<&str> {
+        match self {
+            ConsumerError::UnknownTopic { topic } => Some(topic),
+            ConsumerError::Shard { error, .. } => match error.kind() {
+                Some(ErrorKind::UnknownTopic { topic }) => Some(topic),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// One record handed out by [`Consumer::poll`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumedRecord {

@@ -608,6 +608,10 @@ impl ClusterClient {
             let failing_for = failed_at - *first_failure.get_or_insert(failed_at);
             backoff = next_shard_backoff(backoff, failing_for);
             if let Err(e) = self.refresh_after(&shard.topic, failed_at).await {
+                if matches!(e.kind(), Some(ErrorKind::UnknownTopic { .. })) {
+                    // The router no longer knows the topic (deleted): no retry brings it back.
+                    return Err(e.into());
+                }
                 // The router may be away; brokers keep serving, so keep trying with the cache.
                 warn!(%shard, error = %e, "cannot refresh the routing table");
             }

@@ -449,6 +449,9 @@ pub struct ClusterStatus {
     /// The last decisions of the autoscaler of the `shardq up` that runs this router, oldest
     /// first (none for a router `shardq up` did not start, or before any decision).
     pub scaling: Vec<ScalingDecision>,
+    /// Local copies brokers still have to delete (a deleted topic's, or a moved shard's old
+    /// copy): (broker, shard).
+    pub pending_drops: Vec<(BrokerId, ShardId)>,
 }
 
 /// One decision of the `shardq up --autoscale` autoscaler: a line of `DATA/autoscaler.log`.
@@ -520,6 +523,18 @@ pub enum Request {
     ListTopics,
     DescribeTopic {
         name: String,
+    },
+    /// Admin: delete topic `name`: its routes go at once, every replica's copy is deleted
+    /// (a broker that is down deletes it when it is back), and the name can be created again
+    /// once every copy is gone.
+    DeleteTopic {
+        name: String,
+    },
+    /// Admin: grow topic `name` to `partitions` (never shrinks); the new shards are placed on
+    /// the ring like a new topic's.
+    AlterTopic {
+        name: String,
+        partitions: u32,
     },
     ListBrokers,
     Status,
@@ -646,6 +661,8 @@ impl Request {
             Request::CreateTopic { .. } => "create-topic",
             Request::ListTopics => "list-topics",
             Request::DescribeTopic { .. } => "describe-topic",
+            Request::DeleteTopic { .. } => "delete-topic",
+            Request::AlterTopic { .. } => "alter-topic",
             Request::ListBrokers => "list-brokers",
             Request::Status => "status",
             Request::RemoveBroker { .. } => "remove-broker",
@@ -686,6 +703,8 @@ impl Request {
             // hands a shard's contents to the asker. Listed in full, so that a new request is
             // a compile error here instead of silently open.
             Request::CreateTopic { .. }
+            | Request::DeleteTopic { .. }
+            | Request::AlterTopic { .. }
             | Request::RemoveBroker { .. }
             | Request::RegisterBroker { .. }
             | Request::Heartbeat { .. }
@@ -787,6 +806,14 @@ pub enum Response {
     },
     Routing(RoutingTable),
     TopicCreated(TopicInfo),
+    /// A topic's routes are gone; `copies` replica copies are being deleted on their brokers.
+    TopicDeleted {
+        name: String,
+        partitions: u32,
+        copies: u32,
+    },
+    /// A topic after `AlterTopic`.
+    TopicAltered(TopicInfo),
     Topics(Vec<TopicInfo>),
     Topic(TopicDescription),
     Brokers(Vec<BrokerInfo>),
@@ -851,6 +878,8 @@ impl Response {
             Response::Offsets { .. } => "offsets",
             Response::Routing(_) => "routing",
             Response::TopicCreated(_) => "topic-created",
+            Response::TopicDeleted { .. } => "topic-deleted",
+            Response::TopicAltered(_) => "topic-altered",
             Response::Topics(_) => "topics",
             Response::Topic(_) => "topic",
             Response::Brokers(_) => "brokers",

@@ -169,9 +169,11 @@ fn request_variant(r: &Request) -> usize {
         Request::AlterIsr { .. } => 27,
         Request::ElectLeader { .. } => 28,
         Request::ShardChecksum { .. } => 29,
+        Request::DeleteTopic { .. } => 30,
+        Request::AlterTopic { .. } => 31,
     }
 }
-const REQUEST_VARIANTS: usize = 30;
+const REQUEST_VARIANTS: usize = 32;
 
 fn sample_replica_set() -> ReplicaSet {
     ReplicaSet {
@@ -239,6 +241,13 @@ fn sample_requests() -> Vec<Request> {
         Request::ListTopics,
         Request::DescribeTopic {
             name: "orders".into(),
+        },
+        Request::DeleteTopic {
+            name: "old-orders".into(),
+        },
+        Request::AlterTopic {
+            name: "orders".into(),
+            partitions: 24,
         },
         Request::ListBrokers,
         Request::Status,
@@ -369,9 +378,11 @@ fn response_variant(r: &Response) -> usize {
         Response::IsrAltered { .. } => 23,
         Response::Elected(_) => 24,
         Response::Checksums(_) => 25,
+        Response::TopicDeleted { .. } => 26,
+        Response::TopicAltered(_) => 27,
     }
 }
-const RESPONSE_VARIANTS: usize = 26;
+const RESPONSE_VARIANTS: usize = 28;
 
 fn sample_responses() -> Vec<Response> {
     vec![
@@ -417,6 +428,12 @@ fn sample_responses() -> Vec<Response> {
             ],
         }),
         Response::TopicCreated(sample_topic()),
+        Response::TopicDeleted {
+            name: "old-orders".into(),
+            partitions: 6,
+            copies: 18,
+        },
+        Response::TopicAltered(sample_topic()),
         Response::Topics(vec![
             sample_topic(),
             TopicInfo {
@@ -447,6 +464,7 @@ fn sample_responses() -> Vec<Response> {
                 brokers: 3,
                 broker: Some(3),
             }],
+            pending_drops: vec![(3, ShardId::new("orders", 2))],
         }),
         Response::BrokerRemoved {
             id: 3,

@@ -60,6 +60,8 @@ impl Service for Shared {
                 replication_factor,
                 min_insync,
             } => self.create_topic(name, partitions, replication_factor, min_insync),
+            Request::DeleteTopic { name } => self.delete_topic(name),
+            Request::AlterTopic { name, partitions } => self.alter_topic(name, partitions),
             Request::AlterIsr {
                 broker,
                 shard,
@@ -243,6 +245,57 @@ impl Shared {
             // New shards whose desired owner is down went elsewhere for now.
             shared.kick_rebalancer();
             Ok(Response::TopicCreated(info))
+        })
+    }
+
+    /// Deletes a topic: persisted and flushed before the answer; the rebalancer sends the
+    /// drops (now to brokers that are up, later to the others).
+    fn delete_topic(self: &Arc<Self>, name: String) -> ServiceFuture {
+        let result = {
+            let mut st = self.state();
+            st.delete_topic(&name, |ops| self.persist(ops))
+                .map(|d| (d, st.epoch))
+        };
+        let (deleted, epoch) = match result {
+            Ok(r) => r,
+            Err(e) => return done(Err(e)),
+        };
+        info!(topic = %name, partitions = deleted.partitions, copies = deleted.copies, epoch,
+            "topic deleted; its copies are being dropped");
+        let shared = self.clone();
+        Box::pin(async move {
+            shared.store.flush().await.map_err(storage)?;
+            shared.kick_rebalancer();
+            Ok(Response::TopicDeleted {
+                name,
+                partitions: deleted.partitions,
+                copies: deleted.copies,
+            })
+        })
+    }
+
+    /// Grows a topic: like a creation, its new shards are pushed to their brokers before the
+    /// answer, so a produce right after finds them.
+    fn alter_topic(self: &Arc<Self>, name: String, partitions: u32) -> ServiceFuture {
+        let result = {
+            let mut st = self.state();
+            st.alter_partitions(&name, partitions, |ops| self.persist(ops))
+                .map(|r| (r, st.epoch))
+        };
+        let ((info, pushes), epoch) = match result {
+            Ok(r) => r,
+            Err(e) => return done(Err(e)),
+        };
+        if pushes.is_empty() {
+            return done(Ok(Response::TopicAltered(info)));
+        }
+        info!(topic = %name, partitions, epoch, "topic grown");
+        let shared = self.clone();
+        Box::pin(async move {
+            shared.store.flush().await.map_err(storage)?;
+            push(&shared.pool, epoch, pushes, shared.config.broker_timeout).await;
+            shared.kick_rebalancer();
+            Ok(Response::TopicAltered(info))
         })
     }
 

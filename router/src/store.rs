@@ -165,6 +165,11 @@ pub enum Op {
         name: String,
         config: TopicConfig,
     },
+    /// Removes a topic with the owner and replica set of each of its `partitions` shards.
+    DeleteTopic {
+        name: String,
+        partitions: u32,
+    },
     PutReplicas {
         shard: ShardId,
         replicas: Replicas,
@@ -313,6 +318,14 @@ impl Store {
                 }
                 Op::PutTopic { name, config } => {
                     batch.insert(key(TOPIC, name.as_bytes()), enc(&(name, config))?)
+                }
+                Op::DeleteTopic { name, partitions } => {
+                    batch.remove(key(TOPIC, name.as_bytes()));
+                    for p in 1..=*partitions {
+                        let shard = ShardId::new(name.clone(), p);
+                        batch.remove(key(REPLICAS, shard.key().as_bytes()));
+                        batch.remove(key(SHARD, shard.key().as_bytes()));
+                    }
                 }
                 Op::PutReplicas { shard, replicas } => batch.insert(
                     key(REPLICAS, shard.key().as_bytes()),

@@ -2,8 +2,10 @@
 //! that prints data takes `--json` (the views are in [`json`]); `watch` is in [`watch`].
 
 mod json;
+mod topic;
 pub mod watch;
 
+pub use topic::{topic_alter, topic_create, topic_delete, topic_describe, topic_list};
 pub use watch::watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +14,6 @@ use anyhow::{bail, Context, Result};
 use shardq_protocol::cluster::ClusterClient;
 use shardq_protocol::{
     BrokerStatus, ClusterStatus, ConnectionConfig, MovePhase, Request, Response, Secret, ShardId,
-    TopicDescription,
 };
 
 /// The cluster secret admin commands prove, set once from `--token-file` before they run.
@@ -39,105 +40,9 @@ pub async fn client(bootstrap: &str) -> Result<ClusterClient> {
         .with_context(|| format!("cannot reach the cluster at {bootstrap}"))
 }
 
-async fn ask(bootstrap: &str, req: Request) -> Result<Response> {
+pub(crate) async fn ask(bootstrap: &str, req: Request) -> Result<Response> {
     let c = client(bootstrap).await?;
     Ok(c.admin(req).await?)
-}
-
-pub async fn topic_create(
-    bootstrap: &str,
-    name: &str,
-    partitions: u32,
-    replication_factor: Option<u32>,
-    min_insync: Option<u32>,
-    as_json: bool,
-) -> Result<()> {
-    match ask(
-        bootstrap,
-        Request::CreateTopic {
-            name: name.to_string(),
-            partitions,
-            replication_factor,
-            min_insync,
-        },
-    )
-    .await?
-    {
-        Response::TopicCreated(t) => {
-            if as_json {
-                println!("{}", json::topic(&t));
-                return Ok(());
-            }
-            println!(
-                "topic {} with {} partition(s), replication factor {}, min in-sync replicas {}",
-                t.name, t.partitions, t.replication_factor, t.min_insync
-            );
-            Ok(())
-        }
-        other => bail!("unexpected answer {}", other.name()),
-    }
-}
-
-pub async fn topic_list(bootstrap: &str, as_json: bool) -> Result<()> {
-    match ask(bootstrap, Request::ListTopics).await? {
-        Response::Topics(ts) => {
-            if as_json {
-                let v: Vec<_> = ts.iter().map(json::topic).collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            if ts.is_empty() {
-                println!("no topics");
-            }
-            for t in ts {
-                println!(
-                    "{:<30} {} partition(s), replication factor {}, min in-sync {}",
-                    t.name, t.partitions, t.replication_factor, t.min_insync
-                );
-            }
-            Ok(())
-        }
-        other => bail!("unexpected answer {}", other.name()),
-    }
-}
-
-pub async fn topic_describe(bootstrap: &str, name: &str, as_json: bool) -> Result<()> {
-    let c = client(bootstrap).await?;
-    let d = match c
-        .admin(Request::DescribeTopic {
-            name: name.to_string(),
-        })
-        .await?
-    {
-        Response::Topic(d) => d,
-        other => bail!("unexpected answer {}", other.name()),
-    };
-    let down = match c.admin(Request::ListBrokers).await? {
-        Response::Brokers(bs) => bs
-            .iter()
-            .filter(|b| b.status == BrokerStatus::Down)
-            .map(|b| b.addr.id)
-            .collect(),
-        other => bail!("unexpected answer {}", other.name()),
-    };
-    if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json::topic_description(&d, &down))?
-        );
-    } else {
-        print!("{}", render_topic(&d, &down));
-    }
-    Ok(())
-}
-
-fn render_topic(d: &TopicDescription, down: &BTreeSet<u32>) -> String {
-    let mut s = format!(
-        "topic {} ({} partitions, replication factor {}, min in-sync {})\n",
-        d.topic.name, d.topic.partitions, d.topic.replication_factor, d.topic.min_insync
-    );
-    s.push_str(&render_shards(&d.shards, down));
-    s
 }
 
 /// Brokers the router reports Down.
@@ -151,7 +56,7 @@ fn down_brokers(st: &ClusterStatus) -> BTreeSet<u32> {
 
 /// The shard table; a shard whose owner is in `down` shows e.g. `4 (down)`: it is unavailable
 /// until that broker returns.
-fn render_shards(
+pub(crate) fn render_shards(
     shards: &[(
         shardq_protocol::ShardRoute,
         Option<shardq_protocol::ShardReport>,
@@ -966,6 +871,7 @@ mod tests {
                 brokers: 3,
                 broker: Some(3),
             }],
+            pending_drops: vec![(3, ShardId::new("orders", 2))],
         };
         let text = render_status(&st);
         let line = |shard: &str| {

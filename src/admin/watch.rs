@@ -828,6 +828,7 @@ mod tests {
                 brokers: brokers - 1,
                 broker: Some(brokers),
             }],
+            pending_drops: vec![(3, ShardId::new("orders", 2))],
         }
     }
 

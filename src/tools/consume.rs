@@ -79,6 +79,9 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> Result<u64> {
         let records = match records {
             Ok(r) => r,
             Err(e) => {
+                if let Some(topic) = e.unknown_topic() {
+                    anyhow::bail!("topic {topic:?} no longer exists (it was deleted)");
+                }
                 tracing::warn!(error = %e, "poll failed; retrying");
                 continue;
             }

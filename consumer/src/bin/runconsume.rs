@@ -40,7 +40,11 @@ async fn main() -> ExitCode {
     match cli::run(args, stop).await {
         Ok(summary) => {
             eprintln!("runconsume {id}: {summary}");
-            ExitCode::SUCCESS
+            if summary.topic_gone.is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("runconsume {id}: error: {e:#}");

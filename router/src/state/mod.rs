@@ -6,9 +6,10 @@
 //! persists them before (or while) the change is visible.
 //!
 //! By concern: [`membership`] (register, heartbeat, expiry, removal, leave), [`topics`]
-//! (creation and the routes), [`placement`] (the ring and the desired placement), [`moves`]
+//! (creation and the routes), [`lifecycle`] (deleting and growing topics), [`placement`] (the ring and the desired placement), [`moves`]
 //! (live shard moves, pending drops, stale fences) and [`views`] (what operators see).
 
+mod lifecycle;
 mod membership;
 mod moves;
 mod placement;

@@ -6,7 +6,7 @@ use shardq_protocol::{
     ShardReport, ShardRoute, TopicDescription, TopicInfo, MAX_PARTITIONS, MAX_REPLICATION_FACTOR,
 };
 
-use super::{Created, Replicas, State};
+use super::{Created, Pushes, Replicas, State};
 use crate::store::{Op, TopicConfig};
 
 impl State {
@@ -45,26 +45,55 @@ impl State {
                 })
             };
         }
-        let up: Vec<BrokerId> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.status == BrokerStatus::Up && !m.leaving)
-            .map(|(id, _)| *id)
-            .collect();
+        // A deleted topic of this name is not gone until every copy is: a broker holding one
+        // would serve it as the new topic's shard.
+        if let Some((b, s)) = self.pending_drops_of(name).first() {
+            return Err(ErrorKind::BadRequest {
+                reason: format!(
+                    "topic {name:?} is still being deleted: broker {b} has not dropped its copy                      of {s} yet (it drops it when it is up); retry then"
+                ),
+            });
+        }
+        let up = self.up_brokers();
         let config =
             self.topic_config(name, partitions, replication_factor, min_insync, up.len())?;
         let info = topic_info(name, &config);
         let new: Vec<ShardId> = (1..=partitions).map(|p| ShardId::new(name, p)).collect();
-        // The desired placement where that owner is up (so the rebalancer has nothing to move);
-        // a shard whose desired owner is down goes to the ring of the Up brokers instead (a new
-        // shard must be writable at once) and moves when its desired owner is back.
-        let desired = self.desired(&new)?;
-        let fallback = self.up_ring(None)?.place(&self.all_keys(&new));
-        let rf = config.replication_factor as usize;
-        let desired_sets = self.desired_replicas(&new, rf)?;
+        let placed = self.place_new(name, &new, config.replication_factor as usize, &up)?;
+        let epoch = self.epoch + 1;
+        let mut ops = vec![
+            Op::Epoch(epoch),
+            Op::PutTopic {
+                name: name.to_string(),
+                config,
+            },
+        ];
+        ops.extend(placement_ops(&placed));
+        persist(&ops)?;
+        self.epoch = epoch;
+        self.topics.insert(name.to_string(), config);
+        let pushes = self.put_placed(placed);
+        Ok(Created::New { info, pushes })
+    }
+
+    /// Replica sets for the new shards `new` of topic `name` (a new topic's, or a grown one's),
+    /// `rf` replicas each from the Up brokers `up`. The leader is the desired placement's owner
+    /// where that broker is up (so the rebalancer has nothing to move); a shard whose desired
+    /// owner is down goes to the ring of the Up brokers instead (a new shard must be writable
+    /// at once) and moves when its desired owner is back.
+    pub(super) fn place_new(
+        &self,
+        name: &str,
+        new: &[ShardId],
+        rf: usize,
+        up: &[BrokerId],
+    ) -> Result<Vec<(ShardId, Replicas)>, ErrorKind> {
+        let desired = self.desired(new)?;
+        let fallback = self.up_ring(None)?.place(&self.all_keys(new));
+        let desired_sets = self.desired_replicas(new, rf)?;
         let up_ring = self.up_ring(None)?;
         let mut placed = Vec::with_capacity(new.len());
-        for shard in &new {
+        for shard in new {
             let key = shard.key();
             let owner = desired
                 .get(&key)
@@ -98,34 +127,26 @@ impl State {
             };
             placed.push((shard.clone(), r));
         }
-        let epoch = self.epoch + 1;
-        let mut ops = vec![
-            Op::Epoch(epoch),
-            Op::PutTopic {
-                name: name.to_string(),
-                config,
-            },
-        ];
-        for (shard, r) in &placed {
-            ops.push(Op::PutOwner {
-                shard: shard.clone(),
-                owner: r.replicas[0],
-            });
-            ops.push(Op::PutReplicas {
-                shard: shard.clone(),
-                replicas: r.clone(),
-            });
-        }
-        persist(&ops)?;
-        self.epoch = epoch;
-        self.topics.insert(name.to_string(), config);
+        Ok(placed)
+    }
+
+    /// Takes in placed shards (already persisted); the assignments to push to their brokers.
+    pub(super) fn put_placed(&mut self, placed: Vec<(ShardId, Replicas)>) -> Pushes {
         let mut touched = Vec::new();
         for (shard, r) in placed {
             touched.extend(r.replicas.iter().copied());
             self.put_replicas(&shard, r);
         }
-        let pushes = self.pushes_for(touched);
-        Ok(Created::New { info, pushes })
+        self.pushes_for(touched)
+    }
+
+    /// The brokers up and not leaving: where new shards may go.
+    pub(super) fn up_brokers(&self) -> Vec<BrokerId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.status == BrokerStatus::Up && !m.leaving)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// The settings of a new topic: the replication factor asked (or the default, capped at
@@ -153,7 +174,7 @@ impl State {
             Some(r) if r > up => {
                 return Err(ErrorKind::BadRequest {
                     reason: format!(
-                        "topic {name:?}: replication factor {r} asked, but only {up} broker(s) are up;                          start more brokers or ask for at most {up}"
+                        "topic {name:?}: replication factor {r} asked, but only {up} broker(s) are up; start more brokers or ask for at most {up}"
                     ),
                 })
             }
@@ -328,7 +349,7 @@ impl State {
     }
 }
 
-fn topic_info(name: &str, c: &TopicConfig) -> TopicInfo {
+pub(super) fn topic_info(name: &str, c: &TopicConfig) -> TopicInfo {
     TopicInfo {
         name: name.to_string(),
         partitions: c.partitions,
@@ -337,10 +358,26 @@ fn topic_info(name: &str, c: &TopicConfig) -> TopicInfo {
     }
 }
 
-fn no_broker_up(topic: &str) -> ErrorKind {
+pub(super) fn no_broker_up(topic: &str) -> ErrorKind {
     ErrorKind::Unavailable {
         what: format!("creating topic {topic:?}"),
         reason: "no broker is up to own its shards; start a broker with --router pointing here"
             .into(),
     }
+}
+
+/// The store operations that record placed shards (leader and replica set of each).
+pub(super) fn placement_ops(placed: &[(ShardId, Replicas)]) -> Vec<Op> {
+    let mut ops = Vec::with_capacity(placed.len() * 2);
+    for (shard, r) in placed {
+        ops.push(Op::PutOwner {
+            shard: shard.clone(),
+            owner: r.replicas[0],
+        });
+        ops.push(Op::PutReplicas {
+            shard: shard.clone(),
+            replicas: r.clone(),
+        });
+    }
+    ops
 }

@@ -48,6 +48,7 @@ impl State {
                 .map(MoveRecord::progress)
                 .collect(),
             scaling: Vec::new(),
+            pending_drops: self.drops.keys().cloned().collect(),
         }
     }
 }

@@ -1,0 +1,236 @@
+//! `shardq topic create|list|describe|alter|delete`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use shardq_protocol::{BrokerStatus, Request, Response, TopicDescription};
+
+use super::{ask, client, json, render_shards};
+
+pub async fn topic_create(
+    bootstrap: &str,
+    name: &str,
+    partitions: u32,
+    replication_factor: Option<u32>,
+    min_insync: Option<u32>,
+    as_json: bool,
+) -> Result<()> {
+    match ask(
+        bootstrap,
+        Request::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor,
+            min_insync,
+        },
+    )
+    .await?
+    {
+        Response::TopicCreated(t) => {
+            if as_json {
+                println!("{}", json::topic(&t));
+                return Ok(());
+            }
+            println!(
+                "topic {} with {} partition(s), replication factor {}, min in-sync replicas {}",
+                t.name, t.partitions, t.replication_factor, t.min_insync
+            );
+            Ok(())
+        }
+        other => bail!("unexpected answer {}", other.name()),
+    }
+}
+
+pub async fn topic_list(bootstrap: &str, as_json: bool) -> Result<()> {
+    match ask(bootstrap, Request::ListTopics).await? {
+        Response::Topics(ts) => {
+            if as_json {
+                let v: Vec<_> = ts.iter().map(json::topic).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            if ts.is_empty() {
+                println!("no topics");
+            }
+            for t in ts {
+                println!(
+                    "{:<30} {} partition(s), replication factor {}, min in-sync {}",
+                    t.name, t.partitions, t.replication_factor, t.min_insync
+                );
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer {}", other.name()),
+    }
+}
+
+pub async fn topic_describe(bootstrap: &str, name: &str, as_json: bool) -> Result<()> {
+    let c = client(bootstrap).await?;
+    let d = match c
+        .admin(Request::DescribeTopic {
+            name: name.to_string(),
+        })
+        .await?
+    {
+        Response::Topic(d) => d,
+        other => bail!("unexpected answer {}", other.name()),
+    };
+    let down = match c.admin(Request::ListBrokers).await? {
+        Response::Brokers(bs) => bs
+            .iter()
+            .filter(|b| b.status == BrokerStatus::Down)
+            .map(|b| b.addr.id)
+            .collect(),
+        other => bail!("unexpected answer {}", other.name()),
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json::topic_description(&d, &down))?
+        );
+    } else {
+        print!("{}", render_topic(&d, &down));
+    }
+    Ok(())
+}
+
+fn render_topic(d: &TopicDescription, down: &BTreeSet<u32>) -> String {
+    let mut s = format!(
+        "topic {} ({} partitions, replication factor {}, min in-sync {})\n",
+        d.topic.name, d.topic.partitions, d.topic.replication_factor, d.topic.min_insync
+    );
+    s.push_str(&render_shards(&d.shards, down));
+    s
+}
+
+/// `shardq topic alter T --partitions N`: grows the topic.
+pub async fn topic_alter(
+    bootstrap: &str,
+    name: &str,
+    partitions: u32,
+    as_json: bool,
+) -> Result<()> {
+    let request = Request::AlterTopic {
+        name: name.to_string(),
+        partitions,
+    };
+    match ask(bootstrap, request).await? {
+        Response::TopicAltered(t) => {
+            if as_json {
+                println!("{}", json::topic(&t));
+            } else {
+                println!(
+                    "topic {} has {} partition(s) now (replication factor {}); producers to {}:* \
+                     use the new ones once they refresh their routing",
+                    t.name, t.partitions, t.replication_factor, t.name
+                );
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer {}", other.name()),
+    }
+}
+
+/// `shardq topic delete T`: its routes go now; unless `no_wait`, waits (up to `timeout`) until
+/// every replica's copy is deleted, printing who it waits for.
+pub async fn topic_delete(
+    bootstrap: &str,
+    name: &str,
+    no_wait: bool,
+    timeout: Duration,
+    as_json: bool,
+) -> Result<()> {
+    let c = client(bootstrap).await?;
+    let (partitions, copies) = match c
+        .admin(Request::DeleteTopic {
+            name: name.to_string(),
+        })
+        .await?
+    {
+        Response::TopicDeleted {
+            partitions, copies, ..
+        } => (partitions, copies),
+        other => bail!("unexpected answer {}", other.name()),
+    };
+    if !as_json {
+        println!(
+            "topic {name} deleted: {partitions} partition(s); {copies} replica cop{} being deleted",
+            if copies == 1 { "y is" } else { "ies are" }
+        );
+    }
+    let left = if no_wait {
+        None
+    } else {
+        Some(wait_dropped(&c, name, timeout, as_json).await?)
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "topic": name, "partitions": partitions, "copies": copies,
+                "copies_left": left,
+            })
+        );
+    }
+    Ok(())
+}
+
+/// Waits until no broker holds a copy of `name`'s shards, as the brokers report it; returns
+/// how many copies are left when `timeout` passed (0: all gone).
+async fn wait_dropped(
+    c: &shardq_protocol::cluster::ClusterClient,
+    name: &str,
+    timeout: Duration,
+    quiet: bool,
+) -> Result<usize> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_said = None;
+    loop {
+        let held = match c.admin(Request::ListBrokers).await? {
+            Response::Brokers(bs) => bs
+                .iter()
+                .filter(|b| b.status != BrokerStatus::Up)
+                .map(|b| b.addr.id)
+                .collect::<BTreeSet<u32>>(),
+            other => bail!("unexpected answer {}", other.name()),
+        };
+        let copies = match c.admin(Request::Status).await? {
+            Response::Status(st) => st
+                .pending_drops
+                .iter()
+                .filter(|(_, s)| s.topic == name)
+                .count(),
+            other => bail!("unexpected answer {}", other.name()),
+        };
+        if copies == 0 {
+            if !quiet {
+                println!("every copy of {name} is deleted; the name can be used again");
+            }
+            return Ok(0);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if !quiet {
+                println!(
+                    "{copies} cop{} of {name} not deleted yet{}: brokers delete theirs when \
+                     they are up; `shardq topic create {name}` is refused until then",
+                    if copies == 1 { "y" } else { "ies" },
+                    if held.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (brokers not up: {held:?})")
+                    }
+                );
+            }
+            return Ok(copies);
+        }
+        if !quiet && last_said != Some(copies) {
+            println!(
+                "waiting for {copies} cop{} to be deleted...",
+                if copies == 1 { "y" } else { "ies" }
+            );
+            last_said = Some(copies);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
