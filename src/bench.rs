@@ -160,6 +160,33 @@ struct Consumers {
     last: Arc<Mutex<Option<Instant>>>,
 }
 
+/// The topic of this process's `kind` run ("t": throughput, "l": latency).
+fn bench_topic(kind: &str) -> String {
+    format!("bench-{kind}-{}", std::process::id())
+}
+
+/// Deletes the topics this run created in a running cluster (`--cluster`), so benchmarks leave
+/// nothing behind. A failure is reported, not fatal: the numbers are still good.
+async fn delete_bench_topics(bootstrap: &str, kinds: &[&str]) {
+    for kind in kinds {
+        let name = bench_topic(kind);
+        let deleted = async {
+            crate::admin::client(bootstrap)
+                .await?
+                .admin(shardq_protocol::Request::DeleteTopic { name: name.clone() })
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        .await;
+        match deleted {
+            Ok(_) => eprintln!("bench: deleted its topic {name}"),
+            Err(e) => eprintln!(
+                "bench: could not delete its topic {name}: {e:#} (delete it with `shardq topic delete {name}`)"
+            ),
+        }
+    }
+}
+
 /// Creates the run's topic and starts its consumers; returns once they are all polling.
 async fn start_consumers(
     args: &BenchArgs,
@@ -168,7 +195,7 @@ async fn start_consumers(
     total: u64,
     res: &mut BenchResult,
 ) -> Result<Consumers> {
-    let topic = format!("bench-{kind}-{}", std::process::id());
+    let topic = bench_topic(kind);
     let created = crate::admin::client(bootstrap)
         .await?
         .admin(shardq_protocol::Request::CreateTopic {
@@ -442,11 +469,23 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             res.consumers
         );
     }
-    if mode_t {
-        throughput(&args, &bootstrap, &mut res).await?;
+    let measured = async {
+        if mode_t {
+            throughput(&args, &bootstrap, &mut res).await?;
+        }
+        if mode_l {
+            latency(&args, &bootstrap, &mut res).await?;
+        }
+        anyhow::Ok(())
     }
-    if mode_l {
-        latency(&args, &bootstrap, &mut res).await?;
+    .await;
+    // Also after a failed run: whatever it created goes.
+    if args.cluster.is_some() {
+        let kinds: Vec<&str> = [(mode_t, "t"), (mode_l, "l")]
+            .into_iter()
+            .filter_map(|(on, k)| on.then_some(k))
+            .collect();
+        delete_bench_topics(&bootstrap, &kinds).await;
     }
     if let Some(l) = local {
         for b in l.brokers {
@@ -454,6 +493,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         l.router.shutdown().await;
     }
+    measured?;
     if args.json {
         println!("{}", serde_json::to_string(&res)?);
     } else {

@@ -57,6 +57,10 @@ pub struct UpArgs {
     /// router port + 80, e.g. 7480; any free port when --port is 0).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// Keep the data directory (DATA/broker-N) of a broker that was removed from the cluster;
+    /// by default it is deleted when the broker exits removed (its shards live elsewhere).
+    #[arg(long)]
+    pub keep_removed_data: bool,
     #[command(flatten)]
     pub autoscale: crate::autoscale::AutoscaleArgs,
 }
@@ -399,6 +403,50 @@ async fn members(router: &str) -> Result<Vec<u32>> {
     }
 }
 
+/// A broker exited removed: its data directory holds nothing the cluster needs (its shards
+/// moved, or were discarded by a forced removal). Deleted unless `--keep-removed-data`; either
+/// way the operator is told where it is and how big it was.
+fn forget_removed_data(args: &UpArgs, name: &str) {
+    let dir = args.data.join(name);
+    if !dir.is_dir() {
+        return;
+    }
+    let size = dir_bytes(&dir);
+    if args.keep_removed_data {
+        println!(
+            "{name}'s data directory {} ({}) is kept (--keep-removed-data); nothing uses it now",
+            dir.display(),
+            crate::admin::human_bytes(size)
+        );
+        return;
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => println!(
+            "deleted {name}'s data directory {} ({}); --keep-removed-data keeps it",
+            dir.display(),
+            crate::admin::human_bytes(size)
+        ),
+        Err(e) => eprintln!(
+            "cannot delete {name}'s data directory {}: {e}; delete it by hand",
+            dir.display()
+        ),
+    }
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Restarts must come back on the same addresses, so pin the ports a process got.
 fn pin_addresses(args: &mut [String], started: &Started) {
     pin_flag(args, &["--listen"], &started.addr);
@@ -569,6 +617,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
                             .strip_prefix("broker-")
                             .and_then(|n| n.parse::<u32>().ok()),
                     );
+                    forget_removed_data(&args, &p.name);
                     left.push(i);
                     continue;
                 }

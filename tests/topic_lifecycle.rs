@@ -287,3 +287,37 @@ async fn alter_grows_a_topic_and_refuses_to_shrink_it() {
     assert_eq!(out.lines().count(), 50);
     up.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bench_against_a_running_cluster_leaves_no_topic_behind() {
+    let up = common::UpCluster::start(2, &[]).await;
+    let client = up.ready_with_topic(2, "keep", 1, None).await;
+    let at = up.endpoint();
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
+            .args(["bench", "--cluster", &at.addr, "--token-file"])
+            .arg(&at.token)
+            .args(["--count", "3000", "--rate", "2000", "--latency-secs", "1"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("bench ends within 120 s")
+    .expect("bench runs");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches("bench: deleted its topic bench-").count(),
+        2,
+        "{text}"
+    );
+    match client.admin(Request::ListTopics).await {
+        Ok(Response::Topics(ts)) => {
+            let names: Vec<&str> = ts.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(names, ["keep"]);
+        }
+        other => panic!("list topics: {other:?}"),
+    }
+    up.stop().await;
+}

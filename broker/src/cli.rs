@@ -165,6 +165,7 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
 
 /// [`run`] without exiting the process.
 pub async fn run_until_stopped(args: BrokerArgs) -> anyhow::Result<Stopped> {
+    let data = args.data.clone();
     let config = args.config()?;
     let id = config.id;
     let handle = match crate::start(config).await {
@@ -203,6 +204,12 @@ pub async fn run_until_stopped(args: BrokerArgs) -> anyhow::Result<Stopped> {
             }
             None => {
                 info!(id, code = EXIT_REMOVED, "broker removed from the cluster by the router; exiting (do not restart it)");
+                eprintln!(
+                    "broker {id} was removed from the cluster; its data directory {} is no \
+                     longer used: delete it to reclaim the space (`shardq up` does, unless \
+                     --keep-removed-data)",
+                    data.display()
+                );
                 Ok(Stopped::Removed)
             }
         }

@@ -561,7 +561,11 @@ pub async fn wait_drained(
             if as_json {
                 println!("{}", serde_json::json!({ "event": "drained", "id": id }));
             } else {
-                println!("broker {id} drained and removed");
+                println!(
+                    "broker {id} drained and removed; its data directory (its --data; \
+                     DATA/broker-{id} in a `shardq up` cluster, which deletes it unless \
+                     --keep-removed-data) is no longer used"
+                );
             }
             return Ok(());
         };
