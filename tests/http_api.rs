@@ -61,7 +61,11 @@ async fn every_documented_route_answers_and_mutations_need_the_secret() {
     let stranger = "ab".repeat(32);
     for (m, p) in &secured {
         let path = concrete(p);
-        let body = (p == "/api/topics").then_some(r#"{"name":"Z","partitions":1}"#);
+        let body = match (m.as_str(), p.as_str()) {
+            ("POST", "/api/topics") => Some(r#"{"name":"Z","partitions":1}"#),
+            ("PATCH", _) => Some(r#"{"partitions":99}"#),
+            _ => None,
+        };
         let none = call(h, m, &path, None, body).await;
         assert_eq!(
             none.status, 401,
@@ -145,13 +149,63 @@ async fn every_documented_route_answers_and_mutations_need_the_secret() {
     let a = call(h, "GET", "/api/topics/nope", None, None).await;
     assert_eq!(a.status, 404, "{}", a.body);
     hit("GET", "/api/topics/{name}");
+    // Grow, never shrink; delete, and the name stays refused until every copy is gone.
+    let a = call(
+        h,
+        "PATCH",
+        "/api/topics/H",
+        tok,
+        Some(r#"{"partitions":8}"#),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.json()["partitions"].as_u64()),
+        (200, Some(8)),
+        "{}",
+        a.body
+    );
+    for (bad, status) in [
+        (r#"{"partitions":2}"#, 400),
+        (r#"{"partitions":9,"x":1}"#, 400),
+        ("nope", 400),
+    ] {
+        let a = call(h, "PATCH", "/api/topics/H", tok, Some(bad)).await;
+        assert_eq!(a.status, status, "{bad}: {}", a.body);
+    }
+    let a = call(
+        h,
+        "PATCH",
+        "/api/topics/nope",
+        tok,
+        Some(r#"{"partitions":2}"#),
+    )
+    .await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    hit("PATCH", "/api/topics/{name}");
+    let a = call(
+        h,
+        "POST",
+        "/api/topics",
+        tok,
+        Some(r#"{"name":"Gone","partitions":2}"#),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = call(h, "DELETE", "/api/topics/Gone", tok, None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["partitions"], 2, "{}", a.body);
+    let a = call(h, "GET", "/api/topics/Gone", None, None).await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = call(h, "DELETE", "/api/topics/Gone", tok, None).await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    hit("DELETE", "/api/topics/{name}");
 
     // The cluster, its brokers and moves, and the seed's names for them.
     let cluster = call(h, "GET", "/api/cluster", None, None).await;
     assert_eq!(cluster.status, 200);
     let cluster = cluster.json();
     assert_eq!(cluster["brokers"].as_array().map(Vec::len), Some(3));
-    assert_eq!(cluster["shards"].as_array().map(Vec::len), Some(6));
+    assert_eq!(cluster["shards"].as_array().map(Vec::len), Some(8));
     hit("GET", "/api/cluster");
     let ids = |v: &serde_json::Value| -> BTreeSet<u64> {
         v.as_array()
@@ -193,15 +247,26 @@ async fn every_documented_route_answers_and_mutations_need_the_secret() {
     );
     for line in [
         "shardq_brokers{state=\"up\"} 3",
-        "shardq_shards 6",
+        "shardq_shards 8",
         "shardq_topics 1",
         "shardq_shards_under_replicated ",
-        "shardq_broker_shards_led{broker=\"1\"} 2",
         "# TYPE shardq_router_http_requests_total counter",
         "shardq_router_http_requests_total{",
     ] {
         assert!(m.body.contains(line), "{line:?} missing from\n{}", m.body);
     }
+    // 8 shards on 3 brokers: each leads 2 or 3.
+    let led: Vec<u64> = (1..=3)
+        .map(|b| {
+            let prefix = format!("shardq_broker_shards_led{{broker=\"{b}\"}} ");
+            m.body
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix} in\n{}", m.body))
+        })
+        .collect();
+    assert_eq!(led.iter().sum::<u64>(), 8, "{led:?}");
+    assert!(led.iter().all(|n| (2..=3).contains(n)), "{led:?}");
     assert!(!m.body.contains("# EOF"));
     let om = call_accepting(h, "/metrics", "application/openmetrics-text; version=1.0.0").await;
     assert!(
@@ -265,7 +330,7 @@ async fn every_documented_route_answers_and_mutations_need_the_secret() {
     assert_eq!(per_broker.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(per_broker[&1], per_broker[&2], "{per_broker:?}");
     let shards = v["shards"].as_array().expect("shards");
-    assert_eq!(shards.len(), 6);
+    assert_eq!(shards.len(), 8);
     for s in shards {
         let at = s["at"].as_f64().expect("a position");
         assert!((0.0..1.0).contains(&at), "{s}");
@@ -278,7 +343,7 @@ async fn every_documented_route_answers_and_mutations_need_the_secret() {
         .find_map(|l| l.strip_prefix("data: "))
         .expect("a data line");
     let pushed: serde_json::Value = serde_json::from_str(data).expect("the event is a view");
-    assert_eq!(pushed["shards"].as_array().map(Vec::len), Some(6));
+    assert_eq!(pushed["shards"].as_array().map(Vec::len), Some(8));
     hit("GET", "/api/events");
 
     let a = call(h, "GET", "/no/such/route", None, None).await;

@@ -7,7 +7,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -97,6 +97,32 @@ async fn create_topic(
     )
     .await?;
     Ok((StatusCode::CREATED, Json(payload(created))).into_response())
+}
+
+async fn delete_topic(State(s): State<App>, name: Result<Path<String>, PathRejection>) -> Answer {
+    let Path(name) = name.map_err(|e| bad("topic name", e.body_text()))?;
+    Ok(Json(payload(ask(&s, Request::DeleteTopic { name }).await?)))
+}
+
+/// `PATCH /api/topics/{name}` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlterTopic {
+    partitions: u32,
+}
+
+async fn alter_topic(
+    State(s): State<App>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<AlterTopic>, JsonRejection>,
+) -> Answer {
+    let Path(name) = name.map_err(|e| bad("topic name", e.body_text()))?;
+    let Json(t) = body.map_err(|e| bad("body", e.body_text()))?;
+    let request = Request::AlterTopic {
+        name,
+        partitions: t.partitions,
+    };
+    Ok(Json(payload(ask(&s, request).await?)))
 }
 
 /// Asks the `shardq up` that started this router for one more broker.
@@ -276,6 +302,29 @@ pub(super) fn routes() -> Vec<Route> {
             "/api/topics/{name}",
             "One topic and where its shards live",
             get(topic),
+        ),
+        Route {
+            body: Some(json!({
+                "type": "object",
+                "required": ["partitions"],
+                "properties": {
+                    "partitions": { "type": "integer", "minimum": 1,
+                        "description": "the new count: at least the current one (topics only grow)" }
+                },
+                "additionalProperties": false
+            })),
+            ..route(
+                Method::PATCH,
+                "/api/topics/{name}",
+                "Grow a topic to more partitions",
+                patch(alter_topic),
+            )
+        },
+        route(
+            Method::DELETE,
+            "/api/topics/{name}",
+            "Delete a topic and its records on every replica (a down broker deletes its copy when back; the name is reusable once every copy is gone)",
+            delete(delete_topic),
         ),
         route(Method::GET, "/api/moves", "Shard moves, in flight and finished", get(moves)),
         alias(
