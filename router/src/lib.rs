@@ -12,6 +12,7 @@
 //! a broker that really is gone turns `Down` one timeout later. Liveness is never persisted.
 
 pub mod cli;
+pub mod groups;
 mod http;
 mod identity;
 mod liveness;
