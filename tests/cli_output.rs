@@ -5,34 +5,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A binary of another package of the workspace (runproduce, runconsume), built if missing.
-fn workspace_bin(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps")
-        .to_path_buf();
-    let path = dir.join(name);
-    if !path.exists() {
-        let pkg = if name == "runproduce" {
-            "shardq-producer"
-        } else {
-            "shardq-consumer"
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", pkg, "--bin", name])
-            .status()
-            .expect("cargo runs");
-        assert!(st.success(), "cannot build {name}");
-    }
-    path
-}
 
 fn shardq() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shardq"))
@@ -67,8 +41,14 @@ fn every_binary_says_its_version() {
             },
             "shardq-up",
         ),
-        (Command::new(workspace_bin("runproduce")), "runproduce"),
-        (Command::new(workspace_bin("runconsume")), "runconsume"),
+        (
+            Command::new(common::workspace_bin("runproduce")),
+            "runproduce",
+        ),
+        (
+            Command::new(common::workspace_bin("runconsume")),
+            "runconsume",
+        ),
     ];
     for (mut cmd, name) in cases {
         let out = cmd.arg("--version").output().expect("runs");
@@ -209,7 +189,7 @@ async fn a_long_runproduce_prints_progress_lines() {
     cluster.create_topic("P", 2).await;
     let at = cluster.endpoint();
     let out = tokio::task::block_in_place(|| {
-        Command::new(workspace_bin("runproduce"))
+        Command::new(common::workspace_bin("runproduce"))
             .args([
                 "--id", "1", "--topics", "P:*", "--count", "1500", "--rate", "500",
             ])

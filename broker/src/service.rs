@@ -1024,6 +1024,11 @@ impl Broker {
             | Request::CreateTopic { .. }
             | Request::DeleteTopic { .. }
             | Request::AlterTopic { .. }
+            | Request::JoinGroup { .. }
+            | Request::GroupHeartbeat { .. }
+            | Request::LeaveGroup { .. }
+            | Request::ListGroups
+            | Request::DescribeGroup { .. }
             | Request::ListTopics
             | Request::DescribeTopic { .. }
             | Request::ListBrokers

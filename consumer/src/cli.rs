@@ -20,7 +20,7 @@ use shardq_protocol::{CancellationToken, ShardSpec};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::consumer::{Consumer, ConsumerConfig, StartFrom};
+use crate::consumer::{Consumer, ConsumerConfig, Membership, StartFrom};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -60,9 +60,24 @@ pub struct Args {
     /// Directory to write consumer_N.txt into (created if missing).
     #[arg(long = "log_loc", visible_alias = "log-loc", value_name = "DIR")]
     pub log_loc: PathBuf,
-    /// Consumer group (default consumer-N).
+    /// Consumer group. Without it the group is consumer-N and this consumer reads every
+    /// subscribed shard; with it, every runconsume given the same --group shares the shards:
+    /// each is read by one member at a time, and they move between members as members join,
+    /// leave (Ctrl-C or the idle timeout: committed first) or die (after --session-timeout-ms;
+    /// records after the dead member's last commit are read again by the next owner).
     #[arg(long)]
     pub group: Option<String>,
+    /// How a --group spreads its shards: sticky (balanced; a join or leave moves only the
+    /// shards that must move), range or round-robin. The group keeps its first member's.
+    #[arg(long, default_value = "sticky", value_name = "STRATEGY")]
+    pub assignment: String,
+    /// A --group member that sends no heartbeat for this long loses its shards to the others.
+    #[arg(
+        long = "session-timeout-ms",
+        default_value_t = 10_000,
+        value_name = "MS"
+    )]
+    pub session_timeout_ms: u64,
     /// Where a group with no committed offset starts: earliest or latest.
     #[arg(long, default_value = "earliest")]
     pub from: StartFrom,
@@ -166,6 +181,11 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
         } else {
             BreakerMode::Off
         }),
+        membership: args.group.as_ref().map(|_| Membership {
+            strategy: args.assignment.clone(),
+            session_timeout: Duration::from_millis(args.session_timeout_ms.max(500)),
+            client: format!("runconsume-{}", args.id),
+        }),
         ..ConsumerConfig::new(args.broker.clone(), args.group(), args.topics.clone())
     };
     config.connection.secret = args.token.secret()?;
@@ -253,7 +273,8 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
     }
     out.flush()
         .with_context(|| format!("cannot write {}", path.display()))?;
-    if let Err(e) = consumer.commit().await {
+    // Commits; a group member also gives its shards to the others at once.
+    if let Err(e) = consumer.leave().await {
         summary.errors += 1;
         warn!(error = %e, "final commit failed");
     }

@@ -23,6 +23,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 pub use crate::start::StartFrom;
+pub use membership::Membership;
+
+mod membership;
 
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
@@ -47,6 +50,9 @@ pub struct ConsumerConfig {
     /// errors; `BreakerMode::Off` turns them off.
     pub breaker: BreakerConfig,
     pub connection: ConnectionConfig,
+    /// Share the subscribed shards with the group's other members (each shard read by one
+    /// member at a time, see [`Membership`]); None: read them all.
+    pub membership: Option<Membership>,
 }
 
 impl ConsumerConfig {
@@ -72,6 +78,7 @@ impl ConsumerConfig {
                 client_name: "shardq-consumer".into(),
                 ..ConnectionConfig::default()
             },
+            membership: None,
         }
     }
 }
@@ -90,6 +97,8 @@ pub enum ConsumerError {
     UnknownShard { shard: ShardId, partitions: u32 },
     #[error("invalid group name {0:?}: must not be empty")]
     InvalidGroup(String),
+    #[error("consumer group: {0}")]
+    Group(String),
     #[error("{what} {shard} failed: {error}")]
     Shard {
         shard: ShardId,
@@ -122,7 +131,7 @@ pub struct ConsumedRecord {
 }
 
 /// The answer of one fetch: shard index, the offset it was asked for, the outcome.
-type FetchDone = (usize, Offset, Result<Response, ShardError>);
+type FetchDone = (u64, usize, Offset, Result<Response, ShardError>);
 
 struct ShardCursor {
     shard: ShardId,
@@ -155,6 +164,11 @@ pub struct Consumer {
     idle: Duration,
     /// When the current idle round began: it ends once every shard answered "nothing new".
     round_start: Instant,
+    /// Bumped whenever the set of cursors changes (a group member's shards): fetch answers
+    /// name their cursor by index, and answers from before a change are dropped.
+    layout: u64,
+    /// Its membership in a consumer group whose members share the shards.
+    member: Option<membership::MemberState>,
 }
 
 /// Pause before re-fetching a shard whose fetch failed.
@@ -203,31 +217,15 @@ impl Consumer {
             table = cluster.table();
         }
         let shards = resolve(&table, &config.subscriptions)?;
-        let deadline = Instant::now() + config.retry_timeout;
-        let starts = join_all(
-            shards
-                .iter()
-                .map(|s| start_position(&cluster, &config, s, deadline)),
-        )
-        .await;
-        let mut cursors = Vec::with_capacity(shards.len());
-        for (shard, start) in shards.into_iter().zip(starts) {
-            let (position, committed) = start?;
-            debug!(%shard, position, ?committed, group = %config.group, "starting position");
-            cursors.push(ShardCursor {
-                shard,
-                position,
-                committed,
-                fetch: None,
-                retry_at: None,
-                incarnation: None,
-                answered_empty: false,
-                not_before_ms: match (committed, config.from) {
-                    (None, StartFrom::Timestamp(t)) => Some(t),
-                    _ => None,
-                },
-            });
-        }
+        let (member, shards) = match &config.membership {
+            // A group member reads what the group's coordinator gives it.
+            Some(m) => {
+                let (member, given) = membership::join(&cluster, &config, m, Vec::new()).await?;
+                (Some(member), given)
+            }
+            None => (None, shards),
+        };
+        let cursors = open_cursors(&cluster, &config, shards).await?;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(Consumer {
             cluster,
@@ -238,6 +236,8 @@ impl Consumer {
             deferred: None,
             idle: Duration::ZERO,
             round_start: Instant::now(),
+            layout: 0,
+            member,
         })
     }
 
@@ -327,6 +327,11 @@ impl Consumer {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
+        if self.member.is_some() {
+            // A group member heartbeats here: calling poll says the records handed out before
+            // were processed, so shards given up now are committed where processing got.
+            self.keep_membership().await;
+        }
         let mut out = Vec::new();
         let mut error = None;
         let deadline = Instant::now() + self.config.max_wait;
@@ -349,6 +354,10 @@ impl Consumer {
             if !out.is_empty() || error.is_some() || Instant::now() >= deadline {
                 break;
             }
+        }
+        if self.shards.is_empty() {
+            // A group member with nothing to read (more members than shards): idle by time.
+            self.idle += self.config.max_wait;
         }
         // Prefetch: positions are final for this batch of records, so the next fetches can run
         // while the caller processes these.
@@ -388,6 +397,7 @@ impl Consumer {
             c.retry_at = None;
             let cluster = self.cluster.clone();
             let tx = self.done_tx.clone();
+            let layout = self.layout;
             let shard = c.shard.clone();
             let offset = c.position;
             let max_bytes = self.config.max_bytes;
@@ -411,7 +421,7 @@ impl Consumer {
                         deadline,
                     )
                     .await;
-                let _ = tx.send((idx, offset, res));
+                let _ = tx.send((layout, idx, offset, res));
             }));
         }
     }
@@ -419,10 +429,14 @@ impl Consumer {
     /// Takes one fetch answer: hands out the records at and after the shard's position.
     fn absorb(
         &mut self,
-        (idx, asked, res): FetchDone,
+        (layout, idx, asked, res): FetchDone,
         out: &mut Vec<ConsumedRecord>,
         error: &mut Option<ConsumerError>,
     ) {
+        if layout != self.layout {
+            // Its cursor was given up or moved since (a group member's shards changed).
+            return;
+        }
         let Some(c) = self.shards.get_mut(idx) else {
             return;
         };
@@ -695,6 +709,40 @@ pub fn resolve(
 }
 
 /// (position, committed) for one shard.
+/// Cursors for `shards`, each at its start position (see [`start_position`]).
+async fn open_cursors(
+    cluster: &ClusterClient,
+    config: &ConsumerConfig,
+    shards: Vec<ShardId>,
+) -> Result<Vec<ShardCursor>, ConsumerError> {
+    let deadline = Instant::now() + config.retry_timeout;
+    let starts = join_all(
+        shards
+            .iter()
+            .map(|s| start_position(cluster, config, s, deadline)),
+    )
+    .await;
+    let mut cursors = Vec::with_capacity(shards.len());
+    for (shard, start) in shards.into_iter().zip(starts) {
+        let (position, committed) = start?;
+        debug!(%shard, position, ?committed, group = %config.group, "starting position");
+        cursors.push(ShardCursor {
+            shard,
+            position,
+            committed,
+            fetch: None,
+            retry_at: None,
+            incarnation: None,
+            answered_empty: false,
+            not_before_ms: match (committed, config.from) {
+                (None, StartFrom::Timestamp(t)) => Some(t),
+                _ => None,
+            },
+        });
+    }
+    Ok(cursors)
+}
+
 async fn start_position(
     cluster: &ClusterClient,
     config: &ConsumerConfig,

@@ -21,6 +21,11 @@ pub enum ErrorKind {
         "unknown topic {topic:?} (create it with `shardq topic create {topic} --partitions N`)"
     )]
     UnknownTopic { topic: String },
+    #[error(
+        "member {member} is not in consumer group {group} (its session expired, it left, or the \
+         router restarted); it gives up its shards and joins again"
+    )]
+    UnknownMember { group: String, member: String },
     #[error("unknown shard {shard}: {reason}")]
     UnknownShard { shard: String, reason: String },
     #[error("invalid name {name:?}: {reason}")]

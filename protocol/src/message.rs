@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{RecordBatch, StoredBatch};
 use crate::error::ErrorKind;
-use crate::types::{BrokerAddr, BrokerId, Epoch, LeaderEpoch, Offset, ShardId};
+use crate::types::{BrokerAddr, BrokerId, Epoch, LeaderEpoch, Offset, ShardId, ShardSpec};
 
 /// A request frame: the client picks `correlation_id`, unique among its requests in flight.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -454,6 +454,31 @@ pub struct ClusterStatus {
     pub pending_drops: Vec<(BrokerId, ShardId)>,
 }
 
+/// One member of a consumer group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMemberInfo {
+    pub member_id: String,
+    pub client: String,
+    pub subscriptions: Vec<ShardSpec>,
+    /// Shards it reported owning in its last heartbeat.
+    pub owned: Vec<ShardId>,
+    /// Shards the assignment gives it (owned once their previous owners let go).
+    pub target: Vec<ShardId>,
+    pub last_seen_ms: u64,
+}
+
+/// A consumer group: its live members and assignment (empty for a group that only has
+/// committed offsets), and per shard it has offsets on: committed offset and end offset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDescription {
+    pub name: String,
+    pub strategy: String,
+    pub generation: u64,
+    pub members: Vec<GroupMemberInfo>,
+    /// (shard, committed offset, end offset), from the brokers' last reports.
+    pub offsets: Vec<(ShardId, Offset, Offset)>,
+}
+
 /// One decision of the `shardq up --autoscale` autoscaler: a line of `DATA/autoscaler.log`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScalingDecision {
@@ -535,6 +560,35 @@ pub enum Request {
     AlterTopic {
         name: String,
         partitions: u32,
+    },
+    // ---- consumer groups (router) ----
+    /// A consumer joins `group` (or rejoins as `member`) to read `subscriptions` with the others;
+    /// `owned`: shards it still reads (joining again after "unknown member"), so they are not
+    /// handed to another member meanwhile.
+    JoinGroup {
+        group: String,
+        member: Option<String>,
+        client: String,
+        subscriptions: Vec<ShardSpec>,
+        /// `sticky`, `range` or `round-robin` (the group keeps its first member's).
+        strategy: String,
+        session_timeout_ms: u32,
+        owned: Vec<ShardId>,
+    },
+    /// A member is alive and owns `owned`; the answer is what it may own now.
+    GroupHeartbeat {
+        group: String,
+        member: String,
+        owned: Vec<ShardId>,
+    },
+    /// A member leaves after committing and giving up its shards.
+    LeaveGroup {
+        group: String,
+        member: String,
+    },
+    ListGroups,
+    DescribeGroup {
+        group: String,
     },
     ListBrokers,
     Status,
@@ -663,6 +717,11 @@ impl Request {
             Request::DescribeTopic { .. } => "describe-topic",
             Request::DeleteTopic { .. } => "delete-topic",
             Request::AlterTopic { .. } => "alter-topic",
+            Request::JoinGroup { .. } => "join-group",
+            Request::GroupHeartbeat { .. } => "group-heartbeat",
+            Request::LeaveGroup { .. } => "leave-group",
+            Request::ListGroups => "list-groups",
+            Request::DescribeGroup { .. } => "describe-group",
             Request::ListBrokers => "list-brokers",
             Request::Status => "status",
             Request::RemoveBroker { .. } => "remove-broker",
@@ -697,6 +756,11 @@ impl Request {
             | Request::Metadata { .. }
             | Request::ListTopics
             | Request::DescribeTopic { .. }
+            | Request::JoinGroup { .. }
+            | Request::GroupHeartbeat { .. }
+            | Request::LeaveGroup { .. }
+            | Request::ListGroups
+            | Request::DescribeGroup { .. }
             | Request::ListBrokers
             | Request::Status => Access::Data,
             // Everything that changes membership, placement or topics, moves or deletes data, or
@@ -814,6 +878,17 @@ pub enum Response {
     },
     /// A topic after `AlterTopic`.
     TopicAltered(TopicInfo),
+    /// What a group member may own now (answer to `JoinGroup` and `GroupHeartbeat`): it gives
+    /// up (commits, stops reading) every shard it owns that is not listed.
+    GroupAssignment {
+        member_id: String,
+        generation: u64,
+        strategy: String,
+        shards: Vec<ShardId>,
+    },
+    /// Groups with live members.
+    Groups(Vec<String>),
+    Group(GroupDescription),
     Topics(Vec<TopicInfo>),
     Topic(TopicDescription),
     Brokers(Vec<BrokerInfo>),
@@ -880,6 +955,9 @@ impl Response {
             Response::TopicCreated(_) => "topic-created",
             Response::TopicDeleted { .. } => "topic-deleted",
             Response::TopicAltered(_) => "topic-altered",
+            Response::GroupAssignment { .. } => "group-assignment",
+            Response::Groups(_) => "groups",
+            Response::Group(_) => "group",
             Response::Topics(_) => "topics",
             Response::Topic(_) => "topic",
             Response::Brokers(_) => "brokers",

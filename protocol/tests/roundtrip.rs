@@ -171,9 +171,14 @@ fn request_variant(r: &Request) -> usize {
         Request::ShardChecksum { .. } => 29,
         Request::DeleteTopic { .. } => 30,
         Request::AlterTopic { .. } => 31,
+        Request::JoinGroup { .. } => 32,
+        Request::GroupHeartbeat { .. } => 33,
+        Request::LeaveGroup { .. } => 34,
+        Request::ListGroups => 35,
+        Request::DescribeGroup { .. } => 36,
     }
 }
-const REQUEST_VARIANTS: usize = 32;
+const REQUEST_VARIANTS: usize = 37;
 
 fn sample_replica_set() -> ReplicaSet {
     ReplicaSet {
@@ -248,6 +253,31 @@ fn sample_requests() -> Vec<Request> {
         Request::AlterTopic {
             name: "orders".into(),
             partitions: 24,
+        },
+        Request::JoinGroup {
+            group: "billing".into(),
+            member: Some("runconsume-3-17".into()),
+            client: "runconsume-3".into(),
+            subscriptions: vec![
+                ShardSpec::All("orders".into()),
+                ShardSpec::One(shard("events", 2)),
+            ],
+            strategy: "sticky".into(),
+            session_timeout_ms: 10_000,
+            owned: vec![shard("orders", 4)],
+        },
+        Request::GroupHeartbeat {
+            group: "billing".into(),
+            member: "runconsume-3-17".into(),
+            owned: vec![shard("orders", 4), shard("orders", 5)],
+        },
+        Request::LeaveGroup {
+            group: "billing".into(),
+            member: "runconsume-3-17".into(),
+        },
+        Request::ListGroups,
+        Request::DescribeGroup {
+            group: "billing".into(),
         },
         Request::ListBrokers,
         Request::Status,
@@ -380,9 +410,12 @@ fn response_variant(r: &Response) -> usize {
         Response::Checksums(_) => 25,
         Response::TopicDeleted { .. } => 26,
         Response::TopicAltered(_) => 27,
+        Response::GroupAssignment { .. } => 28,
+        Response::Groups(_) => 29,
+        Response::Group(_) => 30,
     }
 }
-const RESPONSE_VARIANTS: usize = 28;
+const RESPONSE_VARIANTS: usize = 31;
 
 fn sample_responses() -> Vec<Response> {
     vec![
@@ -434,6 +467,27 @@ fn sample_responses() -> Vec<Response> {
             copies: 18,
         },
         Response::TopicAltered(sample_topic()),
+        Response::GroupAssignment {
+            member_id: "runconsume-3-17".into(),
+            generation: 9,
+            strategy: "range".into(),
+            shards: vec![shard("orders", 1), shard("orders", 2)],
+        },
+        Response::Groups(vec!["billing".into(), "audit".into()]),
+        Response::Group(GroupDescription {
+            name: "billing".into(),
+            strategy: "sticky".into(),
+            generation: 4,
+            members: vec![GroupMemberInfo {
+                member_id: "runconsume-3-17".into(),
+                client: "runconsume-3".into(),
+                subscriptions: vec![ShardSpec::All("orders".into())],
+                owned: vec![shard("orders", 1)],
+                target: vec![shard("orders", 1), shard("orders", 2)],
+                last_seen_ms: 420,
+            }],
+            offsets: vec![(shard("orders", 1), 17, 40)],
+        }),
         Response::Topics(vec![
             sample_topic(),
             TopicInfo {
@@ -598,9 +652,10 @@ fn error_variant(e: &ErrorKind) -> usize {
         ErrorKind::StorageFull { .. } => 25,
         ErrorKind::NotEnoughReplicas { .. } => 26,
         ErrorKind::LeaderEpochMismatch { .. } => 27,
+        ErrorKind::UnknownMember { .. } => 28,
     }
 }
-const ERROR_VARIANTS: usize = 28;
+const ERROR_VARIANTS: usize = 29;
 
 fn sample_errors() -> Vec<ErrorKind> {
     vec![
@@ -614,6 +669,10 @@ fn sample_errors() -> Vec<ErrorKind> {
         },
         ErrorKind::UnknownTopic {
             topic: "nope".into(),
+        },
+        ErrorKind::UnknownMember {
+            group: "billing".into(),
+            member: "gone-1".into(),
         },
         ErrorKind::UnknownShard {
             shard: "orders:P9".into(),

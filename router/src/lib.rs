@@ -12,6 +12,7 @@
 //! a broker that really is gone turns `Down` one timeout later. Liveness is never persisted.
 
 pub mod cli;
+mod group_service;
 pub mod groups;
 mod http;
 mod identity;
@@ -133,7 +134,13 @@ pub(crate) struct Shared {
     rebalance: tokio::sync::Notify,
     dropping: rebalance::Dropping,
     metrics: http::RouterMetrics,
+    /// Consumer groups whose members share their shards.
+    groups: Mutex<groups::Coordinator>,
 }
+
+/// How long a restarted router grants no shard to a group member that does not hold it: the
+/// default session timeout of members (`runconsume --session-timeout-ms`).
+const GROUP_WARM_UP: Duration = Duration::from_secs(10);
 
 /// Autoscaler decisions a status carries (the newest).
 const SCALING_SHOWN: usize = 10;
@@ -176,6 +183,10 @@ impl Shared {
             .as_deref()
             .map(up_control::autoscaler_decisions)
             .unwrap_or_default()
+    }
+
+    fn groups(&self) -> MutexGuard<'_, groups::Coordinator> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -326,6 +337,11 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         rebalance: tokio::sync::Notify::new(),
         dropping: rebalance::Dropping::default(),
         metrics: http::RouterMetrics::default(),
+        // A restarted router (it has topics) knows none of the groups' members: for one default
+        // session it hands out no shard a member does not say it holds (see `groups`).
+        groups: Mutex::new(groups::Coordinator::new(
+            (topics > 0).then(|| tokio::time::Instant::now() + GROUP_WARM_UP),
+        )),
         config,
     });
     let server_config = shared

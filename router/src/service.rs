@@ -60,6 +60,15 @@ impl Service for Shared {
                 replication_factor,
                 min_insync,
             } => self.create_topic(name, partitions, replication_factor, min_insync),
+            r @ (Request::JoinGroup { .. }
+            | Request::GroupHeartbeat { .. }
+            | Request::LeaveGroup { .. }
+            | Request::ListGroups
+            | Request::DescribeGroup { .. }) => done(self.group_request(&r).unwrap_or_else(|| {
+                Err(ErrorKind::Unsupported {
+                    request: r.name().to_string(),
+                })
+            })),
             Request::DeleteTopic { name } => self.delete_topic(name),
             Request::AlterTopic { name, partitions } => self.alter_topic(name, partitions),
             Request::AlterIsr {

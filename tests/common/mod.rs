@@ -528,3 +528,28 @@ pub async fn replicas_agree(
         }
     }
 }
+
+/// A binary of another package of the workspace (runproduce, runconsume), built if missing.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps")
+        .to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        let pkg = if name == "runproduce" {
+            "shardq-producer"
+        } else {
+            "shardq-consumer"
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .args(["build", "-p", pkg, "--bin", name])
+            .status()
+            .expect("cargo runs");
+        assert!(st.success(), "cannot build {name}");
+    }
+    path
+}

@@ -120,6 +120,10 @@ struct Group {
 pub struct Coordinator {
     groups: BTreeMap<String, Group>,
     next_id: u64,
+    /// Until then no shard is granted to a member that does not already hold it: members of
+    /// groups from before a router restart either report what they hold (joining again) or
+    /// stop reading (their sessions run out) by then.
+    warm_until: Option<Instant>,
 }
 
 /// A topic's partition count, if it exists.
@@ -178,9 +182,15 @@ impl Group {
             .collect()
     }
 
-    /// Grants `member` what it may own now, remembering the grant, and answers it.
-    fn answer(&mut self, member: &str) -> Assignment {
-        let granted = self.grant(member);
+    /// Grants `member` what it may own now, remembering the grant, and answers it. `warming`:
+    /// only what it already holds (see [`Coordinator::warm_until`]).
+    fn answer(&mut self, member: &str, warming: bool) -> Assignment {
+        let mut granted = self.grant(member);
+        if warming {
+            if let Some(m) = self.members.get(member) {
+                granted.retain(|s| m.holds(s));
+            }
+        }
         if let Some(m) = self.members.get_mut(member) {
             m.granted = granted.clone();
         }
@@ -193,21 +203,51 @@ impl Group {
     }
 }
 
+/// A member asking to join.
+pub struct Joining<'a> {
+    pub group: &'a str,
+    /// Its old member id, to rejoin under it.
+    pub member: Option<&'a str>,
+    pub client: &'a str,
+    pub subscriptions: Vec<ShardSpec>,
+    pub strategy: Strategy,
+    pub session: Duration,
+    /// Shards it still reads (it joins again after "unknown member", e.g. a router restart).
+    pub owned: Vec<ShardId>,
+}
+
 impl Coordinator {
+    /// A coordinator that grants nothing new before `warm_until` (a restarted router: see the
+    /// field).
+    pub fn new(warm_until: Option<Instant>) -> Coordinator {
+        Coordinator {
+            warm_until,
+            ..Coordinator::default()
+        }
+    }
+
+    fn warming(&self, now: Instant) -> bool {
+        self.warm_until.is_some_and(|t| now < t)
+    }
+
     /// A member joins `group` (or rejoins under `member`, its old id, if the group still has
     /// it). The group's strategy is the one its first member asked for.
-    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
-        group: &str,
-        member: Option<&str>,
-        client: &str,
-        subscriptions: Vec<ShardSpec>,
-        strategy: Strategy,
-        session: Duration,
+        j: Joining<'_>,
         partitions: Partitions<'_>,
         now: Instant,
     ) -> Result<Assignment, GroupError> {
+        let Joining {
+            group,
+            member,
+            client,
+            subscriptions,
+            strategy,
+            session,
+            owned: still_owned,
+        } = j;
+        let warming = self.warming(now);
         if resolve(&subscriptions, partitions).is_empty() {
             return Err(GroupError::NoShards {
                 group: group.to_string(),
@@ -238,11 +278,12 @@ impl Coordinator {
                 format!("{client}-{}", self.next_id)
             }
         };
-        let (owned, granted) = g
+        let (mut owned, granted) = g
             .members
             .remove(&id)
             .map(|m| (m.owned, m.granted))
             .unwrap_or_default();
+        owned.extend(still_owned);
         g.members.insert(
             id.clone(),
             Member {
@@ -255,7 +296,7 @@ impl Coordinator {
             },
         );
         g.refresh(partitions, true);
-        Ok(g.answer(&id))
+        Ok(g.answer(&id, warming))
     }
 
     /// A member's heartbeat with the shards it owns now; answers what it may own.
@@ -271,12 +312,13 @@ impl Coordinator {
             group: group.to_string(),
             member: member.to_string(),
         };
+        let warming = self.warming(now);
         let g = self.groups.get_mut(group).ok_or_else(unknown)?;
         let m = g.members.get_mut(member).ok_or_else(unknown)?;
         m.last_seen = now;
         m.owned = owned.into_iter().collect();
         g.refresh(partitions, false);
-        Ok(g.answer(member))
+        Ok(g.answer(member, warming))
     }
 
     /// A member leaves (after committing and giving up its shards). Unknown members are

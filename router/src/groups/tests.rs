@@ -14,6 +14,18 @@ fn all_t() -> Vec<ShardSpec> {
     vec![ShardSpec::All("T".into())]
 }
 
+fn joining(client: &str, subscriptions: Vec<ShardSpec>) -> Joining<'_> {
+    Joining {
+        group: "g",
+        member: None,
+        client,
+        subscriptions,
+        strategy: Strategy::Sticky,
+        session: SESSION,
+        owned: Vec::new(),
+    }
+}
+
 /// A member that follows the protocol: owns exactly what it was last granted, and stops
 /// reading everything once its last answered heartbeat is a session old.
 struct Sim {
@@ -33,18 +45,7 @@ impl Sim {
 }
 
 fn join(c: &mut Coordinator, client: &str, now: Instant) -> Sim {
-    let a = c
-        .join(
-            "g",
-            None,
-            client,
-            all_t(),
-            Strategy::Sticky,
-            SESSION,
-            P,
-            now,
-        )
-        .expect("join");
+    let a = c.join(joining(client, all_t()), P, now).expect("join");
     Sim {
         id: a.member_id,
         owned: a.shards,
@@ -181,25 +182,14 @@ fn leaving_and_expiring_members_free_their_shards() {
 fn subscriptions_that_name_nothing_are_refused_and_topic_growth_rebalances() {
     let mut c = Coordinator::default();
     let now = Instant::now();
-    let r = c.join(
-        "g",
-        None,
-        "x",
-        vec![ShardSpec::All("nope".into())],
-        Strategy::Range,
-        Duration::from_secs(10),
-        P,
-        now,
-    );
+    let r = c.join(joining("x", vec![ShardSpec::All("nope".into())]), P, now);
     assert!(matches!(r, Err(GroupError::NoShards { .. })), "{r:?}");
     let a = c
         .join(
-            "g",
-            None,
-            "x",
-            vec![ShardSpec::All("U".into())],
-            Strategy::Range,
-            Duration::from_secs(10),
+            Joining {
+                strategy: Strategy::Range,
+                ..joining("x", vec![ShardSpec::All("U".into())])
+            },
             P,
             now,
         )
@@ -287,4 +277,39 @@ fn random_membership_changes_never_share_a_shard() {
         let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
         assert!(hi - lo <= 1, "{counts:?}");
     }
+}
+
+#[test]
+fn a_restarted_coordinator_grants_only_what_members_hold_until_it_is_warm() {
+    let now = Instant::now();
+    let mut c = Coordinator::new(Some(now + SESSION));
+    // a still reads T:P1..P6 from before the restart and says so; b is new.
+    let held: Vec<ShardId> = (1..=6).map(|p| ShardId::new("T", p)).collect();
+    let a = c
+        .join(
+            Joining {
+                owned: held.clone(),
+                ..joining("a", all_t())
+            },
+            P,
+            now,
+        )
+        .unwrap();
+    assert!(
+        a.shards.iter().all(|s| held.contains(s)),
+        "nothing new yet: {:?}",
+        a.shards
+    );
+    let b = c.join(joining("b", all_t()), P, now).unwrap();
+    assert!(
+        b.shards.is_empty(),
+        "nothing new while warming: {:?}",
+        b.shards
+    );
+    let later = now + SESSION;
+    let a = c.heartbeat("g", &a.member_id, a.shards, P, later).unwrap();
+    let b = c.heartbeat("g", &b.member_id, vec![], P, later).unwrap();
+    let a = c.heartbeat("g", &a.member_id, a.shards, P, later).unwrap();
+    let b = c.heartbeat("g", &b.member_id, b.shards, P, later).unwrap();
+    assert_eq!(b.shards.len() + a.shards.len(), 12, "{a:?} {b:?}");
 }
