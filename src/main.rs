@@ -69,6 +69,14 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Consumer groups: list them, describe one (members, assignment, committed offsets,
+    /// lag), reset a group's offsets.
+    Group {
+        #[command(subcommand)]
+        cmd: GroupCmd,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Replicated shards: elect a leader, compare the replicas' checksums.
     Shard {
         #[command(subcommand)]
@@ -276,6 +284,35 @@ enum TopicCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum GroupCmd {
+    /// Groups with live members or committed offsets.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A group's members (what each owns, what it is taking over), strategy and generation,
+    /// and per shard its committed offset, end offset and lag.
+    Describe {
+        group: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit new offsets for a group with no live members: --to earliest, latest, an OFFSET,
+    /// or a TIMESTAMP (@MILLISECONDS or UTC 2026-11-28T08:00:00Z: the first record stamped at
+    /// or after it). Every shard the group has offsets on, or those given with --shard.
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        to: shardq_consumer::StartFrom,
+        /// T:P or T:* (repeatable).
+        #[arg(long = "shard")]
+        shards: Vec<shardq_protocol::ShardSpec>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ShardCmd {
     /// Elect a leader for SHARD now: the first in-sync replica that is up. With --unclean, a
     /// replica that is NOT in sync may be elected when none in sync is up: records only the old
@@ -377,6 +414,7 @@ impl Cmd {
         match self {
             Cmd::Topic { target, .. }
             | Cmd::Produce { target, .. }
+            | Cmd::Group { target, .. }
             | Cmd::Consume { target, .. }
             | Cmd::Shard { target, .. }
             | Cmd::Status { target, .. }
@@ -498,6 +536,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let timeout = std::time::Duration::from_secs(timeout_secs);
                 admin::topic_delete(&target.broker, &name, no_wait, timeout, json).await?
             }
+        },
+        Cmd::Group { cmd, target } => match cmd {
+            GroupCmd::List { json } => admin::group_list(&target.broker, json).await?,
+            GroupCmd::Describe { group, json } => {
+                admin::group_describe(&target.broker, &group, json).await?
+            }
+            GroupCmd::ResetOffsets {
+                group,
+                to,
+                shards,
+                json,
+            } => admin::group_reset_offsets(&target.broker, &group, to, &shards, json).await?,
         },
         Cmd::Shard { cmd, target } => match cmd {
             ShardCmd::Elect {

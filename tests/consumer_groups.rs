@@ -76,6 +76,27 @@ async fn settled(client: &shardq_protocol::cluster::ClusterClient, n: usize) -> 
     counts
 }
 
+/// `shardq ARGS` against the cluster: (success, stdout, stderr).
+async fn shardq(at: &common::Endpoint, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
+            .args(args)
+            .args(["-b", &at.addr, "--token-file"])
+            .arg(&at.token)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("shardq ends within 60 s")
+    .expect("shardq runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Waits (at most `limit`) for a member to exit; kills it and fails if it does not.
 async fn exits(mut child: Child, id: u32, limit: Duration) -> std::process::ExitStatus {
     let deadline = tokio::time::Instant::now() + limit;
@@ -119,6 +140,14 @@ async fn members_share_the_shards_and_every_record_is_read_once() {
     let mut members: BTreeMap<u32, Child> =
         (1..=3).map(|i| (i, member(&at, dir.path(), i))).collect();
     assert_eq!(settled(&client, 3).await, vec![4, 4, 4]);
+    let (ok, out, err) = shardq(&at, &["group", "describe", GROUP]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("3 member(s), strategy sticky"), "{out}");
+    let (ok, _, err) = shardq(&at, &["group", "reset-offsets", GROUP, "--to", "earliest"]).await;
+    assert!(
+        !ok && err.contains("live member(s)"),
+        "refused while members run: {err}"
+    );
 
     // A 4th joins: 3 each, and only its 3 shards moved.
     members.insert(4, member(&at, dir.path(), 4));
@@ -215,5 +244,34 @@ async fn members_share_the_shards_and_every_record_is_read_once() {
         &wrong[..wrong.len().min(20)]
     );
     assert_eq!(seen.len(), 30_000, "nothing but the acknowledged records");
+
+    // The group's offsets, listed, described and reset.
+    let (ok, out, _) = shardq(&at, &["group", "list"]).await;
+    assert!(ok && out.lines().any(|l| l == GROUP), "{out}");
+    let (ok, out, err) = shardq(&at, &["group", "describe", GROUP, "--json"]).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    let offsets = v["offsets"].as_array().expect("offsets");
+    assert_eq!(offsets.len(), 12, "{v}");
+    assert!(offsets.iter().all(|o| o["lag"] == 0), "all read: {v}");
+    let (ok, out, err) = shardq(
+        &at,
+        &[
+            "group",
+            "reset-offsets",
+            GROUP,
+            "--to",
+            "earliest",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(v["reset"].as_array().map(Vec::len), Some(12), "{v}");
+    assert!(
+        v["reset"].as_array().unwrap().iter().all(|r| r["to"] == 0),
+        "{v}"
+    );
     up.stop().await;
 }

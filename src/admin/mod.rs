@@ -1,10 +1,12 @@
 //! Admin commands that talk to a running cluster: topics, brokers, status, moves. Every command
 //! that prints data takes `--json` (the views are in [`json`]); `watch` is in [`watch`].
 
+mod group;
 mod json;
 mod topic;
 pub mod watch;
 
+pub use group::{group_describe, group_list, group_reset_offsets};
 pub use topic::{topic_alter, topic_create, topic_delete, topic_describe, topic_list};
 pub use watch::watch;
 

@@ -36,8 +36,9 @@ pub struct ConsumeArgs {
     pub count: Option<u64>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-    /// Read as this consumer group: start at its committed offsets and commit what was
-    /// printed. Without it nothing is committed.
+    /// Read as a member of this consumer group: it shares the shards with the group's other
+    /// members (each shard read by one member at a time), starts at the group's committed
+    /// offsets and commits what it printed. Without it nothing is committed.
     #[arg(long)]
     pub group: Option<String>,
 }
@@ -58,6 +59,13 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> Result<u64> {
     let mut config = ConsumerConfig {
         from: args.from,
         max_wait: Duration::from_millis(500),
+        membership: args
+            .group
+            .as_ref()
+            .map(|_| shardq_consumer::consumer::Membership {
+                client: "shardq-consume".into(),
+                ..Default::default()
+            }),
         ..ConsumerConfig::new(bootstrap, group, vec![args.source.clone()])
     };
     config.connection.secret = crate::admin::secret();
@@ -115,6 +123,12 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> Result<u64> {
         }
         if closed {
             break;
+        }
+    }
+    if args.group.is_some() {
+        // Committed already; a member also hands its shards to the others at once.
+        if let Err(e) = consumer.leave().await {
+            tracing::warn!(error = %e, "leaving the group failed; its session expires instead");
         }
     }
     consumer.close();
