@@ -78,23 +78,8 @@ async fn settled(client: &shardq_protocol::cluster::ClusterClient, n: usize) -> 
 
 /// `shardq ARGS` against the cluster: (success, stdout, stderr).
 async fn shardq(at: &common::Endpoint, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
-            .args(args)
-            .args(["-b", &at.addr, "--token-file"])
-            .arg(&at.token)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("shardq ends within 60 s")
-    .expect("shardq runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let o = common::cli(at, args, "").await;
+    (o.ok, o.stdout, o.stderr)
 }
 
 /// Waits (at most `limit`) for a member to exit; kills it and fails if it does not.

@@ -5,46 +5,15 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
-/// Runs `shardq ARGS -b ROUTER --token-file F` with `stdin`, within 30 s; (stdout, stderr).
-/// Panics if it fails or does not end.
+/// Runs `shardq ARGS` against the cluster with `stdin`; its stdout. Fails the test if it fails.
 async fn shardq(up: &common::UpCluster, args: &[&str], stdin: &str) -> String {
-    let at = up.endpoint();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
-        .args(args)
-        .args(["-b", &at.addr, "--token-file"])
-        .arg(&at.token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("shardq runs");
-    let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.as_bytes())
-        .await
-        .expect("write stdin");
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("shardq {args:?} did not end within 30 s"))
-        .expect("shardq output");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        out.status.success(),
-        "shardq {args:?} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    stdout
+    let o = common::cli(&up.endpoint(), args, stdin).await;
+    assert!(o.ok, "shardq {args:?} failed:\n{}\n{}", o.stdout, o.stderr);
+    o.stdout
 }
 
 fn json_lines(text: &str) -> Vec<Value> {

@@ -6,23 +6,11 @@ mod common;
 use std::time::Duration;
 
 async fn remove_broker_3(up: &common::UpCluster) -> String {
-    let at = up.endpoint();
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
-            .args(["broker", "remove", "3", "-b", &at.addr, "--token-file"])
-            .arg(&at.token)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("broker remove ends within 90 s")
-    .expect("shardq runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("drained and removed"), "{text}");
-    assert!(text.contains("DATA/broker-3"), "{text}");
-    text
+    let o = common::cli(&up.endpoint(), &["broker", "remove", "3"], "").await;
+    assert!(o.ok, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("drained and removed"), "{}", o.stdout);
+    assert!(o.stdout.contains("DATA/broker-3"), "{}", o.stdout);
+    o.stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,27 +10,10 @@ use std::time::Duration;
 
 use shardq_protocol::{ClientError, Connection, ErrorKind, Request, Response, ShardId};
 
-/// Runs `shardq ARGS -b ROUTER --token-file F` (within 60 s); (success, stdout + stderr).
+/// Runs `shardq ARGS` against the cluster: (success, stdout + stderr).
 async fn shardq(up: &common::UpCluster, args: &[&str]) -> (bool, String) {
-    let at = up.endpoint();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
-            .args(args)
-            .args(["-b", &at.addr, "--token-file"])
-            .arg(&at.token)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("shardq {args:?} did not end within 60 s"))
-    .expect("shardq runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let o = common::cli(&up.endpoint(), args, "").await;
+    (o.ok, format!("{}{}", o.stdout, o.stderr))
 }
 
 /// Whether the broker at `addr` holds a copy of `shard` (asked directly; a dropped copy is
@@ -254,31 +237,9 @@ async fn alter_grows_a_topic_and_refuses_to_shrink_it() {
     assert!(!ok && out.contains("unknown topic"), "{out}");
     // A new producer spreads over all 5; a consumer of G:* reads them all.
     let lines: String = (0..50).map(|i| format!("m{i}\n")).collect();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
-        .args([
-            "produce",
-            "G",
-            "-v",
-            "-b",
-            &up.endpoint().addr,
-            "--token-file",
-        ])
-        .arg(&up.endpoint().token)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(lines.as_bytes()).await.unwrap();
-    }
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let o = common::cli(&up.endpoint(), &["produce", "G", "-v"], &lines).await;
+    assert!(o.ok, "{}", o.stderr);
+    let text = o.stdout;
     let used: std::collections::BTreeSet<&str> =
         text.lines().filter_map(|l| l.split(' ').next()).collect();
     assert_eq!(used.len(), 5, "partitions used: {used:?}");

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use shardq_protocol::{ErrorKind, GroupDescription, GroupMemberInfo, Request, Response, ShardId};
+use shardq_protocol::{ErrorKind, GroupDescription, Request, Response, ShardId};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -125,21 +125,7 @@ impl Shared {
                         name: group.clone(),
                         strategy: view.as_ref().map_or("-".into(), |v| v.strategy.to_string()),
                         generation: view.as_ref().map_or(0, |v| v.generation),
-                        members: view
-                            .map(|v| {
-                                v.members
-                                    .into_iter()
-                                    .map(|m| GroupMemberInfo {
-                                        member_id: m.member_id,
-                                        client: m.client,
-                                        subscriptions: m.subscriptions,
-                                        owned: m.owned,
-                                        target: m.target,
-                                        last_seen_ms: m.last_seen_ms,
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
+                        members: view.map(|v| v.members).unwrap_or_default(),
                         offsets,
                     })),
                 }

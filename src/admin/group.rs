@@ -127,19 +127,23 @@ pub async fn group_describe(bootstrap: &str, group: &str, as_json: bool) -> Resu
 const PER_TRY: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(30);
 
-async fn offsets(c: &ClusterClient, shard: &ShardId) -> Result<(Offset, Offset)> {
-    let answer = c
-        .shard_request(
-            shard,
-            |epoch| Request::ListOffsets {
-                shard: shard.clone(),
-                epoch,
-            },
-            PER_TRY,
-            Instant::now() + DEADLINE,
-        )
+/// One request to `shard`'s leader (following moves and failovers for up to 30 s).
+async fn on_shard(
+    c: &ClusterClient,
+    shard: &ShardId,
+    make: impl Fn(shardq_protocol::Epoch) -> Request,
+) -> Result<Response> {
+    c.shard_request(shard, make, PER_TRY, Instant::now() + DEADLINE)
         .await
-        .with_context(|| format!("cannot read the offsets of {shard}"))?;
+        .with_context(|| format!("request to {shard} failed"))
+}
+
+async fn offsets(c: &ClusterClient, shard: &ShardId) -> Result<(Offset, Offset)> {
+    let answer = on_shard(c, shard, |epoch| Request::ListOffsets {
+        shard: shard.clone(),
+        epoch,
+    })
+    .await?;
     match answer {
         Response::Offsets { start, end } => Ok((start, end)),
         other => bail!("unexpected answer {}", other.name()),
@@ -151,23 +155,16 @@ async fn offsets(c: &ClusterClient, shard: &ShardId) -> Result<(Offset, Offset)>
 async fn offset_for_time(c: &ClusterClient, shard: &ShardId, t: u64) -> Result<Offset> {
     let (mut at, end) = offsets(c, shard).await?;
     while at < end {
-        let answer = c
-            .shard_request(
-                shard,
-                |epoch| {
-                    Request::Fetch(FetchRequest {
-                        shard: shard.clone(),
-                        epoch,
-                        offset: at,
-                        max_bytes: 1 << 20,
-                        max_wait_ms: 0,
-                    })
-                },
-                PER_TRY,
-                Instant::now() + DEADLINE,
-            )
-            .await
-            .with_context(|| format!("cannot read {shard}"))?;
+        let answer = on_shard(c, shard, |epoch| {
+            Request::Fetch(FetchRequest {
+                shard: shard.clone(),
+                epoch,
+                offset: at,
+                max_bytes: 1 << 20,
+                max_wait_ms: 0,
+            })
+        })
+        .await?;
         let Response::Fetched { batches, .. } = answer else {
             bail!("unexpected answer {}", answer.name());
         };
@@ -234,20 +231,13 @@ pub async fn group_reset_offsets(
             StartFrom::Offset(o) => o.clamp(start, end),
             StartFrom::Timestamp(t) => offset_for_time(&c, shard, t).await?,
         };
-        let answer = c
-            .shard_request(
-                shard,
-                |epoch| Request::CommitOffset {
-                    shard: shard.clone(),
-                    epoch,
-                    group: group.to_string(),
-                    offset: new,
-                },
-                PER_TRY,
-                Instant::now() + DEADLINE,
-            )
-            .await
-            .with_context(|| format!("cannot commit {new} for {shard}"))?;
+        let answer = on_shard(&c, shard, |epoch| Request::CommitOffset {
+            shard: shard.clone(),
+            epoch,
+            group: group.to_string(),
+            offset: new,
+        })
+        .await?;
         if !matches!(answer, Response::Committed) {
             bail!("unexpected answer {}", answer.name());
         }

@@ -553,3 +553,41 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     }
     path
 }
+
+/// What a `shardq` command printed.
+pub struct CliOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `shardq ARGS -b ROUTER --token-file F` against `at` with `stdin`, within 60 s (a
+/// command that does not end fails the test).
+pub async fn cli(at: &Endpoint, args: &[&str], stdin: &str) -> CliOutput {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardq"))
+        .args(args)
+        .args(["-b", &at.addr, "--token-file"])
+        .arg(&at.token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("shardq runs");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("shardq {args:?} did not end within 60 s"))
+        .expect("shardq output");
+    CliOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -27,7 +27,7 @@ pub mod assign;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use shardq_protocol::{ShardId, ShardSpec};
+use shardq_protocol::{GroupMemberInfo, ShardId, ShardSpec};
 use tokio::time::Instant;
 
 pub use assign::Strategy;
@@ -65,26 +65,12 @@ impl std::fmt::Display for GroupError {
     }
 }
 
-/// One member as `group describe` shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberView {
-    pub member_id: String,
-    pub client: String,
-    pub subscriptions: Vec<ShardSpec>,
-    /// Shards it reported owning in its last heartbeat.
-    pub owned: Vec<ShardId>,
-    /// Shards the assignment gives it (it owns them once their previous owners let go).
-    pub target: Vec<ShardId>,
-    pub last_seen_ms: u64,
-}
-
-/// A group as `group describe` shows it.
+/// A group as `group describe` shows it: its strategy, generation and members.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupView {
-    pub name: String,
     pub strategy: Strategy,
     pub generation: u64,
-    pub members: Vec<MemberView>,
+    pub members: Vec<GroupMemberInfo>,
 }
 
 struct Member {
@@ -365,13 +351,12 @@ impl Coordinator {
     pub fn describe(&self, group: &str, now: Instant) -> Option<GroupView> {
         let g = self.groups.get(group)?;
         Some(GroupView {
-            name: group.to_string(),
             strategy: g.strategy,
             generation: g.generation,
             members: g
                 .members
                 .iter()
-                .map(|(id, m)| MemberView {
+                .map(|(id, m)| GroupMemberInfo {
                     member_id: id.clone(),
                     client: m.client.clone(),
                     subscriptions: m.subscriptions.clone(),

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 
 use shardq_protocol::{BrokerId, ErrorKind, ShardId, TopicInfo, MAX_PARTITIONS};
 
-use super::topics::placement_ops;
 use super::{Pushes, State};
 use crate::store::{Op, PendingDrop};
 
@@ -27,13 +26,7 @@ impl State {
         name: &str,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<Deleted, ErrorKind> {
-        let config = self
-            .topics
-            .get(name)
-            .copied()
-            .ok_or_else(|| ErrorKind::UnknownTopic {
-                topic: name.to_string(),
-            })?;
+        let config = self.topic_config_of(name)?;
         if let Some(m) = self.moves.values().find(|m| m.shard.topic == name) {
             return Err(ErrorKind::BadRequest {
                 reason: format!(
@@ -110,13 +103,7 @@ impl State {
         partitions: u32,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<(TopicInfo, Pushes), ErrorKind> {
-        let mut config = self
-            .topics
-            .get(name)
-            .copied()
-            .ok_or_else(|| ErrorKind::UnknownTopic {
-                topic: name.to_string(),
-            })?;
+        let mut config = self.topic_config_of(name)?;
         if partitions < config.partitions {
             return Err(ErrorKind::BadRequest {
                 reason: format!(
@@ -156,19 +143,7 @@ impl State {
         }
         let placed = self.place_new(name, &new, rf, &up)?;
         config.partitions = partitions;
-        let epoch = self.epoch + 1;
-        let mut ops = vec![
-            Op::Epoch(epoch),
-            Op::PutTopic {
-                name: name.to_string(),
-                config,
-            },
-        ];
-        ops.extend(placement_ops(&placed));
-        persist(&ops)?;
-        self.epoch = epoch;
-        self.topics.insert(name.to_string(), config);
-        let pushes = self.put_placed(placed);
+        let pushes = self.commit_topic(name, config, placed, persist)?;
         Ok((super::topics::topic_info(name, &config), pushes))
     }
 }

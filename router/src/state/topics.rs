@@ -60,6 +60,19 @@ impl State {
         let info = topic_info(name, &config);
         let new: Vec<ShardId> = (1..=partitions).map(|p| ShardId::new(name, p)).collect();
         let placed = self.place_new(name, &new, config.replication_factor as usize, &up)?;
+        let pushes = self.commit_topic(name, config, placed, persist)?;
+        Ok(Created::New { info, pushes })
+    }
+
+    /// Records topic `name` as `config` with its newly placed shards (a creation, or a topic
+    /// grown), at a new epoch: persisted first, then applied. The assignments to push.
+    pub(super) fn commit_topic(
+        &mut self,
+        name: &str,
+        config: TopicConfig,
+        placed: Vec<(ShardId, Replicas)>,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<Pushes, ErrorKind> {
         let epoch = self.epoch + 1;
         let mut ops = vec![
             Op::Epoch(epoch),
@@ -72,8 +85,17 @@ impl State {
         persist(&ops)?;
         self.epoch = epoch;
         self.topics.insert(name.to_string(), config);
-        let pushes = self.put_placed(placed);
-        Ok(Created::New { info, pushes })
+        Ok(self.put_placed(placed))
+    }
+
+    /// Topic `name`'s settings, or "unknown topic".
+    pub(super) fn topic_config_of(&self, name: &str) -> Result<TopicConfig, ErrorKind> {
+        self.topics
+            .get(name)
+            .copied()
+            .ok_or_else(|| ErrorKind::UnknownTopic {
+                topic: name.to_string(),
+            })
     }
 
     /// Replica sets for the new shards `new` of topic `name` (a new topic's, or a grown one's),
