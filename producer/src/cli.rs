@@ -19,7 +19,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use shardq_protocol::batch::encoded_record_size;
 use shardq_protocol::cluster::{BreakerArgs, BreakerMode, BreakerStatus};
-use shardq_protocol::{Acks, CancellationToken, ConnectionConfig, ShardSpec};
+use shardq_protocol::{Acks, CancellationToken, ConnectionConfig, ShardId, ShardSpec};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -708,6 +708,18 @@ struct AckReport {
 }
 
 /// A record's delivery outcome, with its value and position (one future type for the set).
+/// Where an outcome goes among outcomes that arrived together: acknowledgements by shard and
+/// offset, then failures in sending order.
+fn ack_order(
+    d: &std::result::Result<crate::producer::Delivery, crate::producer::ProducerError>,
+    seq: u64,
+) -> (u8, Option<&ShardId>, u64) {
+    match d {
+        Ok(d) => (0, Some(&d.shard), d.offset),
+        Err(_) => (1, None, seq),
+    }
+}
+
 async fn delivered(
     (fut, value, seq): Pending,
 ) -> (
@@ -774,6 +786,16 @@ async fn track_acks(
                 },
                 Some(d) = pending.next(), if !pending.is_empty() => done.push(d),
             }
+            // A batch's records are acknowledged together: take the rest of them too.
+            while let Some(Some(d)) = pending.next().now_or_never() {
+                done.push(d);
+            }
+        }
+        // Records acknowledged together come out of `pending` in no particular order; the log
+        // keeps each shard's offsets in order (one batch in flight per shard, so the offsets
+        // of later acknowledgements are always higher).
+        if done.len() > 1 {
+            done.sort_by(|(a, _, sa), (b, _, sb)| ack_order(a, *sa).cmp(&ack_order(b, *sb)));
         }
         for (delivered, value, seq) in done {
             match delivered {
