@@ -973,6 +973,7 @@ fn arb_error() -> impl Strategy<Value = ErrorKind> {
         ),
         s().prop_map(|shard| ErrorKind::Moving { shard }),
         s().prop_map(|topic| ErrorKind::UnknownTopic { topic }),
+        (s(), s()).prop_map(|(group, member)| ErrorKind::UnknownMember { group, member }),
         (s(), s()).prop_map(|(shard, reason)| ErrorKind::UnknownShard { shard, reason }),
         (s(), s()).prop_map(|(name, reason)| ErrorKind::InvalidName { name, reason }),
         (s(), any::<u32>())
