@@ -203,6 +203,7 @@ async fn start_consumers(
             partitions: args.partitions,
             replication_factor: args.replication_factor,
             min_insync: None,
+            retention: Default::default(),
         })
         .await?;
     // The router may cap or default the replication factor: record what the topic got, and

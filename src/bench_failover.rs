@@ -300,6 +300,7 @@ async fn create_topic(client: &ClusterClient, args: &FailoverArgs) -> Result<()>
             partitions: args.partitions,
             replication_factor: Some(args.replication_factor),
             min_insync: args.min_insync_replicas,
+            retention: Default::default(),
         })
         .await?;
     match answer {

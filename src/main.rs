@@ -240,6 +240,15 @@ enum TopicCmd {
         /// replicas" (default: a majority of the replication factor).
         #[arg(long)]
         min_insync_replicas: Option<u32>,
+        /// Delete a stored batch once its newest record is older than this: a number of
+        /// milliseconds or e.g. `90s`, `12h`, `7d` (default: keep forever).
+        #[arg(long, value_name = "DURATION", value_parser = admin::units::ms_limit)]
+        retention_ms: Option<admin::units::Limit>,
+        /// Keep at most about this much of the topic, e.g. `10MB`, `2GiB` (default: no limit).
+        /// Each of its N partitions keeps an equal share (plus the one batch that straddles
+        /// the limit), on every replica; the oldest batches go first.
+        #[arg(long, value_name = "SIZE", value_parser = admin::units::bytes_limit)]
+        retention_bytes: Option<admin::units::Limit>,
         /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
@@ -257,12 +266,31 @@ enum TopicCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Grow a topic to N partitions (never shrinks; records stay where they were written).
-    /// The new shards are placed on the ring like a new topic's.
+    /// Grow a topic to N partitions (never shrinks; records stay where they were written;
+    /// the new shards are placed on the ring like a new topic's) and/or change its retention
+    /// (`none` lifts a limit).
     Alter {
         name: String,
         #[arg(long, short = 'p')]
-        partitions: u32,
+        partitions: Option<u32>,
+        /// Delete a stored batch once its newest record is older than this: a number of
+        /// milliseconds or e.g. `90s`, `12h`, `7d` (default: keep forever).
+        #[arg(long, value_name = "DURATION", value_parser = admin::units::ms_limit)]
+        retention_ms: Option<admin::units::Limit>,
+        /// Keep at most about this much of the topic, e.g. `10MB`, `2GiB` (default: no limit).
+        /// Each of its N partitions keeps an equal share (plus the one batch that straddles
+        /// the limit), on every replica; the oldest batches go first.
+        #[arg(long, value_name = "SIZE", value_parser = admin::units::bytes_limit)]
+        retention_bytes: Option<admin::units::Limit>,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every committed record of a topic on every replica. Offsets are never reused:
+    /// each partition's log then starts where it ended, and consumers below that move on by
+    /// their --from policy, saying how many records they skipped.
+    Purge {
+        name: String,
         /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
@@ -307,6 +335,13 @@ enum GroupCmd {
         /// T:P or T:* (repeatable).
         #[arg(long = "shard")]
         shards: Vec<shardq_protocol::ShardSpec>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a group with no live members: its committed offsets go from every shard, and
+    /// a consumer that joins it again starts by its --from policy.
+    Delete {
+        group: String,
         #[arg(long)]
         json: bool,
     },
@@ -506,14 +541,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 partitions,
                 replication_factor,
                 min_insync_replicas,
+                retention_ms,
+                retention_bytes,
                 json,
             } => {
+                let retention = shardq_protocol::Retention {
+                    ms: retention_ms.and_then(|l| l.0),
+                    bytes: retention_bytes.and_then(|l| l.0),
+                };
                 admin::topic_create(
                     &target.broker,
                     &name,
                     partitions,
                     replication_factor,
                     min_insync_replicas,
+                    retention,
                     json,
                 )
                 .await?
@@ -525,8 +567,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             TopicCmd::Alter {
                 name,
                 partitions,
+                retention_ms,
+                retention_bytes,
                 json,
-            } => admin::topic_alter(&target.broker, &name, partitions, json).await?,
+            } => {
+                let change = admin::TopicAlter {
+                    partitions,
+                    retention_ms: retention_ms.map(|l| l.0),
+                    retention_bytes: retention_bytes.map(|l| l.0),
+                };
+                admin::topic_alter(&target.broker, &name, change, json).await?
+            }
+            TopicCmd::Purge { name, json } => {
+                admin::topic_purge(&target.broker, &name, json).await?
+            }
             TopicCmd::Delete {
                 name,
                 no_wait,
@@ -548,6 +602,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 shards,
                 json,
             } => admin::group_reset_offsets(&target.broker, &group, to, &shards, json).await?,
+            GroupCmd::Delete { group, json } => {
+                admin::group_delete(&target.broker, &group, json).await?
+            }
         },
         Cmd::Shard { cmd, target } => match cmd {
             ShardCmd::Elect {

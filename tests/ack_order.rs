@@ -45,6 +45,7 @@ async fn the_ack_log_grows_in_ack_order_while_a_broker_is_paused() {
             // more, its shards would fail over).
             replication_factor: Some(1),
             min_insync: None,
+            retention: Default::default(),
         })
         .await
         .unwrap();

@@ -50,6 +50,7 @@ async fn bad_input_gets_clear_errors_and_produces_nothing() {
             partitions: 0,
             replication_factor: None,
             min_insync: None,
+            retention: Default::default(),
         })
         .await;
     assert!(matches!(

@@ -147,6 +147,7 @@ async fn topic_leaders(
             partitions: PARTITIONS,
             replication_factor: Some(1),
             min_insync: None,
+            retention: Default::default(),
         })
         .await
         .unwrap();

@@ -108,6 +108,7 @@ async fn kills_a_frozen_leader_and_a_lost_disk_lose_nothing_acknowledged() {
                 partitions: 8,
                 replication_factor: Some(3),
                 min_insync: Some(2),
+                retention: Default::default(),
             })
             .await
             .unwrap();

@@ -187,6 +187,7 @@ async fn full_disk(fsync: &str) {
             partitions: 1,
             replication_factor: None,
             min_insync: None,
+            retention: Default::default(),
         })
         .await
         .expect("create topic");

@@ -24,6 +24,7 @@ async fn a_frozen_leader_is_replaced_and_nothing_acknowledged_is_lost() {
             partitions: 6,
             replication_factor: Some(3),
             min_insync: Some(2),
+            retention: Default::default(),
         })
         .await
         .unwrap();
@@ -110,6 +111,7 @@ async fn a_committed_group_offset_survives_the_failover_of_its_leader() {
             partitions: 1,
             replication_factor: Some(3),
             min_insync: None,
+            retention: Default::default(),
         })
         .await
         .unwrap();

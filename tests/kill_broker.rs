@@ -76,6 +76,7 @@ async fn acknowledged_records_survive_sigkill(broker_args: &[&str]) {
             partitions: 4,
             replication_factor: None,
             min_insync: None,
+            retention: Default::default(),
         })
         .await
         .unwrap();
@@ -167,6 +168,7 @@ async fn a_live_consumer_skips_nothing_when_a_crash_loses_records_under_fsync_ne
             partitions: 4,
             replication_factor: None,
             min_insync: None,
+            retention: Default::default(),
         })
         .await
         .unwrap();

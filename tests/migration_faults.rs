@@ -53,6 +53,7 @@ async fn scenario(victim: Victim) {
                 // One replica: the import copy is what the faults interrupt.
                 replication_factor: Some(1),
                 min_insync: None,
+                retention: Default::default(),
             })
             .await
             .unwrap();

@@ -162,6 +162,7 @@ async fn peers_without_the_secret_cannot_drop_export_or_force_remove_and_data_st
                 partitions: 1,
                 replication_factor: None,
                 min_insync: None,
+                retention: Default::default(),
             })
             .await,
         "CreateTopic",
@@ -231,6 +232,7 @@ async fn five_thousand_idle_connections_do_not_lock_out_status_or_producers() {
             partitions: 4,
             replication_factor: None,
             min_insync: None,
+            retention: Default::default(),
         })
         .await
         .unwrap();

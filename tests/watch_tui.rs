@@ -230,6 +230,7 @@ async fn watch_fits_80x24_and_200x50_with_every_move_in_flight() {
                 partitions: p,
                 replication_factor: Some(1),
                 min_insync: None,
+                retention: Default::default(),
             })
             .await
             .unwrap();

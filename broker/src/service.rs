@@ -14,7 +14,8 @@ use shardq_protocol::batch::RECORD_OVERHEAD;
 use shardq_protocol::{
     Acks, BrokerAddr, BrokerId, BrokerReport, CancellationToken, Epoch, ErrorKind, FetchRequest,
     MovePhase, MoveProgress, Offset, ProduceRequest, Request, Response, Secret, Service,
-    ServiceFuture, ShardAssignment, ShardId, ShardReport, ShardState,
+    ServiceFuture, ShardAssignment, ShardId, ShardReport, ShardState, ShardTrim, TrimResult,
+    TrimTo,
 };
 use tracing::{info, warn};
 
@@ -823,6 +824,53 @@ impl Broker {
         })
     }
 
+    /// Retention and purges: each shard this broker leads deletes the front of its log. Off
+    /// the async threads (a trim reads the entries it deletes).
+    fn trim(&self, trims: Vec<ShardTrim>) -> ServiceFuture {
+        let work: Vec<(ShardId, Result<Arc<Shard>, ErrorKind>, TrimTo)> = trims
+            .into_iter()
+            .map(|t| {
+                let s = self.shard(&t.shard, Access::Read);
+                (t.shard, s, t.to)
+            })
+            .collect();
+        Box::pin(async move {
+            let now = now_ms();
+            let results = tokio::task::spawn_blocking(move || {
+                work.into_iter()
+                    .map(|(shard, s, to)| TrimResult {
+                        shard,
+                        result: s.and_then(|s| s.trim(to, now)),
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(|e| ErrorKind::Internal {
+                reason: format!("trim task failed: {e}"),
+            })?;
+            Ok(Response::Trimmed(results))
+        })
+    }
+
+    /// `group delete`: like a commit, answered once durable and on the in-sync followers.
+    fn delete_group(&self, shard: &ShardId, group: &str) -> ServiceFuture {
+        let d = &self.durability;
+        let result = self
+            .shard(shard, Access::Write)
+            .and_then(|s| s.delete_group(group, &|| d.note_write()).map(|r| (s, r)));
+        let (s, (ticket, version)) = match result {
+            Ok((_, None)) => return ready_result(Ok(Response::Ok)),
+            Ok((s, Some(r))) => (s, r),
+            Err(e) => return ready_result(Err(e)),
+        };
+        let durability = self.durability.clone();
+        Box::pin(async move {
+            durability.wait(ticket).await?;
+            Replicated(s).wait_for(|s| s.groups_check(version)).await?;
+            Ok(Response::Ok)
+        })
+    }
+
     /// The end offset readers may see: the high watermark (which never passes this replica's
     /// durable end where reads wait for the flush).
     fn visible_end(&self, shard: &Shard) -> Offset {
@@ -1024,6 +1072,8 @@ impl Broker {
             | Request::CreateTopic { .. }
             | Request::DeleteTopic { .. }
             | Request::AlterTopic { .. }
+            | Request::PurgeTopic { .. }
+            | Request::DeleteGroup { .. }
             | Request::JoinGroup { .. }
             | Request::GroupHeartbeat { .. }
             | Request::LeaveGroup { .. }
@@ -1041,6 +1091,8 @@ impl Broker {
                 ready_result(result.map(|()| Response::Ok))
             }
             Request::ReplicaFetch(req) => self.replica_fetch(req),
+            Request::TrimShards { trims } => self.trim(trims),
+            Request::DeleteGroupOffset { shard, group } => self.delete_group(&shard, &group),
             Request::ShardChecksum { shard, upto } => {
                 ready_result(crate::replication::checksum(self, &shard, upto))
             }

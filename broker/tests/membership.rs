@@ -60,6 +60,7 @@ impl Service for FakeRouter {
                 partitions: 1,
                 replication_factor: 1,
                 min_insync: 1,
+                retention: Default::default(),
             }])),
             Request::Metadata { .. } => Ok(Response::Routing(RoutingTable {
                 epoch: 5,
@@ -134,6 +135,7 @@ async fn heartbeats_reconcile_assignments_and_requests_are_forwarded() {
             partitions: 1,
             replication_factor: 1,
             min_insync: 1,
+            retention: Default::default(),
         }])
     );
     assert!(matches!(

@@ -26,6 +26,7 @@ pub use crate::start::StartFrom;
 pub use membership::Membership;
 
 mod membership;
+mod out_of_range;
 
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
@@ -169,6 +170,8 @@ pub struct Consumer {
     layout: u64,
     /// Its membership in a consumer group whose members share the shards.
     member: Option<membership::MemberState>,
+    /// Records deleted (retention, purge) before this consumer read them.
+    skipped_records: u64,
 }
 
 /// Pause before re-fetching a shard whose fetch failed.
@@ -238,6 +241,7 @@ impl Consumer {
             round_start: Instant::now(),
             layout: 0,
             member,
+            skipped_records: 0,
         })
     }
 
@@ -246,6 +250,12 @@ impl Consumer {
     /// "nothing new", and a round counts for at most one long-poll wait (`max_wait`): time in
     /// which a fetch failed, timed out or was still unanswered, or in which this process was
     /// not running (SIGSTOP, a suspended laptop), is never taken for idleness.
+    /// Records that retention or a purge deleted before this consumer read them (it moved past
+    /// them by its `from` policy, with a warning each time).
+    pub fn skipped_records(&self) -> u64 {
+        self.skipped_records
+    }
+
     pub fn idle(&self) -> Duration {
         self.idle
     }
@@ -510,6 +520,18 @@ impl Consumer {
                 // Not an error of this shard: its broker's breaker opened meanwhile.
                 debug!(shard = %c.shard, %open, "fetch skipped");
                 c.retry_at = Some(Instant::now() + breaker_pause(open.retry_in));
+            }
+            Err(ShardError::Client(ClientError::Server(ErrorKind::OffsetOutOfRange {
+                start,
+                end,
+                ..
+            }))) => {
+                let (to, skipped) =
+                    out_of_range::skip_deleted(&c.shard, self.config.from, c.position, start, end);
+                c.position = to;
+                c.not_before_ms = None;
+                self.skipped_records += skipped;
+                self.idle = Duration::ZERO;
             }
             Err(ShardError::Client(e)) => {
                 c.retry_at = Some(Instant::now() + FETCH_RETRY_PAUSE);
@@ -821,6 +843,7 @@ mod tests {
                 partitions: 3,
                 replication_factor: 1,
                 min_insync: 1,
+                retention: Default::default(),
             }],
             shards: (1..=3)
                 .map(|p| ShardRoute {

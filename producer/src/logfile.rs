@@ -221,6 +221,7 @@ mod tests {
                     partitions: *p,
                     replication_factor: 1,
                     min_insync: 1,
+                    retention: Default::default(),
                 })
                 .collect(),
             shards: topics

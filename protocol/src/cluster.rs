@@ -750,6 +750,7 @@ mod tests {
                 partitions: parts,
                 replication_factor: 1,
                 min_insync: 1,
+                retention: Default::default(),
             }],
             shards: (1..=parts)
                 .map(|p| ShardRoute {

@@ -127,6 +127,15 @@ pub enum ErrorKind {
         ours: u64,
         theirs: u64,
     },
+    /// A read below the shard's log start: retention or a purge deleted those records. The
+    /// reader moves to `start` (or the end), by its `--from` policy.
+    #[error("{shard}: offset {offset} is no longer stored: retention or a purge deleted the records below {start} (the log holds {start}..{end})")]
+    OffsetOutOfRange {
+        shard: String,
+        offset: u64,
+        start: u64,
+        end: u64,
+    },
 }
 
 impl ErrorKind {

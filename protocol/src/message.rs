@@ -175,6 +175,85 @@ pub struct TopicInfo {
     pub replication_factor: u32,
     /// In-sync replicas a `durable` produce needs (else `NotEnoughReplicas`).
     pub min_insync: u32,
+    /// How long and how much the topic keeps (default: everything, forever).
+    pub retention: Retention,
+}
+
+/// What a topic keeps. Whole stored batches are deleted from the front of each shard's log, the
+/// oldest first, and only below the high watermark; consumers below the new log start get
+/// [`crate::ErrorKind::OffsetOutOfRange`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// A batch goes once its newest record is older than this (by the producer's timestamps).
+    pub ms: Option<u64>,
+    /// The topic keeps at most about this many bytes: each of its N shards keeps at most
+    /// `bytes / N` (rounded up) plus the one batch that straddles the limit, on every replica.
+    pub bytes: Option<u64>,
+}
+
+impl Retention {
+    pub fn is_forever(&self) -> bool {
+        self.ms.is_none() && self.bytes.is_none()
+    }
+
+    /// The bytes each of `partitions` shards may keep.
+    pub fn shard_bytes(&self, partitions: u32) -> Option<u64> {
+        self.bytes.map(|b| b.div_ceil(u64::from(partitions.max(1))))
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.ms, self.bytes) {
+            (None, None) => f.write_str("forever"),
+            (ms, bytes) => {
+                let mut parts = Vec::new();
+                if let Some(ms) = ms {
+                    parts.push(format!("{ms} ms"));
+                }
+                if let Some(b) = bytes {
+                    parts.push(format!("{b} bytes"));
+                }
+                f.write_str(&parts.join(", "))
+            }
+        }
+    }
+}
+
+/// How far a leader deletes the front of a shard's log (`TrimShards`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrimTo {
+    /// By the topic's retention (`shard_bytes` is the shard's share of the topic's bytes).
+    Retention {
+        ms: Option<u64>,
+        shard_bytes: Option<u64>,
+    },
+    /// Everything below this offset (None: the high watermark, i.e. every committed record).
+    Before(Option<Offset>),
+}
+
+/// One shard's part in a `TrimShards` request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardTrim {
+    pub shard: ShardId,
+    pub to: TrimTo,
+}
+
+/// A shard's log after a trim (or why it could not be trimmed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrimResult {
+    pub shard: ShardId,
+    pub result: Result<LogRange, ErrorKind>,
+}
+
+/// The offsets a shard's log holds and the bytes they take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRange {
+    pub start: Offset,
+    pub end: Offset,
+    pub bytes: u64,
+    /// Records deleted by this trim.
+    pub deleted: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -321,6 +400,11 @@ pub struct ReplicaData {
     /// The leader's group offsets when they changed since the follower's `groups_version`
     /// (complete when the version's epoch differs, else the changed groups).
     pub groups: Vec<(String, Offset)>,
+    /// Groups deleted since the follower's `groups_version` (same epoch only).
+    pub groups_deleted: Vec<String>,
+    /// The leader's log start: the follower deletes what is below (and, when its whole log is
+    /// below, starts empty there).
+    pub log_start: Offset,
     pub groups_version: (LeaderEpoch, u64),
 }
 
@@ -544,6 +628,7 @@ pub enum Request {
         replication_factor: Option<u32>,
         /// None: a majority of the replication factor.
         min_insync: Option<u32>,
+        retention: Retention,
     },
     ListTopics,
     DescribeTopic {
@@ -555,11 +640,23 @@ pub enum Request {
     DeleteTopic {
         name: String,
     },
-    /// Admin: grow topic `name` to `partitions` (never shrinks); the new shards are placed on
-    /// the ring like a new topic's.
+    /// Admin: grow topic `name` to `partitions` (never shrinks; the new shards are placed on
+    /// the ring like a new topic's) and/or change its retention: `Some(None)` lifts a limit.
     AlterTopic {
         name: String,
-        partitions: u32,
+        partitions: Option<u32>,
+        retention_ms: Option<Option<u64>>,
+        retention_bytes: Option<Option<u64>>,
+    },
+    /// Admin: delete every committed record of topic `name` (each shard's log then starts at
+    /// its high watermark); offsets are never reused.
+    PurgeTopic {
+        name: String,
+    },
+    /// Admin: delete consumer group `group`'s committed offsets on every shard (refused while it
+    /// has live members).
+    DeleteGroup {
+        group: String,
     },
     // ---- consumer groups (router) ----
     /// A consumer joins `group` (or rejoins as `member`) to read `subscriptions` with the others;
@@ -644,6 +741,16 @@ pub enum Request {
     MoveStatus {
         move_id: u64,
     },
+    /// Delete the front of the logs of shards this broker leads (retention and purge); the
+    /// followers take the new log start from their next replica fetch.
+    TrimShards {
+        trims: Vec<ShardTrim>,
+    },
+    /// Delete `group`'s committed offset on `shard` (the leader; followers follow).
+    DeleteGroupOffset {
+        shard: ShardId,
+        group: String,
+    },
 
     // ---- transfer (destination broker -> source broker) ----
     /// Batches of `shard` starting at `from_offset`, up to about `max_bytes`.
@@ -717,6 +824,10 @@ impl Request {
             Request::DescribeTopic { .. } => "describe-topic",
             Request::DeleteTopic { .. } => "delete-topic",
             Request::AlterTopic { .. } => "alter-topic",
+            Request::PurgeTopic { .. } => "purge-topic",
+            Request::DeleteGroup { .. } => "delete-group",
+            Request::TrimShards { .. } => "trim-shards",
+            Request::DeleteGroupOffset { .. } => "delete-group-offset",
             Request::JoinGroup { .. } => "join-group",
             Request::GroupHeartbeat { .. } => "group-heartbeat",
             Request::LeaveGroup { .. } => "leave-group",
@@ -769,6 +880,10 @@ impl Request {
             Request::CreateTopic { .. }
             | Request::DeleteTopic { .. }
             | Request::AlterTopic { .. }
+            | Request::PurgeTopic { .. }
+            | Request::DeleteGroup { .. }
+            | Request::TrimShards { .. }
+            | Request::DeleteGroupOffset { .. }
             | Request::RemoveBroker { .. }
             | Request::RegisterBroker { .. }
             | Request::Heartbeat { .. }
@@ -796,7 +911,8 @@ impl Request {
             Request::Fetch(f) => Some(&f.shard),
             Request::CommitOffset { shard, .. }
             | Request::FetchOffset { shard, .. }
-            | Request::ListOffsets { shard, .. } => Some(shard),
+            | Request::ListOffsets { shard, .. }
+            | Request::DeleteGroupOffset { shard, .. } => Some(shard),
             _ => None,
         }
     }
@@ -878,6 +994,17 @@ pub enum Response {
     },
     /// A topic after `AlterTopic`.
     TopicAltered(TopicInfo),
+    /// Each shard's log after `PurgeTopic`.
+    TopicPurged {
+        name: String,
+        shards: Vec<TrimResult>,
+    },
+    /// `DeleteGroup`: the group's offsets are gone from `shards` shards.
+    GroupDeleted {
+        group: String,
+        shards: u32,
+    },
+    Trimmed(Vec<TrimResult>),
     /// What a group member may own now (answer to `JoinGroup` and `GroupHeartbeat`): it gives
     /// up (commits, stops reading) every shard it owns that is not listed.
     GroupAssignment {
@@ -955,6 +1082,9 @@ impl Response {
             Response::TopicCreated(_) => "topic-created",
             Response::TopicDeleted { .. } => "topic-deleted",
             Response::TopicAltered(_) => "topic-altered",
+            Response::TopicPurged { .. } => "topic-purged",
+            Response::GroupDeleted { .. } => "group-deleted",
+            Response::Trimmed(_) => "trimmed",
             Response::GroupAssignment { .. } => "group-assignment",
             Response::Groups(_) => "groups",
             Response::Group(_) => "group",

@@ -89,6 +89,7 @@ impl Service for TestService {
                     partitions: 0,
                     replication_factor: 1,
                     min_insync: 1,
+                    retention: Default::default(),
                 }));
             }
             if let Some(n) = name.strip_prefix("big:") {
@@ -100,6 +101,7 @@ impl Service for TestService {
                     partitions: 0,
                     replication_factor: 1,
                     min_insync: 1,
+                    retention: Default::default(),
                 }));
             }
             let n: u64 = name.parse().map_err(|_| ErrorKind::BadRequest {
@@ -117,6 +119,7 @@ impl Service for TestService {
                 partitions: completion,
                 replication_factor: 1,
                 min_insync: 1,
+                retention: Default::default(),
             }))
         })
     }

@@ -121,6 +121,10 @@ fn sample_topic() -> TopicInfo {
         partitions: 3,
         replication_factor: 1,
         min_insync: 1,
+        retention: Retention {
+            ms: Some(3_600_000),
+            bytes: Some(1 << 30),
+        },
     }
 }
 
@@ -176,9 +180,13 @@ fn request_variant(r: &Request) -> usize {
         Request::LeaveGroup { .. } => 34,
         Request::ListGroups => 35,
         Request::DescribeGroup { .. } => 36,
+        Request::PurgeTopic { .. } => 37,
+        Request::DeleteGroup { .. } => 38,
+        Request::TrimShards { .. } => 39,
+        Request::DeleteGroupOffset { .. } => 40,
     }
 }
-const REQUEST_VARIANTS: usize = 37;
+const REQUEST_VARIANTS: usize = 41;
 
 fn sample_replica_set() -> ReplicaSet {
     ReplicaSet {
@@ -242,6 +250,7 @@ fn sample_requests() -> Vec<Request> {
             partitions: 12,
             replication_factor: None,
             min_insync: None,
+            retention: Default::default(),
         },
         Request::ListTopics,
         Request::DescribeTopic {
@@ -252,7 +261,38 @@ fn sample_requests() -> Vec<Request> {
         },
         Request::AlterTopic {
             name: "orders".into(),
-            partitions: 24,
+            partitions: Some(24),
+            retention_ms: Some(None),
+            retention_bytes: Some(Some(10_000_000)),
+        },
+        Request::PurgeTopic {
+            name: "orders".into(),
+        },
+        Request::DeleteGroup {
+            group: "billing".into(),
+        },
+        Request::TrimShards {
+            trims: vec![
+                ShardTrim {
+                    shard: shard("orders", 1),
+                    to: TrimTo::Retention {
+                        ms: Some(86_400_000),
+                        shard_bytes: None,
+                    },
+                },
+                ShardTrim {
+                    shard: shard("orders", 2),
+                    to: TrimTo::Before(Some(77)),
+                },
+                ShardTrim {
+                    shard: shard("orders", 3),
+                    to: TrimTo::Before(None),
+                },
+            ],
+        },
+        Request::DeleteGroupOffset {
+            shard: shard("orders", 2),
+            group: "billing".into(),
         },
         Request::JoinGroup {
             group: "billing".into(),
@@ -413,9 +453,12 @@ fn response_variant(r: &Response) -> usize {
         Response::GroupAssignment { .. } => 28,
         Response::Groups(_) => 29,
         Response::Group(_) => 30,
+        Response::TopicPurged { .. } => 31,
+        Response::GroupDeleted { .. } => 32,
+        Response::Trimmed(_) => 33,
     }
 }
-const RESPONSE_VARIANTS: usize = 31;
+const RESPONSE_VARIANTS: usize = 34;
 
 fn sample_responses() -> Vec<Response> {
     vec![
@@ -495,6 +538,7 @@ fn sample_responses() -> Vec<Response> {
                 partitions: 64,
                 replication_factor: 1,
                 min_insync: 1,
+                retention: Default::default(),
             },
         ]),
         Response::Topic(TopicDescription {
@@ -568,7 +612,9 @@ fn sample_responses() -> Vec<Response> {
                     diverging: None,
                     batches: vec![sample_stored(1_000)],
                     groups: vec![("billing".into(), 800)],
+                    groups_deleted: vec!["old".into()],
                     groups_version: (9, 5),
+                    log_start: 400,
                 }),
             },
             ReplicaFetchResult {
@@ -578,7 +624,9 @@ fn sample_responses() -> Vec<Response> {
                     diverging: Some((3, 120)),
                     batches: vec![],
                     groups: vec![],
+                    groups_deleted: vec![],
                     groups_version: (1, 0),
+                    log_start: 0,
                 }),
             },
             ReplicaFetchResult {
@@ -591,6 +639,40 @@ fn sample_responses() -> Vec<Response> {
             },
         ]),
         Response::IsrAltered { isr_version: 15 },
+        Response::TopicPurged {
+            name: "orders".into(),
+            shards: vec![
+                TrimResult {
+                    shard: shard("orders", 1),
+                    result: Ok(LogRange {
+                        start: 900,
+                        end: 900,
+                        bytes: 0,
+                        deleted: 900,
+                    }),
+                },
+                TrimResult {
+                    shard: shard("orders", 2),
+                    result: Err(ErrorKind::Unavailable {
+                        what: "broker 3".into(),
+                        reason: "down".into(),
+                    }),
+                },
+            ],
+        },
+        Response::GroupDeleted {
+            group: "billing".into(),
+            shards: 12,
+        },
+        Response::Trimmed(vec![TrimResult {
+            shard: shard("orders", 3),
+            result: Ok(LogRange {
+                start: 10,
+                end: 20,
+                bytes: 300,
+                deleted: 10,
+            }),
+        }]),
         Response::Elected(Election {
             shard: shard("orders", 1),
             leader: 3,
@@ -653,9 +735,10 @@ fn error_variant(e: &ErrorKind) -> usize {
         ErrorKind::NotEnoughReplicas { .. } => 26,
         ErrorKind::LeaderEpochMismatch { .. } => 27,
         ErrorKind::UnknownMember { .. } => 28,
+        ErrorKind::OffsetOutOfRange { .. } => 29,
     }
 }
-const ERROR_VARIANTS: usize = 29;
+const ERROR_VARIANTS: usize = 30;
 
 fn sample_errors() -> Vec<ErrorKind> {
     vec![
@@ -673,6 +756,12 @@ fn sample_errors() -> Vec<ErrorKind> {
         ErrorKind::UnknownMember {
             group: "billing".into(),
             member: "gone-1".into(),
+        },
+        ErrorKind::OffsetOutOfRange {
+            shard: "orders:P1".into(),
+            offset: 10,
+            start: 500,
+            end: 900,
         },
         ErrorKind::UnknownShard {
             shard: "orders:P9".into(),
@@ -974,6 +1063,14 @@ fn arb_error() -> impl Strategy<Value = ErrorKind> {
         s().prop_map(|shard| ErrorKind::Moving { shard }),
         s().prop_map(|topic| ErrorKind::UnknownTopic { topic }),
         (s(), s()).prop_map(|(group, member)| ErrorKind::UnknownMember { group, member }),
+        (s(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(shard, offset, start, end)| {
+            ErrorKind::OffsetOutOfRange {
+                shard,
+                offset,
+                start,
+                end,
+            }
+        }),
         (s(), s()).prop_map(|(shard, reason)| ErrorKind::UnknownShard { shard, reason }),
         (s(), s()).prop_map(|(name, reason)| ErrorKind::InvalidName { name, reason }),
         (s(), any::<u32>())

@@ -32,6 +32,7 @@ impl Service for Echo {
                     partitions: 1,
                     replication_factor: 1,
                     min_insync: 1,
+                    retention: Default::default(),
                 }),
                 _ => Response::Ok,
             })
@@ -179,6 +180,7 @@ async fn control_needs_the_secret_and_the_data_plane_is_closed_unless_opened() {
             partitions: 1,
             replication_factor: None,
             min_insync: None,
+            retention: Default::default(),
         })
         .await,
     );

@@ -48,6 +48,10 @@ pub struct RouterArgs {
     /// place back when it returns.
     #[arg(long, default_value_t = crate::DEFAULT_REPLACE_AFTER.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub replace_after_ms: u64,
+    /// How often, in milliseconds, the leaders are told to apply their topics' retention
+    /// (`topic create --retention-ms/--retention-bytes`).
+    #[arg(long, default_value_t = crate::DEFAULT_RETENTION_CHECK.as_millis() as u64, value_parser = clap::value_parser!(u64).range(10..))]
+    pub retention_check_ms: u64,
     /// Deadline in milliseconds of a request the router sends to a broker (a proxied fetch gets
     /// its long-poll wait on top).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -105,6 +109,7 @@ impl RouterArgs {
             broker_timeout: Duration::from_millis(self.broker_timeout_ms),
             default_replication_factor: self.default_replication_factor,
             replace_after: Duration::from_millis(self.replace_after_ms),
+            retention_check: Duration::from_millis(self.retention_check_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_frame: self.max_frame_bytes,
             // Bounded to 1..=1000 by the parser.

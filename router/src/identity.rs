@@ -273,7 +273,8 @@ mod tests {
         assert!(persisted
             .iter()
             .any(|op| matches!(op, Op::Bind { id: 1, uuid } if uuid == U1)));
-        s.create_topic("t", 4, None, None, ok).unwrap();
+        s.create_topic("t", 4, None, None, Default::default(), ok)
+            .unwrap();
 
         // A rogue with id 1 and a fresh data dir, while broker 1 is up: refused, and broker 1's
         // address is untouched (clients are never pointed at the rogue).
@@ -385,7 +386,8 @@ mod tests {
             s.register_process(id, format!("h:{id}"), 1, claim(u, None), t0, ok)
                 .unwrap();
         }
-        s.create_topic("t", 6, None, None, ok).unwrap();
+        s.create_topic("t", 6, None, None, Default::default(), ok)
+            .unwrap();
         let on_1 = s.held_by(1);
         assert!(!on_1.is_empty());
         let e = s

@@ -21,6 +21,7 @@ mod pool;
 mod reassign;
 mod rebalance;
 mod replication;
+mod retention;
 mod service;
 mod state;
 mod store;
@@ -55,6 +56,8 @@ pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
 /// How long a broker may be down before its replicas are re-created on other brokers.
 pub const DEFAULT_REPLACE_AFTER: Duration = Duration::from_secs(60);
+/// How often topics' retention is applied (`--retention-check-ms`).
+pub const DEFAULT_RETENTION_CHECK: Duration = Duration::from_secs(5);
 /// Default deadline of a request the router sends to a broker (proxied or its own).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of shard moves in flight at once.
@@ -92,6 +95,8 @@ pub struct RouterConfig {
     pub default_replication_factor: u32,
     /// A broker down for longer than this has its replicas re-created on other brokers.
     pub replace_after: Duration,
+    /// How often the leaders are told to apply their topics' retention.
+    pub retention_check: Duration,
     /// Address of the HTTP API, metrics and web page (`127.0.0.1:0` picks a free port; see
     /// [`RouterHandle::http_addr`]); None: no HTTP.
     pub http: Option<String>,
@@ -115,6 +120,7 @@ impl RouterConfig {
             listener: Listener::default(),
             default_replication_factor: DEFAULT_REPLICATION_FACTOR,
             replace_after: DEFAULT_REPLACE_AFTER,
+            retention_check: DEFAULT_RETENTION_CHECK,
             http: None,
             up_data: None,
         }
@@ -205,6 +211,7 @@ pub struct RouterHandle {
     server: JoinHandle<std::io::Result<()>>,
     liveness: JoinHandle<()>,
     rebalancer: JoinHandle<()>,
+    retention: JoinHandle<()>,
     shared: Arc<Shared>,
 }
 
@@ -237,6 +244,9 @@ impl RouterHandle {
         }
         if let Err(e) = self.liveness.await {
             warn!("liveness task failed: {e}");
+        }
+        if let Err(e) = self.retention.await {
+            warn!("retention task failed: {e}");
         }
         // Moves in flight stop at their next step; they resume from the store at the next start.
         if let Err(e) = self.rebalancer.await {
@@ -358,6 +368,7 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         http_listener.map(|l| tokio::spawn(http::serve(l, shared.clone(), shutdown.clone())));
     let liveness = tokio::spawn(liveness::liveness_task(shared.clone()));
     let rebalancer = tokio::spawn(rebalance::rebalancer_task(shared.clone()));
+    let retention = tokio::spawn(retention::retention_task(shared.clone()));
     info!(%addr, http = ?http_addr, %cluster, epoch, members, topics, moves, "router started");
     Ok(RouterHandle {
         addr,
@@ -367,6 +378,7 @@ pub async fn start(config: RouterConfig) -> anyhow::Result<RouterHandle> {
         server,
         liveness,
         rebalancer,
+        retention,
         shared,
     })
 }

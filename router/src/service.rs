@@ -59,7 +59,8 @@ impl Service for Shared {
                 partitions,
                 replication_factor,
                 min_insync,
-            } => self.create_topic(name, partitions, replication_factor, min_insync),
+                retention,
+            } => self.create_topic(name, partitions, replication_factor, min_insync, retention),
             r @ (Request::JoinGroup { .. }
             | Request::GroupHeartbeat { .. }
             | Request::LeaveGroup { .. }
@@ -70,7 +71,14 @@ impl Service for Shared {
                 })
             })),
             Request::DeleteTopic { name } => self.delete_topic(name),
-            Request::AlterTopic { name, partitions } => self.alter_topic(name, partitions),
+            Request::AlterTopic {
+                name,
+                partitions,
+                retention_ms,
+                retention_bytes,
+            } => self.alter_topic(name, partitions, retention_ms, retention_bytes),
+            Request::PurgeTopic { name } => self.purge_topic(name),
+            Request::DeleteGroup { group } => self.delete_group(group),
             Request::AlterIsr {
                 broker,
                 shard,
@@ -230,12 +238,18 @@ impl Shared {
         partitions: u32,
         replication_factor: Option<u32>,
         min_insync: Option<u32>,
+        retention: shardq_protocol::Retention,
     ) -> ServiceFuture {
         let result = {
             let mut st = self.state();
-            st.create_topic(&name, partitions, replication_factor, min_insync, |ops| {
-                self.persist(ops)
-            })
+            st.create_topic(
+                &name,
+                partitions,
+                replication_factor,
+                min_insync,
+                retention,
+                |ops| self.persist(ops),
+            )
             .map(|c| (c, st.epoch))
         };
         let (info, pushes, epoch) = match result {
@@ -283,27 +297,56 @@ impl Shared {
         })
     }
 
-    /// Grows a topic: like a creation, its new shards are pushed to their brokers before the
-    /// answer, so a produce right after finds them.
-    fn alter_topic(self: &Arc<Self>, name: String, partitions: u32) -> ServiceFuture {
+    /// Grows a topic and/or changes its retention. Like a creation, new shards are pushed to
+    /// their brokers before the answer, so a produce right after finds them.
+    fn alter_topic(
+        self: &Arc<Self>,
+        name: String,
+        partitions: Option<u32>,
+        retention_ms: Option<Option<u64>>,
+        retention_bytes: Option<Option<u64>>,
+    ) -> ServiceFuture {
+        if partitions.is_none() && retention_ms.is_none() && retention_bytes.is_none() {
+            return done(Err(ErrorKind::BadRequest {
+                reason: format!(
+                    "nothing to change on topic {name:?}: give partitions, retention ms or \
+                     retention bytes"
+                ),
+            }));
+        }
         let result = {
             let mut st = self.state();
-            st.alter_partitions(&name, partitions, |ops| self.persist(ops))
-                .map(|r| (r, st.epoch))
+            let grown = match partitions {
+                Some(p) => st.alter_partitions(&name, p, |ops| self.persist(ops)),
+                None => st.describe(&name).map(|d| (d.topic, Vec::new())),
+            };
+            grown.and_then(|(info, pushes)| {
+                let info = if retention_ms.is_some() || retention_bytes.is_some() {
+                    let info = st.alter_retention(&name, retention_ms, retention_bytes, |ops| {
+                        self.persist(ops)
+                    })?;
+                    info!(topic = %name, retention = %info.retention, "topic retention changed");
+                    info
+                } else {
+                    info
+                };
+                Ok(((info, pushes), st.epoch))
+            })
         };
         let ((info, pushes), epoch) = match result {
             Ok(r) => r,
             Err(e) => return done(Err(e)),
         };
-        if pushes.is_empty() {
-            return done(Ok(Response::TopicAltered(info)));
+        if !pushes.is_empty() {
+            info!(topic = %name, partitions = info.partitions, epoch, "topic grown");
         }
-        info!(topic = %name, partitions, epoch, "topic grown");
         let shared = self.clone();
         Box::pin(async move {
             shared.store.flush().await.map_err(storage)?;
-            push(&shared.pool, epoch, pushes, shared.config.broker_timeout).await;
-            shared.kick_rebalancer();
+            if !pushes.is_empty() {
+                push(&shared.pool, epoch, pushes, shared.config.broker_timeout).await;
+                shared.kick_rebalancer();
+            }
             Ok(Response::TopicAltered(info))
         })
     }
@@ -429,7 +472,7 @@ impl Shared {
 
     /// Forwards a data-plane request to its shard's owner. The broker's own errors (NotOwner,
     /// UnknownShard, ...) pass through; not reaching it is `Unavailable`, which clients retry.
-    fn proxy(self: &Arc<Self>, request: Request, timeout: Duration) -> ServiceFuture {
+    pub(crate) fn proxy(self: &Arc<Self>, request: Request, timeout: Duration) -> ServiceFuture {
         let Some(shard) = request.shard().cloned() else {
             return done(Err(ErrorKind::Internal {
                 reason: format!("{} request has no shard to route by", request.name()),

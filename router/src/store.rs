@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use shardq_protocol::codec::{decode, encode};
-use shardq_protocol::{BrokerId, Epoch, MovePhase, MoveProgress, ShardId};
+use shardq_protocol::{BrokerId, Epoch, MovePhase, MoveProgress, Retention, ShardId};
 
 pub use crate::state::Replicas;
 
@@ -23,6 +23,15 @@ pub struct TopicConfig {
     pub partitions: u32,
     pub replication_factor: u32,
     pub min_insync: u32,
+    pub retention: Retention,
+}
+
+/// A topic's settings as routers before retention stored them.
+#[derive(Deserialize)]
+struct TopicConfigV2 {
+    partitions: u32,
+    replication_factor: u32,
+    min_insync: u32,
 }
 use shardq_ring::RingConfig;
 use thiserror::Error;
@@ -269,17 +278,22 @@ impl Store {
                 let id: BrokerId = decode(&value).map_err(corrupt)?;
                 snap.removed.insert(id);
             } else if key.starts_with(TOPIC) {
-                // Topics from before replication factors: one replica.
+                // Topics from before retention (forever), and from before replication
+                // factors (one replica).
                 let (name, config) = decode::<(String, TopicConfig)>(&value)
                     .or_else(|e| {
-                        decode::<(String, u32)>(&value)
-                            .map(|(n, partitions)| {
-                                let config = TopicConfig {
-                                    partitions,
-                                    replication_factor: 1,
-                                    min_insync: 1,
-                                };
-                                (n, config)
+                        let old = |partitions, replication_factor, min_insync| TopicConfig {
+                            partitions,
+                            replication_factor,
+                            min_insync,
+                            retention: Retention::default(),
+                        };
+                        decode::<(String, TopicConfigV2)>(&value)
+                            .map(|(n, c)| {
+                                (n, old(c.partitions, c.replication_factor, c.min_insync))
+                            })
+                            .or_else(|_| {
+                                decode::<(String, u32)>(&value).map(|(n, p)| (n, old(p, 1, 1)))
                             })
                             .map_err(|_| e)
                     })
@@ -408,6 +422,10 @@ mod tests {
                         partitions: 2,
                         replication_factor: 3,
                         min_insync: 2,
+                        retention: Retention {
+                            ms: Some(60_000),
+                            bytes: None,
+                        },
                     },
                 },
                 Op::PutReplicas {

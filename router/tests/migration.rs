@@ -149,6 +149,7 @@ async fn create(c: &Connection, name: &str, partitions: u32) {
         // covered by the router's state tests and tests/chaos.rs).
         replication_factor: Some(1),
         min_insync: None,
+        retention: Default::default(),
     };
     assert!(matches!(ask(c, req).await, Ok(Response::TopicCreated(_))));
 }

@@ -71,6 +71,7 @@ async fn produce_and_fetch_through_the_router_reach_the_owners() {
             partitions: 6,
             replication_factor: None,
             min_insync: None,
+            retention: Default::default(),
         },
     )
     .await
@@ -158,6 +159,7 @@ async fn a_restarted_broker_gets_its_shards_and_data_back() {
             // One replica: the shard waits for its broker (replicated ones fail over).
             replication_factor: Some(1),
             min_insync: None,
+            retention: Default::default(),
         },
     )
     .await

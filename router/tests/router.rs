@@ -42,6 +42,7 @@ async fn create(
             // placement and ownership.
             replication_factor: Some(1),
             min_insync: None,
+            retention: Default::default(),
         },
     )
     .await
@@ -67,6 +68,7 @@ async fn topic_create_places_every_shard_like_the_ring() {
             partitions: 12,
             replication_factor: 1,
             min_insync: 1,
+            retention: Default::default(),
         })
     );
     let table = routing(&c, &["T1"]).await;

@@ -264,3 +264,25 @@ pub async fn group_reset_offsets(
     }
     Ok(())
 }
+
+/// `shardq group delete G`: its committed offsets go from every shard (refused while it has
+/// live members); a consumer of that group starts again by its `--from` policy.
+pub async fn group_delete(bootstrap: &str, group: &str, as_json: bool) -> Result<()> {
+    let request = Request::DeleteGroup {
+        group: group.to_string(),
+    };
+    match ask(bootstrap, request).await? {
+        Response::GroupDeleted { group, shards } => {
+            if as_json {
+                println!("{}", json!({ "group": group, "shards": shards }));
+            } else {
+                println!(
+                    "consumer group {group} deleted: its committed offsets are gone from all \
+                     {shards} shard(s); a consumer joining it starts by its --from policy"
+                );
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer {}", other.name()),
+    }
+}

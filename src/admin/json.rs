@@ -23,6 +23,7 @@ pub fn topic(t: &TopicInfo) -> Value {
     json!({
         "name": t.name, "partitions": t.partitions,
         "replication_factor": t.replication_factor, "min_insync": t.min_insync,
+        "retention_ms": t.retention.ms, "retention_bytes": t.retention.bytes,
     })
 }
 
@@ -36,6 +37,7 @@ pub fn shard(r: &ShardRoute, rep: Option<&ShardReport>, down: &BTreeSet<u32>) ->
         "leader_epoch": r.leader_epoch,
         "replicas": r.replicas,
         "isr": r.isr,
+        "start_offset": rep.map(|x| x.start_offset),
         "end_offset": rep.map(|x| x.end_offset),
         "high_watermark": rep.map(|x| x.high_watermark),
         "bytes": rep.map(|x| x.bytes),

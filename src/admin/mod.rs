@@ -4,10 +4,13 @@
 mod group;
 mod json;
 mod topic;
+pub mod units;
 pub mod watch;
 
-pub use group::{group_describe, group_list, group_reset_offsets};
-pub use topic::{topic_alter, topic_create, topic_delete, topic_describe, topic_list};
+pub use group::{group_delete, group_describe, group_list, group_reset_offsets};
+pub use topic::{
+    topic_alter, topic_create, topic_delete, topic_describe, topic_list, topic_purge, TopicAlter,
+};
 pub use watch::watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,8 +69,16 @@ pub(crate) fn render_shards(
     down: &BTreeSet<u32>,
 ) -> String {
     let mut s = format!(
-        "{:<24} {:<10} {:<12} {:<12} {:>12} {:>12} {:>10} {:>12}  groups (committed/lag)\n",
-        "shard", "leader", "replicas", "in sync", "end offset", "committed", "max lag", "bytes"
+        "{:<24} {:<10} {:<12} {:<12} {:>12} {:>12} {:>12} {:>10} {:>12}  groups (committed/lag)\n",
+        "shard",
+        "leader",
+        "replicas",
+        "in sync",
+        "log start",
+        "end offset",
+        "committed",
+        "max lag",
+        "bytes"
     );
     for (route, report) in shards {
         let owner = route.owner.as_ref().map_or("-".to_string(), |o| {
@@ -83,13 +94,17 @@ pub(crate) fn render_shards(
             owner
         };
         let (end, hw, lag, bytes, groups) = report_cells(report.as_ref(), |b| b.to_string());
+        let start = report
+            .as_ref()
+            .map_or("?".to_string(), |r| r.start_offset.to_string());
         let ids = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         s.push_str(&format!(
-            "{:<24} {:<10} {:<12} {:<12} {:>12} {:>12} {:>10} {:>12}  {}\n",
+            "{:<24} {:<10} {:<12} {:<12} {:>12} {:>12} {:>12} {:>10} {:>12}  {}\n",
             route.shard.to_string(),
             owner,
             ids(&route.replicas),
             ids(&route.isr),
+            start,
             end,
             hw,
             lag,
@@ -866,6 +881,7 @@ mod tests {
                 partitions: 2,
                 replication_factor: 1,
                 min_insync: 1,
+                retention: Default::default(),
             }],
             shards: vec![(route(1, 1), None), (route(2, 4), None)],
             moves: Vec::new(),

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use shardq_protocol::{BrokerStatus, Request, Response, TopicDescription};
+use shardq_protocol::{BrokerStatus, Request, Response, Retention, TopicDescription, TopicInfo};
 
 use super::{ask, client, json, render_shards};
 
@@ -14,6 +14,7 @@ pub async fn topic_create(
     partitions: u32,
     replication_factor: Option<u32>,
     min_insync: Option<u32>,
+    retention: Retention,
     as_json: bool,
 ) -> Result<()> {
     match ask(
@@ -23,6 +24,7 @@ pub async fn topic_create(
             partitions,
             replication_factor,
             min_insync,
+            retention,
         },
     )
     .await?
@@ -33,8 +35,13 @@ pub async fn topic_create(
                 return Ok(());
             }
             println!(
-                "topic {} with {} partition(s), replication factor {}, min in-sync replicas {}",
-                t.name, t.partitions, t.replication_factor, t.min_insync
+                "topic {} with {} partition(s), replication factor {}, min in-sync replicas {}, \
+                 retention {}",
+                t.name,
+                t.partitions,
+                t.replication_factor,
+                t.min_insync,
+                retention_text(&t)
             );
             Ok(())
         }
@@ -55,8 +62,12 @@ pub async fn topic_list(bootstrap: &str, as_json: bool) -> Result<()> {
             }
             for t in ts {
                 println!(
-                    "{:<30} {} partition(s), replication factor {}, min in-sync {}",
-                    t.name, t.partitions, t.replication_factor, t.min_insync
+                    "{:<30} {} partition(s), replication factor {}, min in-sync {}, retention {}",
+                    t.name,
+                    t.partitions,
+                    t.replication_factor,
+                    t.min_insync,
+                    retention_text(&t)
                 );
             }
             Ok(())
@@ -97,39 +108,146 @@ pub async fn topic_describe(bootstrap: &str, name: &str, as_json: bool) -> Resul
 
 fn render_topic(d: &TopicDescription, down: &BTreeSet<u32>) -> String {
     let mut s = format!(
-        "topic {} ({} partitions, replication factor {}, min in-sync {})\n",
-        d.topic.name, d.topic.partitions, d.topic.replication_factor, d.topic.min_insync
+        "topic {} ({} partitions, replication factor {}, min in-sync {}, retention {})\n",
+        d.topic.name,
+        d.topic.partitions,
+        d.topic.replication_factor,
+        d.topic.min_insync,
+        retention_text(&d.topic)
     );
     s.push_str(&render_shards(&d.shards, down));
     s
 }
 
-/// `shardq topic alter T --partitions N`: grows the topic.
+/// `forever`, or e.g. `7d, 10.0 MB (5.0 MB per partition)`.
+fn retention_text(t: &TopicInfo) -> String {
+    let r = t.retention;
+    if r.is_forever() {
+        return "forever".into();
+    }
+    let mut parts = Vec::new();
+    if let Some(ms) = r.ms {
+        parts.push(human_ms(ms));
+    }
+    if let (Some(b), Some(per)) = (r.bytes, r.shard_bytes(t.partitions)) {
+        parts.push(format!(
+            "{} ({} per partition)",
+            super::human_bytes(b),
+            super::human_bytes(per)
+        ));
+    }
+    parts.join(", ")
+}
+
+fn human_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    UNITS
+        .iter()
+        .find(|(f, _)| ms >= *f && ms.is_multiple_of(*f))
+        .map_or(format!("{ms} ms"), |(f, u)| format!("{}{u}", ms / f))
+}
+
+/// What `shardq topic alter` changes (None: unchanged; `Some(None)`: the limit is lifted).
+#[derive(Debug, Default)]
+pub struct TopicAlter {
+    pub partitions: Option<u32>,
+    pub retention_ms: Option<Option<u64>>,
+    pub retention_bytes: Option<Option<u64>>,
+}
+
+/// `shardq topic alter T [--partitions N] [--retention-ms D] [--retention-bytes B]`.
 pub async fn topic_alter(
     bootstrap: &str,
     name: &str,
-    partitions: u32,
+    change: TopicAlter,
     as_json: bool,
 ) -> Result<()> {
+    if change.partitions.is_none()
+        && change.retention_ms.is_none()
+        && change.retention_bytes.is_none()
+    {
+        bail!("nothing to change: give --partitions, --retention-ms or --retention-bytes");
+    }
+    let grows = change.partitions.is_some();
     let request = Request::AlterTopic {
         name: name.to_string(),
-        partitions,
+        partitions: change.partitions,
+        retention_ms: change.retention_ms,
+        retention_bytes: change.retention_bytes,
     };
     match ask(bootstrap, request).await? {
         Response::TopicAltered(t) => {
             if as_json {
                 println!("{}", json::topic(&t));
-            } else {
+                return Ok(());
+            }
+            if grows {
                 println!(
-                    "topic {} has {} partition(s) now (replication factor {}); producers to {}:* \
-                     use the new ones once they refresh their routing",
+                    "topic {} has {} partition(s) now (replication factor {}); producers to \
+                     {}:* use the new ones once they refresh their routing",
                     t.name, t.partitions, t.replication_factor, t.name
                 );
             }
+            println!("topic {} keeps records: {}", t.name, retention_text(&t));
             Ok(())
         }
         other => bail!("unexpected answer {}", other.name()),
     }
+}
+
+/// `shardq topic purge T`: deletes every committed record; prints each shard's log after.
+pub async fn topic_purge(bootstrap: &str, name: &str, as_json: bool) -> Result<()> {
+    let request = Request::PurgeTopic {
+        name: name.to_string(),
+    };
+    let shards = match ask(bootstrap, request).await? {
+        Response::TopicPurged { shards, .. } => shards,
+        other => bail!("unexpected answer {}", other.name()),
+    };
+    let failed = shards.iter().filter(|s| s.result.is_err()).count();
+    if as_json {
+        let v: Vec<_> = shards
+            .iter()
+            .map(|s| match &s.result {
+                Ok(r) => serde_json::json!({
+                    "shard": s.shard.to_string(), "start": r.start, "end": r.end,
+                    "deleted": r.deleted,
+                }),
+                Err(e) => {
+                    serde_json::json!({ "shard": s.shard.to_string(), "error": e.to_string() })
+                }
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for s in &shards {
+            match &s.result {
+                Ok(r) => println!(
+                    "{:<24} deleted {:>10} record(s); the log now starts at {} (end {})",
+                    s.shard.to_string(),
+                    r.deleted,
+                    r.start,
+                    r.end
+                ),
+                Err(e) => println!("{:<24} NOT purged: {e}", s.shard.to_string()),
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} shard(s) of {name} could not be purged; run it again once their leaders are up");
+    }
+    if !as_json {
+        println!(
+            "topic {name} purged; consumers below the new log starts move on by their --from \
+             policy, and offsets are never reused"
+        );
+    }
+    Ok(())
 }
 
 /// `shardq topic delete T`: its routes go now; unless `no_wait`, waits (up to `timeout`) until

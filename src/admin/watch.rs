@@ -784,6 +784,7 @@ mod tests {
                 partitions: shards,
                 replication_factor: 1,
                 min_insync: 1,
+                retention: Default::default(),
             }],
             shards: (1..=shards)
                 .map(|p| {

@@ -65,6 +65,16 @@ impl Cluster {
 
     /// With `open_data_plane`, clients without the secret may produce and fetch.
     pub async fn start_with(brokers: u32, fsync: &str, open_data_plane: bool) -> Cluster {
+        Self::start_tuned(brokers, fsync, open_data_plane, |_| {}).await
+    }
+
+    /// [`Cluster::start_with`], with `tune` changing the router's configuration first.
+    pub async fn start_tuned(
+        brokers: u32,
+        fsync: &str,
+        open_data_plane: bool,
+        tune: impl FnOnce(&mut shardq_router::RouterConfig),
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         // Authentication on, as every real cluster runs.
         let secret = Secret::write_new(&dir.path().join("cluster.token")).expect("token file");
@@ -73,6 +83,7 @@ impl Cluster {
         rc.listener.secret = Some(secret.clone());
         rc.listener.open_data_plane = open_data_plane;
         rc.http = Some("127.0.0.1:0".into());
+        tune(&mut rc);
         let router = shardq_router::start(rc).await.expect("router starts");
         let mut handles = Vec::new();
         for id in 1..=brokers {
@@ -153,6 +164,7 @@ impl Cluster {
                 partitions,
                 replication_factor,
                 min_insync: None,
+                retention: Default::default(),
             })
             .await
             .expect("topic created");
@@ -285,6 +297,7 @@ impl UpCluster {
                 partitions,
                 replication_factor,
                 min_insync: None,
+                retention: Default::default(),
             })
             .await
             .expect("topic created");

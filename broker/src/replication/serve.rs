@@ -114,7 +114,8 @@ pub(crate) fn checksum(
         .min(s.end_offset());
     let mut sum = Fnv::new();
     let mut records = 0u64;
-    let mut from: Offset = 0;
+    let start = s.offsets().0;
+    let mut from: Offset = start;
     while from < end {
         let (batches, _) = s.read(from, 1 << 20, 4 << 20, Limit::End)?;
         if batches.is_empty() {
@@ -145,7 +146,7 @@ pub(crate) fn checksum(
     Ok(Response::Checksums(vec![ReplicaChecksum {
         broker: broker.id(),
         role: s.role(),
-        start: 0,
+        start,
         end: from.min(end),
         records,
         checksum: sum.finish(),

@@ -32,13 +32,14 @@ use crate::wal::Wal;
 
 mod entry;
 mod replicated;
+mod trim;
 
 pub use entry::stored_size;
 pub use replicated::Following;
 
 use entry::{
     be_u64, encode_entry, entry_to_batch, epoch_key, group_key, log_key, producer_key, storage,
-    EPOCH, GROUP, LOG, PRODUCER, STATS_BYTES, STATS_HW,
+    EPOCH, GROUP, LOG, PRODUCER, STATS_BYTES, STATS_HW, STATS_START,
 };
 
 /// Stored log entries are kept at or below this size: sled writes a separate file per value above
@@ -52,6 +53,7 @@ pub fn tree_name(shard: &ShardId) -> String {
 
 /// A shard's state as found in its tree.
 struct Loaded {
+    start: Offset,
     next_offset: Offset,
     bytes: u64,
     producers: HashMap<u64, ProducerState>,
@@ -65,14 +67,22 @@ impl Loaded {
         let tree = db
             .open_tree(tree_name(id))
             .map_err(|e| storage(id, "cannot open tree", e))?;
+        let stat = |key: &[u8]| -> Result<Option<u64>, ErrorKind> {
+            Ok(tree
+                .get(key)
+                .map_err(|e| storage(id, "cannot read stats", e))?
+                .and_then(|v| be_u64(&v)))
+        };
+        // Retention may have deleted every entry: the log then ends where it starts.
+        let start = stat(STATS_START)?.unwrap_or(0);
         let next_offset = match tree
             .range(log_key(0)..=log_key(u64::MAX))
             .next_back()
             .transpose()
             .map_err(|e| storage(id, "cannot read the log end", e))?
         {
-            Some((k, v)) => entry_to_batch(id, &k, v)?.end_offset(),
-            None => 0,
+            Some((k, v)) => entry_to_batch(id, &k, v)?.end_offset().max(start),
+            None => start,
         };
         let mut producers = HashMap::new();
         for kv in tree.scan_prefix([PRODUCER]) {
@@ -88,12 +98,6 @@ impl Loaded {
             let off = be_u64(&v).ok_or_else(|| storage(id, "corrupt group offset", &group))?;
             groups.insert(group, off);
         }
-        let stat = |key: &[u8]| -> Result<Option<u64>, ErrorKind> {
-            Ok(tree
-                .get(key)
-                .map_err(|e| storage(id, "cannot read stats", e))?
-                .and_then(|v| be_u64(&v)))
-        };
         let bytes = stat(STATS_BYTES)?.unwrap_or(0);
         let mut epochs = Vec::new();
         for kv in tree.scan_prefix([EPOCH]) {
@@ -105,6 +109,7 @@ impl Loaded {
         // Entries written before replication carry epoch 0 and no epoch record.
         let hw = stat(STATS_HW)?.unwrap_or(0).min(next_offset);
         let loaded = Loaded {
+            start,
             next_offset,
             bytes,
             producers,
@@ -190,6 +195,8 @@ struct Inner {
     /// None once the shard was dropped here.
     tree: Option<sled::Tree>,
     own: Ownership,
+    /// The first offset still stored (retention and purges delete what is below).
+    start: Offset,
     next_offset: Offset,
     /// Every offset below this is on disk (`<= next_offset`).
     durable: Offset,
@@ -274,6 +281,7 @@ impl Shard {
             inner: Mutex::new(Inner {
                 tree: Some(tree),
                 own,
+                start: loaded.start,
                 next_offset: loaded.next_offset,
                 durable: loaded.next_offset,
                 stable_end: loaded.next_offset,
@@ -448,9 +456,10 @@ impl Shard {
         })
     }
 
-    /// The first offset still stored (no retention yet: always 0) and the next offset.
+    /// The first offset still stored and the next offset.
     pub fn offsets(&self) -> (Offset, Offset) {
-        (0, self.lock().next_offset)
+        let inner = self.lock();
+        (inner.start, inner.next_offset)
     }
 
     pub fn end_offset(&self) -> Offset {
@@ -504,7 +513,9 @@ impl Shard {
     /// `max_bytes` (at least one entry when there is data, never beyond `hard_max` bytes). Returns
     /// the batches and the end offset they were read against. A `from` past the end reads nothing
     /// and returns the end: the reader learns that the log is shorter than it thought (a crash
-    /// took back records it had read) and where it ends now.
+    /// took back records it had read) and where it ends now. A consumer's read (`Committed`)
+    /// below the log start is [`ErrorKind::OffsetOutOfRange`]; the others read from the first
+    /// entry still stored.
     pub fn read(
         &self,
         from: Offset,
@@ -519,6 +530,9 @@ impl Shard {
                 Limit::Durable => inner.durable,
                 Limit::Committed => inner.repl.hw.min(inner.next_offset),
             };
+            if limit == Limit::Committed && from < inner.start {
+                return Err(self.out_of_range(&inner, from));
+            }
             (end, self.tree(&inner)?)
         };
         let mut out = Vec::new();
@@ -545,7 +559,23 @@ impl Shard {
             total += size;
             out.push(entry_to_batch(&self.id, &k, v)?);
         }
+        if limit == Limit::Committed && out.first().is_none_or(|b| b.base_offset > from) {
+            // A trim deleted the entry holding `from` while this read ran: never hand out a gap.
+            let inner = self.lock();
+            if from < inner.start {
+                return Err(self.out_of_range(&inner, from));
+            }
+        }
         Ok((out, end))
+    }
+
+    fn out_of_range(&self, inner: &Inner, offset: Offset) -> ErrorKind {
+        ErrorKind::OffsetOutOfRange {
+            shard: self.id.to_string(),
+            offset,
+            start: inner.start,
+            end: inner.repl.hw.min(inner.next_offset),
+        }
     }
 
     /// Applies inserts atomically to the tree, then to the write-ahead file if there is one (in
@@ -558,6 +588,16 @@ impl Shard {
     ) -> Result<(), ErrorKind> {
         let bytes = ops.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         let tree = self.writable_tree(inner, bytes)?;
+        self.apply_to(&tree, ops, what)
+    }
+
+    /// [`Shard::apply`] without the free-space check: for deletions, which are what frees it.
+    fn apply_to(
+        &self,
+        tree: &sled::Tree,
+        ops: &[(sled::IVec, sled::IVec)],
+        what: &str,
+    ) -> Result<(), ErrorKind> {
         let mut batch = sled::Batch::default();
         for (k, v) in ops {
             // An empty value removes the key (see `crate::wal::Op`).
@@ -613,6 +653,29 @@ impl Shard {
         Ok((ticket, version))
     }
 
+    /// Deletes a group's committed offset (`group delete`); like [`Shard::commit`], the caller
+    /// waits for durability and the followers. Returns None when the group had none here.
+    pub fn delete_group(
+        &self,
+        group: &str,
+        note_write: &dyn Fn() -> u64,
+    ) -> Result<Option<(u64, u64)>, ErrorKind> {
+        let mut inner = self.lock();
+        self.check(&inner, Access::Write, inner.own.epoch)?;
+        if !inner.groups.contains_key(group) {
+            return Ok(None);
+        }
+        let op = (group_key(group).into(), sled::IVec::default());
+        self.apply(&inner, &[op], "cannot delete the group offset")?;
+        let ticket = note_write();
+        inner.groups.remove(group);
+        inner.repl.groups_version.1 += 1;
+        let version = inner.repl.groups_version.1;
+        inner.repl.group_changes.insert(group.to_string(), version);
+        self.end.send_modify(|_| {});
+        Ok(Some((ticket, version)))
+    }
+
     pub fn group_offset(&self, group: &str) -> Option<Offset> {
         self.lock().groups.get(group).copied()
     }
@@ -633,7 +696,7 @@ impl Shard {
             shard: self.id.clone(),
             state: inner.own.state,
             epoch: inner.own.epoch,
-            start_offset: 0,
+            start_offset: inner.start,
             end_offset: inner.next_offset,
             bytes: inner.bytes,
             groups: inner.groups.iter().map(|(g, o)| (g.clone(), *o)).collect(),
@@ -746,7 +809,7 @@ mod tests {
     use bytes::Bytes;
     use shardq_protocol::ShardAssignment;
 
-    fn open_active(db: &sled::Db) -> Shard {
+    pub(super) fn open_active(db: &sled::Db) -> Shard {
         let shard = ShardId::new("d", 1);
         let env = ShardEnv {
             wal: None,
@@ -769,7 +832,7 @@ mod tests {
         .unwrap()
     }
 
-    fn batch(values: &[&str]) -> RecordBatch {
+    pub(super) fn batch(values: &[&str]) -> RecordBatch {
         let records: Vec<shardq_protocol::Record> = values
             .iter()
             .map(|v| shardq_protocol::Record {
@@ -781,7 +844,11 @@ mod tests {
         RecordBatch::from_records(&records)
     }
 
-    fn offsets_read(s: &Shard, from: Offset, durable_only: bool) -> (Vec<Offset>, Offset) {
+    pub(super) fn offsets_read(
+        s: &Shard,
+        from: Offset,
+        durable_only: bool,
+    ) -> (Vec<Offset>, Offset) {
         let limit = if durable_only {
             Limit::Durable
         } else {

@@ -15,7 +15,7 @@ use shardq_protocol::{
 };
 
 use super::entry::{
-    encode_entry, epoch_key, group_key, log_key, producer_key, STATS_BYTES, STATS_HW,
+    encode_entry, epoch_key, group_key, log_key, producer_key, STATS_BYTES, STATS_HW, STATS_START,
 };
 use super::{Inner, Shard};
 use crate::replica::{check_fetch, truncation_point, AckCheck, FetchCheck, LeaderState};
@@ -351,6 +351,19 @@ impl Shard {
                 });
             }
             let end = inner.next_offset;
+            if pos.fetch_offset < inner.start {
+                // Retention deleted what the follower would fetch next: it continues at the
+                // log start (nothing below it can be compared or sent).
+                return Ok(ReplicaData {
+                    high_watermark: inner.repl.hw,
+                    diverging: None,
+                    batches: Vec::new(),
+                    groups: Vec::new(),
+                    groups_deleted: Vec::new(),
+                    groups_version: inner.repl.groups_version,
+                    log_start: inner.start,
+                });
+            }
             if let FetchCheck::Diverging { epoch, end_offset } =
                 check_fetch(&inner.epochs, end, pos.fetch_offset, pos.last_epoch)
             {
@@ -359,7 +372,9 @@ impl Shard {
                     diverging: Some((epoch, end_offset)),
                     batches: Vec::new(),
                     groups: Vec::new(),
+                    groups_deleted: Vec::new(),
                     groups_version: inner.repl.groups_version,
+                    log_start: inner.start,
                 });
             }
             let counted = self.counted_end(&inner);
@@ -381,19 +396,31 @@ impl Shard {
                 self.hw.send_modify(|_| {});
             }
             let g_epoch = inner.repl.groups_version.0;
+            let mut deleted = Vec::new();
             let groups: Vec<(String, Offset)> = if pos.groups_version.0 != g_epoch {
                 inner.groups.iter().map(|(g, o)| (g.clone(), *o)).collect()
             } else {
-                inner
+                let mut changed = Vec::new();
+                for (g, _) in inner
                     .repl
                     .group_changes
                     .iter()
                     .filter(|(_, v)| **v > pos.groups_version.1)
-                    .filter_map(|(g, _)| Some((g.clone(), *inner.groups.get(g)?)))
-                    .collect()
+                {
+                    match inner.groups.get(g) {
+                        Some(o) => changed.push((g.clone(), *o)),
+                        None => deleted.push(g.clone()),
+                    }
+                }
+                changed
             };
-            (pos.fetch_offset, groups, inner.repl.groups_version)
+            (
+                pos.fetch_offset,
+                (groups, deleted),
+                inner.repl.groups_version,
+            )
         };
+        let (groups, groups_deleted) = groups;
         // `max_bytes` is a hard cap (the answer shares one frame with the other shards'): below
         // one stored entry's worth, this shard answers with its position only.
         let mut batches = if max_bytes < MAX_STORED_ENTRY {
@@ -410,12 +437,17 @@ impl Shard {
         {
             batches.clear();
         }
+        // Read after the batches: a trim that ran meanwhile is covered (the follower skips
+        // what it then deletes).
+        let log_start = self.offsets().0;
         Ok(ReplicaData {
             high_watermark: self.high_watermark(),
             diverging: None,
             batches,
             groups,
+            groups_deleted,
             groups_version,
+            log_start,
         })
     }
 
@@ -441,7 +473,8 @@ impl Shard {
             shard: self.id.clone(),
             leader_epoch,
             fetch_offset: end,
-            last_epoch: if end == 0 {
+            // An empty log (never written, or all deleted by retention) vouches for nothing.
+            last_epoch: if end == inner.start {
                 None
             } else {
                 inner.epochs.epoch_at(end - 1).or(Some(0))
@@ -468,6 +501,14 @@ impl Shard {
         {
             return Ok(0);
         }
+        if data.log_start > inner.start {
+            let end = inner.next_offset;
+            self.cut_front(&mut inner, data.log_start)?;
+            if inner.next_offset != end {
+                // Started over empty at the leader's log start: fetch from there.
+                return Ok(0);
+            }
+        }
         if let Some((epoch, end_offset)) = data.diverging {
             let at = truncation_point(&inner.epochs, inner.next_offset, (epoch, end_offset));
             self.truncate(&mut inner, at)?;
@@ -477,7 +518,7 @@ impl Shard {
         self.write_copied(&mut inner, &data.batches, Some(data.high_watermark))?;
         if !data.groups.is_empty() || data.groups_version != inner.repl.groups_version {
             let whole = data.groups_version.0 != inner.repl.groups_version.0;
-            self.write_groups(&mut inner, &data.groups, whole)?;
+            self.write_groups(&mut inner, &data.groups, &data.groups_deleted, whole)?;
             inner.repl.groups_version = data.groups_version;
         }
         let appended = inner.next_offset - before;
@@ -498,6 +539,15 @@ impl Shard {
         batches: &[StoredBatch],
         hw: Option<Offset>,
     ) -> Result<(u64, u64), ErrorKind> {
+        if hw.is_none() {
+            // An import: a source whose retention deleted what the copy would read next sends
+            // its first entry still stored; the copy continues from there.
+            if let Some(first) = batches.iter().find(|b| b.end_offset() > inner.next_offset) {
+                if first.base_offset > inner.next_offset {
+                    self.cut_front(inner, first.base_offset)?;
+                }
+            }
+        }
         let mut next = inner.next_offset;
         let mut added = 0u64;
         let mut ops: Vec<(sled::IVec, sled::IVec)> = Vec::new();
@@ -559,20 +609,28 @@ impl Shard {
         Ok((records, added))
     }
 
-    /// Takes the leader's group offsets (`whole`: they replace every local one).
+    /// Takes the leader's group offsets (`whole`: they replace every local one) and deletes
+    /// the groups it deleted.
     fn write_groups(
         &self,
         inner: &mut Inner,
         groups: &[(String, Offset)],
+        deleted: &[String],
         whole: bool,
     ) -> Result<(), ErrorKind> {
         let mut ops: Vec<(sled::IVec, sled::IVec)> = Vec::new();
+        let mut gone: Vec<String> = deleted.to_vec();
         if whole {
-            for g in inner.groups.keys() {
-                if !groups.iter().any(|(n, _)| n == g) {
-                    ops.push((group_key(g).into(), sled::IVec::default()));
-                }
-            }
+            gone.extend(
+                inner
+                    .groups
+                    .keys()
+                    .filter(|g| !groups.iter().any(|(n, _)| n == *g))
+                    .cloned(),
+            );
+        }
+        for g in &gone {
+            ops.push((group_key(g).into(), sled::IVec::default()));
         }
         for (g, o) in groups {
             ops.push((group_key(g).into(), o.to_be_bytes().as_slice().into()));
@@ -581,8 +639,8 @@ impl Shard {
             return Ok(());
         }
         self.apply(inner, &ops, "cannot write replicated group offsets")?;
-        if whole {
-            inner.groups.clear();
+        for g in &gone {
+            inner.groups.remove(g);
         }
         inner.groups.extend(groups.iter().cloned());
         Ok(())
@@ -639,7 +697,13 @@ impl Shard {
         ops.push((STATS_BYTES.into(), bytes.to_be_bytes().as_slice().into()));
         let hw = inner.repl.hw.min(cut);
         ops.push((STATS_HW.into(), hw.to_be_bytes().as_slice().into()));
+        // A cut below the log start (entries the leader never had) leaves an empty log there.
+        let start = inner.start.min(cut);
+        if start != inner.start {
+            ops.push((STATS_START.into(), start.to_be_bytes().as_slice().into()));
+        }
         self.apply(inner, &ops, "truncation failed")?;
+        inner.start = start;
         tracing::info!(shard = %self.id, from = inner.next_offset, to = cut, "log truncated to where it agrees with the leader's");
         inner.next_offset = cut;
         inner.durable = inner.durable.min(cut);

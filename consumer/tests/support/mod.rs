@@ -66,6 +66,7 @@ impl Cluster {
                 partitions,
                 replication_factor: None,
                 min_insync: None,
+                retention: Default::default(),
             })
             .await
             .expect("create topic");

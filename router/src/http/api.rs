@@ -79,6 +79,8 @@ struct NewTopic {
     partitions: u32,
     replication_factor: Option<u32>,
     min_insync_replicas: Option<u32>,
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
 }
 
 async fn create_topic(
@@ -93,6 +95,10 @@ async fn create_topic(
             partitions: t.partitions,
             replication_factor: t.replication_factor,
             min_insync: t.min_insync_replicas,
+            retention: shardq_protocol::Retention {
+                ms: t.retention_ms,
+                bytes: t.retention_bytes,
+            },
         },
     )
     .await?;
@@ -108,7 +114,17 @@ async fn delete_topic(State(s): State<App>, name: Result<Path<String>, PathRejec
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AlterTopic {
-    partitions: u32,
+    partitions: Option<u32>,
+    /// Absent: unchanged; `null`: no limit; a number: the new limit.
+    #[serde(default, deserialize_with = "present")]
+    retention_ms: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    retention_bytes: Option<Option<u64>>,
+}
+
+/// A field that is present (`null` included), as opposed to absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
 }
 
 async fn alter_topic(
@@ -121,8 +137,15 @@ async fn alter_topic(
     let request = Request::AlterTopic {
         name,
         partitions: t.partitions,
+        retention_ms: t.retention_ms,
+        retention_bytes: t.retention_bytes,
     };
     Ok(Json(payload(ask(&s, request).await?)))
+}
+
+async fn purge_topic(State(s): State<App>, name: Result<Path<String>, PathRejection>) -> Answer {
+    let Path(name) = name.map_err(|e| bad("topic name", e.body_text()))?;
+    Ok(Json(payload(ask(&s, Request::PurgeTopic { name }).await?)))
 }
 
 /// Asks the `shardq up` that started this router for one more broker.
@@ -247,7 +270,11 @@ pub(super) fn routes() -> Vec<Route> {
             "replication_factor": { "type": "integer", "minimum": 1, "maximum": 5,
                 "description": "default: the router's --default-replication-factor, capped at the brokers up" },
             "min_insync_replicas": { "type": "integer", "minimum": 1,
-                "description": "default: a majority of the replication factor" }
+                "description": "default: a majority of the replication factor" },
+            "retention_ms": { "type": "integer", "minimum": 1,
+                "description": "delete stored batches whose newest record is older (default: keep forever)" },
+            "retention_bytes": { "type": "integer", "minimum": 1,
+                "description": "keep at most about this many bytes in the topic, an equal share per partition (default: no limit)" }
         },
         "additionalProperties": false
     });
@@ -306,20 +333,29 @@ pub(super) fn routes() -> Vec<Route> {
         Route {
             body: Some(json!({
                 "type": "object",
-                "required": ["partitions"],
                 "properties": {
                     "partitions": { "type": "integer", "minimum": 1,
-                        "description": "the new count: at least the current one (topics only grow)" }
+                        "description": "the new count: at least the current one (topics only grow)" },
+                    "retention_ms": { "type": ["integer", "null"], "minimum": 1,
+                        "description": "the new age limit; null: keep forever" },
+                    "retention_bytes": { "type": ["integer", "null"], "minimum": 1,
+                        "description": "the new size limit; null: no limit" }
                 },
                 "additionalProperties": false
             })),
             ..route(
                 Method::PATCH,
                 "/api/topics/{name}",
-                "Grow a topic to more partitions",
+                "Grow a topic to more partitions and/or change its retention",
                 patch(alter_topic),
             )
         },
+        route(
+            Method::POST,
+            "/api/topics/{name}/purge",
+            "Delete every committed record of a topic (offsets are never reused)",
+            post(purge_topic),
+        ),
         route(
             Method::DELETE,
             "/api/topics/{name}",

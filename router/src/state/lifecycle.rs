@@ -146,4 +146,30 @@ impl State {
         let pushes = self.commit_topic(name, config, placed, persist)?;
         Ok((super::topics::topic_info(name, &config), pushes))
     }
+
+    /// Changes topic `name`'s retention (`Some(None)` lifts a limit); persisted, and applied
+    /// by the retention rounds from the next one on.
+    pub fn alter_retention(
+        &mut self,
+        name: &str,
+        ms: Option<Option<u64>>,
+        bytes: Option<Option<u64>>,
+        persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
+    ) -> Result<TopicInfo, ErrorKind> {
+        let mut config = self.topic_config_of(name)?;
+        let mut retention = config.retention;
+        if let Some(ms) = ms {
+            retention.ms = ms;
+        }
+        if let Some(bytes) = bytes {
+            retention.bytes = bytes;
+        }
+        config.retention = super::topics::check_retention(name, retention)?;
+        persist(&[Op::PutTopic {
+            name: name.to_string(),
+            config,
+        }])?;
+        self.topics.insert(name.to_string(), config);
+        Ok(super::topics::topic_info(name, &config))
+    }
 }

@@ -2,8 +2,9 @@
 //! topics, the clients' routing table and the proxy's owner lookup.
 
 use shardq_protocol::{
-    validate_topic, BrokerAddr, BrokerId, BrokerStatus, ErrorKind, RoutingTable, ShardId,
-    ShardReport, ShardRoute, TopicDescription, TopicInfo, MAX_PARTITIONS, MAX_REPLICATION_FACTOR,
+    validate_topic, BrokerAddr, BrokerId, BrokerStatus, ErrorKind, Retention, RoutingTable,
+    ShardId, ShardReport, ShardRoute, TopicDescription, TopicInfo, MAX_PARTITIONS,
+    MAX_REPLICATION_FACTOR,
 };
 
 use super::{Created, Pushes, Replicas, State};
@@ -19,6 +20,7 @@ impl State {
         partitions: u32,
         replication_factor: Option<u32>,
         min_insync: Option<u32>,
+        retention: Retention,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<Created, ErrorKind> {
         validate_topic(name).map_err(|reason| ErrorKind::InvalidName {
@@ -35,7 +37,8 @@ impl State {
         if let Some(existing) = self.topics.get(name) {
             let same = existing.partitions == partitions
                 && replication_factor.is_none_or(|r| r == existing.replication_factor)
-                && min_insync.is_none_or(|m| m == existing.min_insync);
+                && min_insync.is_none_or(|m| m == existing.min_insync)
+                && (retention.is_forever() || retention == existing.retention);
             return if same {
                 Ok(Created::Existing(topic_info(name, existing)))
             } else {
@@ -55,8 +58,9 @@ impl State {
             });
         }
         let up = self.up_brokers();
-        let config =
+        let mut config =
             self.topic_config(name, partitions, replication_factor, min_insync, up.len())?;
+        config.retention = check_retention(name, retention)?;
         let info = topic_info(name, &config);
         let new: Vec<ShardId> = (1..=partitions).map(|p| ShardId::new(name, p)).collect();
         let placed = self.place_new(name, &new, config.replication_factor as usize, &up)?;
@@ -89,7 +93,7 @@ impl State {
     }
 
     /// Topic `name`'s settings, or "unknown topic".
-    pub(super) fn topic_config_of(&self, name: &str) -> Result<TopicConfig, ErrorKind> {
+    pub(crate) fn topic_config_of(&self, name: &str) -> Result<TopicConfig, ErrorKind> {
         self.topics
             .get(name)
             .copied()
@@ -218,6 +222,7 @@ impl State {
             partitions,
             replication_factor: rf,
             min_insync,
+            retention: Retention::default(),
         })
     }
 
@@ -271,7 +276,11 @@ impl State {
             .cloned()
     }
 
-    fn shards_of(&self, topic: &str, partitions: u32) -> impl Iterator<Item = ShardId> + '_ {
+    pub(crate) fn shards_of(
+        &self,
+        topic: &str,
+        partitions: u32,
+    ) -> impl Iterator<Item = ShardId> + '_ {
         let topic = topic.to_string();
         (1..=partitions).map(move |p| ShardId::new(topic.clone(), p))
     }
@@ -377,7 +386,21 @@ pub(super) fn topic_info(name: &str, c: &TopicConfig) -> TopicInfo {
         partitions: c.partitions,
         replication_factor: c.replication_factor,
         min_insync: c.min_insync,
+        retention: c.retention,
     }
+}
+
+/// Retention limits of 0 would delete everything as it is written: refused.
+pub(super) fn check_retention(topic: &str, r: Retention) -> Result<Retention, ErrorKind> {
+    if r.ms == Some(0) || r.bytes == Some(0) {
+        return Err(ErrorKind::BadRequest {
+            reason: format!(
+                "topic {topic:?}: a retention of 0 would delete every record as it is written; \
+                 give a positive --retention-ms / --retention-bytes, or none to keep everything"
+            ),
+        });
+    }
+    Ok(r)
 }
 
 pub(super) fn no_broker_up(topic: &str) -> ErrorKind {

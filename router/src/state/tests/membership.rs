@@ -14,7 +14,8 @@ use crate::store::{Op, Snapshot};
 #[test]
 fn down_brokers_lose_routes_and_get_them_back() {
     let mut s = state(&[1, 2]);
-    s.create_topic("t", 1, None, None, ok).unwrap();
+    s.create_topic("t", 1, None, None, Default::default(), ok)
+        .unwrap();
     let t0 = Instant::now();
     let expired = s.expire(t0 + Duration::from_secs(10), Duration::from_secs(3));
     assert_eq!(expired, vec![1, 2]);
@@ -28,7 +29,7 @@ fn down_brokers_lose_routes_and_get_them_back() {
         .iter()
         .all(|b| b.status == BrokerStatus::Down));
     assert!(matches!(
-        s.create_topic("u", 1, None, None, ok),
+        s.create_topic("u", 1, None, None, Default::default(), ok),
         Err(ErrorKind::Unavailable { .. })
     ));
     let owner = s.owners[&ShardId::new("t", 1)];
@@ -47,7 +48,8 @@ fn down_brokers_lose_routes_and_get_them_back() {
 #[test]
 fn remove_broker_rules() {
     let mut s = state(&[1, 2]);
-    s.create_topic("t", 6, None, None, ok).unwrap();
+    s.create_topic("t", 6, None, None, Default::default(), ok)
+        .unwrap();
     let owner = s.owners[&ShardId::new("t", 1)];
     let other = if owner == 1 { 2 } else { 1 };
     assert!(matches!(
@@ -90,7 +92,8 @@ fn remove_broker_rules() {
 #[test]
 fn graceful_leave_drains_then_removes() {
     let mut s = state(&[1]);
-    s.create_topic("t", 4, None, None, ok).unwrap();
+    s.create_topic("t", 4, None, None, Default::default(), ok)
+        .unwrap();
     assert!(matches!(s.leave(1, ok), Err(ErrorKind::BadRequest { .. })));
     s.register(2, "127.0.0.1:9002".into(), 1, Instant::now())
         .unwrap();
@@ -119,7 +122,8 @@ fn graceful_leave_drains_then_removes() {
 #[test]
 fn a_removed_broker_id_is_refused_for_good() {
     let mut s = state(&[1, 2, 3, 4]);
-    s.create_topic("t", 8, None, None, ok).unwrap();
+    s.create_topic("t", 8, None, None, Default::default(), ok)
+        .unwrap();
     let t0 = Instant::now();
     let owner = s.owners[&ShardId::new("t", 1)];
     // Every way out of the cluster tombstones the id, persisted with the member's deletion.
@@ -201,7 +205,8 @@ fn a_removed_broker_id_is_refused_for_good() {
 #[test]
 fn a_down_broker_cannot_start_draining_and_nothing_is_recorded() {
     let mut s = state(&[1, 2, 3]);
-    s.create_topic("t", 12, None, None, ok).unwrap();
+    s.create_topic("t", 12, None, None, Default::default(), ok)
+        .unwrap();
     let t0 = Instant::now();
     let on_3 = s.held_by(3).len();
     assert!(on_3 > 0);

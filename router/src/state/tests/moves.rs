@@ -17,7 +17,8 @@ use crate::store::{Op, PendingDrop, Snapshot};
 #[test]
 fn a_move_destination_cannot_be_removed_under_the_move() {
     let mut s = state(&[1, 2]);
-    s.create_topic("t", 16, None, None, ok).unwrap();
+    s.create_topic("t", 16, None, None, Default::default(), ok)
+        .unwrap();
     s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
         .unwrap();
     let m = s
@@ -45,7 +46,8 @@ fn a_move_destination_cannot_be_removed_under_the_move() {
 #[test]
 fn a_join_plans_exactly_the_placement_diff_and_flips_one_at_a_time() {
     let mut s = state(&[1, 2]);
-    s.create_topic("t", 16, None, None, ok).unwrap();
+    s.create_topic("t", 16, None, None, Default::default(), ok)
+        .unwrap();
     let before: Assignment = s.owners.iter().map(|(k, o)| (k.key(), *o)).collect();
     s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
         .unwrap();
@@ -103,7 +105,8 @@ fn a_join_plans_exactly_the_placement_diff_and_flips_one_at_a_time() {
 #[test]
 fn no_move_from_or_to_a_down_broker_and_rollback_backs_off() {
     let mut s = state(&[1, 2]);
-    s.create_topic("t", 16, None, None, ok).unwrap();
+    s.create_topic("t", 16, None, None, Default::default(), ok)
+        .unwrap();
     s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
         .unwrap();
     let t0 = Instant::now();
@@ -147,7 +150,8 @@ fn no_move_from_or_to_a_down_broker_and_rollback_backs_off() {
 #[test]
 fn a_leaver_gets_its_drops_before_it_is_removed() {
     let mut s = state(&[1, 2]);
-    s.create_topic("t", 4, None, None, ok).unwrap();
+    s.create_topic("t", 4, None, None, Default::default(), ok)
+        .unwrap();
     let on_1 = s.held_by(1);
     assert!(!on_1.is_empty());
     s.leave(1, ok).unwrap();
@@ -178,7 +182,8 @@ fn a_leaver_gets_its_drops_before_it_is_removed() {
 #[test]
 fn no_move_starts_before_both_ends_confirmed_their_address_after_a_restart() {
     let mut s = state(&[1, 2]);
-    s.create_topic("t", 16, None, None, ok).unwrap();
+    s.create_topic("t", 16, None, None, Default::default(), ok)
+        .unwrap();
     s.register(3, "127.0.0.1:9003".into(), 1, Instant::now())
         .unwrap();
     // The router restarts: members come back from disk, unconfirmed.
@@ -213,7 +218,8 @@ fn no_move_starts_before_both_ends_confirmed_their_address_after_a_restart() {
 #[test]
 fn a_fence_without_a_move_is_reconciled_once_and_blocks_moves_meanwhile() {
     let mut s = state(&[1, 2]);
-    s.create_topic("t", 8, None, None, ok).unwrap();
+    s.create_topic("t", 8, None, None, Default::default(), ok)
+        .unwrap();
     let shard = ShardId::new("t", 1);
     let owner = s.owners[&shard];
     let report = |state| BrokerReport {

@@ -9,7 +9,7 @@ use super::{down, ok, state};
 use crate::state::{Replicas, State};
 
 fn create(s: &mut State, topic: &str, partitions: u32, rf: u32) {
-    s.create_topic(topic, partitions, Some(rf), None, ok)
+    s.create_topic(topic, partitions, Some(rf), None, Default::default(), ok)
         .unwrap();
 }
 
@@ -77,20 +77,30 @@ fn six_partitions_on_three_brokers_are_led_two_each_with_balanced_replicas() {
 #[test]
 fn replication_factors_are_checked_against_the_brokers_up() {
     let mut s = state(&[1, 2]);
-    let err = s.create_topic("t", 2, Some(3), None, ok).unwrap_err();
+    let err = s
+        .create_topic("t", 2, Some(3), None, Default::default(), ok)
+        .unwrap_err();
     assert!(
         matches!(&err, ErrorKind::BadRequest { reason } if reason.contains("replication factor 3") && reason.contains("only 2 broker(s)")),
         "{err}"
     );
-    assert!(s.create_topic("t", 2, Some(6), None, ok).is_err());
-    assert!(s.create_topic("t", 2, Some(0), None, ok).is_err());
-    assert!(s.create_topic("t", 2, Some(2), Some(3), ok).is_err());
+    assert!(s
+        .create_topic("t", 2, Some(6), None, Default::default(), ok)
+        .is_err());
+    assert!(s
+        .create_topic("t", 2, Some(0), None, Default::default(), ok)
+        .is_err());
+    assert!(s
+        .create_topic("t", 2, Some(2), Some(3), Default::default(), ok)
+        .is_err());
     // The default is capped at the brokers up; min in-sync defaults to a majority.
     s.default_replication_factor = 3;
-    s.create_topic("d", 1, None, None, ok).unwrap();
+    s.create_topic("d", 1, None, None, Default::default(), ok)
+        .unwrap();
     let t = s.topics["d"];
     assert_eq!((t.replication_factor, t.min_insync), (2, 2));
-    s.create_topic("m", 1, Some(1), None, ok).unwrap();
+    s.create_topic("m", 1, Some(1), None, Default::default(), ok)
+        .unwrap();
     assert_eq!(s.topics["m"].min_insync, 1);
 }
 

@@ -9,7 +9,10 @@ use crate::state::Created;
 #[test]
 fn create_places_new_shards_and_keeps_old_ones() {
     let mut s = state(&[1, 2, 3]);
-    let Created::New { pushes, .. } = s.create_topic("A", 4, None, None, ok).unwrap() else {
+    let Created::New { pushes, .. } = s
+        .create_topic("A", 4, None, None, Default::default(), ok)
+        .unwrap()
+    else {
         panic!("expected a new topic")
     };
     assert_eq!(s.epoch, 1);
@@ -18,7 +21,8 @@ fn create_places_new_shards_and_keeps_old_ones() {
     // A fourth broker joins; existing shards must not move when another topic is created.
     s.register(4, "127.0.0.1:9004".into(), 1, Instant::now())
         .unwrap();
-    s.create_topic("B", 8, None, None, ok).unwrap();
+    s.create_topic("B", 8, None, None, Default::default(), ok)
+        .unwrap();
     assert_eq!(s.epoch, 2);
     for (shard, owner) in &before {
         assert_eq!(s.owners.get(shard), Some(owner));
@@ -35,24 +39,26 @@ fn create_places_new_shards_and_keeps_old_ones() {
 fn create_is_validated_and_idempotent() {
     let mut s = state(&[1]);
     assert!(matches!(
-        s.create_topic("a/b", 1, None, None, ok),
+        s.create_topic("a/b", 1, None, None, Default::default(), ok),
         Err(ErrorKind::InvalidName { .. })
     ));
     assert!(matches!(
-        s.create_topic("a", 0, None, None, ok),
+        s.create_topic("a", 0, None, None, Default::default(), ok),
         Err(ErrorKind::BadRequest { .. })
     ));
     assert!(matches!(
-        s.create_topic("a", MAX_PARTITIONS + 1, None, None, ok),
+        s.create_topic("a", MAX_PARTITIONS + 1, None, None, Default::default(), ok),
         Err(ErrorKind::BadRequest { .. })
     ));
-    s.create_topic("a", 2, None, None, ok).unwrap();
+    s.create_topic("a", 2, None, None, Default::default(), ok)
+        .unwrap();
     assert!(matches!(
-        s.create_topic("a", 2, None, None, ok),
+        s.create_topic("a", 2, None, None, Default::default(), ok),
         Ok(Created::Existing(_))
     ));
     assert_eq!(
-        s.create_topic("a", 3, None, None, ok).unwrap_err(),
+        s.create_topic("a", 3, None, None, Default::default(), ok)
+            .unwrap_err(),
         ErrorKind::TopicExists {
             topic: "a".into(),
             partitions: 2
@@ -65,7 +71,7 @@ fn create_is_validated_and_idempotent() {
 fn failed_persist_changes_nothing() {
     let mut s = state(&[1]);
     let err = s
-        .create_topic("a", 2, None, None, |_| {
+        .create_topic("a", 2, None, None, Default::default(), |_| {
             Err(ErrorKind::Storage {
                 reason: "disk full".into(),
             })
