@@ -462,3 +462,120 @@ async fn retention_by_age_purge_and_group_delete() {
     );
     c.stop().await;
 }
+
+/// A broker that joins after retention deleted the front of the logs: replicas moved to it
+/// start at the leaders' log starts (a replicated shard's new follower continues empty there;
+/// an unreplicated shard's import continues past the source's deleted front), hold exactly the
+/// records left, and offsets go on from where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_joining_after_retention_copies_what_is_left_and_offsets_go_on() {
+    let mut c = Cluster::start_tuned(2, "interval=50", false, |rc| {
+        rc.retention_check = Duration::from_millis(100);
+        rc.default_replication_factor = 1;
+    })
+    .await;
+    let retention = Retention {
+        ms: None,
+        bytes: Some(400_000),
+    };
+    let client = c.client().await;
+    for (topic, rf) in [("solo", 1u32), ("pair", 2)] {
+        let r = client
+            .admin(Request::CreateTopic {
+                name: topic.into(),
+                partitions: 4,
+                replication_factor: Some(rf),
+                min_insync: None,
+                retention,
+            })
+            .await
+            .expect("topic created");
+        assert!(matches!(r, Response::TopicCreated(_)), "{r:?}");
+        produce(&c, topic, 3_000, 1_000).await;
+    }
+    // Every shard lost its front before the join.
+    wait_until(Duration::from_secs(30), "retention applied", || {
+        let client = client.clone();
+        async move {
+            for topic in ["solo", "pair"] {
+                let reps = reports(&client, topic).await;
+                if reps.len() != 4 || reps.values().any(|r| r.start_offset == 0) {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    c.add_broker(3).await;
+    wait_until(Duration::from_secs(60), "shards moved to broker 3", || {
+        let client = client.clone();
+        async move {
+            let Some(st) = common::status(&client).await else {
+                return false;
+            };
+            let idle = st.moves.iter().all(|m| m.phase.is_finished());
+            let on_3 = |topic: &str| {
+                st.shards
+                    .iter()
+                    .any(|(r, _)| r.shard.topic == topic && r.replicas.contains(&3))
+            };
+            idle && on_3("solo") && on_3("pair")
+        }
+    })
+    .await;
+    // Both replicas of each replicated shard hold the same range and records.
+    common::replicas_agree(&client, "pair", 4, 2).await;
+    for p in 1..=4 {
+        let shard = ShardId::new("pair", p);
+        let starts = replica_starts(&client, &shard).await;
+        assert!(
+            starts.len() == 2 && starts[0] == starts[1],
+            "{shard}: {starts:?}"
+        );
+    }
+    // Every record left is readable, in order, from each shard's log start; then new records
+    // continue the offsets.
+    for topic in ["solo", "pair"] {
+        let before = reports(&client, topic).await;
+        let left: u64 = before.values().map(|r| r.end_offset - r.start_offset).sum();
+        let config = c.endpoint().consumer_config(
+            &format!("check-{topic}"),
+            vec![ShardSpec::All(topic.into())],
+        );
+        let mut consumer = Consumer::connect(config).await.expect("consumer");
+        let mut next: BTreeMap<ShardId, Offset> = before
+            .iter()
+            .map(|(s, r)| (s.clone(), r.start_offset))
+            .collect();
+        let mut read = 0u64;
+        for _ in 0..400 {
+            for r in consumer.poll().await.expect("poll") {
+                assert_eq!(r.offset, next[&r.shard], "{}: a gap or a repeat", r.shard);
+                *next.get_mut(&r.shard).expect("subscribed") += 1;
+                read += 1;
+            }
+            if read >= left {
+                break;
+            }
+        }
+        assert_eq!(
+            read, left,
+            "{topic}: records left after retention and the move"
+        );
+        assert_eq!(consumer.skipped_records(), 0);
+        consumer.close();
+        produce(&c, topic, 40, 100).await;
+        wait_until(Duration::from_secs(10), "new records reported", || {
+            let client = client.clone();
+            let before = before.clone();
+            async move {
+                let now = reports(&client, topic).await;
+                now.values().map(|r| r.end_offset).sum::<u64>()
+                    == before.values().map(|r| r.end_offset).sum::<u64>() + 40
+            }
+        })
+        .await;
+    }
+    c.stop().await;
+}

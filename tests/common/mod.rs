@@ -171,6 +171,17 @@ impl Cluster {
         assert!(matches!(r, Response::TopicCreated(_)), "{r:?}");
     }
 
+    /// Starts broker `id` (a new one joins: shards move to it).
+    pub async fn add_broker(&mut self, id: u32) {
+        let mut bc =
+            shardq_broker::BrokerConfig::new(id, self.dir.path().join(format!("broker-{id}")));
+        bc.listen = "127.0.0.1:0".into();
+        bc.router = Some(self.addr());
+        bc.listener.secret = Some(self.secret.clone());
+        self.brokers
+            .push(shardq_broker::start(bc).await.expect("broker starts"));
+    }
+
     pub async fn stop(self) {
         for b in self.brokers {
             b.shutdown().await;
