@@ -225,6 +225,20 @@ enum BrokerAdmin {
     },
 }
 
+/// `--retention-ms` and `--retention-bytes` of `topic create` and `topic alter`.
+#[derive(clap::Args, Debug)]
+struct RetentionArgs {
+    /// Delete a stored batch once its newest record is older than this: a number of
+    /// milliseconds or e.g. `90s`, `12h`, `7d`; `none`: keep forever (the default).
+    #[arg(long, value_name = "DURATION", value_parser = admin::units::ms_limit)]
+    retention_ms: Option<admin::units::Limit>,
+    /// Keep at most about this much of the topic, e.g. `10MB`, `2GiB`; `none`: no limit (the
+    /// default). Each of its N partitions keeps an equal share (plus the one batch that
+    /// straddles the limit), on every replica; the oldest batches go first.
+    #[arg(long, value_name = "SIZE", value_parser = admin::units::bytes_limit)]
+    retention_bytes: Option<admin::units::Limit>,
+}
+
 #[derive(Subcommand, Debug)]
 enum TopicCmd {
     /// Create a topic with N partitions (P1..PN), each replicated on R brokers.
@@ -240,15 +254,8 @@ enum TopicCmd {
         /// replicas" (default: a majority of the replication factor).
         #[arg(long)]
         min_insync_replicas: Option<u32>,
-        /// Delete a stored batch once its newest record is older than this: a number of
-        /// milliseconds or e.g. `90s`, `12h`, `7d` (default: keep forever).
-        #[arg(long, value_name = "DURATION", value_parser = admin::units::ms_limit)]
-        retention_ms: Option<admin::units::Limit>,
-        /// Keep at most about this much of the topic, e.g. `10MB`, `2GiB` (default: no limit).
-        /// Each of its N partitions keeps an equal share (plus the one batch that straddles
-        /// the limit), on every replica; the oldest batches go first.
-        #[arg(long, value_name = "SIZE", value_parser = admin::units::bytes_limit)]
-        retention_bytes: Option<admin::units::Limit>,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
@@ -273,15 +280,8 @@ enum TopicCmd {
         name: String,
         #[arg(long, short = 'p')]
         partitions: Option<u32>,
-        /// Delete a stored batch once its newest record is older than this: a number of
-        /// milliseconds or e.g. `90s`, `12h`, `7d` (default: keep forever).
-        #[arg(long, value_name = "DURATION", value_parser = admin::units::ms_limit)]
-        retention_ms: Option<admin::units::Limit>,
-        /// Keep at most about this much of the topic, e.g. `10MB`, `2GiB` (default: no limit).
-        /// Each of its N partitions keeps an equal share (plus the one batch that straddles
-        /// the limit), on every replica; the oldest batches go first.
-        #[arg(long, value_name = "SIZE", value_parser = admin::units::bytes_limit)]
-        retention_bytes: Option<admin::units::Limit>,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
@@ -541,13 +541,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 partitions,
                 replication_factor,
                 min_insync_replicas,
-                retention_ms,
-                retention_bytes,
+                retention,
                 json,
             } => {
                 let retention = shardq_protocol::Retention {
-                    ms: retention_ms.and_then(|l| l.0),
-                    bytes: retention_bytes.and_then(|l| l.0),
+                    ms: retention.retention_ms.and_then(|l| l.0),
+                    bytes: retention.retention_bytes.and_then(|l| l.0),
                 };
                 admin::topic_create(
                     &target.broker,
@@ -567,14 +566,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             TopicCmd::Alter {
                 name,
                 partitions,
-                retention_ms,
-                retention_bytes,
+                retention,
                 json,
             } => {
                 let change = admin::TopicAlter {
                     partitions,
-                    retention_ms: retention_ms.map(|l| l.0),
-                    retention_bytes: retention_bytes.map(|l| l.0),
+                    retention_ms: retention.retention_ms.map(|l| l.0),
+                    retention_bytes: retention.retention_bytes.map(|l| l.0),
                 };
                 admin::topic_alter(&target.broker, &name, change, json).await?
             }

@@ -812,15 +812,28 @@ impl Broker {
             s.commit(group, offset, self.epoch(), &|| d.note_write())
                 .map(|r| (s, r))
         });
-        let (s, (ticket, version)) = match result {
-            Ok(r) => r,
-            Err(e) => return ready_result(Err(e)),
-        };
+        match result {
+            Ok((s, (ticket, version))) => {
+                self.group_change_answer(s, ticket, version, Response::Committed)
+            }
+            Err(e) => ready_result(Err(e)),
+        }
+    }
+
+    /// The answer to a change of group offsets (a commit, a group deleted): once the write is
+    /// durable here and the in-sync followers hold groups version `version`.
+    fn group_change_answer(
+        &self,
+        s: Arc<Shard>,
+        ticket: u64,
+        version: u64,
+        answer: Response,
+    ) -> ServiceFuture {
         let durability = self.durability.clone();
         Box::pin(async move {
             durability.wait(ticket).await?;
             Replicated(s).wait_for(|s| s.groups_check(version)).await?;
-            Ok(Response::Committed)
+            Ok(answer)
         })
     }
 
@@ -858,17 +871,13 @@ impl Broker {
         let result = self
             .shard(shard, Access::Write)
             .and_then(|s| s.delete_group(group, &|| d.note_write()).map(|r| (s, r)));
-        let (s, (ticket, version)) = match result {
-            Ok((_, None)) => return ready_result(Ok(Response::Ok)),
-            Ok((s, Some(r))) => (s, r),
-            Err(e) => return ready_result(Err(e)),
-        };
-        let durability = self.durability.clone();
-        Box::pin(async move {
-            durability.wait(ticket).await?;
-            Replicated(s).wait_for(|s| s.groups_check(version)).await?;
-            Ok(Response::Ok)
-        })
+        match result {
+            Ok((_, None)) => ready_result(Ok(Response::Ok)),
+            Ok((s, Some((ticket, version)))) => {
+                self.group_change_answer(s, ticket, version, Response::Ok)
+            }
+            Err(e) => ready_result(Err(e)),
+        }
     }
 
     /// The end offset readers may see: the high watermark (which never passes this replica's

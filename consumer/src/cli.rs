@@ -130,6 +130,8 @@ pub struct Summary {
     pub breakers: Vec<BreakerStatus>,
     /// It stopped because this topic no longer exists (it was deleted while it was read).
     pub topic_gone: Option<String>,
+    /// Records retention or a purge deleted before they were read (skipped by `--from`).
+    pub skipped: u64,
 }
 
 impl fmt::Display for Summary {
@@ -153,6 +155,13 @@ impl fmt::Display for Summary {
             .filter(|b| b.opened > 0)
             .map(ToString::to_string)
             .collect();
+        if self.skipped > 0 {
+            write!(
+                f,
+                "; skipped {} records that retention or a purge deleted before they were read",
+                self.skipped
+            )?;
+        }
         if let Some(t) = &self.topic_gone {
             write!(f, "; stopped: topic {t:?} no longer exists (deleted)")?;
         }
@@ -191,7 +200,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
     config.connection.secret = args.token.secret()?;
     let mut consumer = tokio::select! {
         c = Consumer::connect(config) => c.with_context(|| format!("cannot start a consumer against {}", args.broker))?,
-        _ = stop.cancelled() => return Ok(Summary { records: 0, elapsed: Duration::ZERO, errors: 0, stopped: true, breakers: Vec::new(), topic_gone: None }),
+        _ = stop.cancelled() => return Ok(Summary { records: 0, elapsed: Duration::ZERO, errors: 0, stopped: true, breakers: Vec::new(), topic_gone: None, skipped: 0 }),
     };
     let consumed = Arc::new(AtomicU64::new(0));
     let metrics = match &args.metrics {
@@ -221,6 +230,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
         stopped: false,
         breakers: Vec::new(),
         topic_gone: None,
+        skipped: 0,
     };
     let mut line = Vec::with_capacity(256);
     loop {
@@ -279,6 +289,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<Summary> {
         warn!(error = %e, "final commit failed");
     }
     summary.breakers = consumer.breakers();
+    summary.skipped = consumer.skipped_records();
     if let Some(m) = metrics {
         m.abort();
     }
@@ -463,6 +474,7 @@ mod tests {
                 ..BreakerStatus::default()
             }],
             topic_gone: None,
+            skipped: 0,
         };
         assert_eq!(s.to_string(), "consumed 10 records in 2.000s: 5 msgs/s");
         let s = Summary {
@@ -478,6 +490,16 @@ mod tests {
         assert_eq!(
             s.to_string(),
             "consumed 10 records in 2.000s: 5 msgs/s; breakers: broker 2 closed (opened 1x, 3 requests refused)"
+        );
+        let s = Summary {
+            skipped: 7,
+            breakers: Vec::new(),
+            ..s
+        };
+        assert_eq!(
+            s.to_string(),
+            "consumed 10 records in 2.000s: 5 msgs/s; skipped 7 records that retention or a purge \
+             deleted before they were read"
         );
     }
 }

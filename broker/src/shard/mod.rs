@@ -644,13 +644,17 @@ impl Shard {
         self.apply(&inner, &[op], "commit failed")?;
         let ticket = note_write();
         inner.groups.insert(group.to_string(), offset);
-        // Followers fetch the change with their next replica fetch.
+        Ok((ticket, self.group_changed(&mut inner, group)))
+    }
+
+    /// Records that `group`'s offset changed (or went): followers fetch the change with their
+    /// next replica fetch, which this wakes. Returns the groups version they must reach.
+    fn group_changed(&self, inner: &mut Inner, group: &str) -> u64 {
         inner.repl.groups_version.1 += 1;
         let version = inner.repl.groups_version.1;
         inner.repl.group_changes.insert(group.to_string(), version);
-        // Wakes the followers' parked replica fetches, which carry the change.
         self.end.send_modify(|_| {});
-        Ok((ticket, version))
+        version
     }
 
     /// Deletes a group's committed offset (`group delete`); like [`Shard::commit`], the caller
@@ -669,11 +673,7 @@ impl Shard {
         self.apply(&inner, &[op], "cannot delete the group offset")?;
         let ticket = note_write();
         inner.groups.remove(group);
-        inner.repl.groups_version.1 += 1;
-        let version = inner.repl.groups_version.1;
-        inner.repl.group_changes.insert(group.to_string(), version);
-        self.end.send_modify(|_| {});
-        Ok(Some((ticket, version)))
+        Ok(Some((ticket, self.group_changed(&mut inner, group))))
     }
 
     pub fn group_offset(&self, group: &str) -> Option<Offset> {
