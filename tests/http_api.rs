@@ -181,7 +181,40 @@ async fn every_documented_route_answers_and_mutations_need_the_secret() {
     )
     .await;
     assert_eq!(a.status, 404, "{}", a.body);
+    // Retention: absent fields stay, null lifts a limit, 0 is refused.
+    let a = call(
+        h,
+        "PATCH",
+        "/api/topics/H",
+        tok,
+        Some(r#"{"retention_ms":60000,"retention_bytes":null}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["retention"]["ms"], 60_000, "{}", a.body);
+    assert!(a.json()["retention"]["bytes"].is_null(), "{}", a.body);
+    assert_eq!(a.json()["partitions"], 8, "{}", a.body);
+    let a = call(
+        h,
+        "PATCH",
+        "/api/topics/H",
+        tok,
+        Some(r#"{"retention_bytes":0}"#),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.body);
     hit("PATCH", "/api/topics/{name}");
+    let a = call(h, "POST", "/api/topics/H/purge", tok, None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.json()["shards"].as_array().map(Vec::len),
+        Some(8),
+        "{}",
+        a.body
+    );
+    let a = call(h, "POST", "/api/topics/nope/purge", tok, None).await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    hit("POST", "/api/topics/{name}/purge");
     let a = call(
         h,
         "POST",

@@ -336,9 +336,9 @@ pub(super) fn routes() -> Vec<Route> {
                 "properties": {
                     "partitions": { "type": "integer", "minimum": 1,
                         "description": "the new count: at least the current one (topics only grow)" },
-                    "retention_ms": { "type": ["integer", "null"], "minimum": 1,
+                    "retention_ms": { "type": "integer", "nullable": true, "minimum": 1,
                         "description": "the new age limit; null: keep forever" },
-                    "retention_bytes": { "type": ["integer", "null"], "minimum": 1,
+                    "retention_bytes": { "type": "integer", "nullable": true, "minimum": 1,
                         "description": "the new size limit; null: no limit" }
                 },
                 "additionalProperties": false
