@@ -133,11 +133,7 @@ async fn group_listed(client: &ClusterClient, group: &str) -> bool {
 fn bytes_on_disk(data_dir: &std::path::Path, shard: &ShardId) -> u64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let db = loop {
-        let opened = sled::Config::new()
-            .path(data_dir)
-            .segment_size(shardq_broker::segment_size_of(data_dir))
-            .open();
-        match opened {
+        match sled::open(data_dir) {
             Ok(db) => break db,
             Err(e) if std::time::Instant::now() < deadline => {
                 let _ = e;

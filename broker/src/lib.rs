@@ -194,43 +194,21 @@ pub(crate) fn lock_held(e: &sled::Error) -> bool {
         || io.to_string().contains("could not acquire lock"))
 }
 
-/// sled's segment size for a new database. sled 0.34 writes a page (a tree node) larger than a
-/// quarter segment to a file of its own under `blobs/`, and does not reliably delete those
-/// files once the page is rewritten or freed (sled issue #786). With the default 512 KiB
-/// segments every leaf of 64 KiB log entries is such a blob, and under retention the directory
-/// grew with everything ever written: a broker kept ~30 MB for 10 MB of log after 100 MB
-/// written and ~90 MB after 600 MB; sled alone, two trees with a 10 MB window each, grew by
-/// ~4% of what was written (70 MB after 0.7 GB, 156 MB after 2.9 GB). With 8 MiB segments a
-/// leaf (at most 17 entries) stays in the log file, whose segments sled cleans and reuses: the
-/// same run stays at 134-142 MB, a broker at ~55 MB. The price: sled rewrites those larger
-/// pages when it cleans, ~6-12% of produce throughput (`shardq bench`, see the README).
-pub const SEGMENT_SIZE: usize = 8 << 20;
-
-/// The segment size a database in `dir` was created with (sled refuses to open it with
-/// another), or [`SEGMENT_SIZE`] for a new one.
-pub fn segment_size_of(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("conf"))
-        .ok()
-        .and_then(|conf| {
-            conf.lines()
-                .find_map(|l| l.strip_prefix("segment_size: "))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or(SEGMENT_SIZE)
-}
-
 async fn open_db(dir: &Path) -> anyhow::Result<sled::Db> {
     let deadline = Instant::now() + DB_LOCK_WAIT;
-    let segment_size = segment_size_of(dir);
     loop {
         let path = dir.to_path_buf();
         // We flush ourselves, as the fsync policy says; sled's own timer would blur `never`.
+        //
+        // sled's default 512 KiB segments are kept, with a known cost under retention: sled
+        // writes a page larger than a quarter segment (every leaf of 64 KiB log entries) to a
+        // blob file, and does not reliably delete those once the page is rewritten or freed
+        // (sled #786), so space freed by retention comes back only in part (measured: ~4% of
+        // what was written stays behind). 8 MiB segments keep pages out of blob files and the
+        // disk bounded, but stalled flushes for up to 0.9 s (breaking `fsync interval=100`,
+        // tests/fsync_strace.rs) and cost ~12% of produce throughput; see the README.
         let opened = tokio::task::spawn_blocking(move || {
-            sled::Config::new()
-                .path(path)
-                .segment_size(segment_size)
-                .flush_every_ms(None)
-                .open()
+            sled::Config::new().path(path).flush_every_ms(None).open()
         })
         .await
         .context("opening the database panicked")?;
