@@ -148,10 +148,7 @@ pub fn render_status(st: &ClusterStatus) -> String {
     }
     s.push_str(&format!("\ntopics: {}\n", st.topics.len()));
     for t in &st.topics {
-        s.push_str(&format!(
-            "  {} ({} partitions, replication factor {}, min in-sync {})\n",
-            t.name, t.partitions, t.replication_factor, t.min_insync
-        ));
+        s.push_str(&format!("  {} ({})\n", t.name, topic::settings(t)));
     }
     let under = st
         .shards

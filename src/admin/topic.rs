@@ -34,15 +34,7 @@ pub async fn topic_create(
                 println!("{}", json::topic(&t));
                 return Ok(());
             }
-            println!(
-                "topic {} with {} partition(s), replication factor {}, min in-sync replicas {}, \
-                 retention {}",
-                t.name,
-                t.partitions,
-                t.replication_factor,
-                t.min_insync,
-                retention_text(&t)
-            );
+            println!("topic {} with {}", t.name, settings(&t));
             Ok(())
         }
         other => bail!("unexpected answer {}", other.name()),
@@ -61,14 +53,7 @@ pub async fn topic_list(bootstrap: &str, as_json: bool) -> Result<()> {
                 println!("no topics");
             }
             for t in ts {
-                println!(
-                    "{:<30} {} partition(s), replication factor {}, min in-sync {}, retention {}",
-                    t.name,
-                    t.partitions,
-                    t.replication_factor,
-                    t.min_insync,
-                    retention_text(&t)
-                );
+                println!("{:<30} {}", t.name, settings(&t));
             }
             Ok(())
         }
@@ -107,16 +92,21 @@ pub async fn topic_describe(bootstrap: &str, name: &str, as_json: bool) -> Resul
 }
 
 fn render_topic(d: &TopicDescription, down: &BTreeSet<u32>) -> String {
-    let mut s = format!(
-        "topic {} ({} partitions, replication factor {}, min in-sync {}, retention {})\n",
-        d.topic.name,
-        d.topic.partitions,
-        d.topic.replication_factor,
-        d.topic.min_insync,
-        retention_text(&d.topic)
-    );
+    let mut s = format!("topic {} ({})\n", d.topic.name, settings(&d.topic));
     s.push_str(&render_shards(&d.shards, down));
     s
+}
+
+/// `4 partition(s), replication factor 3, min in-sync 2, retention forever`: a topic's settings
+/// as every command prints them.
+pub(crate) fn settings(t: &TopicInfo) -> String {
+    format!(
+        "{} partition(s), replication factor {}, min in-sync {}, retention {}",
+        t.partitions,
+        t.replication_factor,
+        t.min_insync,
+        retention_text(t)
+    )
 }
 
 /// `forever`, or e.g. `7d, 10.0 MB (5.0 MB per partition)`.
