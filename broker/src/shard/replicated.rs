@@ -334,7 +334,7 @@ impl Shard {
         max_bytes: usize,
         now_ms: u64,
     ) -> Result<ReplicaData, ErrorKind> {
-        let (data_from, groups, groups_version) = {
+        let (data_from, groups, groups_deleted, groups_version) = {
             let mut inner = self.lock();
             if inner.dropped {
                 return Err(self.not_leader(&inner));
@@ -354,28 +354,12 @@ impl Shard {
             if pos.fetch_offset < inner.start {
                 // Retention deleted what the follower would fetch next: it continues at the
                 // log start (nothing below it can be compared or sent).
-                return Ok(ReplicaData {
-                    high_watermark: inner.repl.hw,
-                    diverging: None,
-                    batches: Vec::new(),
-                    groups: Vec::new(),
-                    groups_deleted: Vec::new(),
-                    groups_version: inner.repl.groups_version,
-                    log_start: inner.start,
-                });
+                return Ok(Self::no_data(&inner, None));
             }
             if let FetchCheck::Diverging { epoch, end_offset } =
                 check_fetch(&inner.epochs, end, pos.fetch_offset, pos.last_epoch)
             {
-                return Ok(ReplicaData {
-                    high_watermark: inner.repl.hw,
-                    diverging: Some((epoch, end_offset)),
-                    batches: Vec::new(),
-                    groups: Vec::new(),
-                    groups_deleted: Vec::new(),
-                    groups_version: inner.repl.groups_version,
-                    log_start: inner.start,
-                });
+                return Ok(Self::no_data(&inner, Some((epoch, end_offset))));
             }
             let counted = self.counted_end(&inner);
             if let Role::Leader(l) = &mut inner.repl.role {
@@ -414,13 +398,8 @@ impl Shard {
                 }
                 changed
             };
-            (
-                pos.fetch_offset,
-                (groups, deleted),
-                inner.repl.groups_version,
-            )
+            (pos.fetch_offset, groups, deleted, inner.repl.groups_version)
         };
-        let (groups, groups_deleted) = groups;
         // `max_bytes` is a hard cap (the answer shares one frame with the other shards'): below
         // one stored entry's worth, this shard answers with its position only.
         let mut batches = if max_bytes < MAX_STORED_ENTRY {
@@ -449,6 +428,20 @@ impl Shard {
             groups_version,
             log_start,
         })
+    }
+
+    /// An answer with the leader's position only: the follower's log start, or where it
+    /// diverges, must be dealt with before it can take entries.
+    fn no_data(inner: &Inner, diverging: Option<(LeaderEpoch, Offset)>) -> ReplicaData {
+        ReplicaData {
+            high_watermark: inner.repl.hw,
+            diverging,
+            batches: Vec::new(),
+            groups: Vec::new(),
+            groups_deleted: Vec::new(),
+            groups_version: inner.repl.groups_version,
+            log_start: inner.start,
+        }
     }
 
     fn not_leader(&self, inner: &Inner) -> ErrorKind {
