@@ -97,6 +97,22 @@ async fn replica_starts(client: &ClusterClient, shard: &ShardId) -> Vec<Offset> 
     }
 }
 
+/// `shard`'s log range (start, high watermark) at its leader, from its checksum.
+async fn leader_range(client: &ClusterClient, shard: &ShardId) -> (Offset, Offset) {
+    match client
+        .admin(Request::ShardChecksum {
+            shard: shard.clone(),
+            upto: None,
+        })
+        .await
+    {
+        Ok(Response::Checksums(cs)) if cs.first().is_some_and(|c| c.error.is_none()) => {
+            (cs[0].start, cs[0].end)
+        }
+        other => panic!("checksum of {shard}: {other:?}"),
+    }
+}
+
 /// A consumer of `group` that reads at least `n` records, commits and stops; returns its
 /// committed positions.
 async fn read_and_commit(
@@ -391,6 +407,16 @@ async fn retention_by_age_purge_and_group_delete() {
     read_and_commit(&c, "aged", "g", 10).await;
     let out = cli(&at, &["topic", "purge", "aged"], "").await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    // The leaders' reports come with their heartbeats.
+    wait_until(
+        Duration::from_secs(10),
+        "every shard reported purged",
+        || async {
+            let reps = reports(&client, "aged").await;
+            reps.len() == 2 && reps.values().all(|r| r.start_offset == r.end_offset)
+        },
+    )
+    .await;
     let reps = reports(&client, "aged").await;
     for (shard, r) in &reps {
         assert_eq!(r.start_offset, r.end_offset, "{shard} purged");
@@ -527,8 +553,14 @@ async fn a_broker_joining_after_retention_copies_what_is_left_and_offsets_go_on(
     // Every record left is readable, in order, from each shard's log start; then new records
     // continue the offsets.
     for topic in ["solo", "pair"] {
-        let before = reports(&client, topic).await;
-        let left: u64 = before.values().map(|r| r.end_offset - r.start_offset).sum();
+        // Each shard's range as its leader holds it now (reports lag by a heartbeat, and a
+        // moved shard's new leader may not have reported yet).
+        let mut before: BTreeMap<ShardId, (Offset, Offset)> = BTreeMap::new();
+        for p in 1..=4 {
+            let shard = ShardId::new(topic, p);
+            before.insert(shard.clone(), leader_range(&client, &shard).await);
+        }
+        let left: u64 = before.values().map(|(start, end)| end - start).sum();
         let config = c.endpoint().consumer_config(
             &format!("check-{topic}"),
             vec![ShardSpec::All(topic.into())],
@@ -536,7 +568,7 @@ async fn a_broker_joining_after_retention_copies_what_is_left_and_offsets_go_on(
         let mut consumer = Consumer::connect(config).await.expect("consumer");
         let mut next: BTreeMap<ShardId, Offset> = before
             .iter()
-            .map(|(s, r)| (s.clone(), r.start_offset))
+            .map(|(s, (start, _))| (s.clone(), *start))
             .collect();
         let mut read = 0u64;
         for _ in 0..400 {
@@ -562,7 +594,7 @@ async fn a_broker_joining_after_retention_copies_what_is_left_and_offsets_go_on(
             async move {
                 let now = reports(&client, topic).await;
                 now.values().map(|r| r.end_offset).sum::<u64>()
-                    == before.values().map(|r| r.end_offset).sum::<u64>() + 40
+                    == before.values().map(|(_, end)| end).sum::<u64>() + 40
             }
         })
         .await;
