@@ -279,6 +279,15 @@ async fn kills_a_frozen_leader_and_a_lost_disk_lose_nothing_acknowledged() {
         c.await.unwrap().expect("consumer finishes");
     }
     common::verify_passes(dir, &subs);
+    // Everything acknowledged is still there after the faults: a consumer that starts now reads
+    // every shard again from the beginning (a replica that lost its log and was then elected
+    // would have had the others truncate theirs).
+    let late: (u32, &[&str]) = (4, &["CA:*", "CB:*", "CC:*"]);
+    common::spawn_consumer(&at, dir, late.0, late.1, 10)
+        .await
+        .unwrap()
+        .expect("the late consumer finishes");
+    common::verify_passes(dir, &[subs[0], subs[1], subs[2], late]);
     for t in TOPICS {
         replicas_agree(&client, t, 8, 3).await;
     }

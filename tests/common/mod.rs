@@ -361,6 +361,14 @@ impl Drop for UpCluster {
                 libc::kill(-(pid as i32), libc::SIGKILL);
             }
         }
+        if std::thread::panicking() {
+            // A failed test keeps its cluster's data and logs to look into.
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "the cluster's data and logs are kept in {}",
+                self.dir.path().display()
+            );
+        }
     }
 }
 
