@@ -151,6 +151,7 @@ async fn peers_without_the_secret_cannot_drop_export_or_force_remove_and_data_st
                 weight: 100,
                 uuid: "00000000-0000-4000-8000-000000000077".into(),
                 cluster: None,
+                incarnation: 1,
             })
             .await,
         "RegisterBroker",

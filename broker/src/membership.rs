@@ -74,6 +74,7 @@ impl Membership {
             weight: self.weight,
             uuid: identity.uuid.clone(),
             cluster: identity.cluster.clone(),
+            incarnation: self.broker.incarnation,
         };
         let sent = tokio::time::Instant::now();
         match self.router.request(req, self.rpc_timeout()).await? {
@@ -186,6 +187,7 @@ impl Membership {
                 id: self.broker.id(),
                 report: self.broker.report(),
                 uuid: self.identity().uuid,
+                incarnation: self.broker.incarnation,
             };
             let sent = tokio::time::Instant::now();
             let outcome = tokio::select! {

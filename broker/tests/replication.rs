@@ -90,6 +90,7 @@ async fn a_fetch_for_many_shards_far_behind_fits_one_frame_and_every_shard_gets_
         let answer = conn
             .request(Request::ReplicaFetch(ReplicaFetchRequest {
                 follower: 2,
+                incarnation: 1,
                 positions,
                 max_bytes: DEFAULT_MAX_FRAME as u32,
                 max_wait_ms: 0,

@@ -215,6 +215,7 @@ async fn unsupported_and_standalone_requests_are_answered() {
             id: 1,
             report: Default::default(),
             uuid: String::new(),
+            incarnation: 1,
         })
         .await
         .unwrap_err(),

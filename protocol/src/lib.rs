@@ -34,7 +34,7 @@ pub use tokio_util::sync::CancellationToken;
 pub use types::*;
 
 /// Bumped on any incompatible change to the messages below; the handshake refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Default TCP port of the router (the address clients pass as `--broker HOST`).
 pub const DEFAULT_ROUTER_PORT: u16 = 7400;

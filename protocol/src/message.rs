@@ -382,6 +382,10 @@ pub struct ReplicaPosition {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaFetchRequest {
     pub follower: BrokerId,
+    /// The follower's process (see `RegisterBroker::incarnation`): the leader proposes a
+    /// follower for the ISR naming the process it heard from, and the router refuses it unless
+    /// that process is the one registered now (a restarted follower may hold less).
+    pub incarnation: u64,
     pub positions: Vec<ReplicaPosition>,
     /// Soft cap on the bytes of batches returned (per request).
     pub max_bytes: u32,
@@ -706,6 +710,8 @@ pub enum Request {
         /// The cluster id its data directory belongs to; None for a fresh one (the router's
         /// answer then tells it which cluster it joined). Another cluster's is `WrongCluster`.
         cluster: Option<String>,
+        /// New at every start of the broker process (the uuid stays with the data directory).
+        incarnation: u64,
     },
     Heartbeat {
         id: BrokerId,
@@ -713,6 +719,8 @@ pub enum Request {
         /// Same as in `RegisterBroker`: a heartbeat from another process than the one bound to
         /// `id` is refused, so it cannot keep `id` looking alive.
         uuid: String,
+        /// Same as in `RegisterBroker` (a router that restarted learns it from here).
+        incarnation: u64,
     },
     /// The broker asks to leave gracefully (same as RemoveBroker without force).
     LeaveBroker {
@@ -792,6 +800,9 @@ pub enum Request {
         leader_epoch: LeaderEpoch,
         isr_version: u64,
         isr: Vec<BrokerId>,
+        /// For each broker the change adds: the process (incarnation) whose fetches showed it
+        /// caught up. The router refuses the change when that is not the process registered now.
+        incarnations: Vec<(BrokerId, u64)>,
     },
     /// Admin (router): elect a leader for `shard` now; `unclean` allows a replica outside the
     /// ISR (records only the old in-sync replicas held may be lost).

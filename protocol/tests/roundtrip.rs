@@ -328,6 +328,7 @@ fn sample_requests() -> Vec<Request> {
             weight: 200,
             uuid: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
             cluster: Some("c0ffee00-1111-4222-8333-444455556666".into()),
+            incarnation: 0x1d2c_3b4a_5968_7786,
         },
         Request::Heartbeat {
             id: 5,
@@ -337,6 +338,7 @@ fn sample_requests() -> Vec<Request> {
                 degraded: None,
             },
             uuid: "0f8e7a4c-3b2d-4c1e-9a8b-7c6d5e4f3a2b".into(),
+            incarnation: 0x1d2c_3b4a_5968_7786,
         },
         Request::LeaveBroker { id: 6 },
         Request::AssignShards {
@@ -380,6 +382,7 @@ fn sample_requests() -> Vec<Request> {
         Request::ReplaceBroker { id: 4 },
         Request::ReplicaFetch(ReplicaFetchRequest {
             follower: 3,
+            incarnation: u64::MAX - 7,
             positions: vec![
                 ReplicaPosition {
                     shard: shard("orders", 1),
@@ -407,6 +410,7 @@ fn sample_requests() -> Vec<Request> {
             leader_epoch: 9,
             isr_version: 14,
             isr: vec![2, 1, 3],
+            incarnations: vec![(3, 0x0123_4567_89ab_cdef)],
         },
         Request::ElectLeader {
             shard: shard("orders", 1),

@@ -95,6 +95,8 @@ impl Identities {
 pub struct Claim<'a> {
     pub uuid: &'a str,
     pub cluster: Option<&'a str>,
+    /// The process (new at every start).
+    pub incarnation: u64,
 }
 
 /// Applies a binding `admit` asked for, once it is persisted.
@@ -127,6 +129,7 @@ impl State {
         ops.extend(bind);
         persist(&ops)?;
         bound(self, &ops);
+        self.runs(id, claim.incarnation);
         Ok(!ops.is_empty())
     }
 
@@ -137,6 +140,7 @@ impl State {
         &mut self,
         id: BrokerId,
         uuid: &str,
+        incarnation: u64,
         report: BrokerReport,
         now: Instant,
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
@@ -159,7 +163,24 @@ impl State {
             persist(&ops)?;
             bound(self, &ops);
         }
-        self.heartbeat(id, report, now)
+        let answer = self.heartbeat(id, report, now)?;
+        if self.runs(id, incarnation) {
+            tracing::warn!(
+                broker = id,
+                "heartbeat from another process of the broker than the one that registered"
+            );
+        }
+        Ok(answer)
+    }
+
+    /// Broker `id` runs process `incarnation` now. Returns whether it replaced another one.
+    fn runs(&mut self, id: BrokerId, incarnation: u64) -> bool {
+        let Some(m) = self.members.get_mut(&id) else {
+            return false;
+        };
+        let other = m.incarnation.is_some_and(|i| i != incarnation);
+        m.incarnation = Some(incarnation);
+        other
     }
 
     /// `shardq broker replace ID`: unbinds broker `id` so that the next process to register it
@@ -249,7 +270,11 @@ mod tests {
     }
 
     fn claim<'a>(uuid: &'a str, cluster: Option<&'a str>) -> Claim<'a> {
-        Claim { uuid, cluster }
+        Claim {
+            uuid,
+            cluster,
+            incarnation: 1,
+        }
     }
 
     fn state() -> State {
@@ -302,7 +327,7 @@ mod tests {
         // Its heartbeats are refused too, and do not keep broker 1 alive.
         let later = t0 + Duration::from_secs(10);
         assert!(matches!(
-            s.heartbeat_process(1, U2, BrokerReport::default(), later, ok),
+            s.heartbeat_process(1, U2, 1, BrokerReport::default(), later, ok),
             Err(ErrorKind::IdentityConflict { .. })
         ));
         assert_eq!(s.expire(later, Duration::from_secs(3)), vec![1]);
@@ -317,7 +342,7 @@ mod tests {
             .unwrap();
         assert_eq!(s.members[&1].status, BrokerStatus::Up);
         assert!(s
-            .heartbeat_process(1, U1, BrokerReport::default(), later, ok)
+            .heartbeat_process(1, U1, 1, BrokerReport::default(), later, ok)
             .is_ok());
     }
 
@@ -362,7 +387,7 @@ mod tests {
         let now = Instant::now();
         let mut s = State::restore(snap, RingConfig::default(), now);
         let mut persisted = Vec::new();
-        s.heartbeat_process(1, U1, BrokerReport::default(), now, |ops| {
+        s.heartbeat_process(1, U1, 1, BrokerReport::default(), now, |ops| {
             persisted.extend(ops.iter().cloned());
             Ok(())
         })
@@ -373,7 +398,7 @@ mod tests {
             .unwrap();
         assert_eq!(s.identities.uuid_of(2), Some(U2));
         assert!(matches!(
-            s.heartbeat_process(2, U1, BrokerReport::default(), now, ok),
+            s.heartbeat_process(2, U1, 1, BrokerReport::default(), now, ok),
             Err(ErrorKind::IdentityConflict { .. })
         ));
     }
@@ -403,7 +428,7 @@ mod tests {
         );
 
         let later = t0 + Duration::from_secs(10);
-        s.heartbeat_process(2, U2, BrokerReport::default(), later, ok)
+        s.heartbeat_process(2, U2, 1, BrokerReport::default(), later, ok)
             .unwrap();
         s.expire(later, Duration::from_secs(3));
         let mut persisted = Vec::new();

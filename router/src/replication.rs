@@ -21,13 +21,17 @@ impl Shared {
         shard: ShardId,
         leader_epoch: LeaderEpoch,
         isr_version: u64,
-        isr: Vec<BrokerId>,
+        (isr, incarnations): (Vec<BrokerId>, Vec<(BrokerId, u64)>),
     ) -> ServiceFuture {
-        let result = self
-            .state()
-            .alter_isr(from, &shard, leader_epoch, isr_version, &isr, |ops| {
-                self.persist(ops)
-            });
+        let result = self.state().alter_isr(
+            from,
+            &shard,
+            leader_epoch,
+            isr_version,
+            &isr,
+            &incarnations,
+            |ops| self.persist(ops),
+        );
         let refused = match &result {
             Err(e) if !matches!(e, ErrorKind::LeaderEpochMismatch { .. }) => {
                 let mut st = self.state();

@@ -85,7 +85,14 @@ impl Service for Shared {
                 leader_epoch,
                 isr_version,
                 isr,
-            } => self.alter_isr(broker, shard, leader_epoch, isr_version, isr),
+                incarnations,
+            } => self.alter_isr(
+                broker,
+                shard,
+                leader_epoch,
+                isr_version,
+                (isr, incarnations),
+            ),
             Request::ElectLeader { shard, unclean } => self.elect(shard, unclean),
             Request::ShardChecksum { shard, .. } => self.checksums(shard),
             Request::ListTopics => done(Ok(Response::Topics(self.state().topic_list()))),
@@ -106,8 +113,14 @@ impl Service for Shared {
                 weight,
                 uuid,
                 cluster,
-            } => self.register(id, addr, weight, uuid, cluster),
-            Request::Heartbeat { id, report, uuid } => done(self.heartbeat(id, &uuid, report)),
+                incarnation,
+            } => self.register(id, addr, weight, (uuid, cluster, incarnation)),
+            Request::Heartbeat {
+                id,
+                report,
+                uuid,
+                incarnation,
+            } => done(self.heartbeat(id, (&uuid, incarnation), report)),
             Request::ReplaceBroker { id } => self.replace(id),
             other => done(Err(ErrorKind::Unsupported {
                 request: other.name().to_string(),
@@ -131,8 +144,7 @@ impl Shared {
         id: BrokerId,
         addr: String,
         weight: u32,
-        uuid: String,
-        cluster: Option<String>,
+        (uuid, cluster, incarnation): (String, Option<String>, u64),
     ) -> ServiceFuture {
         let result = {
             let mut st = self.state();
@@ -144,6 +156,7 @@ impl Shared {
                 Claim {
                     uuid: &uuid,
                     cluster: cluster.as_deref(),
+                    incarnation,
                 },
                 Instant::now(),
                 |ops| self.persist(ops),
@@ -201,14 +214,16 @@ impl Shared {
     fn heartbeat(
         self: &Arc<Self>,
         id: BrokerId,
-        uuid: &str,
+        (uuid, incarnation): (&str, u64),
         report: BrokerReport,
     ) -> Result<Response, ErrorKind> {
         // A binding made here (a member from before identities) is applied to the store but not
         // flushed: losing it in a crash only means the next contact binds again.
         let (epoch, assignments, revived) = self
             .state()
-            .heartbeat_process(id, uuid, report, Instant::now(), |ops| self.persist(ops))
+            .heartbeat_process(id, uuid, incarnation, report, Instant::now(), |ops| {
+                self.persist(ops)
+            })
             .inspect_err(|e| match e {
                 ErrorKind::RemovedBroker { .. } => warn!(
                     broker = id,

@@ -363,6 +363,7 @@ fn fake_broker_2_heartbeats(
             weight: 1,
             uuid: fake_uuid(2),
             cluster: None,
+            incarnation: 1,
         };
         ask(&conn, register).await.expect("registered");
         loop {
@@ -374,6 +375,7 @@ fn fake_broker_2_heartbeats(
                 id: 2,
                 report: BrokerReport::default(),
                 uuid: fake_uuid(2),
+                incarnation: 1,
             };
             let _ = conn.request(beat).await;
         }

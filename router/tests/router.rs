@@ -204,6 +204,7 @@ async fn bad_requests_get_typed_errors() {
                 id: 42,
                 report: Default::default(),
                 uuid: fake_uuid(42),
+                incarnation: 1,
             }
         )
         .await,
@@ -218,6 +219,7 @@ async fn bad_requests_get_typed_errors() {
                 weight: 1_000_000,
                 uuid: fake_uuid(9),
                 cluster: None,
+                incarnation: 1,
             }
         )
         .await,
@@ -658,11 +660,13 @@ async fn a_down_broker_cannot_start_draining_and_removed_ids_stay_refused_after_
         weight: 1,
         uuid: fake_uuid(2),
         cluster: None,
+        incarnation: 1,
     };
     let heartbeat = Request::Heartbeat {
         id: 2,
         report: Default::default(),
         uuid: fake_uuid(2),
+        incarnation: 1,
     };
     assert_eq!(
         ask(&c, register.clone()).await,

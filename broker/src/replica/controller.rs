@@ -71,7 +71,8 @@ pub enum Reject {
     LeaderNotInIsr,
     /// Not a replica of this shard.
     NotAReplica(BrokerId),
-    /// A broker the controller considers down cannot join the ISR.
+    /// A broker the controller considers down cannot join the ISR, nor can one whose process
+    /// is not the one the leader heard from (it restarted since, maybe with less).
     IneligibleReplica(BrokerId),
 }
 
@@ -174,8 +175,9 @@ impl PartitionState {
 
     /// The leader's proposal to replace ISR version `isr_version` by `proposed`, compare-and-set:
     /// refused from anyone but the leader of the current epoch, against an older version, when
-    /// it leaves out the leader or names a non-replica, or when it adds a broker that is not
-    /// live. A repeat of the change that made the current version succeeds again without
+    /// it leaves out the leader or names a non-replica, or when it adds a broker that may not
+    /// join (`may_join`: it is live, and runs the process whose fetches the leader counted; see
+    /// [`super::LeaderState`]). A repeat of the change that made the current version succeeds again without
     /// changing anything. Returns the ISR version now in force. Refusing a proposal made at the
     /// current version bumps `isr_version` (the ISR is unchanged): the caller pushes the state
     /// to the leader as after any change, so the leader learns the proposal is dead.
@@ -185,7 +187,7 @@ impl PartitionState {
         leader_epoch: LeaderEpoch,
         isr_version: u64,
         proposed: impl IntoIterator<Item = BrokerId>,
-        live: impl Fn(BrokerId) -> bool,
+        may_join: impl Fn(BrokerId) -> bool,
     ) -> Result<u64, Reject> {
         if self.leader != Some(from_leader) || leader_epoch != self.leader_epoch {
             return Err(Reject::FencedLeaderEpoch {
@@ -209,7 +211,7 @@ impl PartitionState {
         } else {
             ordered
                 .iter()
-                .find(|&&r| !self.isr.contains(&r) && !live(r))
+                .find(|&&r| !self.isr.contains(&r) && !may_join(r))
                 .map(|&r| Reject::IneligibleReplica(r))
         };
         if let Some(reject) = invalid {

@@ -11,6 +11,13 @@
 //!   proposed one the controller has not answered yet (KIP-497). The controller may already
 //!   have applied the proposal, so a member being added counts from the moment it is proposed,
 //!   and a member being removed counts until the removal is confirmed. The HW never decreases.
+//! * Progress belongs to one follower *process* (its incarnation, KIP-903): a fetch from
+//!   another process starts the follower's progress over, and a proposal to add a follower
+//!   names the process whose fetches showed it caught up. The controller refuses it unless that
+//!   process is the one registered now, so a follower that restarted with less than it had (a
+//!   lost disk, unsynced writes) is never let in on what its previous process held. (A long
+//!   poll re-serves the positions it was sent, so a dead process's fetch can still count after
+//!   the controller dropped it from the ISR.)
 //! * A new leader starts from its own HW (it was elected from the ISR, so it holds everything
 //!   committed; its HW, learned as a follower, never exceeds that).
 //! * A proposal stays pending until the controller confirms it ([`LeaderState::isr_confirmed`])
@@ -27,6 +34,8 @@ use super::{BrokerId, LeaderEpoch, Offset};
 /// What the leader knows of one follower in this epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
+    /// The follower process the fields below come from (`None` until it fetched).
+    pub incarnation: Option<u64>,
     /// Its log end, from its last fetch that passed [`super::check_fetch`] in this epoch;
     /// `None` until then.
     pub end: Option<Offset>,
@@ -48,6 +57,8 @@ pub struct IsrProposal {
     /// The ISR version the proposal replaces.
     pub base_version: u64,
     pub isr: BTreeSet<BrokerId>,
+    /// For each member it adds: the process whose fetches showed it caught up.
+    pub incarnations: BTreeMap<BrokerId, u64>,
 }
 
 /// Whether a produce that ends at some offset can be acknowledged.
@@ -191,8 +202,10 @@ impl LeaderState {
         self.isr.len() >= self.min_insync
     }
 
-    /// A fetch from `follower` at `fetch_offset` that [`super::check_fetch`] found Ok, with the
-    /// leader's log end `leader_end` at that moment. The fetch offset is the follower's end; it
+    /// A fetch from `follower`'s process `incarnation` at `fetch_offset` that
+    /// [`super::check_fetch`] found Ok, with the leader's log end `leader_end` at that moment.
+    /// A fetch from another process than the last one starts its progress over: what the
+    /// other process had says nothing about this one. The fetch offset is the follower's end; it
     /// is caught up when that reaches the leader's end, or reaches the leader's end at its
     /// previous fetch (then it was caught up as of that fetch: a steady stream of appends does
     /// not make a keeping-up follower look lagging). Returns whether the HW advanced. Fetches
@@ -200,6 +213,7 @@ impl LeaderState {
     pub fn on_fetch(
         &mut self,
         follower: BrokerId,
+        incarnation: u64,
         fetch_offset: Offset,
         leader_end: Offset,
         now_ms: u64,
@@ -208,6 +222,10 @@ impl LeaderState {
         let Some(p) = self.followers.get_mut(&follower) else {
             return false;
         };
+        if p.incarnation.is_some_and(|i| i != incarnation) {
+            *p = Progress::default();
+        }
+        p.incarnation = Some(incarnation);
         let end = fetch_offset.min(leader_end);
         if end >= leader_end {
             p.last_caught_up_ms = p.last_caught_up_ms.max(now_ms);
@@ -286,17 +304,18 @@ impl LeaderState {
             return None;
         }
         let mut proposed = self.isr.clone();
+        let mut incarnations = BTreeMap::new();
         for (&id, p) in &self.followers {
             let lagging = self.lagging(p, now_ms, lag_max_ms);
             if self.isr.contains(&id) {
                 if lagging {
                     proposed.remove(&id);
                 }
-            } else if !lagging
-                && p.end
-                    .is_some_and(|end| end >= self.hw && end >= self.epoch_start)
-            {
-                proposed.insert(id);
+            } else if let (false, Some(end), Some(incarnation)) = (lagging, p.end, p.incarnation) {
+                if end >= self.hw && end >= self.epoch_start {
+                    proposed.insert(id);
+                    incarnations.insert(id, incarnation);
+                }
             }
         }
         proposed.insert(self.leader);
@@ -307,6 +326,7 @@ impl LeaderState {
             id: self.next_proposal,
             base_version: self.isr_version,
             isr: proposed,
+            incarnations,
         };
         self.next_proposal += 1;
         self.pending = Some(proposal.clone());
@@ -376,22 +396,53 @@ impl LeaderState {
 mod tests {
     use super::*;
 
+    /// The followers' processes, in tests about other things.
+    const P: u64 = 1;
+
+    #[test]
+    fn a_dead_process_fetch_served_late_does_not_vouch_for_its_successor() {
+        // Follower 2 caught up at 100, then its broker died and the controller dropped it.
+        let mut l = leader(1, 100, 100);
+        l.on_fetch(2, P, 100, 100, 10);
+        l.on_fetch(3, P, 100, 100, 10);
+        assert!(l.update_from_controller(vec![1, 2, 3], set(&[1, 3]), 8, 20));
+        // A long poll of the dead process is served once more: it counts as it did...
+        l.on_fetch(2, P, 100, 100, 30);
+        // ...so the proposal names that process, which the controller refuses once another
+        // process registered for broker 2.
+        let p = l.isr_change(40, 10_000, 100).expect("a proposal");
+        assert_eq!(p.incarnations, [(2, P)].into());
+        assert!(l.update_from_controller(vec![1, 2, 3], set(&[1, 3]), 9, 50));
+        // The new process (an empty disk) fetches: its progress starts over.
+        l.on_fetch(2, P + 1, 0, 100, 60);
+        assert_eq!(l.progress(2).and_then(|p| p.end), Some(0));
+        assert_eq!(l.progress(2).map(|p| p.incarnation), Some(Some(P + 1)));
+        assert_eq!(l.isr_change(70, 10_000, 100), None);
+        // Caught up: proposed with the new process.
+        l.on_fetch(2, P + 1, 100, 100, 80);
+        let p = l.isr_change(90, 10_000, 100).expect("a proposal");
+        assert_eq!(
+            (p.isr, p.incarnations),
+            (set(&[1, 2, 3]), [(2, P + 1)].into())
+        );
+    }
+
     #[test]
     fn a_follower_the_controller_drops_must_fetch_again_before_it_is_proposed_back() {
         // Leader 1 of 1, 2, 3 at end 100; follower 2 caught up, then the controller removes it
         // (its broker restarted on an empty disk).
         let mut l = leader(1, 100, 100);
-        l.on_fetch(2, 100, 100, 10);
-        l.on_fetch(3, 100, 100, 10);
+        l.on_fetch(2, P, 100, 100, 10);
+        l.on_fetch(3, P, 100, 100, 10);
         assert!(l.update_from_controller(vec![1, 2, 3], set(&[1, 3]), 8, 20));
         assert_eq!(l.progress(2).and_then(|p| p.end), None);
         // Nothing to propose: its old progress does not count.
         assert_eq!(l.isr_change(30, 10_000, 100), None);
         // It fetches from 0 (its new, empty log): still nothing.
-        l.on_fetch(2, 0, 100, 40);
+        l.on_fetch(2, P, 0, 100, 40);
         assert_eq!(l.isr_change(50, 10_000, 100), None);
         // Caught up again: proposed back.
-        l.on_fetch(2, 100, 100, 60);
+        l.on_fetch(2, P, 100, 100, 60);
         let p = l.isr_change(70, 10_000, 100).expect("a proposal");
         assert_eq!(p.isr, set(&[1, 2, 3]));
     }
@@ -419,11 +470,11 @@ mod tests {
     fn silent_isr_members_hold_the_hw() {
         let mut l = leader(1, 3, 10);
         assert_eq!(l.hw(), 3);
-        assert!(!l.on_fetch(2, 10, 10, 1));
+        assert!(!l.on_fetch(2, P, 10, 10, 1));
         assert_eq!(l.hw(), 3, "member 3 has not fetched in this epoch");
-        assert!(l.on_fetch(3, 8, 10, 1));
+        assert!(l.on_fetch(3, P, 8, 10, 1));
         assert_eq!(l.hw(), 8);
-        assert!(l.on_fetch(3, 10, 10, 2));
+        assert!(l.on_fetch(3, P, 10, 10, 2));
         assert_eq!(l.hw(), 10);
     }
 
@@ -435,11 +486,11 @@ mod tests {
         assert_eq!(l.can_ack(5), AckCheck::Acked);
         assert_eq!(l.can_ack(6), AckCheck::Wait);
         let mut l = leader(1, 0, 10);
-        l.on_fetch(2, 10, 10, 1);
-        l.on_fetch(3, 10, 10, 1);
+        l.on_fetch(2, P, 10, 10, 1);
+        l.on_fetch(3, P, 10, 10, 1);
         assert_eq!(l.hw(), 10);
         // A stale, lower fetch offset lowers the follower's end but not the HW.
-        assert!(!l.on_fetch(3, 6, 10, 2));
+        assert!(!l.on_fetch(3, P, 6, 10, 2));
         assert_eq!(l.hw(), 10);
     }
 
@@ -447,7 +498,7 @@ mod tests {
     fn acks_need_the_hw_and_min_insync() {
         let mut l = LeaderState::new(1, 0, vec![1, 2, 3], set(&[1, 2]), 0, 3, 0, 0, 0);
         l.on_append(4);
-        l.on_fetch(2, 4, 4, 1);
+        l.on_fetch(2, P, 4, 4, 1);
         assert_eq!(l.hw(), 4);
         assert_eq!(l.can_ack(4), AckCheck::NotEnoughReplicas { isr: 2, min: 3 });
         assert!(!l.enough_insync());
@@ -458,14 +509,15 @@ mod tests {
     fn lagging_members_are_proposed_for_removal_and_caught_up_ones_for_adding() {
         let mut l = LeaderState::new(1, 2, vec![1, 2, 3], set(&[1, 2]), 5, 1, 0, 4, 0);
         l.on_append(6);
-        l.on_fetch(2, 6, 6, 10);
-        l.on_fetch(3, 6, 6, 10);
+        l.on_fetch(2, P, 6, 6, 10);
+        l.on_fetch(3, P, 6, 6, 10);
         assert_eq!(
             l.isr_change(50, 100, 6),
             Some(IsrProposal {
                 id: 0,
                 base_version: 5,
                 isr: set(&[1, 2, 3]),
+                incarnations: [(3, P)].into(),
             })
         );
         assert_eq!(l.maximal_isr(), set(&[1, 2, 3]));
@@ -475,7 +527,7 @@ mod tests {
         assert_eq!(l.isr_version(), 6);
         // Member 3 stops fetching; 2 keeps catching up.
         l.on_append(8);
-        l.on_fetch(2, 8, 8, 200);
+        l.on_fetch(2, P, 8, 8, 200);
         let p = l.isr_change(200, 100, 8).expect("3 lags");
         assert_eq!(p.isr, set(&[1, 2]));
         assert_eq!(p.base_version, 6);
@@ -489,13 +541,13 @@ mod tests {
     fn a_follower_behind_the_epoch_start_is_not_added() {
         // Epoch starts at 10; the HW is only 5 (not yet propagated).
         let mut l = LeaderState::new(1, 2, vec![1, 2, 3], set(&[1, 2]), 0, 1, 5, 10, 0);
-        l.on_fetch(3, 8, 10, 1);
+        l.on_fetch(3, P, 8, 10, 1);
         assert_eq!(
             l.isr_change(1, 100, 10),
             None,
             "3 lacks 8..10 of the previous epoch"
         );
-        l.on_fetch(3, 10, 10, 2);
+        l.on_fetch(3, P, 10, 10, 2);
         assert_eq!(
             l.isr_change(2, 100, 10).map(|p| p.isr),
             Some(set(&[1, 2, 3]))
@@ -505,13 +557,13 @@ mod tests {
     #[test]
     fn a_keeping_up_follower_is_caught_up_as_of_its_previous_fetch() {
         let mut l = leader(1, 0, 0);
-        l.on_fetch(2, 0, 0, 0);
-        l.on_fetch(3, 0, 0, 0);
+        l.on_fetch(2, P, 0, 0, 0);
+        l.on_fetch(3, P, 0, 0, 0);
         l.on_append(5);
-        l.on_fetch(2, 0, 5, 100); // was at the leader's end of its previous fetch (0)
+        l.on_fetch(2, P, 0, 5, 100); // was at the leader's end of its previous fetch (0)
         assert_eq!(l.progress(2).unwrap().last_caught_up_ms, 0);
         l.on_append(9);
-        l.on_fetch(2, 5, 9, 150); // reached the leader's end (5) of its fetch at 100
+        l.on_fetch(2, P, 5, 9, 150); // reached the leader's end (5) of its fetch at 100
         assert_eq!(l.progress(2).unwrap().last_caught_up_ms, 100);
         assert_eq!(l.isr_change(160, 100, 9).map(|p| p.isr), Some(set(&[1, 2])));
     }
@@ -520,12 +572,12 @@ mod tests {
     fn the_hw_waits_for_members_being_added_and_removed() {
         let mut l = LeaderState::new(1, 0, vec![1, 2, 3], set(&[1, 2]), 0, 1, 0, 0, 0);
         l.on_append(4);
-        l.on_fetch(3, 4, 4, 1);
-        l.on_fetch(2, 4, 4, 1);
+        l.on_fetch(3, P, 4, 4, 1);
+        l.on_fetch(2, P, 4, 4, 1);
         assert_eq!(l.hw(), 4);
         let p = l.isr_change(1, 100, 4).expect("3 caught up");
         l.on_append(8);
-        l.on_fetch(2, 8, 8, 2);
+        l.on_fetch(2, P, 8, 8, 2);
         assert_eq!(
             l.hw(),
             4,
@@ -544,7 +596,7 @@ mod tests {
     #[test]
     fn answers_are_matched_to_their_proposal() {
         let mut l = LeaderState::new(1, 0, vec![1, 2, 3], set(&[1, 2]), 0, 1, 0, 0, 0);
-        l.on_fetch(3, 0, 0, 1);
+        l.on_fetch(3, P, 0, 0, 1);
         let p0 = l.isr_change(1, 100, 0).expect("3 caught up");
         // The controller pushes a newer ISR (it removed 2, say): the proposal is superseded.
         assert!(l.update_from_controller(vec![1, 2, 3], set(&[1]), 1, 2));

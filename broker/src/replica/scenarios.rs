@@ -78,7 +78,7 @@ fn kip101_scenario_1_a_restarted_follower_keeps_entries_above_its_hw() {
     let mut b = Replica::default();
     b.catch_up(&a);
     let mut leader = LeaderState::new(1, 0, vec![1, 2], [1, 2].into(), 0, 2, 0, a.end(), 0);
-    leader.on_fetch(2, b.end(), a.end(), 1);
+    leader.on_fetch(2, 1, b.end(), a.end(), 1);
     a.hw = leader.hw();
     assert_eq!(leader.can_ack(2), AckCheck::Acked, "m1 acknowledged");
     b.hw = 1; // the HW of 2 did not reach B before it restarted

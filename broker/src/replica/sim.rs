@@ -93,12 +93,26 @@ enum Op {
     CtrlUp {
         pick: u8,
     },
+    /// The leader serves `node`'s last fetch again, whatever became of `node` since: a long
+    /// poll woken by an append re-reads the positions it was sent, and the request of a
+    /// process that died meanwhile may still be in one.
+    Replay {
+        node: u8,
+    },
+    /// A stopped process the controller knows is down and holds out of the ISR (`pick` among
+    /// them) loses the end of its log, or all of it (`keep` picks how much stays): a lost or
+    /// replaced disk, or writes not yet synced.
+    Lose {
+        pick: u8,
+        keep: u8,
+    },
 }
 
 /// How often each kind of operation comes up, in the order of [`decode`]: produce, fetch,
 /// answer, tick, propose, retry, controller, reply, deliver, crash, restart, controller-down,
-/// controller-up. Faults are rare enough that most runs commit entries between them.
-const WEIGHTS: [u32; 13] = [8, 12, 5, 4, 3, 2, 5, 5, 8, 2, 4, 1, 2];
+/// controller-up, replay, lose. Faults are rare enough that most runs commit entries between
+/// them.
+const WEIGHTS: [u32; 15] = [8, 12, 5, 4, 3, 2, 5, 5, 8, 2, 4, 1, 2, 2, 1];
 
 const TOTAL_WEIGHT: u32 = {
     let (mut total, mut i) = (0, 0);
@@ -159,7 +173,12 @@ fn decode(word: u32) -> Op {
         },
         10 => Op::Restart { pick: low },
         11 => Op::CtrlDown { node: low },
-        _ => Op::CtrlUp { pick: low },
+        12 => Op::CtrlUp { pick: low },
+        13 => Op::Replay { node: low },
+        _ => Op::Lose {
+            pick: low,
+            keep: high,
+        },
     }
 }
 
@@ -209,6 +228,8 @@ enum Role {
 struct Node {
     id: BrokerId,
     up: bool,
+    /// Its process: new at every restart.
+    incarnation: u64,
     // Survive a crash:
     log: Vec<Entry>,
     cache: EpochCache,
@@ -221,6 +242,8 @@ struct Node {
     answers: Vec<Answer>,
     /// Numbers this replica's fetch requests; only the answer to the latest one is applied.
     fetch_seq: u64,
+    /// Its last fetch as its leader got it.
+    last_fetch: Option<LastFetch>,
 }
 
 impl Node {
@@ -241,6 +264,16 @@ impl Node {
         self.cache.truncate_from(self.end());
         self.role = Role::Follower { leader, epoch };
     }
+}
+
+/// A follower's fetch as its leader got it (what a long poll serves again).
+#[derive(Clone, Copy, Debug)]
+struct LastFetch {
+    leader: BrokerId,
+    epoch: LeaderEpoch,
+    incarnation: u64,
+    fetch_offset: Offset,
+    last_epoch: Option<LeaderEpoch>,
 }
 
 /// A produce waiting for its acknowledgement.
@@ -272,6 +305,8 @@ struct Sim {
     nodes: Vec<Node>,
     ctrl: PartitionState,
     ctrl_live: Vec<bool>,
+    /// The process each broker registered last.
+    ctrl_incarnation: Vec<u64>,
     proposals: Vec<Proposal>,
     replies: Vec<Reply>,
     waiting: Vec<Waiting>,
@@ -303,6 +338,7 @@ impl Sim {
             .map(|&id| Node {
                 id,
                 up: true,
+                incarnation: 0,
                 log: Vec::new(),
                 cache: EpochCache::new(),
                 hw: 0,
@@ -314,12 +350,14 @@ impl Sim {
                 inbox: VecDeque::new(),
                 answers: Vec::new(),
                 fetch_seq: 0,
+                last_fetch: None,
             })
             .collect();
         let mut sim = Sim {
             nodes,
             ctrl: PartitionState::new(ids),
             ctrl_live: vec![true; n],
+            ctrl_incarnation: vec![0; n],
             proposals: Vec::new(),
             replies: Vec::new(),
             waiting: Vec::new(),
@@ -434,6 +472,19 @@ impl Sim {
                     self.ctrl_up(i)?;
                 }
             }
+            Op::Replay { node } => self.replay(node as usize % n),
+            Op::Lose { pick, keep } => {
+                let out: Vec<usize> = (0..n)
+                    .filter(|&i| {
+                        !self.nodes[i].up
+                            && !self.ctrl_live[i]
+                            && !self.ctrl.isr.contains(&self.nodes[i].id)
+                    })
+                    .collect();
+                if let Some(&i) = out.get(pick as usize % out.len().max(1)) {
+                    self.lose(i, keep as usize);
+                }
+            }
         }
         self.settle()
     }
@@ -473,7 +524,7 @@ impl Sim {
         if !f.up || leader == f.id {
             return;
         }
-        let (from, fetch_offset) = (f.id, f.end());
+        let (from, incarnation, fetch_offset) = (f.id, f.incarnation, f.end());
         let last_epoch = f.log.last().map(|e| e.0);
         // A new request: answers to older ones are dropped from now on.
         self.nodes[i].fetch_seq += 1;
@@ -489,10 +540,21 @@ impl Sim {
         if check_leader_epoch(state.leader_epoch(), epoch).is_err() {
             return;
         }
+        self.nodes[i].last_fetch = Some(LastFetch {
+            leader,
+            epoch,
+            incarnation,
+            fetch_offset,
+            last_epoch,
+        });
+        let l = &mut self.nodes[idx(leader)];
+        let Role::Leader(state) = &mut l.role else {
+            unreachable!("checked above");
+        };
         let body = match check_fetch(&l.cache, leader_end, fetch_offset, last_epoch) {
             FetchCheck::Diverging { epoch, end_offset } => Body::Diverging { epoch, end_offset },
             FetchCheck::Ok => {
-                state.on_fetch(from, fetch_offset, leader_end, self.now);
+                state.on_fetch(from, incarnation, fetch_offset, leader_end, self.now);
                 let upto = (fetch_offset as usize + max).min(l.log.len());
                 Body::Records {
                     entries: l.log[fetch_offset as usize..upto].to_vec(),
@@ -507,6 +569,38 @@ impl Sim {
             fetch_offset,
             body,
         });
+    }
+
+    /// The leader of `i`'s last fetch serves it again (a long poll's second look): it counts
+    /// as that fetch did, the answer goes nowhere.
+    fn replay(&mut self, i: usize) {
+        let Some(f) = self.nodes[i].last_fetch else {
+            return;
+        };
+        let from = self.nodes[i].id;
+        let l = &mut self.nodes[idx(f.leader)];
+        let leader_end = l.end();
+        if !l.up {
+            return;
+        }
+        let Role::Leader(state) = &mut l.role else {
+            return;
+        };
+        if state.leader_epoch() != f.epoch {
+            return;
+        }
+        if check_fetch(&l.cache, leader_end, f.fetch_offset, f.last_epoch) == FetchCheck::Ok {
+            state.on_fetch(from, f.incarnation, f.fetch_offset, leader_end, self.now);
+        }
+    }
+
+    /// `i` (stopped) keeps only the first `keep % (end + 1)` entries of its log.
+    fn lose(&mut self, i: usize, keep: usize) {
+        let node = &mut self.nodes[i];
+        let keep = keep % (node.log.len() + 1);
+        node.log.truncate(keep);
+        node.cache.truncate_from(keep as Offset);
+        node.hw = node.hw.min(keep as Offset);
     }
 
     fn answer(&mut self, i: usize, pick: usize) -> Check {
@@ -606,12 +700,14 @@ impl Sim {
     fn alter_isr(&mut self, p: Proposal) {
         let before = self.ctrl.isr_version;
         let live: Vec<bool> = self.ctrl_live.clone();
+        let registered = self.ctrl_incarnation.clone();
+        let heard = &p.proposal.incarnations;
         let result = self.ctrl.alter_isr(
             p.from,
             p.epoch,
             p.proposal.base_version,
             p.proposal.isr.iter().copied(),
-            |id| live[idx(id)],
+            |id| live[idx(id)] && heard.get(&id) == Some(&registered[idx(id)]),
         );
         if self.ctrl.isr_version != before {
             self.broadcast();
@@ -746,6 +842,7 @@ impl Sim {
     /// offline and one of the ISR is now live, and pushes its state to `i`.
     fn ctrl_mark_up(&mut self, i: usize) -> Check {
         self.ctrl_live[i] = true;
+        self.ctrl_incarnation[i] = self.nodes[i].incarnation;
         let live: Vec<bool> = self.ctrl_live.clone();
         if let Some(e) = self.ctrl.restore_leader(|b| live[idx(b)], false) {
             self.check_elected(&e)?;
@@ -778,6 +875,7 @@ impl Sim {
             return Ok(());
         }
         self.nodes[i].up = true;
+        self.nodes[i].incarnation += 1;
         // A new incarnation: whatever the controller thought, the old one is gone.
         if self.ctrl_live[i] {
             self.ctrl_mark_down(i)?;
@@ -1068,4 +1166,42 @@ fn a_late_answer_is_dropped_after_the_log_regrew_to_its_offset() {
     sim.answer(2, 0).unwrap();
     assert_eq!(sim.nodes[2].log.len(), 3);
     sim.settle().unwrap();
+}
+
+/// The chaos run that found it: a follower's broker dies, the controller drops it from the ISR,
+/// a long poll of its dead process is served once more (so the leader counts it caught up
+/// again), and the broker comes back on a replaced, empty disk. The leader's proposal to add it
+/// names the dead process: refused, so it never joins the ISR (nor can it be elected) empty.
+#[test]
+fn a_follower_back_on_an_empty_disk_does_not_join_the_isr_on_its_dead_process_fetch() {
+    let mut sim = Sim::new(3, 1);
+    sim.produce(0, 3);
+    for i in [1, 2] {
+        sim.fetch(i, 3);
+        sim.answer(i, 0).unwrap();
+        sim.fetch(i, 3); // tells the leader it holds all 3
+    }
+    sim.settle().unwrap();
+    assert_eq!(sim.committed.len(), 3);
+    sim.crash(2);
+    sim.ctrl_down(2).unwrap();
+    assert_eq!(sim.ctrl.isr, vec![1, 2]);
+    sim.deliver_all().unwrap();
+    sim.replay(2);
+    sim.lose(2, 0);
+    sim.restart(2).unwrap();
+    sim.deliver_all().unwrap();
+    sim.propose(0);
+    let p = sim.proposals.pop().expect("the leader proposes 3 back");
+    assert_eq!(p.proposal.isr, [1, 2, 3].into());
+    sim.alter_isr(p);
+    assert_eq!(
+        sim.ctrl.isr,
+        vec![1, 2],
+        "refused: 3 runs another process now"
+    );
+    sim.deliver_all().unwrap();
+    sim.settle().unwrap();
+    sim.heal().unwrap();
+    assert!(sim.nodes.iter().all(|n| n.log.len() == 3));
 }

@@ -79,6 +79,7 @@ pub(super) async fn run(broker: Arc<Broker>, leader: BrokerAddr, stop: Cancellat
             .collect();
         let req = Request::ReplicaFetch(ReplicaFetchRequest {
             follower: broker.id(),
+            incarnation: broker.incarnation,
             positions,
             max_bytes: broker.read_limit() as u32,
             max_wait_ms: LONG_POLL_MS,

@@ -199,6 +199,7 @@ async fn propose_isr_changes(broker: &Arc<Broker>) {
             leader_epoch: change.leader_epoch,
             isr_version: change.base_version,
             isr: change.isr.clone(),
+            incarnations: change.incarnations.clone(),
         };
         // A refusal, or no answer, leaves the proposal pending: the router's push of a newer
         // ISR version ends it (it bumps the version when it refuses), or it is resent below.

@@ -73,7 +73,7 @@ impl Broker {
             .zip(shards)
             .map(|(pos, shard)| {
                 let result = match shard {
-                    Some(s) => s.serve_replica(req.follower, pos, budget, now),
+                    Some(s) => s.serve_replica((req.follower, req.incarnation), pos, budget, now),
                     None => Err(ErrorKind::NotOwner {
                         shard: pos.shard.to_string(),
                         epoch: self.epoch(),

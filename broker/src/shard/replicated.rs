@@ -85,6 +85,8 @@ pub struct IsrChange {
     /// The ISR version the proposal changes.
     pub base_version: u64,
     pub isr: Vec<BrokerId>,
+    /// The process of each member it adds, as the leader heard from it.
+    pub incarnations: Vec<(BrokerId, u64)>,
 }
 
 /// What a follower fetches from, after an assignment.
@@ -302,6 +304,7 @@ impl Shard {
             proposal: proposal.id,
             base_version: proposal.base_version,
             isr: proposal.isr.into_iter().collect(),
+            incarnations: proposal.incarnations.into_iter().collect(),
         })
     }
 
@@ -326,10 +329,11 @@ impl Shard {
         self.publish_hw(&mut inner);
     }
 
-    /// The leader's side of a replica fetch for this shard.
+    /// The leader's side of a replica fetch for this shard, from `follower`'s process
+    /// (its id and incarnation).
     pub fn serve_replica(
         &self,
-        follower: BrokerId,
+        (follower, incarnation): (BrokerId, u64),
         pos: &ReplicaPosition,
         max_bytes: usize,
         now_ms: u64,
@@ -365,6 +369,7 @@ impl Shard {
             if let Role::Leader(l) = &mut inner.repl.role {
                 l.on_fetch(
                     follower,
+                    incarnation,
                     pos.durable_end.min(pos.fetch_offset),
                     counted,
                     now_ms,

@@ -42,6 +42,7 @@ impl State {
             last_seen: now,
             report: BrokerReport::default(),
             confirmed: true,
+            incarnation: None,
         });
         let changed = member.addr != addr || member.weight != weight;
         member.addr = addr;

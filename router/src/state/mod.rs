@@ -59,6 +59,9 @@ pub struct Member {
     /// listens on now (a member restored from disk may have restarted on another port). No
     /// move starts from or to a broker that is not confirmed.
     pub confirmed: bool,
+    /// The broker process registered now (None until it registers or heartbeats with this
+    /// router): an ISR change adds the broker only naming this process (see `alter_isr`).
+    pub incarnation: Option<u64>,
 }
 
 impl Member {
@@ -175,6 +178,7 @@ impl State {
                     last_seen: now,
                     report: BrokerReport::default(),
                     confirmed: false,
+                    incarnation: None,
                 };
                 (m.id, member)
             })

@@ -190,7 +190,9 @@ impl State {
             })
     }
 
-    /// A leader's proposal to change `shard`'s ISR. Returns the new ISR version.
+    /// A leader's proposal to change `shard`'s ISR, naming the process (`incarnations`) of each
+    /// broker it adds. Returns the new ISR version.
+    #[allow(clippy::too_many_arguments)]
     pub fn alter_isr(
         &mut self,
         from: BrokerId,
@@ -198,6 +200,7 @@ impl State {
         leader_epoch: LeaderEpoch,
         isr_version: u64,
         isr: &[BrokerId],
+        incarnations: &[(BrokerId, u64)],
         persist: impl FnOnce(&[Op]) -> Result<(), ErrorKind>,
     ) -> Result<u64, ErrorKind> {
         let mut r = self.known_replicas(shard)?;
@@ -223,8 +226,19 @@ impl State {
         if let Some(b) = isr.iter().find(|b| !r.replicas.contains(b)) {
             return Err(refuse(format!("broker {b} holds no replica")));
         }
-        if let Some(b) = isr.iter().find(|b| !r.isr.contains(b) && !self.up(**b)) {
-            return Err(refuse(format!("broker {b} is down")));
+        for b in isr.iter().filter(|b| !r.isr.contains(b)) {
+            if !self.up(*b) {
+                return Err(refuse(format!("broker {b} is down")));
+            }
+            // KIP-903: the leader counted some process of `b` caught up; a broker that restarted
+            // since may hold less (a replaced disk, writes it had not synced).
+            let heard = incarnations.iter().find(|(id, _)| id == b).map(|(_, i)| *i);
+            let runs = self.members.get(b).and_then(|m| m.incarnation);
+            if heard.is_none() || heard != runs {
+                return Err(refuse(format!(
+                    "broker {b} restarted since the leader heard from it (or has not been heard from since this router started)"
+                )));
+            }
         }
         let mut next: Vec<BrokerId> = r
             .replicas

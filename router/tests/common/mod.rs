@@ -244,6 +244,7 @@ impl FakeBroker {
                 weight: 1,
                 uuid: fake_uuid(id),
                 cluster: None,
+                incarnation: 1,
             };
             ask(&conn, register.clone()).await.expect("registered");
             loop {
@@ -255,6 +256,7 @@ impl FakeBroker {
                     id,
                     report: BrokerReport::default(),
                     uuid: fake_uuid(id),
+                    incarnation: 1,
                 };
                 match conn.request(beat).await {
                     Ok(Response::HeartbeatAck { assignments, .. }) => {

@@ -16,10 +16,28 @@ fn state(brokers: &[BrokerId]) -> State {
     let now = Instant::now();
     let mut s = State::restore(Snapshot::default(), RingConfig::default(), now);
     for &id in brokers {
-        s.register(id, format!("127.0.0.1:{}", 9000 + id), 1, now)
-            .unwrap();
+        join(&mut s, id);
     }
     s
+}
+
+/// Broker `id` registers (its process: [`process`]).
+fn join(s: &mut State, id: BrokerId) {
+    s.register(id, format!("127.0.0.1:{}", 9000 + id), 1, Instant::now())
+        .unwrap();
+    s.members.get_mut(&id).unwrap().incarnation = Some(process(id));
+}
+
+/// The process broker `id` runs in these tests.
+fn process(id: BrokerId) -> u64 {
+    1_000 + u64::from(id)
+}
+
+/// What a leader that heard from the brokers' current processes names in an ISR change.
+fn heard(s: &State, isr: &[BrokerId]) -> Vec<(BrokerId, u64)> {
+    isr.iter()
+        .filter_map(|id| Some((*id, s.members.get(id)?.incarnation?)))
+        .collect()
 }
 
 fn ok(_: &[Op]) -> Result<(), ErrorKind> {

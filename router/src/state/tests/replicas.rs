@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use shardq_protocol::{BrokerId, ErrorKind, ShardId, ShardReport};
 
-use super::{down, ok, state};
+use super::{down, heard, join, ok, process, state};
 use crate::state::{Replicas, State};
 
 fn create(s: &mut State, topic: &str, partitions: u32, rf: u32) {
@@ -182,28 +182,42 @@ fn isr_changes_are_compare_and_set_from_the_current_leader() {
     let (l, f1, f2) = (r.replicas[0], r.replicas[1], r.replicas[2]);
     let (e, v) = (r.leader_epoch, r.isr_version);
     // From a follower, from an old epoch, at an old version: refused.
-    assert!(s.alter_isr(f1, &shard, e, v, &[f1], ok).is_err());
+    assert!(s
+        .alter_isr(f1, &shard, e, v, &[f1], &heard(&s, &[f1]), ok)
+        .is_err());
     assert!(matches!(
-        s.alter_isr(l, &shard, e - 1, v, &[l], ok),
+        s.alter_isr(l, &shard, e - 1, v, &[l], &heard(&s, &[l]), ok),
         Err(ErrorKind::LeaderEpochMismatch { .. })
     ));
-    assert!(s.alter_isr(l, &shard, e, v + 1, &[l], ok).is_err());
+    assert!(s
+        .alter_isr(l, &shard, e, v + 1, &[l], &heard(&s, &[l]), ok)
+        .is_err());
     // Without the leader, or naming a broker without a replica: refused.
-    assert!(s.alter_isr(l, &shard, e, v, &[f1], ok).is_err());
-    assert!(s.alter_isr(l, &shard, e, v, &[l, 9], ok).is_err());
+    assert!(s
+        .alter_isr(l, &shard, e, v, &[f1], &heard(&s, &[f1]), ok)
+        .is_err());
+    assert!(s
+        .alter_isr(l, &shard, e, v, &[l, 9], &heard(&s, &[l, 9]), ok)
+        .is_err());
     // Shrink, then a down broker may not be added back.
-    let v2 = s.alter_isr(l, &shard, e, v, &[l, f1], ok).unwrap();
+    let v2 = s
+        .alter_isr(l, &shard, e, v, &[l, f1], &heard(&s, &[l, f1]), ok)
+        .unwrap();
     assert_eq!(v2, v + 1);
     assert_eq!(replicas(&s, "t", 1).isr.len(), 2);
     down(&mut s, f2);
-    assert!(s.alter_isr(l, &shard, e, v2, &[l, f1, f2], ok).is_err());
+    assert!(s
+        .alter_isr(l, &shard, e, v2, &[l, f1, f2], &heard(&s, &[l, f1, f2]), ok)
+        .is_err());
     // A failed persist changes nothing.
     let fail = |_: &[crate::store::Op]| -> Result<(), ErrorKind> {
         Err(ErrorKind::Storage {
             reason: "disk".into(),
         })
     };
-    assert!(s.alter_isr(l, &shard, e, v2, &[l], fail).is_err());
+    assert!(s
+        .alter_isr(l, &shard, e, v2, &[l], &heard(&s, &[l]), fail)
+        .is_err());
     assert_eq!(replicas(&s, "t", 1).isr_version, v2);
 }
 
@@ -215,8 +229,16 @@ fn an_unclean_election_is_explicit_and_says_what_may_be_lost() {
     let r = replicas(&s, "t", 1);
     let (l, f1, f2) = (r.replicas[0], r.replicas[1], r.replicas[2]);
     // The ISR shrank to the leader, which then died: the shard is offline.
-    s.alter_isr(l, &shard, r.leader_epoch, r.isr_version, &[l], ok)
-        .unwrap();
+    s.alter_isr(
+        l,
+        &shard,
+        r.leader_epoch,
+        r.isr_version,
+        &[l],
+        &heard(&s, &[l]),
+        ok,
+    )
+    .unwrap();
     report_end(&mut s, l, &shard, 1_000);
     report_end(&mut s, f1, &shard, 700);
     report_end(&mut s, f2, &shard, 900);
@@ -281,8 +303,7 @@ fn a_replaced_broker_is_in_sync_for_nothing_and_never_elected_empty() {
 fn a_join_moves_replicas_to_the_new_broker_one_at_a_time_and_switches_once_in_sync() {
     let mut s = state(&[1, 2, 3]);
     create(&mut s, "t", 12, 2);
-    s.register(4, "127.0.0.1:9004".into(), 1, tokio::time::Instant::now())
-        .unwrap();
+    join(&mut s, 4);
     let (planned, pushes) = s
         .plan_replica_moves(100, tokio::time::Instant::now(), 0, ok)
         .unwrap();
@@ -309,8 +330,16 @@ fn a_join_moves_replicas_to_the_new_broker_one_at_a_time_and_switches_once_in_sy
     let leader = r.leader.unwrap();
     let mut isr = r.isr.clone();
     isr.push(4);
-    s.alter_isr(leader, &m.shard, r.leader_epoch, r.isr_version, &isr, ok)
-        .unwrap();
+    s.alter_isr(
+        leader,
+        &m.shard,
+        r.leader_epoch,
+        r.isr_version,
+        &isr,
+        &heard(&s, &isr),
+        ok,
+    )
+    .unwrap();
     let f = s.switch_replica_move(m.move_id, ok).unwrap();
     let after = s.replicas_of(&m.shard).unwrap();
     assert!(!after.replicas.contains(&m.from) && after.replicas.contains(&4));
@@ -368,6 +397,7 @@ fn complete_replica_moves(s: &mut State) {
                 r.leader_epoch,
                 r.isr_version,
                 &isr,
+                &heard(s, &isr),
                 ok,
             )
             .unwrap();
@@ -383,8 +413,7 @@ fn a_joining_broker_leads_its_share_once_its_replicas_arrive() {
     for (partitions, rf) in [(12, 3), (6, 3), (8, 2), (24, 3)] {
         let mut s = state(&[1, 2, 3]);
         create(&mut s, "t", partitions, rf);
-        s.register(4, "127.0.0.1:9004".into(), 1, tokio::time::Instant::now())
-            .unwrap();
+        join(&mut s, 4);
         complete_replica_moves(&mut s);
         for _ in 0..partitions {
             s.prefer_leaders(100, ok).unwrap();
@@ -468,6 +497,7 @@ fn leadership_returns_to_the_preferred_replica_once_every_replica_is_in_sync() {
                 rp.leader_epoch,
                 rp.isr_version,
                 &isr,
+                &heard(&s, &isr),
                 ok,
             )
             .unwrap();
@@ -501,7 +531,15 @@ fn a_refused_isr_proposal_bumps_the_version_and_tells_the_leader() {
     // The leader proposes the down broker back (stale progress): refused, and the version
     // moves on so no copy of that proposal can be applied later.
     assert!(s
-        .alter_isr(l, &shard, r.leader_epoch, r.isr_version, &[l, f1, f2], ok)
+        .alter_isr(
+            l,
+            &shard,
+            r.leader_epoch,
+            r.isr_version,
+            &[l, f1, f2],
+            &heard(&s, &[l, f1, f2]),
+            ok
+        )
         .is_err());
     let pushes = s
         .isr_refused(l, &shard, r.leader_epoch, r.isr_version, ok)
@@ -510,7 +548,15 @@ fn a_refused_isr_proposal_bumps_the_version_and_tells_the_leader() {
     assert_eq!(pushes[0].0.id, l);
     assert_eq!(replicas(&s, "t", 1).isr_version, r.isr_version + 1);
     assert!(s
-        .alter_isr(l, &shard, r.leader_epoch, r.isr_version, &[l, f1, f2], ok)
+        .alter_isr(
+            l,
+            &shard,
+            r.leader_epoch,
+            r.isr_version,
+            &[l, f1, f2],
+            &heard(&s, &[l, f1, f2]),
+            ok
+        )
         .is_err());
     // From a broker that does not lead: nothing changes, nobody is told.
     assert!(s
@@ -565,8 +611,7 @@ fn with_fewer_brokers_than_replicas_a_leaver_shrinks_the_sets_and_a_joiner_grows
     let drops: Vec<(BrokerId, ShardId)> = s.drops.keys().cloned().collect();
     s.forget_drops(&drops, ok).unwrap();
     assert_eq!(s.reap_leavers(ok).unwrap(), vec![leaving]);
-    s.register(4, "127.0.0.1:9004".into(), 1, tokio::time::Instant::now())
-        .unwrap();
+    join(&mut s, 4);
     s.plan_replica_moves(100, tokio::time::Instant::now(), 0, ok)
         .unwrap();
     for p in 1..=6 {
@@ -577,4 +622,40 @@ fn with_fewer_brokers_than_replicas_a_leaver_shrinks_the_sets_and_a_joiner_grows
             "it catches up first"
         );
     }
+}
+
+#[test]
+fn a_broker_joins_the_isr_only_naming_the_process_registered_now() {
+    let mut s = state(&[1, 2, 3]);
+    create(&mut s, "t", 1, 3);
+    let shard = ShardId::new("t", 1);
+    let r = replicas(&s, "t", 1);
+    let (l, f1, f2) = (r.leader.unwrap(), r.replicas[1], r.replicas[2]);
+    let v = s
+        .alter_isr(l, &shard, r.leader_epoch, r.isr_version, &[l, f1], &[], ok)
+        .unwrap();
+    // f2 restarted (say on a replaced disk): another process is registered now.
+    s.members.get_mut(&f2).unwrap().incarnation = Some(process(f2) + 1);
+    let all = [l, f1, f2];
+    let refused = s.alter_isr(l, &shard, r.leader_epoch, v, &all, &[(f2, process(f2))], ok);
+    assert!(
+        matches!(&refused, Err(ErrorKind::BadRequest { reason }) if reason.contains("restarted")),
+        "{refused:?}"
+    );
+    // Naming no process, or before this router heard from the broker: refused too.
+    assert!(s
+        .alter_isr(l, &shard, r.leader_epoch, v, &all, &[], ok)
+        .is_err());
+    s.members.get_mut(&f2).unwrap().incarnation = None;
+    assert!(s
+        .alter_isr(l, &shard, r.leader_epoch, v, &all, &[(f2, process(f2))], ok)
+        .is_err());
+    // The process registered now: in.
+    s.members.get_mut(&f2).unwrap().incarnation = Some(process(f2) + 1);
+    let joined = [(f2, process(f2) + 1)];
+    assert_eq!(
+        s.alter_isr(l, &shard, r.leader_epoch, v, &all, &joined, ok),
+        Ok(v + 1)
+    );
+    assert_eq!(replicas(&s, "t", 1).isr.len(), 3);
 }
