@@ -161,7 +161,8 @@ impl Drop for TracedBroker {
     }
 }
 
-/// One completed system call, in the order strace saw it complete.
+/// One system call, in the order strace saw it complete (one the kill interrupted: where it
+/// began).
 #[derive(Clone, Debug)]
 pub struct Call {
     /// Microseconds since midnight (strace -tt).
@@ -169,6 +170,9 @@ pub struct Call {
     pub name: String,
     /// The whole call text: arguments and ` = result`.
     pub text: String,
+    /// Begun but never completed in the trace: the process was killed while strace held it at
+    /// the call's exit (the call's effect, say data sent on a socket, may have happened).
+    pub unfinished: bool,
 }
 
 impl Call {
@@ -199,12 +203,14 @@ impl Call {
         matches!(self.name.as_str(), "fsync" | "fdatasync") && self.on_db() && self.ok()
     }
 
+    /// A write to a socket that succeeded, or that the kill interrupted (the last answer's
+    /// may be, although its client got it).
     pub fn is_socket_write(&self) -> bool {
         matches!(
             self.name.as_str(),
             "write" | "writev" | "sendto" | "sendmsg"
         ) && self.on_socket()
-            && self.ok()
+            && (self.ok() || self.unfinished)
     }
 
     pub fn is_socket_read(&self) -> bool {
@@ -226,7 +232,8 @@ pub fn parse(text: &str) -> Vec<Call> {
         !text.is_empty(),
         "strace wrote nothing: was the broker traced at all?"
     );
-    let mut pending: HashMap<String, String> = HashMap::new();
+    // Calls another thread interrupted: their beginning, and where they began.
+    let mut pending: HashMap<String, (String, usize, u64)> = HashMap::new();
     let mut calls = Vec::new();
     for line in text.lines() {
         // strace pads the pid column: split on runs of spaces, not on each one.
@@ -246,11 +253,11 @@ pub fn parse(text: &str) -> Vec<Call> {
                 continue;
             };
             match pending.remove(pid) {
-                Some(head) => format!("{head}{tail}"),
+                Some((head, _, _)) => format!("{head}{tail}"),
                 None => continue,
             }
         } else if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
-            pending.insert(pid.to_string(), head.to_string());
+            pending.insert(pid.to_string(), (head.to_string(), calls.len(), at_us));
             continue;
         } else {
             rest.to_string()
@@ -265,7 +272,25 @@ pub fn parse(text: &str) -> Vec<Call> {
             at_us,
             name: name.to_string(),
             text: full,
+            unfinished: false,
         });
+    }
+    // Never resumed: the kill ended them. They go where they began, the latest first so the
+    // earlier positions stay valid.
+    let mut killed: Vec<(String, usize, u64)> = pending.into_values().collect();
+    killed.sort_by_key(|(_, at, _)| std::cmp::Reverse(*at));
+    for (head, at, at_us) in killed {
+        if let Some(name) = head.split('(').next().filter(|n| !n.contains(' ')) {
+            calls.insert(
+                at,
+                Call {
+                    at_us,
+                    name: name.to_string(),
+                    text: head.clone(),
+                    unfinished: true,
+                },
+            );
+        }
     }
     calls
 }
