@@ -57,7 +57,9 @@ pub struct Broker {
     shutdown: CancellationToken,
     /// Cap on the bytes per second one import copies (None: as fast as it goes).
     move_rate_limit: Option<u64>,
-    /// New at every start of the process; sent with every fetch answer (see `stable_end`).
+    /// New at every start of the process: sent with every fetch answer (see `stable_end`), and
+    /// with registrations, heartbeats and replica fetches (an ISR change names the process the
+    /// leader heard from).
     pub(crate) incarnation: u64,
     /// The cluster secret this broker proves to the brokers it imports shards from.
     secret: Option<Secret>,

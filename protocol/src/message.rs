@@ -313,6 +313,14 @@ pub struct ShardAssignment {
     pub replication: ReplicaSet,
 }
 
+/// Whether a follower may join an ISR: its broker is live and runs the process the leader heard
+/// from (`heard`, an incarnation) as registered now (`registered`; None while the controller
+/// has not heard from it, say after the controller restarted). A broker that restarted since
+/// may hold less than its previous process did (KIP-903).
+pub fn may_join(live: bool, heard: Option<u64>, registered: Option<u64>) -> bool {
+    live && heard.is_some() && heard == registered
+}
+
 /// One shard's replication as the controller (the router) decided it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaSet {

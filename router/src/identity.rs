@@ -129,7 +129,9 @@ impl State {
         ops.extend(bind);
         persist(&ops)?;
         bound(self, &ops);
-        self.runs(id, claim.incarnation);
+        if let Some(m) = self.members.get_mut(&id) {
+            m.incarnation = Some(claim.incarnation);
+        }
         Ok(!ops.is_empty())
     }
 
@@ -164,23 +166,21 @@ impl State {
             bound(self, &ops);
         }
         let answer = self.heartbeat(id, report, now)?;
-        if self.runs(id, incarnation) {
-            tracing::warn!(
-                broker = id,
-                "heartbeat from another process of the broker than the one that registered"
-            );
+        // Only a registration says which process is broker `id` now (and drops the broker
+        // from its ISRs, as a new process may have lost writes): a heartbeat tells a router
+        // that restarted, and never replaces the process registered (a late heartbeat of a
+        // dead process must not vouch for it again).
+        if let Some(m) = self.members.get_mut(&id) {
+            match m.incarnation {
+                None => m.incarnation = Some(incarnation),
+                Some(i) if i != incarnation => tracing::warn!(
+                    broker = id,
+                    "heartbeat from another process than the one registered as this broker; ignored for ISR changes"
+                ),
+                Some(_) => {}
+            }
         }
         Ok(answer)
-    }
-
-    /// Broker `id` runs process `incarnation` now. Returns whether it replaced another one.
-    fn runs(&mut self, id: BrokerId, incarnation: u64) -> bool {
-        let Some(m) = self.members.get_mut(&id) else {
-            return false;
-        };
-        let other = m.incarnation.is_some_and(|i| i != incarnation);
-        m.incarnation = Some(incarnation);
-        other
     }
 
     /// `shardq broker replace ID`: unbinds broker `id` so that the next process to register it
@@ -365,6 +365,31 @@ mod tests {
         ));
         assert!(s.members.is_empty());
         assert_eq!(s.identities.uuid_of(1), None);
+    }
+
+    #[test]
+    fn only_a_registration_changes_the_process_an_isr_change_must_name() {
+        let mut s = state();
+        let now = Instant::now();
+        s.register_process(1, "h:1".into(), 1, claim(U1, None), now, ok)
+            .unwrap();
+        assert_eq!(s.members[&1].incarnation, Some(1));
+        // A late heartbeat of another process (a dead one, say) does not replace it...
+        s.heartbeat_process(1, U1, 7, BrokerReport::default(), now, ok)
+            .unwrap();
+        assert_eq!(s.members[&1].incarnation, Some(1));
+        // ...a registration does; and after a router restart the first heartbeat tells it.
+        let again = Claim {
+            incarnation: 2,
+            ..claim(U1, Some(C))
+        };
+        s.register_process(1, "h:1".into(), 1, again, now, ok)
+            .unwrap();
+        assert_eq!(s.members[&1].incarnation, Some(2));
+        s.members.get_mut(&1).unwrap().incarnation = None;
+        s.heartbeat_process(1, U1, 2, BrokerReport::default(), now, ok)
+            .unwrap();
+        assert_eq!(s.members[&1].incarnation, Some(2));
     }
 
     #[test]

@@ -153,6 +153,16 @@ impl Shared {
             st.fail_over(failed, |ops| self.persist(ops))
                 .map(|f| (f, st.epoch))
         };
+        self.failed_over(failed, result).await;
+    }
+
+    /// Logs, flushes and pushes a failover already recorded in the state (with the routing
+    /// epoch after it).
+    pub(crate) async fn failed_over(
+        self: &Arc<Self>,
+        failed: Option<BrokerId>,
+        result: Result<(crate::state::Failover, shardq_protocol::Epoch), ErrorKind>,
+    ) {
         let (f, epoch) = match result {
             Ok(r) => r,
             Err(e) => {

@@ -161,9 +161,21 @@ impl Shared {
                 Instant::now(),
                 |ops| self.persist(ops),
             )
-            .map(|changed| (st.epoch, was, !changed, st.identities.cluster().to_string()))
+            .map(|changed| {
+                // Every registration of a known broker is a new process: whatever it led may
+                // have lost what it had not synced, so it leaves every ISR and its shards get
+                // new leader epochs (and other leaders where an in-sync replica is up) before
+                // it may lead again. In the same critical section as the registration, so no
+                // election or leadership move can pick the new process in between.
+                let failover = was.is_some().then(|| {
+                    st.fail_over(Some(id), |ops| self.persist(ops))
+                        .map(|f| (f, st.epoch))
+                });
+                let cluster = st.identities.cluster().to_string();
+                (st.epoch, was, !changed, cluster, failover)
+            })
         };
-        let (epoch, was, unchanged, cluster) = match result {
+        let (epoch, was, unchanged, cluster, failover) = match result {
             Ok(r) => r,
             Err(e) => {
                 match e {
@@ -185,7 +197,6 @@ impl Shared {
         {
             self.kick_rebalancer();
         }
-        let restarted = was.is_some();
         match was {
             None => info!(broker = id, %addr, weight, "broker registered"),
             Some((old, status)) => {
@@ -197,11 +208,8 @@ impl Shared {
             if !unchanged {
                 shared.store.flush().await.map_err(storage)?;
             }
-            // Every registration is a new broker process: whatever it led may have lost what it
-            // had not synced, so its shards get new leader epochs (and other leaders where an
-            // in-sync replica is up) before it may lead again.
-            if restarted {
-                shared.fail_over(Some(id)).await;
+            if let Some(failover) = failover {
+                shared.failed_over(Some(id), failover).await;
             }
             Ok(Response::Registered {
                 epoch,

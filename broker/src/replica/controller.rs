@@ -76,6 +76,8 @@ pub enum Reject {
     IneligibleReplica(BrokerId),
 }
 
+pub use shardq_protocol::may_join;
+
 impl PartitionState {
     /// A new shard: the first replica leads in epoch 0, every replica in the ISR.
     pub fn new(replicas: Vec<BrokerId>) -> Self {
@@ -176,9 +178,8 @@ impl PartitionState {
     /// The leader's proposal to replace ISR version `isr_version` by `proposed`, compare-and-set:
     /// refused from anyone but the leader of the current epoch, against an older version, when
     /// it leaves out the leader or names a non-replica, or when it adds a broker that may not
-    /// join (`may_join`: it is live, and runs the process whose fetches the leader counted; see
-    /// [`super::LeaderState`]). A repeat of the change that made the current version succeeds again without
-    /// changing anything. Returns the ISR version now in force. Refusing a proposal made at the
+    /// join (`may_join`: see [`may_join`]). A repeat of the change that made the current
+    /// version succeeds again without changing anything (it adds nobody). Returns the ISR version now in force. Refusing a proposal made at the
     /// current version bumps `isr_version` (the ISR is unchanged): the caller pushes the state
     /// to the leader as after any change, so the leader learns the proposal is dead.
     pub fn alter_isr(

@@ -430,7 +430,7 @@ mod tests {
     #[test]
     fn a_follower_the_controller_drops_must_fetch_again_before_it_is_proposed_back() {
         // Leader 1 of 1, 2, 3 at end 100; follower 2 caught up, then the controller removes it
-        // (its broker restarted on an empty disk).
+        // (its broker was down a while).
         let mut l = leader(1, 100, 100);
         l.on_fetch(2, P, 100, 100, 10);
         l.on_fetch(3, P, 100, 100, 10);

@@ -41,7 +41,7 @@ mod scenarios;
 #[cfg(test)]
 mod sim;
 
-pub use controller::{DownOutcome, Election, PartitionState, Reject};
+pub use controller::{may_join, DownOutcome, Election, PartitionState, Reject};
 pub use epochs::EpochCache;
 pub use fetch::{check_fetch, check_leader_epoch, truncation_point, EpochMismatch, FetchCheck};
 pub use leader::{AckCheck, IsrProposal, LeaderState, Progress};

@@ -93,11 +93,12 @@ enum Op {
     CtrlUp {
         pick: u8,
     },
-    /// The leader serves `node`'s last fetch again, whatever became of `node` since: a long
-    /// poll woken by an append re-reads the positions it was sent, and the request of a
-    /// process that died meanwhile may still be in one.
+    /// The leader serves a fetch of one of `node`'s processes again (`pick`: the last of each
+    /// process), whatever became of it since: a long poll woken by an append re-reads the
+    /// positions it was sent, and the request of a process that died may still be in one.
     Replay {
         node: u8,
+        pick: u8,
     },
     /// A stopped process the controller knows is down and holds out of the ISR (`pick` among
     /// them) loses the end of its log, or all of it (`keep` picks how much stays): a lost or
@@ -174,7 +175,10 @@ fn decode(word: u32) -> Op {
         10 => Op::Restart { pick: low },
         11 => Op::CtrlDown { node: low },
         12 => Op::CtrlUp { pick: low },
-        13 => Op::Replay { node: low },
+        13 => Op::Replay {
+            node: low,
+            pick: high,
+        },
         _ => Op::Lose {
             pick: low,
             keep: high,
@@ -242,8 +246,8 @@ struct Node {
     answers: Vec<Answer>,
     /// Numbers this replica's fetch requests; only the answer to the latest one is applied.
     fetch_seq: u64,
-    /// Its last fetch as its leader got it.
-    last_fetch: Option<LastFetch>,
+    /// The last fetch of each of its recent processes as its leader got it.
+    last_fetch: Vec<LastFetch>,
 }
 
 impl Node {
@@ -350,7 +354,7 @@ impl Sim {
                 inbox: VecDeque::new(),
                 answers: Vec::new(),
                 fetch_seq: 0,
-                last_fetch: None,
+                last_fetch: Vec::new(),
             })
             .collect();
         let mut sim = Sim {
@@ -472,7 +476,7 @@ impl Sim {
                     self.ctrl_up(i)?;
                 }
             }
-            Op::Replay { node } => self.replay(node as usize % n),
+            Op::Replay { node, pick } => self.replay(node as usize % n, pick as usize),
             Op::Lose { pick, keep } => {
                 let out: Vec<usize> = (0..n)
                     .filter(|&i| {
@@ -540,7 +544,12 @@ impl Sim {
         if check_leader_epoch(state.leader_epoch(), epoch).is_err() {
             return;
         }
-        self.nodes[i].last_fetch = Some(LastFetch {
+        let parked = &mut self.nodes[i].last_fetch;
+        parked.retain(|f| f.incarnation != incarnation);
+        if parked.len() >= 3 {
+            parked.remove(0);
+        }
+        parked.push(LastFetch {
             leader,
             epoch,
             incarnation,
@@ -571,10 +580,11 @@ impl Sim {
         });
     }
 
-    /// The leader of `i`'s last fetch serves it again (a long poll's second look): it counts
-    /// as that fetch did, the answer goes nowhere.
-    fn replay(&mut self, i: usize) {
-        let Some(f) = self.nodes[i].last_fetch else {
+    /// The leader of one of `i`'s parked fetches (`pick`) serves it again (a long poll's second
+    /// look): it counts as that fetch did, the answer goes nowhere.
+    fn replay(&mut self, i: usize, pick: usize) {
+        let parked = &self.nodes[i].last_fetch;
+        let Some(&f) = parked.get(pick % parked.len().max(1)) else {
             return;
         };
         let from = self.nodes[i].id;
@@ -707,7 +717,13 @@ impl Sim {
             p.epoch,
             p.proposal.base_version,
             p.proposal.isr.iter().copied(),
-            |id| live[idx(id)] && heard.get(&id) == Some(&registered[idx(id)]),
+            |id| {
+                may_join(
+                    live[idx(id)],
+                    heard.get(&id).copied(),
+                    Some(registered[idx(id)]),
+                )
+            },
         );
         if self.ctrl.isr_version != before {
             self.broadcast();
@@ -1187,7 +1203,7 @@ fn a_follower_back_on_an_empty_disk_does_not_join_the_isr_on_its_dead_process_fe
     sim.ctrl_down(2).unwrap();
     assert_eq!(sim.ctrl.isr, vec![1, 2]);
     sim.deliver_all().unwrap();
-    sim.replay(2);
+    sim.replay(2, 0);
     sim.lose(2, 0);
     sim.restart(2).unwrap();
     sim.deliver_all().unwrap();

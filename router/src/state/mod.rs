@@ -21,7 +21,7 @@ mod views;
 #[cfg(test)]
 mod tests;
 
-pub use replicas::Replicas;
+pub use replicas::{Failover, Replicas};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 

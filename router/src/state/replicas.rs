@@ -13,7 +13,8 @@
 //!   electing a replica that may lack acknowledged records;
 //! - a leader's ISR change applies only if it comes from the current leader, at the current
 //!   leader epoch and ISR version, names only replicas, includes the leader, and adds no broker
-//!   that is down.
+//!   that is down, nor one whose registered process is not the one the leader heard from (it
+//!   restarted since, maybe with less: KIP-903).
 
 use serde::{Deserialize, Serialize};
 use shardq_protocol::{
@@ -230,13 +231,14 @@ impl State {
             if !self.up(*b) {
                 return Err(refuse(format!("broker {b} is down")));
             }
-            // KIP-903: the leader counted some process of `b` caught up; a broker that restarted
-            // since may hold less (a replaced disk, writes it had not synced).
+            // The leader counted some process of `b` caught up; a broker that restarted since
+            // may hold less (a replaced disk, writes it had not synced).
             let heard = incarnations.iter().find(|(id, _)| id == b).map(|(_, i)| *i);
             let runs = self.members.get(b).and_then(|m| m.incarnation);
-            if heard.is_none() || heard != runs {
+            if !shardq_protocol::may_join(true, heard, runs) {
                 return Err(refuse(format!(
-                    "broker {b} restarted since the leader heard from it (or has not been heard from since this router started)"
+                    "broker {b} runs another process than the one the leader heard from \
+                     (it restarted since, or this router has not heard from it yet)"
                 )));
             }
         }
