@@ -1,6 +1,7 @@
 //! What `--fsync` does at the system-call level, seen through strace on a real `shardq broker`:
-//! under `always` every acknowledgement is preceded by an `fdatasync`/`fsync` of sled's database
-//! file after the record arrived and was written; under `interval=100` such a sync happens at
+//! under `always` every acknowledgement is preceded by an `fdatasync`/`fsync` of the segment file
+//! holding the record, then of sled's database file, after the record arrived and was written;
+//! under `interval=100` such a sync happens at
 //! least every 100 ms (+ slack) while writes arrive, and write-ahead segments are deleted only
 //! after a sync. (sled's own `flush()` only calls `sync_file_range`, which leaves the disk's
 //! write cache and the file size unsynced: before this test's fix there was no sync at all.)
@@ -53,15 +54,46 @@ async fn fsync_always_syncs_the_database_file_before_every_acknowledgement() {
             .unwrap_or_else(|| {
                 panic!("record {mark}: no write to the database file before its ack")
             });
-        assert!(
-            between[written + 1..].iter().any(Call::is_db_sync),
-            "record {mark}: acknowledged without an fsync/fdatasync of the database file after \
-             its write; calls between request and ack:\n{}",
+        let calls_text = || {
             between
                 .iter()
                 .map(|c| c.text.as_str())
                 .collect::<Vec<_>>()
                 .join("\n")
+        };
+        assert!(
+            between[written + 1..].iter().any(Call::is_db_sync),
+            "record {mark}: acknowledged without an fsync/fdatasync of the database file after \
+             its write; calls between request and ack:\n{}",
+            calls_text()
+        );
+        // The record itself is in a segment file: synced after its write, and before the
+        // database (whose entry points at it) is.
+        let payload = between
+            .iter()
+            .position(|c| c.name.starts_with("pwrite") && c.on_segment() && c.ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "record {mark}: no write to a segment file before its ack:\n{}",
+                    calls_text()
+                )
+            });
+        let synced = payload
+            + 1
+            + between[payload + 1..]
+                .iter()
+                .position(Call::is_segment_sync)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "record {mark}: acknowledged without syncing the segment file it was \
+                         written to:\n{}",
+                        calls_text()
+                    )
+                });
+        assert!(
+            between[synced + 1..].iter().any(Call::is_db_sync),
+            "record {mark}: the database was not synced after the segment file:\n{}",
+            calls_text()
         );
     }
 }

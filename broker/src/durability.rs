@@ -56,6 +56,9 @@ impl Disk {
     /// Flushes sled's buffers, then makes them durable. Blocking.
     fn flush(&self, health: &Health) -> Result<(), ErrorKind> {
         let start = std::time::Instant::now();
+        self.files
+            .sync_segments()
+            .map_err(|e| health.io_error("fdatasync of the segment files failed", &e))?;
         self.db
             .flush()
             .map_err(|e| health.sled_error("flush to disk failed", &e))?;
@@ -97,6 +100,11 @@ impl Durability {
             progress: watch::Sender::new(FlushProgress::default()),
             wake: Notify::new(),
         })
+    }
+
+    /// Where the shards keep their segment files, and the list of those to sync.
+    pub fn segments(&self) -> (std::path::PathBuf, Arc<crate::shard::PendingSyncs>) {
+        self.disk.files.segments()
     }
 
     /// The write-ahead file, if the policy keeps one.

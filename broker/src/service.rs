@@ -146,7 +146,10 @@ impl Broker {
         let owners = db
             .open_tree("shards")
             .map_err(|e| storage("cannot open the shards tree", &e))?;
+        let (segments_root, pending) = durability.segments();
         let env = ShardEnv {
+            segments_root,
+            pending,
             wal: durability.wal(),
             health: durability.health().clone(),
             counts_durable: durability.reads_wait_for_flush(),

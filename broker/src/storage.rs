@@ -18,7 +18,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shardq_protocol::{BrokerId, CancellationToken, ErrorKind};
@@ -293,12 +293,16 @@ impl Health {
     }
 }
 
-/// The files sled writes that only our own `fdatasync` makes durable.
+/// The files sled writes that only our own `fdatasync` makes durable, and the shards' segment
+/// files (see [`crate::shard`]) written since the last flush.
 pub struct SyncFiles {
     db_file: File,
     blobs: PathBuf,
     /// The newest blob (named by its log sequence number) already synced.
     blobs_synced: Mutex<u64>,
+    /// `DATA/segments`: the shards' payload files.
+    segments_root: PathBuf,
+    segments: Arc<crate::shard::PendingSyncs>,
 }
 
 impl SyncFiles {
@@ -312,10 +316,23 @@ impl SyncFiles {
             db_file,
             blobs,
             blobs_synced: Mutex::new(0),
+            segments_root: data_dir.join("segments"),
+            segments: Arc::default(),
         };
         sync_dir(data_dir)?;
         files.sync()?;
         Ok(files)
+    }
+
+    /// Where the shards keep their segment files, and the list of those to sync.
+    pub fn segments(&self) -> (PathBuf, Arc<crate::shard::PendingSyncs>) {
+        (self.segments_root.clone(), self.segments.clone())
+    }
+
+    /// Makes the segment files written so far durable: call right before `Db::flush`, whose
+    /// entries point into them. Blocking.
+    pub fn sync_segments(&self) -> io::Result<()> {
+        self.segments.sync()
     }
 
     /// Makes everything sled has written so far durable: call right after `Db::flush`. Blocking.

@@ -187,6 +187,17 @@ impl Call {
         self.fd_arg().ends_with("/data/db>")
     }
 
+    /// On one of the shards' segment files (where records' payloads are).
+    pub fn on_segment(&self) -> bool {
+        let fd = self.fd_arg();
+        fd.contains("/data/segments/") && fd.ends_with(".seg>")
+    }
+
+    /// A completed, successful fsync or fdatasync of a segment file.
+    pub fn is_segment_sync(&self) -> bool {
+        matches!(self.name.as_str(), "fsync" | "fdatasync") && self.on_segment() && self.ok()
+    }
+
     pub fn on_socket(&self) -> bool {
         let fd = self.fd_arg();
         fd.contains("socket:[") || fd.contains("TCP")

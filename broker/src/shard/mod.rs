@@ -1,6 +1,9 @@
-//! One shard's log in its own sled tree, with its producer (idempotence) state and group offsets.
+//! One shard's log: its index in its own sled tree, with its producer (idempotence) state and
+//! group offsets, and the batches' bytes in its segment files.
 //!
-//! The tree's keys and the encoding of its entries are in [`entry`].
+//! The tree's keys and the encoding of its entries are in [`entry`]; the segment files in
+//! [`segments`] (a batch's bytes are written there first, then its index entry to sled, and a
+//! failed sled write takes the bytes back).
 //!
 //! Offsets are dense from 0: the next offset lives in memory and is recovered on open from the last
 //! log key plus its count. All mutation happens under the shard's `std::sync::Mutex`, which is
@@ -21,8 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use shardq_protocol::codec::{decode, encode};
 use shardq_protocol::{
-    BrokerId, Epoch, ErrorKind, Offset, ProducerSeq, ProducerState, RecordBatch, ReplicaRole,
-    ReplicaSet, ShardId, ShardMeta, ShardReport, ShardState, StoredBatch,
+    BrokerId, Epoch, ErrorKind, LeaderEpoch, Offset, ProducerSeq, ProducerState, RecordBatch,
+    ReplicaRole, ReplicaSet, ShardId, ShardMeta, ShardReport, ShardState, StoredBatch,
 };
 use tokio::sync::{watch, Notify};
 
@@ -32,23 +35,36 @@ use crate::wal::Wal;
 
 mod entry;
 mod replicated;
+mod segments;
 mod trim;
 
 pub use entry::stored_size;
 pub use replicated::Following;
 
 use entry::{
-    be_u64, encode_entry, entry_to_batch, epoch_key, group_key, log_key, producer_key, storage,
-    EPOCH, GROUP, LOG, PRODUCER, STATS_BYTES, STATS_HW, STATS_START,
+    be_u64, decode_entry, encode_entry_at, epoch_key, group_key, inline_size, log_key,
+    producer_key, storage, EPOCH, GROUP, LOG, PRODUCER, STATS_BYTES, STATS_HW, STATS_START,
 };
+pub use segments::PendingSyncs;
+use segments::{Ptr, Reader, Segments};
 
 /// Stored log entries are kept at or below this size: sled writes a separate file per value above
 /// about 128 KiB, and smaller values keep fetch granularity fine.
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
+/// A segment file takes entries until it holds this much; the space retention frees comes
+/// back at once anyway (whole files, and a punched hole in the first one kept).
+pub const SEGMENT_BYTES: u64 = 16 << 20;
+
 /// Name of the sled tree holding `shard`.
 pub fn tree_name(shard: &ShardId) -> String {
     format!("shard/{shard}")
+}
+
+/// The directory of `shard`'s segment files under the broker's segment root.
+pub fn segments_dir(root: &std::path::Path, shard: &ShardId) -> std::path::PathBuf {
+    root.join(&shard.topic)
+        .join(format!("P{}", shard.partition))
 }
 
 /// A shard's state as found in its tree.
@@ -60,6 +76,8 @@ struct Loaded {
     groups: BTreeMap<String, Offset>,
     epochs: EpochCache,
     hw: Offset,
+    /// Where the last entry's payload is (None: no entry, or an inline one).
+    last_ptr: Option<Ptr>,
 }
 
 impl Loaded {
@@ -75,15 +93,16 @@ impl Loaded {
         };
         // Retention may have deleted every entry: the log then ends where it starts.
         let start = stat(STATS_START)?.unwrap_or(0);
-        let next_offset = match tree
+        let last = match tree
             .range(log_key(0)..=log_key(u64::MAX))
             .next_back()
             .transpose()
             .map_err(|e| storage(id, "cannot read the log end", e))?
         {
-            Some((k, v)) => entry_to_batch(id, &k, v)?.end_offset().max(start),
-            None => start,
+            Some((k, v)) => Some(decode_entry(id, &k, v)?),
+            None => None,
         };
+        let next_offset = last.as_ref().map_or(start, |e| e.end_offset().max(start));
         let mut producers = HashMap::new();
         for kv in tree.scan_prefix([PRODUCER]) {
             let (_, v) = kv.map_err(|e| storage(id, "cannot read producer state", e))?;
@@ -116,6 +135,7 @@ impl Loaded {
             groups,
             epochs: EpochCache::from_entries(epochs),
             hw,
+            last_ptr: last.and_then(|e| e.ptr()),
         };
         Ok((tree, loaded))
     }
@@ -135,6 +155,10 @@ pub struct ShardEnv {
     /// a router it waits for the router's word, which gives it a new leader epoch: a restarted
     /// process may have lost records its followers hold, under the same epoch otherwise.
     pub resume_leadership: bool,
+    /// Where the shards keep their payload segment files (`DATA/segments`).
+    pub segments_root: std::path::PathBuf,
+    /// The segment files written since the last flush, which syncs them first.
+    pub pending: Arc<PendingSyncs>,
 }
 
 /// Whether and how this broker holds the shard; persisted in the `shards` tree so a restarted
@@ -194,6 +218,8 @@ pub struct Appended {
 struct Inner {
     /// None once the shard was dropped here.
     tree: Option<sled::Tree>,
+    /// The entries' payloads (None once the shard was dropped here).
+    segments: Option<Segments>,
     own: Ownership,
     /// The first offset still stored (retention and purges delete what is below).
     start: Offset,
@@ -264,9 +290,18 @@ impl Shard {
             counts_durable,
             me,
             resume_leadership,
+            segments_root,
+            pending,
         } = env.clone();
         let id = own.shard.clone();
         let (tree, loaded) = Loaded::read(db, &id)?;
+        let segments = (|| {
+            let mut s = Segments::open(&segments_dir(&segments_root, &id), SEGMENT_BYTES, pending)?;
+            // Frames past the last entry's were written for batches sled never got.
+            s.cut(loaded.last_ptr)?;
+            Ok::<_, std::io::Error>(s)
+        })()
+        .map_err(|e| storage(&id, "cannot open the segment files", e))?;
         let set = own.replication.clone();
         let shard = Shard {
             id,
@@ -280,6 +315,7 @@ impl Shard {
             changed: Notify::new(),
             inner: Mutex::new(Inner {
                 tree: Some(tree),
+                segments: Some(segments),
                 own,
                 start: loaded.start,
                 next_offset: loaded.next_offset,
@@ -293,12 +329,104 @@ impl Shard {
                 repl: replicated::Repl::new(loaded.hw),
             }),
         };
+        shard.drop_lost_payloads()?;
         // The role this replica had when it stopped; the router's next word replaces it, and
         // until the broker's lease is renewed no acknowledgement goes out.
         if let Some(set) = set.filter(|s| resume_leadership || s.leader_id() != Some(me)) {
             shard.set_replication(&set, me, 0);
         }
         Ok(shard)
+    }
+
+    /// Entries whose payloads the segment files no longer hold, at either end of the log:
+    ///
+    /// * at the front, entries a trim deleted whose deletion had not reached sled's disk when
+    ///   the broker stopped (a trim gives the bytes back at once): the log starts after them,
+    ///   as the trim meant;
+    /// * at the end, after a power loss, entries whose bytes were not synced yet (a flush syncs
+    ///   the files before sled, but sled may also write on its own): the log is cut back, as a
+    ///   crash under `fsync interval` or `never` may take the last records.
+    fn drop_lost_payloads(&self) -> Result<(), ErrorKind> {
+        let mut inner = self.lock();
+        let tree = self.tree(&inner)?;
+        let reader = self.reader(&inner)?;
+        let mut start = None;
+        for kv in tree.range(log_key(inner.start)..=log_key(u64::MAX)) {
+            let (k, v) = kv.map_err(|e| storage(&self.id, "read failed", e))?;
+            let e = decode_entry(&self.id, &k, v)?;
+            match e.ptr() {
+                Some(p) if reader.read(&p).is_err() => start = Some(e.end_offset()),
+                _ => break,
+            }
+        }
+        if let Some(start) = start {
+            tracing::warn!(shard = %self.id, from = inner.start, to = start, "the first entries' bytes are gone (a trim whose deletion had not reached the database's disk): the log starts after them");
+            self.cut_front(&mut inner, start)?;
+        }
+        let mut cut = None;
+        for kv in tree.range(log_key(0)..=log_key(u64::MAX)).rev() {
+            let (k, v) = kv.map_err(|e| storage(&self.id, "read failed", e))?;
+            let e = decode_entry(&self.id, &k, v)?;
+            match e.ptr() {
+                Some(p) if reader.read(&p).is_err() => cut = Some(e.base_offset),
+                _ => break,
+            }
+        }
+        if let Some(cut) = cut {
+            tracing::warn!(shard = %self.id, from = inner.next_offset, to = cut, "the segment files lost the payloads of the last entries (a power loss?): the log is cut back to the first of them");
+            self.truncate(&mut inner, cut)?;
+        }
+        Ok(())
+    }
+
+    /// A reader of the segment files as they are now.
+    fn reader(&self, inner: &Inner) -> Result<Reader, ErrorKind> {
+        match &inner.segments {
+            Some(s) => Ok(s.reader()),
+            None => self.tree(inner).map(|_| Reader::default()),
+        }
+    }
+
+    /// Writes `data`, the payload of the entry at `offset`, to the segment files. Returns the
+    /// stored value pointing at it, the bytes the entry counts for, and the pointer.
+    fn stage(
+        &self,
+        inner: &mut Inner,
+        offset: Offset,
+        (count, leader_epoch): (u32, LeaderEpoch),
+        producer: Option<&ProducerState>,
+        data: &[u8],
+    ) -> Result<(Vec<u8>, u64, Ptr), ErrorKind> {
+        self.tree(inner)?;
+        let segments = inner
+            .segments
+            .as_mut()
+            .ok_or_else(|| ErrorKind::Unavailable {
+                what: self.id.to_string(),
+                reason: "it was dropped from this broker; retry at its owner".into(),
+            })?;
+        let ptr = segments.append(offset, data).map_err(|e| {
+            self.health.io_error_undone(
+                &format!("{}: cannot write to the segment files", self.id),
+                &e,
+            )
+        })?;
+        let size = inline_size(producer.is_some(), data.len());
+        Ok((
+            encode_entry_at(count, leader_epoch, producer, ptr),
+            size,
+            ptr,
+        ))
+    }
+
+    /// Takes back the payloads written from `first` (the entry at `offset`) on: their sled
+    /// batch failed.
+    fn unstage(&self, inner: &mut Inner, offset: Offset, first: Option<Ptr>) {
+        if let (Some(segments), Some(first)) = (inner.segments.as_mut(), first) {
+            if let Err(e) = segments.truncate(offset, Some(first)) {
+                tracing::warn!(shard = %self.id, "cannot take back payloads whose write failed (the next start cuts them): {e}");
+            }
+        }
     }
 
     /// The tree, or why it cannot be used now.
@@ -421,14 +549,31 @@ impl Shard {
         });
         let mut offset = base_offset;
         let mut added = 0u64;
+        let mut first = None;
+        // Refused before anything is written while the disk is low.
+        self.health.check_space(batch.data.len() as u64)?;
         let parts = batch.split(MAX_ENTRY_BYTES);
         let last = parts.len().saturating_sub(1);
         for (i, part) in parts.into_iter().enumerate() {
             // The producer state rides on the batch's last entry, so a follower that has it
             // has the whole batch.
             let st = state.as_ref().filter(|_| i == last);
-            let value = encode_entry(part.count, leader_epoch, st, &part.data);
-            added += value.len() as u64;
+            let staged = self.stage(
+                &mut inner,
+                offset,
+                (part.count, leader_epoch),
+                st,
+                &part.data,
+            );
+            let (value, size, ptr) = match staged {
+                Ok(s) => s,
+                Err(e) => {
+                    self.unstage(&mut inner, base_offset, first);
+                    return Err(e);
+                }
+            };
+            first.get_or_insert(ptr);
+            added += size;
             ops.push((log_key(offset).as_slice().into(), value.into()));
             offset += part.count as u64;
         }
@@ -438,7 +583,10 @@ impl Shard {
         }
         let bytes = inner.bytes + added;
         ops.push((STATS_BYTES.into(), bytes.to_be_bytes().as_slice().into()));
-        self.apply(&inner, &ops, "append failed")?;
+        if let Err(e) = self.apply(&inner, &ops, "append failed") {
+            self.unstage(&mut inner, base_offset, first);
+            return Err(e);
+        }
         let ticket = note_write();
         inner.next_offset = offset;
         inner.bytes = bytes;
@@ -523,7 +671,7 @@ impl Shard {
         hard_max: usize,
         limit: Limit,
     ) -> Result<(Vec<StoredBatch>, Offset), ErrorKind> {
-        let (end, tree) = {
+        let (end, tree, segments) = {
             let inner = self.lock();
             let end = match limit {
                 Limit::End => inner.next_offset,
@@ -533,7 +681,7 @@ impl Shard {
             if limit == Limit::Committed && from < inner.start {
                 return Err(self.out_of_range(&inner, from));
             }
-            (end, self.tree(&inner)?)
+            (end, self.tree(&inner)?, self.reader(&inner)?)
         };
         let mut out = Vec::new();
         if from >= end {
@@ -552,12 +700,30 @@ impl Shard {
         // Only entries below `end` are complete from this reader's point of view.
         for kv in tree.range(start_key..sled::IVec::from(&log_key(end))) {
             let (k, v) = kv.map_err(|e| storage(&self.id, "read failed", e))?;
-            let size = v.len();
+            let entry = decode_entry(&self.id, &k, v)?;
+            let size = entry.size() as usize;
             if !out.is_empty() && (total >= max_bytes || total + size > hard_max) {
                 break;
             }
             total += size;
-            out.push(entry_to_batch(&self.id, &k, v)?);
+            let base = entry.base_offset;
+            match entry.into_batch(&self.id, &segments) {
+                Ok(b) => out.push(b),
+                // A trim or truncation took the entry's bytes since the read began: what was
+                // read so far stands (the next read finds the log as it is now).
+                Err(_) if !out.is_empty() => break,
+                Err(e) => {
+                    let inner = self.lock();
+                    if base >= inner.start {
+                        return Err(e);
+                    }
+                    // Below the log start now: a trim ran meanwhile.
+                    if limit == Limit::Committed {
+                        return Err(self.out_of_range(&inner, from));
+                    }
+                    return Ok((out, end));
+                }
+            }
         }
         if limit == Limit::Committed && out.first().is_none_or(|b| b.base_offset > from) {
             // A trim deleted the entry holding `from` while this read ran: never hand out a gap.
@@ -796,6 +962,11 @@ impl Shard {
             // In-flight requests may keep this shard alive: from now on they find no tree to
             // write to.
             inner.tree = None;
+            if let Some(segments) = inner.segments.take() {
+                if let Err(e) = segments.remove() {
+                    tracing::warn!(shard = %self.id, "cannot delete the segment files: {e}");
+                }
+            }
             !std::mem::replace(&mut inner.dropped, true)
         };
         self.changed.notify_waiters();
@@ -809,9 +980,12 @@ mod tests {
     use bytes::Bytes;
     use shardq_protocol::ShardAssignment;
 
-    pub(super) fn open_active(db: &sled::Db) -> Shard {
+    /// Shard d:P1, active and led here, in `db` with its segment files under `dir`.
+    pub(super) fn open_active(db: &sled::Db, dir: &std::path::Path) -> Shard {
         let shard = ShardId::new("d", 1);
         let env = ShardEnv {
+            segments_root: dir.join("segments"),
+            pending: Arc::default(),
             wal: None,
             health: Arc::new(Health::new(1)),
             counts_durable: false,
@@ -866,7 +1040,7 @@ mod tests {
     fn durable_only_reads_stop_at_the_durable_end() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let s = open_active(&db);
+        let s = open_active(&db, dir.path());
         s.append(&batch(&["a", "b"]), None, 1, &|| 0, &|| 0)
             .unwrap();
         s.append(&batch(&["c"]), None, 1, &|| 0, &|| 0).unwrap();
@@ -895,25 +1069,87 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
-            let s = open_active(&db);
+            let s = open_active(&db, dir.path());
             s.append(&batch(&["a", "b", "c"]), None, 1, &|| 0, &|| 0)
                 .unwrap();
             db.flush().unwrap();
         }
-        // sled lets go of its file lock shortly after the last handle is dropped.
+        let db = reopen(dir.path());
+        let s = open_active(&db, dir.path());
+        assert_eq!(s.durable_end(), 3);
+        assert_eq!(offsets_read(&s, 0, true), (vec![0, 1, 2], 3));
+    }
+
+    /// Opens the database in `dir` again once sled let go of its file lock (shortly after the
+    /// last handle is dropped).
+    fn reopen(dir: &std::path::Path) -> sled::Db {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let db = loop {
-            match sled::open(dir.path()) {
-                Ok(db) => break db,
+        loop {
+            match sled::open(dir) {
+                Ok(db) => return db,
                 Err(e) if std::time::Instant::now() < deadline => {
                     let _ = e;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => panic!("cannot reopen: {e}"),
             }
-        };
-        let s = open_active(&db);
-        assert_eq!(s.durable_end(), 3);
-        assert_eq!(offsets_read(&s, 0, true), (vec![0, 1, 2], 3));
+        }
+    }
+
+    #[test]
+    fn entries_whose_bytes_a_trim_gave_back_before_sled_forgot_them_are_skipped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let s = open_active(&db, dir.path());
+            for v in ["a", "b", "c"] {
+                s.append(&batch(&[v]), None, 1, &|| 0, &|| 0).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        // The first entry's bytes were punched out (the trim's deletion never reached sled).
+        let seg = segments_dir(&dir.path().join("segments"), &ShardId::new("d", 1))
+            .join(format!("{:020}.seg", 0));
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 16], 0).unwrap();
+        drop(f);
+        let db = reopen(dir.path());
+        let s = open_active(&db, dir.path());
+        assert_eq!(s.offsets(), (1, 3));
+        assert_eq!(offsets_read(&s, 0, false), (vec![1, 2], 3));
+        assert!(matches!(
+            s.read(0, 1 << 20, 1 << 20, Limit::Committed),
+            Err(ErrorKind::OffsetOutOfRange { start: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn entries_whose_payloads_the_segment_files_lost_are_cut_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let s = open_active(&db, dir.path());
+            for v in ["a", "b", "c", "d"] {
+                s.append(&batch(&[v]), None, 1, &|| 0, &|| 0).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        // A power loss took the end of the last payload (sled had written its entry).
+        let seg = segments_dir(&dir.path().join("segments"), &ShardId::new("d", 1))
+            .join(format!("{:020}.seg", 0));
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 1).unwrap();
+        drop(f);
+        let db = reopen(dir.path());
+        let s = open_active(&db, dir.path());
+        assert_eq!(s.end_offset(), 3, "the entry at 3 lost its payload");
+        assert_eq!(offsets_read(&s, 0, false), (vec![0, 1, 2], 3));
+        // The log goes on from there, its payload after the last one kept.
+        let a = s.append(&batch(&["e"]), None, 1, &|| 0, &|| 0).unwrap();
+        assert_eq!(a.base_offset, 3);
+        let (batches, _) = s.read(3, 1 << 20, 1 << 20, Limit::End).unwrap();
+        let values: Vec<Bytes> = batches[0].batch.iter().map(|r| r.unwrap().value).collect();
+        assert_eq!(values, vec![Bytes::from_static(b"e")]);
     }
 }

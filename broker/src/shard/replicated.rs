@@ -15,8 +15,9 @@ use shardq_protocol::{
 };
 
 use super::entry::{
-    encode_entry, epoch_key, group_key, log_key, producer_key, STATS_BYTES, STATS_HW, STATS_START,
+    decode_entry, epoch_key, group_key, log_key, producer_key, STATS_BYTES, STATS_HW, STATS_START,
 };
+use super::segments::Ptr;
 use super::{Inner, Shard};
 use crate::replica::{check_fetch, truncation_point, AckCheck, FetchCheck, LeaderState};
 
@@ -546,6 +547,30 @@ impl Shard {
                 }
             }
         }
+        // The payloads go to the segment files first; a failure takes them back.
+        let from = inner.next_offset;
+        let mut first = None;
+        let result = self.copy_entries(inner, batches, hw, &mut first);
+        if result.is_err() {
+            self.unstage(inner, from, first);
+        }
+        result
+    }
+
+    /// [`Shard::write_copied`]'s writes; `first` gets the first payload's place.
+    fn copy_entries(
+        &self,
+        inner: &mut Inner,
+        batches: &[StoredBatch],
+        hw: Option<Offset>,
+        first: &mut Option<Ptr>,
+    ) -> Result<(u64, u64), ErrorKind> {
+        self.health.check_space(
+            batches
+                .iter()
+                .map(|b| b.batch.data.len() as u64)
+                .sum::<u64>(),
+        )?;
         let mut next = inner.next_offset;
         let mut added = 0u64;
         let mut ops: Vec<(sled::IVec, sled::IVec)> = Vec::new();
@@ -570,13 +595,15 @@ impl Shard {
                     b.base_offset.to_be_bytes().as_slice().into(),
                 ));
             }
-            let value = encode_entry(
-                b.batch.count,
-                b.leader_epoch,
+            let (value, size, ptr) = self.stage(
+                inner,
+                next,
+                (b.batch.count, b.leader_epoch),
                 b.producer.as_ref(),
                 &b.batch.data,
-            );
-            added += value.len() as u64;
+            )?;
+            first.get_or_insert(ptr);
+            added += size;
             ops.push((log_key(next).as_slice().into(), value.into()));
             if let Some(p) = &b.producer {
                 let v = shardq_protocol::codec::encode(p)
@@ -648,7 +675,7 @@ impl Shard {
     /// the leader's. Removes the entries, the epochs that start at or after the cut, and the
     /// producer states of batches that no longer fully exist (a truncated batch was never
     /// acknowledged, so its producer's retry is welcome).
-    fn truncate(&self, inner: &mut Inner, at: Offset) -> Result<(), ErrorKind> {
+    pub(super) fn truncate(&self, inner: &mut Inner, at: Offset) -> Result<(), ErrorKind> {
         if at >= inner.next_offset {
             return Ok(());
         }
@@ -659,17 +686,21 @@ impl Shard {
         // The entry holding `at`, if it starts below, goes too.
         if let Some(kv) = tree.range(log_key(0)..=log_key(at)).next_back() {
             let (k, v) = kv.map_err(|e| super::storage(&self.id, "read failed", e))?;
-            let b = super::entry_to_batch(&self.id, &k, v)?;
-            if b.end_offset() > at {
-                cut = b.base_offset;
+            let e = decode_entry(&self.id, &k, v)?;
+            if e.end_offset() > at {
+                cut = e.base_offset;
             }
         }
+        // Where the payloads of the entries removed begin in the segment files.
+        let mut first_removed: Option<Option<Ptr>> = None;
         for kv in tree.range(log_key(cut)..) {
             let (k, v) = kv.map_err(|e| super::storage(&self.id, "read failed", e))?;
             if k.first() != Some(&super::LOG) {
                 break;
             }
-            removed_bytes += v.len() as u64;
+            let e = decode_entry(&self.id, &k, v)?;
+            first_removed.get_or_insert(e.ptr());
+            removed_bytes += e.size();
             ops.push((k, sled::IVec::default()));
         }
         let mut epochs = inner.epochs.clone();
@@ -701,6 +732,13 @@ impl Shard {
             ops.push((STATS_START.into(), start.to_be_bytes().as_slice().into()));
         }
         self.apply(inner, &ops, "truncation failed")?;
+        if let Some(segments) = inner.segments.as_mut() {
+            // Frames left behind by a failure here only waste space: appends go after them,
+            // and the next start cuts what no entry points at.
+            if let Err(e) = segments.truncate(cut, first_removed.flatten()) {
+                tracing::warn!(shard = %self.id, "cannot cut the segment files back: {e}");
+            }
+        }
         inner.start = start;
         tracing::info!(shard = %self.id, from = inner.next_offset, to = cut, "log truncated to where it agrees with the leader's");
         inner.next_offset = cut;

@@ -13,9 +13,7 @@
 
 use shardq_protocol::{ErrorKind, LogRange, Offset, TrimTo};
 
-use super::entry::{
-    entry_to_batch, epoch_key, log_key, storage, STATS_BYTES, STATS_HW, STATS_START,
-};
+use super::entry::{decode_entry, epoch_key, log_key, storage, STATS_BYTES, STATS_HW, STATS_START};
 use super::{Access, Inner, Shard};
 
 /// At most this many entries go in one trim (one sled batch); the next round takes the rest.
@@ -26,11 +24,12 @@ impl Shard {
     /// compares record timestamps with). Returns the log after it.
     pub fn trim(&self, to: TrimTo, now_ms: u64) -> Result<LogRange, ErrorKind> {
         // Find the new start without holding the lock (it reads entries), then cut under it.
-        let (tree, start, hw, bytes) = {
+        let (tree, segments, start, hw, bytes) = {
             let inner = self.lock();
             self.check(&inner, Access::Read, inner.own.epoch)?;
             let hw = inner.repl.hw.min(inner.next_offset);
-            (self.tree(&inner)?, inner.start, hw, inner.bytes)
+            let segments = self.reader(&inner)?;
+            (self.tree(&inner)?, segments, inner.start, hw, inner.bytes)
         };
         let target = match to {
             TrimTo::Before(upto) => upto.map_or(hw, |o| o.min(hw)),
@@ -43,25 +42,28 @@ impl Shard {
                     .take(MAX_ENTRIES_PER_TRIM)
                 {
                     let (k, v) = kv.map_err(|e| storage(&self.id, "read failed", e))?;
-                    let size = v.len() as u64;
-                    let b = entry_to_batch(&self.id, &k, v)?;
-                    if b.end_offset() > hw {
+                    let e = decode_entry(&self.id, &k, v)?;
+                    let (size, end) = (e.size(), e.end_offset());
+                    if end > hw {
                         break;
                     }
                     let too_big = shard_bytes.is_some_and(|max| left.saturating_sub(size) >= max);
-                    let too_old = expired_before.is_some_and(|before| {
-                        // The batch's newest record decides; an unreadable batch is kept.
-                        b.batch
-                            .iter()
-                            .map(|r| r.map(|r| r.timestamp_ms))
-                            .try_fold(0u64, |m, t| t.map(|t| m.max(t)))
-                            .is_ok_and(|newest| newest < before)
-                    });
+                    let too_old = !too_big
+                        && expired_before.is_some_and(|before| {
+                            // The batch's newest record decides; an unreadable batch is kept.
+                            e.into_batch(&self.id, &segments).is_ok_and(|b| {
+                                b.batch
+                                    .iter()
+                                    .map(|r| r.map(|r| r.timestamp_ms))
+                                    .try_fold(0u64, |m, t| t.map(|t| m.max(t)))
+                                    .is_ok_and(|newest| newest < before)
+                            })
+                        });
                     if !(too_big || too_old) {
                         break;
                     }
                     left = left.saturating_sub(size);
-                    keep_from = b.end_offset();
+                    keep_from = end;
                 }
                 keep_from
             }
@@ -82,6 +84,34 @@ impl Shard {
         })
     }
 
+    /// Gives back the segment files' space below the first entry kept (at `start` or after).
+    /// A failure only delays it: the next trim tries again.
+    fn free_payloads_before(&self, inner: &mut Inner, tree: &sled::Tree, start: Offset) {
+        let first_kept = match tree.range(log_key(start)..=log_key(u64::MAX)).next() {
+            None => None,
+            Some(kv) => match kv
+                .map_err(|e| storage(&self.id, "read failed", e))
+                .and_then(|(k, v)| decode_entry(&self.id, &k, v))
+            {
+                Ok(e) => match e.ptr() {
+                    Some(p) => Some(p),
+                    // Entries stored inline come before every one in the segment files: none
+                    // of those is deleted yet.
+                    None => return,
+                },
+                Err(e) => {
+                    tracing::warn!(shard = %self.id, "cannot find the first entry kept: {e}");
+                    return;
+                }
+            },
+        };
+        if let Some(segments) = inner.segments.as_mut() {
+            if let Err(e) = segments.trim(first_kept) {
+                tracing::warn!(shard = %self.id, "cannot give back the segment files' space: {e}");
+            }
+        }
+    }
+
     /// Deletes the entries wholly below `target` (one that straddles it stays, and the log
     /// starts at its base). A `target` past the log end deletes everything and moves the end
     /// there: the log continues empty at `target`. Returns the records deleted.
@@ -96,14 +126,13 @@ impl Shard {
         let mut removed = 0u64;
         for kv in tree.range(log_key(0)..log_key(target)) {
             let (k, v) = kv.map_err(|e| storage(&self.id, "read failed", e))?;
-            let size = v.len() as u64;
-            let b = entry_to_batch(&self.id, &k, v)?;
-            if b.end_offset() > target || ops.len() >= MAX_ENTRIES_PER_TRIM {
-                new_start = b.base_offset;
+            let e = decode_entry(&self.id, &k, v)?;
+            if e.end_offset() > target || ops.len() >= MAX_ENTRIES_PER_TRIM {
+                new_start = e.base_offset;
                 break;
             }
-            removed_bytes += size;
-            removed += u64::from(b.batch.count);
+            removed_bytes += e.size();
+            removed += u64::from(e.count);
             ops.push((k, sled::IVec::default()));
         }
         let reset = target > inner.next_offset && new_start == inner.next_offset;
@@ -127,6 +156,7 @@ impl Shard {
             new_start.to_be_bytes().as_slice().into(),
         ));
         self.apply_to(&tree, &ops, "cannot delete the front of the log")?;
+        self.free_payloads_before(inner, &tree, new_start);
         tracing::debug!(shard = %self.id, from = inner.start, to = new_start, removed, "log start moved");
         inner.start = new_start;
         inner.bytes = bytes;
@@ -158,7 +188,7 @@ mod tests {
     fn purge_and_retention_delete_whole_entries_below_the_high_watermark_only() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let s = open_active(&db);
+        let s = open_active(&db, dir.path());
         for i in 0..5 {
             let v = format!("{i}{}", "x".repeat(100));
             append(&s, &[&v, &v]);
@@ -206,7 +236,7 @@ mod tests {
         append(&s, &["after"]);
         assert_eq!(s.offsets(), (10, 11));
         drop(s);
-        let s = open_active(&db);
+        let s = open_active(&db, dir.path());
         assert_eq!(s.offsets(), (10, 11));
     }
 
@@ -214,7 +244,7 @@ mod tests {
     fn a_purge_never_passes_the_high_watermark() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let s = open_active(&db);
+        let s = open_active(&db, dir.path());
         append(&s, &["a"]);
         append(&s, &["b"]);
         let hw = s.high_watermark();
@@ -237,7 +267,7 @@ mod tests {
     fn a_follower_whose_whole_log_is_below_the_start_continues_empty_there() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let s = open_active(&db);
+        let s = open_active(&db, dir.path());
         append(&s, &["a", "b"]);
         {
             let mut inner = s.lock();
@@ -248,7 +278,7 @@ mod tests {
         append(&s, &["c"]);
         assert_eq!(offsets_read(&s, 0, false), (vec![100], 101));
         drop(s);
-        let s = open_active(&db);
+        let s = open_active(&db, dir.path());
         assert_eq!(s.offsets(), (100, 101));
     }
 }

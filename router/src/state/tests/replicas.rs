@@ -530,34 +530,19 @@ fn a_refused_isr_proposal_bumps_the_version_and_tells_the_leader() {
     let r = replicas(&s, "t", 1);
     // The leader proposes the down broker back (stale progress): refused, and the version
     // moves on so no copy of that proposal can be applied later.
-    assert!(s
-        .alter_isr(
-            l,
-            &shard,
-            r.leader_epoch,
-            r.isr_version,
-            &[l, f1, f2],
-            &heard(&s, &[l, f1, f2]),
-            ok
-        )
-        .is_err());
+    let propose_back = |s: &mut State| {
+        let all = [l, f1, f2];
+        let h = heard(s, &all);
+        s.alter_isr(l, &shard, r.leader_epoch, r.isr_version, &all, &h, ok)
+    };
+    assert!(propose_back(&mut s).is_err());
     let pushes = s
         .isr_refused(l, &shard, r.leader_epoch, r.isr_version, ok)
         .unwrap();
     assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].0.id, l);
     assert_eq!(replicas(&s, "t", 1).isr_version, r.isr_version + 1);
-    assert!(s
-        .alter_isr(
-            l,
-            &shard,
-            r.leader_epoch,
-            r.isr_version,
-            &[l, f1, f2],
-            &heard(&s, &[l, f1, f2]),
-            ok
-        )
-        .is_err());
+    assert!(propose_back(&mut s).is_err());
     // From a broker that does not lead: nothing changes, nobody is told.
     assert!(s
         .isr_refused(f1, &shard, r.leader_epoch, r.isr_version + 1, ok)
