@@ -46,7 +46,7 @@ use entry::{
     producer_key, storage, EPOCH, GROUP, LOG, PRODUCER, STATS_BYTES, STATS_HW, STATS_START,
 };
 pub use segments::PendingSyncs;
-use segments::{Ptr, Reader, Segments};
+use segments::{Found, Ptr, Reader, Segments};
 
 /// Stored log entries are kept at or below this size: sled writes a separate file per value above
 /// about 128 KiB, and smaller values keep fetch granularity fine.
@@ -55,6 +55,10 @@ pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// A segment file takes entries until it holds this much; the space retention frees comes
 /// back at once anyway (whole files, and a punched hole in the first one kept).
 pub const SEGMENT_BYTES: u64 = 16 << 20;
+
+/// On open, the entries of a log's last this many bytes are checked for bytes a power loss
+/// took (writes not synced yet), wherever they are among them.
+const TAIL_CHECK: u64 = 4 << 20;
 
 /// Name of the sled tree holding `shard`.
 pub fn tree_name(shard: &ShardId) -> String {
@@ -329,7 +333,10 @@ impl Shard {
                 repl: replicated::Repl::new(loaded.hw),
             }),
         };
-        shard.drop_lost_payloads()?;
+        if let Err(e) = shard.drop_lost_payloads() {
+            // Reads of what is lost fail; the broker and its other shards go on.
+            tracing::error!(shard = %shard.id, "cannot check the log's stored bytes: {e}");
+        }
         // The role this replica had when it stopped; the router's next word replaces it, and
         // until the broker's lease is renewed no acknowledgement goes out.
         if let Some(set) = set.filter(|s| resume_leadership || s.leader_id() != Some(me)) {
@@ -354,26 +361,37 @@ impl Shard {
         for kv in tree.range(log_key(inner.start)..=log_key(u64::MAX)) {
             let (k, v) = kv.map_err(|e| storage(&self.id, "read failed", e))?;
             let e = decode_entry(&self.id, &k, v)?;
-            match e.ptr() {
-                Some(p) if reader.read(&p).is_err() => start = Some(e.end_offset()),
+            match e.ptr().map(|p| reader.check(&p)) {
+                Some(Found::Lost) => start = Some(e.end_offset()),
                 _ => break,
             }
         }
         if let Some(start) = start {
-            tracing::warn!(shard = %self.id, from = inner.start, to = start, "the first entries' bytes are gone (a trim whose deletion had not reached the database's disk): the log starts after them");
+            tracing::warn!(shard = %self.id, from = inner.start, to = start, "the first entries' bytes are gone (a trim or a drop whose deletion had not reached the database's disk): the log starts after them");
             self.cut_front(&mut inner, start)?;
         }
+        // Writes not synced yet reach the disk in any order: every entry of the log's last
+        // TAIL_CHECK bytes is checked, and the log is cut at the first whose bytes are lost.
         let mut cut = None;
-        for kv in tree.range(log_key(0)..=log_key(u64::MAX)).rev() {
+        let mut checked = 0u64;
+        for kv in tree.range(log_key(inner.start)..=log_key(u64::MAX)).rev() {
             let (k, v) = kv.map_err(|e| storage(&self.id, "read failed", e))?;
             let e = decode_entry(&self.id, &k, v)?;
-            match e.ptr() {
-                Some(p) if reader.read(&p).is_err() => cut = Some(e.base_offset),
-                _ => break,
+            let Some(p) = e.ptr() else { break };
+            match reader.check(&p) {
+                Found::Lost => cut = Some(e.base_offset),
+                Found::Damaged(err) => {
+                    tracing::error!(shard = %self.id, offset = e.base_offset, "a stored batch is damaged (kept; reads of it fail): {err}")
+                }
+                Found::Intact => {}
+            }
+            checked += e.size();
+            if checked >= TAIL_CHECK {
+                break;
             }
         }
         if let Some(cut) = cut {
-            tracing::warn!(shard = %self.id, from = inner.next_offset, to = cut, "the segment files lost the payloads of the last entries (a power loss?): the log is cut back to the first of them");
+            tracing::warn!(shard = %self.id, from = inner.next_offset, to = cut, "the segment files lost the bytes of entries at the log's end (writes not synced before a power loss): the log is cut back to the first of them");
             self.truncate(&mut inner, cut)?;
         }
         Ok(())
@@ -1121,6 +1139,37 @@ mod tests {
             s.read(0, 1 << 20, 1 << 20, Limit::Committed),
             Err(ErrorKind::OffsetOutOfRange { start: 1, .. })
         ));
+    }
+
+    #[test]
+    fn a_page_lost_inside_the_logs_end_cuts_there_but_damaged_bytes_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = |c: char| c.to_string().repeat(10_000);
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let s = open_active(&db, dir.path());
+            for c in ['a', 'b', 'c', 'd', 'e'] {
+                s.append(&batch(&[&big(c)]), None, 1, &|| 0, &|| 0).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let seg = segments_dir(&dir.path().join("segments"), &ShardId::new("d", 1))
+            .join(format!("{:020}.seg", 0));
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        // Entry 1 (about bytes 10 000..20 000) gets one flipped byte: damaged, not lost.
+        std::os::unix::fs::FileExt::write_all_at(&f, b"!", 15_000).unwrap();
+        // Entry 3 (about 30 000..40 000) lost a whole page (written out of order before a power
+        // loss): the log ends before it, though entry 4's bytes are there.
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 4096], 32_768).unwrap();
+        drop(f);
+        let db = reopen(dir.path());
+        let s = open_active(&db, dir.path());
+        assert_eq!(s.offsets(), (0, 3));
+        assert!(
+            s.read(1, 1, 1 << 20, Limit::End).is_err(),
+            "damaged: an error"
+        );
+        assert_eq!(offsets_read(&s, 2, false), (vec![2], 3));
     }
 
     #[test]

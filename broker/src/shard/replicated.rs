@@ -731,7 +731,8 @@ impl Shard {
         if start != inner.start {
             ops.push((STATS_START.into(), start.to_be_bytes().as_slice().into()));
         }
-        self.apply(inner, &ops, "truncation failed")?;
+        // A deletion: no free-space check (it frees space).
+        self.apply_to(&tree, &ops, "truncation failed")?;
         if let Some(segments) = inner.segments.as_mut() {
             // Frames left behind by a failure here only waste space: appends go after them,
             // and the next start cuts what no entry points at.

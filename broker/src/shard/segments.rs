@@ -23,6 +23,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -52,8 +53,28 @@ impl Ptr {
     }
 }
 
+/// An open segment file, and whether it waits in [`PendingSyncs`].
+struct SegFile {
+    file: File,
+    dirty: AtomicBool,
+}
+
+impl std::ops::Deref for SegFile {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.file
+    }
+}
+
+fn seg_file(file: File) -> Arc<SegFile> {
+    Arc::new(SegFile {
+        file,
+        dirty: AtomicBool::new(false),
+    })
+}
+
 struct Segment {
-    file: Arc<File>,
+    file: Arc<SegFile>,
     /// Bytes written (the file's length).
     len: u64,
     /// Bytes at the front already given back (punched).
@@ -68,6 +89,9 @@ pub struct Segments {
     segments: BTreeMap<Offset, Segment>,
     /// Where writes wait for the next flush.
     pending: Arc<PendingSyncs>,
+    /// The next append starts a new segment: a truncation cut the last one, and bytes at
+    /// positions a reader may still know are never written again.
+    roll_next: bool,
     /// The open files, for readers outside the shard's lock (rebuilt when the set changes).
     reader: Reader,
 }
@@ -75,22 +99,25 @@ pub struct Segments {
 /// The segment files, and directories, written since the last flush, across a broker's shards.
 #[derive(Default)]
 pub struct PendingSyncs {
-    files: Mutex<Vec<Arc<File>>>,
+    files: Mutex<Vec<Arc<SegFile>>>,
     dirs: Mutex<BTreeSet<PathBuf>>,
 }
 
 impl PendingSyncs {
-    fn add(&self, file: &Arc<File>) {
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        if !files.iter().any(|f| Arc::ptr_eq(f, file)) {
+    /// Notes a write to `file` (a file already waiting costs nothing more).
+    fn add(&self, file: &Arc<SegFile>) {
+        if !file.dirty.swap(true, Ordering::AcqRel) {
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
             files.push(file.clone());
         }
     }
 
     /// A deleted segment needs no sync (and its space comes back only once no one holds it).
-    fn forget(&self, file: &Arc<File>) {
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        files.retain(|f| !Arc::ptr_eq(f, file));
+    fn forget(&self, file: &Arc<SegFile>) {
+        if file.dirty.load(Ordering::Acquire) {
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            files.retain(|f| !Arc::ptr_eq(f, file));
+        }
     }
 
     fn add_dir(&self, dir: &Path) {
@@ -103,6 +130,8 @@ impl PendingSyncs {
     pub fn sync(&self) -> io::Result<()> {
         let files = std::mem::take(&mut *self.files.lock().unwrap_or_else(|p| p.into_inner()));
         for (i, f) in files.iter().enumerate() {
+            // Cleared first: a write from now on notes the file again.
+            f.dirty.store(false, Ordering::Release);
             if let Err(e) = f.sync_data() {
                 for f in &files[i..] {
                     self.add(f);
@@ -133,7 +162,7 @@ impl PendingSyncs {
 /// deleted segment's file stays readable through it.
 #[derive(Clone, Default)]
 pub struct Reader {
-    files: Arc<BTreeMap<Offset, Arc<File>>>,
+    files: Arc<BTreeMap<Offset, Arc<SegFile>>>,
 }
 
 fn segment_path(dir: &Path, base: Offset) -> PathBuf {
@@ -149,7 +178,9 @@ impl Segments {
     /// alone.
     pub fn open(dir: &Path, roll_bytes: u64, pending: Arc<PendingSyncs>) -> io::Result<Segments> {
         if !dir.exists() {
-            fs::create_dir_all(dir)?;
+            // Once more if the topic's directory went meanwhile (its last other shard here was
+            // dropped just then).
+            fs::create_dir_all(dir).or_else(|_| fs::create_dir_all(dir))?;
             if let Some(parent) = dir.parent() {
                 pending.add_dir(parent);
             }
@@ -174,7 +205,7 @@ impl Segments {
             segments.insert(
                 base,
                 Segment {
-                    file: Arc::new(file),
+                    file: seg_file(file),
                     len,
                     punched: 0,
                 },
@@ -185,6 +216,7 @@ impl Segments {
             roll_bytes: roll_bytes.max(HEADER + 1),
             segments,
             pending,
+            roll_next: false,
             reader: Reader::default(),
         };
         s.refresh_reader();
@@ -220,10 +252,11 @@ impl Segments {
                         "an entry at offset {offset} below segment {base}"
                     )));
                 }
-                s.len >= self.roll_bytes
+                s.len >= self.roll_bytes || self.roll_next
             }
         };
         if roll {
+            self.roll_next = false;
             let path = segment_path(&self.dir, offset);
             let file = OpenOptions::new()
                 .read(true)
@@ -234,7 +267,7 @@ impl Segments {
             self.segments.insert(
                 offset,
                 Segment {
-                    file: Arc::new(file),
+                    file: seg_file(file),
                     len: 0,
                     punched: 0,
                 },
@@ -292,6 +325,7 @@ impl Segments {
                     seg.file.set_len(p.pos)?;
                     seg.len = p.pos;
                     self.pending.add(&seg.file);
+                    self.roll_next = true;
                 }
             }
         }
@@ -400,7 +434,53 @@ impl Segments {
     }
 }
 
+/// What [`Reader::check`] found where a pointer points.
+#[derive(Debug)]
+pub enum Found {
+    Intact,
+    /// Not there: the file or the frame's end is missing, or it reads as zeros where bytes
+    /// were (what a power loss leaves of writes not synced yet, and what a trim gave back).
+    Lost,
+    /// Something else: an I/O error, or bytes that are not the frame's.
+    Damaged(io::Error),
+}
+
 impl Reader {
+    /// Whether the frame `ptr` points at is there and intact.
+    pub fn check(&self, ptr: &Ptr) -> Found {
+        let Some(file) = self.files.get(&ptr.segment) else {
+            return Found::Lost;
+        };
+        let mut frame = vec![0u8; HEADER as usize + ptr.len as usize];
+        match file.read_exact_at(&mut frame, ptr.pos) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Found::Lost,
+            Err(e) => return Found::Damaged(e),
+        }
+        if frame_ok(&frame, ptr) {
+            return Found::Intact;
+        }
+        // A page the disk never got reads as zeros: the frame's header, or a whole page of it
+        // (pages are counted from the file's start).
+        let zero = |b: &[u8]| b.iter().all(|x| *x == 0);
+        let first_page = ptr.pos.div_ceil(BLOCK) * BLOCK;
+        let mut page = first_page;
+        let mut zero_page = false;
+        while page + BLOCK <= ptr.frame_end() {
+            let at = (page - ptr.pos) as usize;
+            zero_page |= zero(&frame[at..at + BLOCK as usize]);
+            page += BLOCK;
+        }
+        if zero(&frame[..HEADER as usize]) || zero_page || zero(&frame) {
+            Found::Lost
+        } else {
+            Found::Damaged(corrupt(format!(
+                "the frame at {} of segment {} does not match its pointer or checksum",
+                ptr.pos, ptr.segment
+            )))
+        }
+    }
+
     /// The payload `ptr` points at, checked against its frame header and checksum.
     pub fn read(&self, ptr: &Ptr) -> io::Result<Bytes> {
         let file = self.files.get(&ptr.segment).ok_or_else(|| {
@@ -411,17 +491,21 @@ impl Reader {
         })?;
         let mut frame = vec![0u8; HEADER as usize + ptr.len as usize];
         file.read_exact_at(&mut frame, ptr.pos)?;
-        let len = u32::from_le_bytes(frame[0..4].try_into().expect("4 bytes"));
-        let sum = u64::from_le_bytes(frame[4..12].try_into().expect("8 bytes"));
-        let payload = Bytes::from(frame).slice(HEADER as usize..);
-        if len != ptr.len || xxh3_64(&payload) != sum {
+        if !frame_ok(&frame, ptr) {
             return Err(corrupt(format!(
                 "the frame at {} of segment {} does not match its pointer or checksum",
                 ptr.pos, ptr.segment
             )));
         }
-        Ok(payload)
+        Ok(Bytes::from(frame).slice(HEADER as usize..))
     }
+}
+
+/// Whether `frame` (header and payload, as read where `ptr` points) is the frame `ptr` names.
+fn frame_ok(frame: &[u8], ptr: &Ptr) -> bool {
+    let len = u32::from_le_bytes(frame[0..4].try_into().expect("4 bytes"));
+    let sum = u64::from_le_bytes(frame[4..12].try_into().expect("8 bytes"));
+    len == ptr.len && xxh3_64(&frame[HEADER as usize..]) == sum
 }
 
 /// Frees `len` bytes from `at` in `file` without changing its size. A file system that cannot
@@ -506,14 +590,18 @@ mod tests {
         let ptrs: Vec<Ptr> = (0..10u64)
             .map(|i| s.append(i, &payload(i, 900)).unwrap())
             .collect();
+        let old = s.reader();
         s.truncate(5, Some(ptrs[5])).unwrap();
         let r = s.reader();
         assert_eq!(r.read(&ptrs[4]).unwrap(), payload(4, 900));
         assert!(r.read(&ptrs[5]).is_err());
-        // Appends continue where the cut was.
+        // Appends go on in a new segment: the cut positions are never written again, so a
+        // reader that still knows the old pointers finds nothing there rather than new bytes.
         let p = s.append(5, b"again").unwrap();
-        assert_eq!((p.segment, p.pos), (ptrs[5].segment, ptrs[5].pos));
+        assert_eq!((p.segment, p.pos), (5, 0));
         assert_eq!(s.reader().read(&p).unwrap(), &b"again"[..]);
+        assert!(old.read(&ptrs[5]).is_err());
+        assert!(matches!(s.reader().check(&ptrs[5]), Found::Lost));
         // Everything from offset 0 on, with no pointer (say the entry there kept its payload in
         // sled): every segment goes.
         s.truncate(0, None).unwrap();
