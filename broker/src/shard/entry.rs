@@ -8,6 +8,7 @@
 //! | `0x03` `b"bytes"`                 | log bytes stored so far (u64 BE)                  |
 //! | `0x03` `b"hw"`                    | the last high watermark this replica knew (u64 BE) |
 //! | `0x03` `b"start"`                 | the log start: retention deleted what is below (u64 BE) |
+//! | `0x03` `b"synced"`                | every entry's bytes below this were synced when written (u64 BE) |
 //! | `0x04` + leader epoch (u64 BE)    | the first offset written under that epoch (u64 BE) |
 //!
 //! A log entry is `count: u32 LE` with the top bit set, `leader_epoch: u64 LE`, a flag byte and,
@@ -31,6 +32,7 @@ pub const EPOCH: u8 = 0x04;
 pub const STATS_BYTES: &[u8] = b"\x03bytes";
 pub const STATS_HW: &[u8] = b"\x03hw";
 pub const STATS_START: &[u8] = b"\x03start";
+pub const STATS_SYNCED: &[u8] = b"\x03synced";
 
 /// Marks an entry with the replication header.
 const WITH_HEADER: u32 = 0x8000_0000;

@@ -44,6 +44,7 @@ pub use replicated::Following;
 use entry::{
     be_u64, decode_entry, encode_entry_at, epoch_key, group_key, inline_size, log_key,
     producer_key, storage, EPOCH, GROUP, LOG, PRODUCER, STATS_BYTES, STATS_HW, STATS_START,
+    STATS_SYNCED,
 };
 pub use segments::PendingSyncs;
 use segments::{Found, Ptr, Reader, Segments};
@@ -55,10 +56,6 @@ pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// A segment file takes entries until it holds this much; the space retention frees comes
 /// back at once anyway (whole files, and a punched hole in the first one kept).
 pub const SEGMENT_BYTES: u64 = 16 << 20;
-
-/// On open, the entries of a log's last this many bytes are checked for bytes a power loss
-/// took (writes not synced yet), wherever they are among them.
-const TAIL_CHECK: u64 = 4 << 20;
 
 /// Name of the sled tree holding `shard`.
 pub fn tree_name(shard: &ShardId) -> String {
@@ -82,6 +79,8 @@ struct Loaded {
     hw: Offset,
     /// Where the last entry's payload is (None: no entry, or an inline one).
     last_ptr: Option<Ptr>,
+    /// Every entry's bytes below this were on disk (see [`Shard::synced_mark`]).
+    synced: Offset,
 }
 
 impl Loaded {
@@ -140,6 +139,7 @@ impl Loaded {
             epochs: EpochCache::from_entries(epochs),
             hw,
             last_ptr: last.and_then(|e| e.ptr()),
+            synced: stat(STATS_SYNCED)?.unwrap_or(0),
         };
         Ok((tree, loaded))
     }
@@ -333,7 +333,7 @@ impl Shard {
                 repl: replicated::Repl::new(loaded.hw),
             }),
         };
-        if let Err(e) = shard.drop_lost_payloads() {
+        if let Err(e) = shard.drop_lost_payloads(loaded.synced) {
             // Reads of what is lost fail; the broker and its other shards go on.
             tracing::error!(shard = %shard.id, "cannot check the log's stored bytes: {e}");
         }
@@ -350,10 +350,11 @@ impl Shard {
     /// * at the front, entries a trim deleted whose deletion had not reached sled's disk when
     ///   the broker stopped (a trim gives the bytes back at once): the log starts after them,
     ///   as the trim meant;
-    /// * at the end, after a power loss, entries whose bytes were not synced yet (a flush syncs
-    ///   the files before sled, but sled may also write on its own): the log is cut back, as a
-    ///   crash under `fsync interval` or `never` may take the last records.
-    fn drop_lost_payloads(&self) -> Result<(), ErrorKind> {
+    /// * after a power loss, entries whose bytes were not synced yet (a flush syncs the files
+    ///   before sled, but sled may also write on its own), wherever they are among the entries
+    ///   from `synced` on (unsynced writes reach the disk in any order): the log is cut at the
+    ///   first, as a crash under `fsync interval` or `never` may take the last records.
+    fn drop_lost_payloads(&self, synced: Offset) -> Result<(), ErrorKind> {
         let mut inner = self.lock();
         let tree = self.tree(&inner)?;
         let reader = self.reader(&inner)?;
@@ -370,30 +371,38 @@ impl Shard {
             tracing::warn!(shard = %self.id, from = inner.start, to = start, "the first entries' bytes are gone (a trim or a drop whose deletion had not reached the database's disk): the log starts after them");
             self.cut_front(&mut inner, start)?;
         }
-        // Writes not synced yet reach the disk in any order: every entry of the log's last
-        // TAIL_CHECK bytes is checked, and the log is cut at the first whose bytes are lost.
+        // The entry holding `synced` (if it starts below) is checked too.
+        let from: sled::IVec = match tree
+            .range(log_key(0)..=log_key(synced.max(inner.start)))
+            .next_back()
+        {
+            Some(kv) => kv.map_err(|e| storage(&self.id, "read failed", e))?.0,
+            None => log_key(0).as_slice().into(),
+        };
         let mut cut = None;
-        let mut checked = 0u64;
-        for kv in tree.range(log_key(inner.start)..=log_key(u64::MAX)).rev() {
+        for kv in tree.range(from..=sled::IVec::from(&log_key(u64::MAX))) {
             let (k, v) = kv.map_err(|e| storage(&self.id, "read failed", e))?;
             let e = decode_entry(&self.id, &k, v)?;
-            let Some(p) = e.ptr() else { break };
+            let Some(p) = e.ptr() else { continue };
             match reader.check(&p) {
-                Found::Lost => cut = Some(e.base_offset),
+                Found::Lost => {
+                    cut = Some(e.base_offset);
+                    break;
+                }
                 Found::Damaged(err) => {
                     tracing::error!(shard = %self.id, offset = e.base_offset, "a stored batch is damaged (kept; reads of it fail): {err}")
                 }
                 Found::Intact => {}
-            }
-            checked += e.size();
-            if checked >= TAIL_CHECK {
-                break;
             }
         }
         if let Some(cut) = cut {
             tracing::warn!(shard = %self.id, from = inner.next_offset, to = cut, "the segment files lost the bytes of entries at the log's end (writes not synced before a power loss): the log is cut back to the first of them");
             self.truncate(&mut inner, cut)?;
         }
+        // Checked, and on disk (a starting broker syncs its data dir first): the next start
+        // checks only what is written from now on.
+        let mark = self.synced_mark(&inner, inner.next_offset);
+        self.apply_to(&tree, &[mark], "cannot record the synced mark")?;
         Ok(())
     }
 
@@ -435,6 +444,19 @@ impl Shard {
             size,
             ptr,
         ))
+    }
+
+    /// The write persisting the shard's synced mark with a batch that ends the log at `end`:
+    /// every entry's bytes below it are on disk (it never passes `end`). Persisted with every
+    /// write of entries, so after a power loss only the entries from it on need checking.
+    fn synced_mark(&self, inner: &Inner, end: Offset) -> (sled::IVec, sled::IVec) {
+        let synced = inner
+            .segments
+            .as_ref()
+            .and_then(|s| s.unsynced_from())
+            .unwrap_or(end)
+            .min(end);
+        (STATS_SYNCED.into(), synced.to_be_bytes().as_slice().into())
     }
 
     /// Takes back the payloads written from `first` (the entry at `offset`) on: their sled
@@ -601,6 +623,7 @@ impl Shard {
         }
         let bytes = inner.bytes + added;
         ops.push((STATS_BYTES.into(), bytes.to_be_bytes().as_slice().into()));
+        ops.push(self.synced_mark(&inner, offset));
         if let Err(e) = self.apply(&inner, &ops, "append failed") {
             self.unstage(&mut inner, base_offset, first);
             return Err(e);

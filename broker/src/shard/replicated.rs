@@ -619,6 +619,7 @@ impl Shard {
         }
         let bytes = inner.bytes + added;
         ops.push((STATS_BYTES.into(), bytes.to_be_bytes().as_slice().into()));
+        ops.push(self.synced_mark(inner, next));
         if let Some(hw) = hw {
             let hw = hw.min(next);
             ops.push((STATS_HW.into(), hw.to_be_bytes().as_slice().into()));
@@ -731,6 +732,8 @@ impl Shard {
         if start != inner.start {
             ops.push((STATS_START.into(), start.to_be_bytes().as_slice().into()));
         }
+        // Appends from the cut on go to bytes not synced yet.
+        ops.push(self.synced_mark(inner, cut));
         // A deletion: no free-space check (it frees space).
         self.apply_to(&tree, &ops, "truncation failed")?;
         if let Some(segments) = inner.segments.as_mut() {

@@ -23,7 +23,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -53,10 +52,38 @@ impl Ptr {
     }
 }
 
-/// An open segment file, and whether it waits in [`PendingSyncs`].
+/// An open segment file, and which of its bytes may not be on disk yet.
 struct SegFile {
     file: File,
-    dirty: AtomicBool,
+    unsynced: Mutex<Unsynced>,
+}
+
+/// The first entry (by offset) whose bytes in a segment may not be on disk yet.
+#[derive(Default)]
+struct Unsynced {
+    /// Written since the last sync of the file began (the file then waits in the list).
+    pending: Option<Offset>,
+    /// Written before the sync in progress began.
+    syncing: Option<Offset>,
+}
+
+fn min_some(a: Option<Offset>, b: Option<Offset>) -> Option<Offset> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl SegFile {
+    fn unsynced(&self) -> std::sync::MutexGuard<'_, Unsynced> {
+        self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The first entry whose bytes here may not be on disk (None: all are).
+    fn unsynced_from(&self) -> Option<Offset> {
+        let u = self.unsynced();
+        min_some(u.pending, u.syncing)
+    }
 }
 
 impl std::ops::Deref for SegFile {
@@ -69,7 +96,7 @@ impl std::ops::Deref for SegFile {
 fn seg_file(file: File) -> Arc<SegFile> {
     Arc::new(SegFile {
         file,
-        dirty: AtomicBool::new(false),
+        unsynced: Mutex::default(),
     })
 }
 
@@ -104,9 +131,13 @@ pub struct PendingSyncs {
 }
 
 impl PendingSyncs {
-    /// Notes a write to `file` (a file already waiting costs nothing more).
-    fn add(&self, file: &Arc<SegFile>) {
-        if !file.dirty.swap(true, Ordering::AcqRel) {
+    /// Notes a write to `file` of (or from) the entry at `offset` (a file already waiting
+    /// costs nothing more).
+    fn add(&self, file: &Arc<SegFile>, offset: Offset) {
+        let mut u = file.unsynced();
+        let listed = u.pending.is_some();
+        u.pending = min_some(u.pending, Some(offset));
+        if !listed {
             let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
             files.push(file.clone());
         }
@@ -114,10 +145,8 @@ impl PendingSyncs {
 
     /// A deleted segment needs no sync (and its space comes back only once no one holds it).
     fn forget(&self, file: &Arc<SegFile>) {
-        if file.dirty.load(Ordering::Acquire) {
-            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-            files.retain(|f| !Arc::ptr_eq(f, file));
-        }
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.retain(|f| !Arc::ptr_eq(f, file));
     }
 
     fn add_dir(&self, dir: &Path) {
@@ -130,12 +159,25 @@ impl PendingSyncs {
     pub fn sync(&self) -> io::Result<()> {
         let files = std::mem::take(&mut *self.files.lock().unwrap_or_else(|p| p.into_inner()));
         for (i, f) in files.iter().enumerate() {
-            // Cleared first: a write from now on notes the file again.
-            f.dirty.store(false, Ordering::Release);
-            if let Err(e) = f.sync_data() {
-                for f in &files[i..] {
-                    self.add(f);
+            // What was written so far is what this sync covers; a write from now on notes the
+            // file again.
+            {
+                let mut u = f.unsynced();
+                let pending = u.pending.take();
+                u.syncing = min_some(u.syncing, pending);
+            }
+            let synced = f.sync_data();
+            let mut u = f.unsynced();
+            let syncing = u.syncing.take();
+            if let Err(e) = synced {
+                let listed = u.pending.is_some();
+                u.pending = min_some(u.pending, syncing);
+                drop(u);
+                let mut list = self.files.lock().unwrap_or_else(|p| p.into_inner());
+                if !listed {
+                    list.push(f.clone());
                 }
+                list.extend(files[i + 1..].iter().cloned());
                 return Err(e);
             }
         }
@@ -292,7 +334,7 @@ impl Segments {
             return Err(e);
         }
         seg.len = pos + frame.len() as u64;
-        self.pending.add(&seg.file);
+        self.pending.add(&seg.file, offset);
         Ok(Ptr {
             segment: base,
             pos,
@@ -324,7 +366,7 @@ impl Segments {
                 if seg.len > p.pos {
                     seg.file.set_len(p.pos)?;
                     seg.len = p.pos;
-                    self.pending.add(&seg.file);
+                    self.pending.add(&seg.file, cut);
                     self.roll_next = true;
                 }
             }
@@ -350,7 +392,7 @@ impl Segments {
                     if seg.len > p.frame_end() {
                         seg.file.set_len(p.frame_end())?;
                         seg.len = p.frame_end();
-                        self.pending.add(&seg.file);
+                        self.pending.add(&seg.file, Offset::MAX);
                     }
                 }
             }
@@ -412,6 +454,14 @@ impl Segments {
             .filter_map(|s| s.file.metadata().ok())
             .map(|m| m.blocks() * 512)
             .sum()
+    }
+
+    /// The first entry whose bytes may not be on disk yet (None: all are): what a power loss
+    /// may take.
+    pub fn unsynced_from(&self) -> Option<Offset> {
+        self.segments
+            .values()
+            .fold(None, |m, s| min_some(m, s.file.unsynced_from()))
     }
 
     /// Deletes every segment and the directory (a dropped shard).
@@ -656,6 +706,30 @@ mod tests {
         assert_eq!(p.pos, ptrs[2].frame_end());
         s.cut(None).unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_unsynced_mark_follows_writes_and_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let pending = pending();
+        let mut s = Segments::open(dir.path(), 1_000, pending.clone()).unwrap();
+        assert_eq!(s.unsynced_from(), None);
+        let ptrs: Vec<Ptr> = (0..4u64)
+            .map(|i| s.append(i, &payload(i, 300)).unwrap())
+            .collect();
+        assert_eq!(s.unsynced_from(), Some(0));
+        pending.sync().unwrap();
+        assert_eq!(s.unsynced_from(), None);
+        s.append(4, &payload(4, 300)).unwrap();
+        assert_eq!(s.unsynced_from(), Some(4));
+        pending.sync().unwrap();
+        // A truncation: what follows the cut is not synced until the next sync.
+        s.truncate(2, Some(ptrs[2])).unwrap();
+        assert_eq!(s.unsynced_from(), Some(2));
+        s.append(2, b"again").unwrap();
+        assert_eq!(s.unsynced_from(), Some(2));
+        pending.sync().unwrap();
+        assert_eq!(s.unsynced_from(), None);
     }
 
     #[test]
