@@ -248,12 +248,16 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     let db = open_db(&config.data_dir).await?;
     // Under the database lock, before the replay flushes sled: what a killed process wrote to
     // the segment files becomes durable before any index entry pointing at it.
-    storage::sync_filesystem(&config.data_dir).with_context(|| {
-        format!(
-            "cannot sync the data directory {}",
-            config.data_dir.display()
-        )
-    })?;
+    let data_dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || storage::sync_filesystem(&data_dir))
+        .await
+        .context("syncing the data directory panicked")?
+        .with_context(|| {
+            format!(
+                "cannot sync the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
     // After the database lock: two processes on one data dir never create two identities.
     let identity = identity::Identity::load_or_create(&config.data_dir)?;
     // Whatever the policy now, writes a crash left only in the write-ahead file go back first.

@@ -167,9 +167,15 @@ impl Shared {
                 // new leader epochs (and other leaders where an in-sync replica is up) before
                 // it may lead again. In the same critical section as the registration, so no
                 // election or leadership move can pick the new process in between.
+                // The registering broker itself is not pushed to: it serves only once
+                // registered (a push would wait for its timeout and hold up the answer, and the
+                // broker's heartbeats with it); its first heartbeat's answer carries all of it.
                 let failover = was.is_some().then(|| {
                     st.fail_over(Some(id), |ops| self.persist(ops))
-                        .map(|f| (f, st.epoch))
+                        .map(|mut f| {
+                            f.pushes.retain(|(b, _)| b.id != id);
+                            (f, st.epoch)
+                        })
                 });
                 let cluster = st.identities.cluster().to_string();
                 (st.epoch, was, !changed, cluster, failover)
