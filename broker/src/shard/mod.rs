@@ -410,7 +410,7 @@ impl Shard {
     fn reader(&self, inner: &Inner) -> Result<Reader, ErrorKind> {
         match &inner.segments {
             Some(s) => Ok(s.reader()),
-            None => self.tree(inner).map(|_| Reader::default()),
+            None => Err(self.dropped()),
         }
     }
 
@@ -424,14 +424,10 @@ impl Shard {
         producer: Option<&ProducerState>,
         data: &[u8],
     ) -> Result<(Vec<u8>, u64, Ptr), ErrorKind> {
-        self.tree(inner)?;
-        let segments = inner
-            .segments
-            .as_mut()
-            .ok_or_else(|| ErrorKind::Unavailable {
-                what: self.id.to_string(),
-                reason: "it was dropped from this broker; retry at its owner".into(),
-            })?;
+        let segments = match inner.segments.as_mut() {
+            Some(s) => s,
+            None => return Err(self.dropped()),
+        };
         let ptr = segments.append(offset, data).map_err(|e| {
             self.health.io_error_undone(
                 &format!("{}: cannot write to the segment files", self.id),
@@ -471,14 +467,17 @@ impl Shard {
 
     /// The tree, or why it cannot be used now.
     fn tree(&self, inner: &Inner) -> Result<sled::Tree, ErrorKind> {
-        inner.tree.clone().ok_or_else(|| {
-            self.health
-                .full_error()
-                .unwrap_or_else(|| ErrorKind::Unavailable {
-                    what: self.id.to_string(),
-                    reason: "it was dropped from this broker; retry at its owner".into(),
-                })
-        })
+        inner.tree.clone().ok_or_else(|| self.dropped())
+    }
+
+    /// Why a dropped shard's storage cannot be used.
+    fn dropped(&self) -> ErrorKind {
+        self.health
+            .full_error()
+            .unwrap_or_else(|| ErrorKind::Unavailable {
+                what: self.id.to_string(),
+                reason: "it was dropped from this broker; retry at its owner".into(),
+            })
     }
 
     /// The tree for a write: refused while the disk is full, so sled is not handed writes that

@@ -346,20 +346,8 @@ impl Segments {
     /// truncation of the log cut it. `None` (the first entry removed keeps its payload in sled)
     /// removes every segment based at `cut` or above.
     pub fn truncate(&mut self, cut: Offset, first_removed: Option<Ptr>) -> io::Result<()> {
-        let (keep_below, cut_at) = match first_removed {
-            Some(p) => (p.segment, Some(p)),
-            None => (cut, None),
-        };
-        let later: Vec<Offset> = self
-            .segments
-            .range(keep_below..)
-            .map(|(b, _)| *b)
-            .filter(|b| cut_at.is_none_or(|p| *b > p.segment))
-            .collect();
-        for base in later {
-            self.delete(base)?;
-        }
-        if let Some(p) = cut_at {
+        self.delete_range(first_removed.map_or(cut, |p| p.segment + 1)..)?;
+        if let Some(p) = first_removed {
             if p.pos == 0 {
                 self.delete(p.segment)?;
             } else if let Some(seg) = self.segments.get_mut(&p.segment) {
@@ -380,14 +368,7 @@ impl Segments {
     pub fn cut(&mut self, last: Option<Ptr>) -> io::Result<()> {
         match last {
             Some(p) => {
-                let later: Vec<Offset> = self
-                    .segments
-                    .range(p.segment + 1..)
-                    .map(|(b, _)| *b)
-                    .collect();
-                for base in later {
-                    self.delete(base)?;
-                }
+                self.delete_range(p.segment + 1..)?;
                 if let Some(seg) = self.segments.get_mut(&p.segment) {
                     if seg.len > p.frame_end() {
                         seg.file.set_len(p.frame_end())?;
@@ -397,10 +378,7 @@ impl Segments {
                 }
             }
             None => {
-                let all: Vec<Offset> = self.segments.keys().copied().collect();
-                for base in all {
-                    self.delete(base)?;
-                }
+                self.delete_range(..)?;
             }
         }
         self.refresh_reader();
@@ -411,13 +389,7 @@ impl Segments {
     /// log; `None`: the log holds no entry with a payload here, so every segment goes).
     /// Returns the bytes given back.
     pub fn trim(&mut self, first_kept: Option<Ptr>) -> io::Result<u64> {
-        let below = first_kept.map_or(Offset::MAX, |p| p.segment);
-        let gone: Vec<Offset> = self.segments.range(..below).map(|(b, _)| *b).collect();
-        let mut freed = 0;
-        for base in gone {
-            freed += self.segments.get(&base).map_or(0, |s| s.len - s.punched);
-            self.delete(base)?;
-        }
+        let mut freed = self.delete_range(..first_kept.map_or(Offset::MAX, |p| p.segment))?;
         if let Some(p) = first_kept {
             if let Some(seg) = self.segments.get_mut(&p.segment) {
                 let upto = p.pos / BLOCK * BLOCK;
@@ -429,6 +401,21 @@ impl Segments {
             }
         }
         self.refresh_reader();
+        Ok(freed)
+    }
+
+    /// Deletes the segments based in `bases`; returns the bytes they held on disk.
+    fn delete_range(&mut self, bases: impl std::ops::RangeBounds<Offset>) -> io::Result<u64> {
+        let gone: Vec<(Offset, u64)> = self
+            .segments
+            .range(bases)
+            .map(|(b, s)| (*b, s.len - s.punched))
+            .collect();
+        let mut freed = 0;
+        for (base, held) in gone {
+            self.delete(base)?;
+            freed += held;
+        }
         Ok(freed)
     }
 
@@ -466,10 +453,7 @@ impl Segments {
 
     /// Deletes every segment and the directory (a dropped shard).
     pub fn remove(mut self) -> io::Result<()> {
-        let all: Vec<Offset> = self.segments.keys().copied().collect();
-        for base in all {
-            self.delete(base)?;
-        }
+        self.delete_range(..)?;
         match fs::remove_dir(&self.dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => {
